@@ -1,0 +1,128 @@
+// `edgemesh agent`: wires config → controller → consumers (DNS, proxier, data plane) → metrics,
+// starts them in order and stops them in reverse on SIGINT/SIGTERM.
+
+import { resolveConfig } from '../config/resolve.ts';
+import type { EdgemeshConfig } from '../config/types.ts';
+import { EMPTY_TABLE, type ServiceTable } from '../controller/types.ts';
+import { createRegistry, MetricsServer } from '../metrics/server.ts';
+import { loadNative } from '../native/index.ts';
+import { Lifecycle } from '../util/lifecycle.ts';
+import { createLogger, type Logger } from '../util/log.ts';
+import { helpText, parseFlags } from './args.ts';
+import { agentFlags } from './flags.ts';
+import type { AgentStatus } from './status.ts';
+
+export const agentHelp = helpText(
+  'edgemesh agent [options]',
+  'Runs the node agent: service discovery (DNS), ClusterIP interception and the proxy data plane.\n' +
+    'Flags override the config file; the config file overrides the defaults.',
+  agentFlags,
+);
+
+/** A running agent: its modules in start order and what /status reports. */
+export class Agent {
+  readonly lifecycle: Lifecycle;
+  readonly registry = createRegistry();
+  private table: ServiceTable = EMPTY_TABLE;
+  private readyFlag = false;
+  private readonly statusInfo: Pick<AgentStatus, 'intercept' | 'dataplane'> = {
+    intercept: { mode: 'none' },
+    dataplane: { mode: 'none' },
+  };
+
+  constructor(
+    readonly config: EdgemeshConfig,
+    readonly log: Logger,
+  ) {
+    this.lifecycle = new Lifecycle(log);
+  }
+
+  async start(): Promise<void> {
+    const native = loadNative();
+    if (native.binding) this.log.info({ path: native.path }, 'native addon loaded');
+    else
+      this.log.warn(
+        { reason: native.reason },
+        'native addon not available; running on the pure-TypeScript paths',
+      );
+
+    await this.lifecycle.start(
+      new MetricsServer({
+        listen: this.config.metricsListen,
+        registry: this.registry,
+        ready: () => this.readyFlag,
+        status: () => this.status(),
+      }),
+    );
+    this.readyFlag = true;
+    this.log.info({ node: this.config.nodeName, metrics: this.config.metricsListen }, 'agent started');
+  }
+
+  async stop(): Promise<void> {
+    this.readyFlag = false;
+    await this.lifecycle.stop();
+    this.log.info('agent stopped');
+  }
+
+  /** The /status document. */
+  status(): AgentStatus {
+    return {
+      nodeName: this.config.nodeName,
+      generation: this.table.generation,
+      ...this.statusInfo,
+      services: [...this.table.services.values()].map((s) => ({
+        key: s.key,
+        clusterIPs: [...s.clusterIPs],
+        ports: s.ports.map((p) => ({
+          port: p.port,
+          protocol: `${p.protocol}/${p.appProtocol}`,
+          endpoints: p.endpoints.filter((e) => e.ready).map((e) => `${e.ip}:${e.port}`),
+        })),
+      })),
+    };
+  }
+}
+
+/** Runs an agent until SIGINT/SIGTERM; resolves with the exit code. */
+export async function runUntilSignal(
+  start: () => Promise<void>,
+  stop: () => Promise<void>,
+  log: Logger,
+): Promise<number> {
+  let signalled: (sig: string) => void = () => {};
+  const signal = new Promise<string>((resolve) => {
+    signalled = resolve;
+  });
+  const onSignal = (sig: NodeJS.Signals) => signalled(sig);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    await start();
+    const sig = await signal;
+    log.info({ signal: sig }, 'shutting down');
+    return 0;
+  } catch (err) {
+    log.error({ err }, 'agent failed');
+    return 1;
+  } finally {
+    await stop();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+export async function agentCommand(argv: string[], out: (s: string) => void): Promise<number> {
+  const flags = parseFlags('agent', argv, agentFlags);
+  if (flags.help) {
+    out(agentHelp);
+    return 0;
+  }
+  const config = resolveConfig(flags);
+  const log = createLogger(config.logLevel);
+  const agent = new Agent(config, log);
+  return runUntilSignal(
+    () => agent.start(),
+    () => agent.stop(),
+    log,
+  );
+}

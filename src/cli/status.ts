@@ -1,0 +1,94 @@
+// `edgemesh status`: prints what a running agent serves, from its /status endpoint.
+import { UsageError } from '../errors.ts';
+import { parseHostPort } from '../util/net.ts';
+import { type FlagSpecs, helpText, parseFlags } from './args.ts';
+
+const statusFlags: FlagSpecs = {
+  'metrics-listen': {
+    type: 'string',
+    value: 'IP:PORT',
+    help: "the agent's metrics listener (default 127.0.0.1:10551)",
+  },
+  json: { type: 'boolean', help: 'print the raw JSON document' },
+  help: { type: 'boolean', short: 'h', help: 'show this help' },
+};
+
+export const statusHelp = helpText(
+  'edgemesh status [--metrics-listen IP:PORT] [--json]',
+  'Prints the services, endpoints, interception mode, data plane and counters of a running agent.',
+  statusFlags,
+);
+
+/** Shape of GET /status (fields beyond these are printed by --json only). */
+export interface AgentStatus {
+  nodeName: string;
+  generation: number;
+  intercept: { mode: string; reason?: string };
+  dataplane: { mode: string; reason?: string };
+  services: Array<{
+    key: string;
+    clusterIPs: string[];
+    ports: Array<{ port: number; protocol: string; endpoints: string[] }>;
+  }>;
+  counters?: Record<string, number>;
+}
+
+export async function statusCommand(argv: string[], out: (s: string) => void): Promise<number> {
+  const flags = parseFlags('status', argv, statusFlags);
+  if (flags.help) {
+    out(statusHelp);
+    return 0;
+  }
+  const listen = (flags['metrics-listen'] as string | undefined) ?? '127.0.0.1:10551';
+  const hp = parseHostPort(listen);
+  if (!hp) throw new UsageError(`--metrics-listen: expected IP:PORT, got '${listen}'`);
+  let status: AgentStatus;
+  try {
+    const res = await fetch(`http://${listen}/status`, { signal: AbortSignal.timeout(3000) });
+    status = (await res.json()) as AgentStatus;
+  } catch (err) {
+    process.stderr.write(`edgemesh status: no agent answering on ${listen}: ${(err as Error).message}\n`);
+    return 1;
+  }
+  if (flags.json) {
+    out(`${JSON.stringify(status, null, 2)}\n`);
+    return 0;
+  }
+  out(formatStatus(status));
+  return 0;
+}
+
+/** Renders the status document as a table for people. */
+export function formatStatus(s: AgentStatus): string {
+  const lines = [
+    `node:       ${s.nodeName}`,
+    `generation: ${s.generation}`,
+    `intercept:  ${s.intercept.mode}${s.intercept.reason ? ` (${s.intercept.reason})` : ''}`,
+    `dataplane:  ${s.dataplane.mode}${s.dataplane.reason ? ` (${s.dataplane.reason})` : ''}`,
+    '',
+  ];
+  const rows = [['SERVICE', 'CLUSTER-IP', 'PORT', 'ENDPOINTS']];
+  for (const svc of s.services) {
+    for (const p of svc.ports) {
+      rows.push([
+        svc.key,
+        svc.clusterIPs.join(',') || 'None',
+        `${p.port}/${p.protocol}`,
+        p.endpoints.join(',') || '<none>',
+      ]);
+    }
+  }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  for (const r of rows)
+    lines.push(
+      r
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    );
+  if (s.counters && Object.keys(s.counters).length > 0) {
+    lines.push('');
+    for (const [k, v] of Object.entries(s.counters)) lines.push(`${k}: ${v}`);
+  }
+  return `${lines.join('\n')}\n`;
+}

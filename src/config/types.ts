@@ -1,0 +1,84 @@
+// The resolved configuration every module reads: the file merged over defaults, flags over both.
+import type { dataplaneModes, interceptModes, logLevels } from './schema.ts';
+
+export type InterceptMode = (typeof interceptModes)[number];
+export type DataplaneMode = (typeof dataplaneModes)[number];
+export type ConfigLogLevel = (typeof logLevels)[number];
+
+export interface RelayNodeConfig {
+  nodeName: string;
+  advertiseAddress: string[];
+}
+
+export interface EdgemeshConfig {
+  apiVersion?: string;
+  kind?: string;
+  /** This node's name; endpoints on it are "local". Defaults to the hostname. */
+  nodeName: string;
+  logLevel: ConfigLogLevel;
+  /** Where the last good snapshot is persisted. */
+  stateDir: string;
+  /** Manifest folders (the files source); when empty and no API is configured, nothing is served. */
+  manifests: string[];
+  intercept: InterceptMode;
+  dataplane: DataplaneMode;
+  /** Prometheus /metrics, /healthz, /readyz, /status. */
+  metricsListen: string;
+  clusterDomain: string;
+  kubeAPIConfig: {
+    /** API URL, e.g. KubeEdge's metaServer http://127.0.0.1:10550; '' = not configured. */
+    master: string;
+    /** kubeconfig path; '' = not configured. */
+    kubeConfig: string;
+    qps: number;
+    burst: number;
+    contentType: string;
+  };
+  commonConfig: {
+    bridgeDeviceName: string;
+    bridgeDeviceIP: string;
+  };
+  modules: {
+    edgeDNS: {
+      enable: boolean;
+      listenPort: number;
+      /** IP:PORT override of bridgeDeviceIP:listenPort ('' = derive). */
+      listen: string;
+      /** Upstream servers; empty = those of /etc/resolv.conf. */
+      upstreams: string[];
+      /** TTL of cluster-name answers, seconds. */
+      ttl: number;
+      cacheSize: number;
+      serveStale: boolean;
+    };
+    edgeProxy: {
+      enable: boolean;
+      listenPort: number;
+      /** Service CIDR to intercept as a whole ('' = per-ClusterIP rules only). */
+      subNet: string;
+      /** Data plane worker threads; 0 = number of cores. */
+      workers: number;
+      connectTimeoutMs: number;
+      /** Close a proxied connection idle this long; 0 = never. */
+      idleTimeoutMs: number;
+      /** Services with this label set to "edgemesh" are not proxied (EdgeMesh's noproxy=edgemesh). */
+      noProxyLabel: string;
+    };
+    edgeGateway: {
+      enable: boolean;
+      nic: string;
+      includeIP: string;
+      excludeIP: string;
+      selector: Record<string, string>;
+    };
+    edgeTunnel: {
+      enable: boolean;
+      listenPort: number;
+      relayNodes: RelayNodeConfig[];
+      pskFile: string;
+      caFile: string;
+      certFile: string;
+      keyFile: string;
+    };
+  };
+}
