@@ -1,0 +1,23 @@
+// How ClusterIP traffic is caught: one interface, several implementations (iptables, nftables,
+// ebpf, none), one shared test suite run against each.
+import type { Service } from '../util/lifecycle.ts';
+
+/** One ClusterIP:port to catch and the local port on this node its connections must reach. */
+export interface InterceptTarget {
+  /** `namespace/name:portName` (for rule comments and logs). */
+  id: string;
+  clusterIP: string;
+  port: number;
+  protocol: 'TCP' | 'UDP';
+  /** Local port the connection is redirected to (40001 for the native data plane). */
+  toPort: number;
+}
+
+export type InterceptorMode = 'iptables' | 'nftables' | 'ebpf' | 'none';
+
+/** Installs and removes interception rules; sync() renders the complete desired state at once. */
+export interface Interceptor extends Service {
+  readonly mode: InterceptorMode;
+  /** Makes the installed rules exactly `targets`, in one transaction. */
+  sync(targets: readonly InterceptTarget[]): Promise<void>;
+}
