@@ -41,6 +41,10 @@ export function defaultConfig(): EdgemeshConfig {
         connectTimeoutMs: 5_000,
         idleTimeoutMs: 0,
         noProxyLabel: 'noproxy',
+        resyncPeriodMs: 30_000,
+        bypassGid: 40001,
+        tsPortRange: '21000-29999',
+        iptablesBackend: 'auto',
       },
       edgeGateway: {
         enable: false,

@@ -90,6 +90,15 @@ export const configSchema: Schema = obj({
       connectTimeoutMs: int(1, 600_000),
       idleTimeoutMs: int(0, 86_400_000),
       noProxyLabel: str(),
+      resyncPeriodMs: int(100, 86_400_000),
+      bypassGid: int(1, 4_294_967_294),
+      tsPortRange: str((v) => {
+        const m = /^(\d+)-(\d+)$/.exec(v);
+        return m && Number(m[1]) >= 1 && Number(m[1]) <= Number(m[2]) && Number(m[2]) <= 65535
+          ? undefined
+          : 'a port range like 21000-29999';
+      }),
+      iptablesBackend: oneOf('auto', 'legacy', 'nft'),
     }),
     edgeGateway: obj({
       enable: bool,

@@ -63,6 +63,14 @@ export interface EdgemeshConfig {
       idleTimeoutMs: number;
       /** Services with this label set to "edgemesh" are not proxied (EdgeMesh's noproxy=edgemesh). */
       noProxyLabel: string;
+      /** Drift check of the interception rules (repair when someone changed them), ms. */
+      resyncPeriodMs: number;
+      /** Group the agent's own upstream sockets run as; rules RETURN for it (no self-interception). */
+      bypassGid: number;
+      /** `FIRST-LAST` local ports the pure-TS data plane allocates its per-service listeners from. */
+      tsPortRange: string;
+      /** Which iptables binaries `--intercept iptables` uses; auto = the one already holding rules. */
+      iptablesBackend: 'auto' | 'legacy' | 'nft';
     };
     edgeGateway: {
       enable: boolean;
