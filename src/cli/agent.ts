@@ -3,6 +3,7 @@
 
 import { resolveConfig } from '../config/resolve.ts';
 import type { EdgemeshConfig } from '../config/types.ts';
+import { Controller } from '../controller/controller.ts';
 import { EMPTY_TABLE, type ServiceTable } from '../controller/types.ts';
 import { createRegistry, MetricsServer } from '../metrics/server.ts';
 import { loadNative } from '../native/index.ts';
@@ -23,6 +24,8 @@ export const agentHelp = helpText(
 export class Agent {
   readonly lifecycle: Lifecycle;
   readonly registry = createRegistry();
+  /** The controller (set in start()); consumers subscribe to it before it starts. */
+  controller: Controller | undefined;
   private table: ServiceTable = EMPTY_TABLE;
   private readyFlag = false;
   private readonly statusInfo: Pick<AgentStatus, 'intercept' | 'dataplane'> = {
@@ -54,7 +57,24 @@ export class Agent {
         status: () => this.status(),
       }),
     );
-    this.readyFlag = true;
+
+    const controller = new Controller({ config: this.config, log: this.log, registry: this.registry });
+    this.controller = controller;
+    controller.subscribe({
+      name: 'status',
+      apply: async (table) => {
+        this.table = table;
+      },
+    });
+    // Consumers (DNS, proxier, data plane, gateway, tunnel) subscribe here, before the controller
+    // starts: controller.subscribe(consumer). They are applied serially in this order.
+
+    await this.lifecycle.start(controller);
+    // Ready once the first snapshot has been applied by every consumer (not before: an agent
+    // with no services known yet must not take traffic).
+    void controller.whenSynced().then(() => {
+      this.readyFlag = true;
+    });
     this.log.info({ node: this.config.nodeName, metrics: this.config.metricsListen }, 'agent started');
   }
 

@@ -26,6 +26,15 @@ export interface Endpoint {
   targetRef?: string;
 }
 
+/**
+ * The endpoints of a port that should receive new connections: the ready ones, or — only when none
+ * is ready — the serving ones that are terminating (EndpointSlice semantics).
+ */
+export function usableEndpoints(port: ServicePortEntry): readonly Endpoint[] {
+  const ready = port.endpoints.filter((e) => e.ready);
+  return ready.length > 0 ? ready : port.endpoints.filter((e) => e.serving && e.terminating);
+}
+
 /** Istio DestinationRule load-balancer settings (trafficPolicy.loadBalancer). */
 export interface LoadBalancerPolicy {
   simple?: 'ROUND_ROBIN' | 'RANDOM' | 'LEAST_REQUEST' | 'LEAST_CONN' | 'PASSTHROUGH';
