@@ -20,4 +20,6 @@ export interface Interceptor extends Service {
   readonly mode: InterceptorMode;
   /** Makes the installed rules exactly `targets`, in one transaction. */
   sync(targets: readonly InterceptTarget[]): Promise<void>;
+  /** Drift check: re-installs the last synced state if someone changed it; true when it repaired. */
+  repair?(): Promise<boolean>;
 }

@@ -1,0 +1,116 @@
+// Chooses and builds the interceptor for `--intercept auto|iptables|nftables|ebpf|none`, probing
+// what the kernel and the installed tools support and saying why it chose what it chose.
+import type { InterceptMode } from '../config/types.ts';
+import { errorMessage } from '../errors.ts';
+import type { Logger } from '../util/log.ts';
+import type { Interceptor } from './interceptor.ts';
+import { type IptablesBinary, IptablesInterceptor } from './iptables.ts';
+import type { RuleOptions } from './iptables-render.ts';
+import { NftablesInterceptor } from './nftables.ts';
+import { NoneInterceptor } from './none.ts';
+import { type CommandPrefix, haveCommand, runCommand } from './run-command.ts';
+
+export interface CreateInterceptorOptions extends RuleOptions {
+  mode: InterceptMode;
+  /** For `iptables`: which binaries (auto = the backend that already holds rules, else nft-backed). */
+  iptablesBackend: 'auto' | 'legacy' | 'nft';
+  log: Logger;
+  commandPrefix?: CommandPrefix;
+}
+
+/** The chosen interceptor and a sentence saying why (for logs and /status). */
+export interface InterceptorChoice {
+  interceptor: Interceptor;
+  reason: string;
+}
+
+const PROBE_CHAIN = 'EDGEMESH-PROBE';
+
+/** True when `<binary>-restore` can create (and drop again) a nat chain with a REDIRECT rule. */
+async function probeIptables(prefix: CommandPrefix, binary: IptablesBinary): Promise<string | undefined> {
+  if (!(await haveCommand(prefix, `${binary}-restore`))) return `${binary}-restore not found`;
+  const payload = `*nat\n:${PROBE_CHAIN} - [0:0]\n-A ${PROBE_CHAIN} -p tcp -j REDIRECT --to-ports 1\n-F ${PROBE_CHAIN}\n-X ${PROBE_CHAIN}\nCOMMIT\n`;
+  const r = await runCommand(prefix, `${binary}-restore`, ['--noflush', '-w', '5'], payload);
+  return r.code === 0 ? undefined : `${binary}-restore failed: ${r.stderr.trim()}`;
+}
+
+/** True when `nft -f` can create (and delete again) a nat table with a redirect rule. */
+async function probeNft(prefix: CommandPrefix): Promise<string | undefined> {
+  if (!(await haveCommand(prefix, 'nft', '--version'))) return 'nft not found';
+  const payload =
+    'table ip edgemesh_probe {\n  chain c { type nat hook output priority -100; meta l4proto tcp redirect to :1; }\n}\ndelete table ip edgemesh_probe\n';
+  const r = await runCommand(prefix, 'nft', ['-f', '-'], payload);
+  return r.code === 0 ? undefined : `nft failed: ${r.stderr.trim()}`;
+}
+
+/** Counts `-A` rules a save binary prints (0 when the binary is missing). */
+async function ruleCount(prefix: CommandPrefix, saveBinary: string): Promise<number> {
+  try {
+    const r = await runCommand(prefix, saveBinary, []);
+    return r.stdout.split('\n').filter((l) => l.startsWith('-A ')).length;
+  } catch {
+    return 0;
+  }
+}
+
+/** Picks the iptables binaries: the explicit backend, else legacy only when legacy already holds rules and nft none. */
+async function chooseIptablesBinary(
+  prefix: CommandPrefix,
+  backend: 'auto' | 'legacy' | 'nft',
+): Promise<{ binary: IptablesBinary; why: string }> {
+  if (backend === 'legacy') return { binary: 'iptables-legacy', why: 'iptablesBackend: legacy' };
+  if (backend === 'nft') return { binary: 'iptables-nft', why: 'iptablesBackend: nft' };
+  const [legacy, nft] = await Promise.all([
+    ruleCount(prefix, 'iptables-legacy-save'),
+    ruleCount(prefix, 'iptables-nft-save'),
+  ]);
+  // Mixing backends in one netns splits the rules in two worlds; follow the one already in use.
+  if (legacy > 0 && nft === 0)
+    return { binary: 'iptables-legacy', why: `legacy tables hold ${legacy} rules` };
+  if (await haveCommand(prefix, 'iptables-nft-restore'))
+    return { binary: 'iptables-nft', why: 'nf_tables backend' };
+  return { binary: 'iptables', why: 'the system default iptables' };
+}
+
+/** Builds the interceptor for `options.mode`; auto/ebpf probe and fall back, logging why. */
+export async function createInterceptor(options: CreateInterceptorOptions): Promise<InterceptorChoice> {
+  const { log, mode } = options;
+  const prefix = options.commandPrefix ?? [];
+  const rules: RuleOptions = { bypassGid: options.bypassGid, catchAll: options.catchAll };
+  const iptables = async (why: string): Promise<InterceptorChoice> => {
+    const { binary, why: which } = await chooseIptablesBinary(prefix, options.iptablesBackend);
+    return {
+      interceptor: new IptablesInterceptor({ ...rules, log, binary, commandPrefix: prefix }),
+      reason: `${why}; ${binary} (${which})`,
+    };
+  };
+  const nftables = (why: string): InterceptorChoice => ({
+    interceptor: new NftablesInterceptor({ ...rules, log, commandPrefix: prefix }),
+    reason: why,
+  });
+  switch (mode) {
+    case 'none':
+      return { interceptor: new NoneInterceptor(), reason: '--intercept none: no rules installed' };
+    case 'iptables':
+      return iptables('--intercept iptables');
+    case 'nftables':
+      return nftables('--intercept nftables');
+    case 'ebpf':
+    case 'auto': {
+      const why: string[] = [];
+      if (mode === 'ebpf') why.push('ebpf interception is not available in this build');
+      try {
+        const { binary } = await chooseIptablesBinary(prefix, options.iptablesBackend);
+        const failed = await probeIptables(prefix, binary);
+        if (!failed) return iptables([...why, 'auto: iptables nat REDIRECT works'].join('; '));
+        why.push(failed);
+        const nftFailed = await probeNft(prefix);
+        if (!nftFailed) return nftables([...why, 'auto: nftables nat redirect works'].join('; '));
+        why.push(nftFailed);
+      } catch (err) {
+        why.push(errorMessage(err));
+      }
+      return { interceptor: new NoneInterceptor(), reason: `${why.join('; ')}; no interception` };
+    }
+  }
+}

@@ -1,0 +1,97 @@
+// The nftables interceptor: table `ip edgemesh` with port maps keyed by `ip daddr . dport`,
+// replaced atomically with one `nft -f` per sync.
+import type { Logger } from '../util/log.ts';
+import type { Interceptor, InterceptTarget } from './interceptor.ts';
+import type { RuleOptions } from './iptables-render.ts';
+import { expectedShape, renderCleanup, renderDelta, renderFull, TABLE } from './nftables-render.ts';
+import { type CommandPrefix, mustRun, runCommand } from './run-command.ts';
+
+export interface NftablesInterceptorOptions extends RuleOptions {
+  log: Logger;
+  /** Prefix for every command (tests run nft inside a netns). */
+  commandPrefix?: CommandPrefix;
+}
+
+interface NftJson {
+  nftables?: Array<{
+    rule?: { chain: string };
+    chain?: { name: string };
+    map?: { name: string; elem?: unknown[] };
+  }>;
+}
+
+/** Installs table `ip edgemesh`; stop() deletes that table and nothing else. */
+export class NftablesInterceptor implements Interceptor {
+  readonly name = 'interceptor';
+  readonly mode = 'nftables' as const;
+  private applied: InterceptTarget[] | undefined;
+  private fullNext = true;
+
+  constructor(private readonly options: NftablesInterceptorOptions) {}
+
+  /** Removes a table left by a crashed earlier run. */
+  async start(): Promise<void> {
+    const r = await runCommand(this.prefix, 'nft', ['list', 'table', 'ip', TABLE]);
+    if (r.code === 0) {
+      this.options.log.info('removing leftover edgemesh nftables table');
+      await this.nft(renderCleanup());
+    }
+    this.applied = undefined;
+    this.fullNext = true;
+  }
+
+  async sync(targets: readonly InterceptTarget[]): Promise<void> {
+    const next = [...targets];
+    try {
+      if (this.fullNext || !this.applied) {
+        await this.nft(renderFull(next, this.options));
+        this.fullNext = false;
+      } else {
+        const delta = renderDelta(this.applied, next);
+        if (delta) await this.nft(delta);
+      }
+      this.applied = next;
+    } catch (err) {
+      this.fullNext = true;
+      throw err;
+    }
+  }
+
+  /** Drift check on the table's shape (chains, rule and element counts); re-installs when it differs. */
+  async repair(): Promise<boolean> {
+    if (!this.applied) return false;
+    if (await this.matches(this.applied)) return false;
+    this.fullNext = true;
+    await this.sync(this.applied);
+    return true;
+  }
+
+  async stop(): Promise<void> {
+    await this.nft(renderCleanup());
+    this.applied = undefined;
+  }
+
+  private async matches(targets: readonly InterceptTarget[]): Promise<boolean> {
+    const r = await runCommand(this.prefix, 'nft', ['-j', 'list', 'table', 'ip', TABLE]);
+    if (r.code !== 0) return false;
+    const want = expectedShape(targets, this.options);
+    const chains: Record<string, number> = {};
+    const maps: Record<string, number> = {};
+    for (const item of (JSON.parse(r.stdout) as NftJson).nftables ?? []) {
+      if (item.chain) chains[item.chain.name] ??= 0;
+      if (item.rule) chains[item.rule.chain] = (chains[item.rule.chain] ?? 0) + 1;
+      if (item.map) maps[item.map.name] = item.map.elem?.length ?? 0;
+    }
+    const same = (a: Record<string, number>, b: Record<string, number>) =>
+      Object.keys(a).length === Object.keys(b).length && Object.entries(a).every(([k, v]) => b[k] === v);
+    return same(want.chains, chains) && same(want.maps, maps);
+  }
+
+  private get prefix(): CommandPrefix {
+    return this.options.commandPrefix ?? [];
+  }
+
+  private async nft(payload: string): Promise<void> {
+    await mustRun(this.prefix, 'nft', ['-f', '-'], payload);
+  }
+}
