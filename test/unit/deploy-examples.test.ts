@@ -21,13 +21,26 @@ const load = (file: string): Obj[] =>
   parseAllDocuments(fs.readFileSync(file, 'utf8'))
     .map((d) => d.toJS() as Obj | null)
     .filter((o): o is Obj => o !== null);
-const topFiles = fs
-  .readdirSync(dir)
-  .filter((f) => /\.ya?ml$/.test(f))
-  .map((f) => path.join(dir, f));
+/** What `kubectl apply -f examples/` reads (top level only) or the manifests source reads (subfolders
+ * too, hidden entries skipped). */
+function manifestFiles(d: string, recursive: boolean): string[] {
+  return fs
+    .readdirSync(d, { withFileTypes: true })
+    .filter((e) => !e.name.startsWith('.'))
+    .flatMap((e) =>
+      e.isDirectory()
+        ? recursive
+          ? manifestFiles(path.join(d, e.name), true)
+          : []
+        : /\.ya?ml$/.test(e.name)
+          ? [path.join(d, e.name)]
+          : [],
+    );
+}
+const topFiles = manifestFiles(dir, false);
 const variantFiles = fs
-  .readdirSync(path.join(dir, 'lb-variants'))
-  .map((f) => path.join(dir, 'lb-variants', f));
+  .readdirSync(path.join(dir, '.lb-variants'))
+  .map((f) => path.join(dir, '.lb-variants', f));
 
 /** The objects `--manifests examples/` sees, optionally with one file swapped for a variant. */
 function objectSet(swap?: { out: string; in: string }): Obj[] {
@@ -88,7 +101,11 @@ function problems(objs: Obj[]): string[] {
 }
 
 describe('examples/', () => {
-  it('the top-level folder is one consistent set with the seed services', () => {
+  it('kubectl and the manifests source read the same files', () => {
+    expect(manifestFiles(dir, true).sort()).toEqual([...topFiles].sort());
+  });
+
+  it('the folder is one consistent set with the seed services', () => {
     const objs = objectSet();
     expect(problems(objs)).toEqual([]);
     const svc = (name: string) => objs.find((o) => o.kind === 'Service' && o.metadata.name === name)!.spec;
@@ -104,9 +121,9 @@ describe('examples/', () => {
   });
 
   it.each(variantFiles.map((f) => path.basename(f)))(
-    'lb-variants/%s replaces hostname-lb-random.yaml cleanly',
+    '.lb-variants/%s replaces hostname-lb-random.yaml cleanly',
     (f) => {
-      const objs = objectSet({ out: 'hostname-lb-random.yaml', in: path.join(dir, 'lb-variants', f) });
+      const objs = objectSet({ out: 'hostname-lb-random.yaml', in: path.join(dir, '.lb-variants', f) });
       expect(problems(objs)).toEqual([]);
       const policy = objs.find((o) => o.kind === 'DestinationRule')!.spec.trafficPolicy.loadBalancer;
       expect(policy).toEqual(
