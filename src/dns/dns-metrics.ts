@@ -1,0 +1,116 @@
+// DNS metrics. The per-query counters are plain numbers bumped on the hot path and copied into
+// prom-client only when Prometheus scrapes (a labelled inc() per query costs more than answering).
+import { Counter, Histogram, type Registry } from 'prom-client';
+
+const TYPE_NAMES: Record<number, string> = {
+  1: 'A',
+  2: 'NS',
+  5: 'CNAME',
+  6: 'SOA',
+  12: 'PTR',
+  15: 'MX',
+  16: 'TXT',
+  28: 'AAAA',
+  33: 'SRV',
+  65: 'HTTPS',
+  255: 'ANY',
+};
+const RCODE_NAMES = ['NOERROR', 'FORMERR', 'SERVFAIL', 'NXDOMAIN', 'NOTIMP', 'REFUSED'];
+
+/** How a query was answered (the `source` label). */
+export type AnswerSource = 'cluster' | 'cache' | 'stale' | 'upstream' | 'local';
+
+/** The DNS server's metrics, registered on the registry passed in. */
+export class DnsMetrics {
+  private readonly counts = new Map<string, number>();
+  private readonly pushed = new Map<string, number>();
+  private readonly dropCounts = new Map<string, number>();
+  private readonly droppedPushed = new Map<string, number>();
+  private readonly cacheCounts = { hit: 0, stale: 0, miss: 0 };
+  private readonly cachePushed = { hit: 0, stale: 0, miss: 0 };
+  readonly upstreamSeconds: Histogram<'transport' | 'outcome'>;
+
+  constructor(registry?: Registry) {
+    const self = this;
+    const queries = new Counter({
+      name: 'edgemesh_dns_queries_total',
+      help: 'DNS queries answered, by query type, response code and where the answer came from',
+      labelNames: ['type', 'rcode', 'source'] as const,
+      registers: registry ? [registry] : [],
+      collect() {
+        for (const [key, value] of self.counts) {
+          const delta = value - (self.pushed.get(key) ?? 0);
+          if (delta <= 0) continue;
+          const [type, rcode, source] = key.split('|') as [string, string, string];
+          this.inc({ type, rcode, source }, delta);
+          self.pushed.set(key, value);
+        }
+      },
+    });
+    const dropped = new Counter({
+      name: 'edgemesh_dns_dropped_total',
+      help: 'DNS packets dropped without a reply (too short to answer, responses, oversized TCP frames)',
+      labelNames: ['reason'] as const,
+      registers: registry ? [registry] : [],
+      collect() {
+        for (const [reason, value] of self.dropCounts) {
+          const delta = value - (self.droppedPushed.get(reason) ?? 0);
+          if (delta > 0) this.inc({ reason }, delta);
+          self.droppedPushed.set(reason, value);
+        }
+      },
+    });
+    const cache = new Counter({
+      name: 'edgemesh_dns_cache_lookups_total',
+      help: 'Lookups of forwarded names in the answer cache: hit, stale (served while upstreams failed), miss',
+      labelNames: ['result'] as const,
+      registers: registry ? [registry] : [],
+      collect() {
+        for (const result of ['hit', 'stale', 'miss'] as const) {
+          const delta = self.cacheCounts[result] - self.cachePushed[result];
+          if (delta > 0) this.inc({ result }, delta);
+          self.cachePushed[result] = self.cacheCounts[result];
+        }
+      },
+    });
+    void queries;
+    void dropped;
+    void cache;
+    this.upstreamSeconds = new Histogram({
+      name: 'edgemesh_dns_upstream_duration_seconds',
+      help: 'Time of each upstream attempt, by transport and outcome (ok, timeout, refused, servfail, ...)',
+      labelNames: ['transport', 'outcome'] as const,
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: registry ? [registry] : [],
+    });
+  }
+
+  /** Counts one answered query. */
+  query(qtype: number, rcode: number, source: AnswerSource): void {
+    const key = `${TYPE_NAMES[qtype] ?? 'other'}|${RCODE_NAMES[rcode] ?? 'other'}|${source}`;
+    this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
+  }
+
+  /** Counts one packet dropped without a reply. */
+  drop(reason: string): void {
+    this.dropCounts.set(reason, (this.dropCounts.get(reason) ?? 0) + 1);
+  }
+
+  /** Counts one cache lookup. */
+  cache(result: 'hit' | 'stale' | 'miss'): void {
+    this.cacheCounts[result]++;
+  }
+
+  /** Totals for tests and /status: answered queries by `type|rcode|source`, drops by reason. */
+  snapshot(): {
+    queries: Record<string, number>;
+    dropped: Record<string, number>;
+    cache: Record<string, number>;
+  } {
+    return {
+      queries: Object.fromEntries(this.counts),
+      dropped: Object.fromEntries(this.dropCounts),
+      cache: { ...this.cacheCounts },
+    };
+  }
+}

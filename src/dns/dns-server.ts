@@ -1,0 +1,413 @@
+// The node's DNS server: answers cluster names from the current snapshot's NameIndex and forwards
+// everything else (with a TTL cache, negative cache and serve-stale). UDP and TCP on one address.
+// It is a SnapshotConsumer (a new index per snapshot, swapped atomically) and a lifecycle Service.
+import dgram from 'node:dgram';
+import net from 'node:net';
+import type { Registry } from 'prom-client';
+import { EMPTY_TABLE, type ServiceTable, type SnapshotConsumer } from '../controller/types.ts';
+import { EdgemeshError, ErrorCode } from '../errors.ts';
+import type { Service } from '../util/lifecycle.ts';
+import type { Logger } from '../util/log.ts';
+import { formatHostPort, type HostPort } from '../util/net.ts';
+import { AnswerCache } from './answer-cache.ts';
+import { type BridgeDevice, ensureBridge, removeBridge } from './bridge-device.ts';
+import { type AnswerSource, DnsMetrics } from './dns-metrics.ts';
+import { Forwarder } from './forwarder.ts';
+import { NameIndex, type OwnAnswer } from './name-index.ts';
+import { UpstreamList } from './upstream-list.ts';
+import {
+  errorReply,
+  isParseFailure,
+  optRecord,
+  parseQuery,
+  type Query,
+  Rcode,
+  writeReplyHeader,
+} from './wire.ts';
+
+/** Everything the server needs; the agent fills it from the config (see createDnsServer in index.ts). */
+export interface DnsServerOptions {
+  listen: HostPort;
+  /** Cluster domain, e.g. cluster.local. */
+  domain: string;
+  /** TTL of cluster-name answers, seconds. */
+  ttl: number;
+  /** Configured upstreams (`IP` or `IP:PORT`); empty = the nameservers of resolvConf. */
+  upstreams: readonly string[];
+  resolvConf?: string;
+  /** Forwarded answers kept; 0 disables the cache (and with it serve-stale). */
+  cacheSize: number;
+  serveStale: boolean;
+  log: Logger;
+  registry?: Registry;
+  /** Create this bridge device with the listen IP first (and remove it on stop if we created it). */
+  bridge?: string;
+  /** One upstream attempt's timeout (default 1000 ms). */
+  attemptTimeoutMs?: number;
+  /** A forward's total budget before SERVFAIL (default 2500 ms, well below resolvers' 5 s). */
+  deadlineMs?: number;
+  /** RFC 8767 client-response timer: answer stale after this long if upstreams are slow (default 1800 ms). */
+  staleAnswerTimeoutMs?: number;
+  /** How long expired answers stay usable for serve-stale, seconds (default 1 day). */
+  staleWindowSeconds?: number;
+  /** resolv.conf poll interval (default 2000 ms). */
+  resolvConfPollMs?: number;
+  /** Idle TCP connections are closed after this long (default 10 s). */
+  tcpIdleTimeoutMs?: number;
+  maxTcpConnections?: number;
+  /** Concurrent forwards; beyond it queries get SERVFAIL at once instead of piling up (default 4096). */
+  maxInflight?: number;
+}
+
+/** Largest query we accept over TCP; queries are small, a bigger frame is an attack or garbage. */
+export const MAX_TCP_QUERY = 4096;
+/** A TCP client that does not read its answers loses its connection past this much queued output. */
+const MAX_TCP_BACKLOG = 1 << 20;
+
+const OPT_PLAIN = optRecord(false);
+const OPT_DO = optRecord(true);
+
+/** The DNS server (Service + SnapshotConsumer). */
+export class DnsServer implements Service, SnapshotConsumer {
+  readonly name = 'dns';
+  readonly metrics: DnsMetrics;
+  private index: NameIndex;
+  private synced = false;
+  private udp: dgram.Socket | undefined;
+  private tcp: net.Server | undefined;
+  private readonly tcpClients = new Set<net.Socket>();
+  private readonly cache: AnswerCache;
+  private readonly upstreams: UpstreamList;
+  private readonly forwarder: Forwarder;
+  private readonly inflight = new Map<string, Promise<Buffer | undefined>>();
+  private bridge: BridgeDevice | undefined;
+  private bound: HostPort | undefined;
+  /** Why the server is not serving although started (non-root without a usable address). */
+  disabledReason: string | undefined;
+
+  constructor(private readonly options: DnsServerOptions) {
+    this.metrics = new DnsMetrics(options.registry);
+    this.index = new NameIndex(EMPTY_TABLE, { domain: options.domain, ttl: options.ttl });
+    this.cache = new AnswerCache({
+      maxEntries: options.cacheSize,
+      maxTtl: 86400,
+      maxNegativeTtl: 3600,
+      staleWindow: options.serveStale ? (options.staleWindowSeconds ?? 86400) : 0,
+    });
+    this.upstreams = new UpstreamList({
+      configured: options.upstreams,
+      resolvConf: options.resolvConf ?? '/etc/resolv.conf',
+      self: [options.listen],
+      log: options.log,
+      pollMs: options.resolvConfPollMs,
+      // Answers from the old servers may be what the network change was about.
+      onChange: () => this.cache.clear(),
+    });
+    this.forwarder = new Forwarder({
+      upstreams: () => this.upstreams.servers,
+      attemptTimeoutMs: options.attemptTimeoutMs ?? 1000,
+      deadlineMs: options.deadlineMs ?? 2500,
+      onAttempt: (transport, seconds, failure) =>
+        this.metrics.upstreamSeconds.observe({ transport, outcome: failure ?? 'ok' }, seconds),
+    });
+  }
+
+  /** The address actually bound (port resolved when 0 was asked). */
+  address(): HostPort | undefined {
+    return this.bound;
+  }
+
+  /** The current upstream servers. */
+  upstreamServers(): readonly HostPort[] {
+    return this.upstreams.servers;
+  }
+
+  async apply(table: ServiceTable): Promise<void> {
+    const index = new NameIndex(table, { domain: this.options.domain, ttl: this.options.ttl });
+    this.index = index;
+    this.synced = true;
+    this.options.log.debug({ generation: table.generation, names: index.size }, 'dns: name index updated');
+  }
+
+  async start(): Promise<void> {
+    const { listen, log } = this.options;
+    if (this.options.bridge) {
+      try {
+        this.bridge = await ensureBridge(this.options.bridge, listen.host, log);
+      } catch (err) {
+        if (isRoot()) throw err;
+        // A developer running the agent unprivileged still gets the proxy and metrics.
+        this.disabledReason = (err as Error).message;
+        log.error({ err: this.disabledReason }, 'dns: NOT SERVING (not root)');
+        return;
+      }
+    }
+    try {
+      this.upstreams.start();
+      const udp = dgram.createSocket({ type: net.isIPv6(listen.host) ? 'udp6' : 'udp4' });
+      await new Promise<void>((resolve, reject) => {
+        udp.once('error', reject);
+        udp.bind(listen.port, listen.host, () => {
+          udp.off('error', reject);
+          resolve();
+        });
+      }).catch((err: NodeJS.ErrnoException) => {
+        udp.close();
+        throw listenError(listen, 'udp', err);
+      });
+      try {
+        // Bursts (a node's pods all starting at once, dnsperf) overflow the default 208 KiB.
+        udp.setRecvBufferSize(4 << 20);
+      } catch {
+        // Capped by net.core.rmem_max; the default still works.
+      }
+      udp.on('error', (err) => log.warn({ err: err.message }, 'dns: udp socket error'));
+      udp.on('message', (msg, rinfo) => this.onUdp(udp, msg, rinfo));
+      this.udp = udp;
+      this.bound = { host: listen.host, port: udp.address().port };
+
+      const tcp = net.createServer({ noDelay: true }, (socket) => this.onTcp(socket));
+      tcp.maxConnections = this.options.maxTcpConnections ?? 1000;
+      await new Promise<void>((resolve, reject) => {
+        tcp.once('error', reject);
+        // The TCP port follows the UDP one so port 0 (tests) gives one port for both.
+        tcp.listen(this.bound!.port, listen.host, () => {
+          tcp.off('error', reject);
+          resolve();
+        });
+      }).catch((err: NodeJS.ErrnoException) => {
+        throw listenError(listen, 'tcp', err);
+      });
+      tcp.on('error', (err) => log.warn({ err: err.message }, 'dns: tcp server error'));
+      this.tcp = tcp;
+      log.info(
+        {
+          listen: formatHostPort(this.bound),
+          domain: this.options.domain,
+          upstreams: this.upstreams.servers.length,
+        },
+        'dns: serving',
+      );
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.upstreams.stop();
+    const udp = this.udp;
+    this.udp = undefined;
+    if (udp) await new Promise<void>((resolve) => udp.close(() => resolve()));
+    const tcp = this.tcp;
+    this.tcp = undefined;
+    for (const s of this.tcpClients) s.destroy();
+    this.tcpClients.clear();
+    if (tcp) await new Promise<void>((resolve) => tcp.close(() => resolve()));
+    if (this.bridge) await removeBridge(this.bridge, this.options.log);
+    this.bridge = undefined;
+  }
+
+  /**
+   * Answers one query message. Returns the reply, a promise of it (forwarded names), or
+   * undefined when the packet is dropped. Never throws: bad input is counted, not fatal.
+   */
+  answer(msg: Buffer, transport: 'udp' | 'tcp'): Buffer | Promise<Buffer | undefined> | undefined {
+    const q = parseQuery(msg);
+    if (isParseFailure(q)) {
+      if (q.action === 'drop') {
+        this.metrics.drop(q.reason);
+        return undefined;
+      }
+      this.metrics.query(0, q.rcode, 'local');
+      return errorReply(msg, undefined, q.rcode);
+    }
+    if (q.edns && q.ednsVersion > 0) {
+      // RFC 6891 §6.1.3: BADVERS (16) is extended rcode 1 with header rcode 0.
+      this.metrics.query(q.qtype, Rcode.NOERROR, 'local');
+      return errorReply(msg, q, Rcode.NOERROR, false, 1);
+    }
+    const own = this.index.lookup(q.name, q.qtype, q.qclass);
+    if (own) {
+      if (!this.synced && own.rcode === Rcode.NXDOMAIN) {
+        // Before the first snapshot "no such name" would be a lie that clients cache.
+        this.metrics.query(q.qtype, Rcode.SERVFAIL, 'local');
+        return errorReply(msg, q, Rcode.SERVFAIL);
+      }
+      this.metrics.query(q.qtype, own.rcode, 'cluster');
+      return this.ownReply(msg, q, own, transport);
+    }
+    return this.forward(msg, q, transport);
+  }
+
+  private ownReply(msg: Buffer, q: Query, own: OwnAnswer, transport: 'udp' | 'tcp'): Buffer {
+    const opt = q.edns ? (q.dnssecOk ? OPT_DO : OPT_PLAIN) : undefined;
+    const optLen = opt ? opt.length : 0;
+    const len = q.questionEnd + own.an.length + own.ns.length + optLen;
+    if (transport === 'udp' && len > q.udpLimit) return errorReply(msg, q, own.rcode, true);
+    const out = Buffer.allocUnsafe(len);
+    writeReplyHeader(out, q, own.rcode, true, [1, own.ancount, own.nscount, opt ? 1 : 0]);
+    msg.copy(out, 12, 12, q.questionEnd);
+    let pos = q.questionEnd;
+    pos += own.an.copy(out, pos);
+    pos += own.ns.copy(out, pos);
+    if (opt) opt.copy(out, pos);
+    return out;
+  }
+
+  private async forward(msg: Buffer, q: Query, transport: 'udp' | 'tcp'): Promise<Buffer | undefined> {
+    const key = `${q.qtype}|${q.qclass}|${q.edns ? 1 : 0}${q.dnssecOk ? 1 : 0}|${q.name}`;
+    const cached = this.cache.get(key);
+    if (cached?.state === 'fresh') {
+      this.metrics.cache('hit');
+      return this.fromCache(msg, q, cached.entry, false, transport, 'cache');
+    }
+    this.metrics.cache('miss');
+    let pending = this.inflight.get(key);
+    if (!pending) {
+      if (this.inflight.size >= (this.options.maxInflight ?? 4096)) {
+        if (cached) return this.fromCache(msg, q, cached.entry, true, transport, 'stale');
+        this.metrics.query(q.qtype, Rcode.SERVFAIL, 'local');
+        return errorReply(msg, q, Rcode.SERVFAIL);
+      }
+      pending = this.forwarder
+        .forward(msg, [q.name, q.qtype, q.qclass])
+        .then((answer) => {
+          if (answer) this.cache.put(key, answer);
+          return answer;
+        })
+        .finally(() => this.inflight.delete(key));
+      this.inflight.set(key, pending);
+    }
+    let answer: Buffer | undefined;
+    if (cached) {
+      // RFC 8767 §5: do not keep a client waiting on slow upstreams when a stale answer exists.
+      let timer: NodeJS.Timeout | undefined;
+      const staleTimer = new Promise<'timeout'>((resolve) => {
+        timer = setTimeout(() => resolve('timeout'), this.options.staleAnswerTimeoutMs ?? 1800);
+      });
+      const winner = await Promise.race([pending, staleTimer]);
+      clearTimeout(timer);
+      answer = winner === 'timeout' ? undefined : winner;
+      if (!answer) {
+        this.metrics.cache('stale');
+        return this.fromCache(msg, q, cached.entry, true, transport, 'stale');
+      }
+    } else {
+      answer = await pending;
+    }
+    if (!answer) {
+      this.metrics.query(q.qtype, Rcode.SERVFAIL, 'local');
+      return errorReply(msg, q, Rcode.SERVFAIL);
+    }
+    const rcode = answer.readUInt16BE(2) & 0xf;
+    this.metrics.query(q.qtype, rcode, 'upstream');
+    if (transport === 'udp' && answer.length > q.udpLimit) return errorReply(msg, q, rcode, true);
+    const out = Buffer.from(answer);
+    msg.copy(out, 0, 0, 2);
+    // The same name in the client's letter case (resolvers using 0x20 randomization check it).
+    if (out.length >= q.questionEnd) msg.copy(out, 12, 12, q.questionEnd);
+    return out;
+  }
+
+  private fromCache(
+    msg: Buffer,
+    q: Query,
+    entry: Parameters<AnswerCache['render']>[0],
+    stale: boolean,
+    transport: 'udp' | 'tcp',
+    source: AnswerSource,
+  ): Buffer {
+    const rcode = entry.message.readUInt16BE(2) & 0xf;
+    this.metrics.query(q.qtype, rcode, source);
+    if (transport === 'udp' && entry.message.length > q.udpLimit) return errorReply(msg, q, rcode, true);
+    return this.cache.render(entry, msg, q.questionEnd, stale);
+  }
+
+  private onUdp(socket: dgram.Socket, msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    let reply: ReturnType<DnsServer['answer']>;
+    try {
+      reply = this.answer(msg, 'udp');
+    } catch (err) {
+      this.internalError(err);
+      return;
+    }
+    if (reply === undefined) return;
+    if (Buffer.isBuffer(reply)) {
+      socket.send(reply, rinfo.port, rinfo.address);
+      return;
+    }
+    reply.then(
+      (r) => {
+        if (r && this.udp === socket) socket.send(r, rinfo.port, rinfo.address);
+      },
+      (err) => this.internalError(err),
+    );
+  }
+
+  private onTcp(socket: net.Socket): void {
+    this.tcpClients.add(socket);
+    socket.setTimeout(this.options.tcpIdleTimeoutMs ?? 10_000, () => socket.destroy());
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => this.tcpClients.delete(socket));
+    let buffered: Buffer = Buffer.alloc(0);
+    const send = (reply: Buffer) => {
+      if (socket.destroyed) return;
+      if (socket.writableLength > MAX_TCP_BACKLOG) {
+        this.metrics.drop('tcp-backlog');
+        socket.destroy();
+        return;
+      }
+      const frame = Buffer.allocUnsafe(reply.length + 2);
+      frame.writeUInt16BE(reply.length, 0);
+      reply.copy(frame, 2);
+      socket.write(frame);
+    };
+    socket.on('data', (chunk: Buffer) => {
+      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+      while (buffered.length >= 2) {
+        const len = buffered.readUInt16BE(0);
+        if (len > MAX_TCP_QUERY) {
+          this.metrics.drop('oversized-tcp-frame');
+          socket.destroy();
+          return;
+        }
+        if (buffered.length < len + 2) break;
+        const msg = Buffer.from(buffered.subarray(2, 2 + len));
+        buffered = buffered.subarray(2 + len);
+        let reply: ReturnType<DnsServer['answer']>;
+        try {
+          reply = this.answer(msg, 'tcp');
+        } catch (err) {
+          this.internalError(err);
+          continue;
+        }
+        if (reply === undefined) continue;
+        if (Buffer.isBuffer(reply)) send(reply);
+        else
+          reply.then(
+            (r) => r && send(r),
+            (err) => this.internalError(err),
+          );
+      }
+    });
+  }
+
+  private internalError(err: unknown): void {
+    // A bug, not bad input (that is handled in answer()); keep serving everyone else.
+    this.metrics.drop('internal-error');
+    this.options.log.error({ err }, 'dns: internal error answering a query');
+  }
+}
+
+function isRoot(): boolean {
+  return typeof process.getuid === 'function' && process.getuid() === 0;
+}
+
+function listenError(listen: HostPort, transport: string, err: NodeJS.ErrnoException): EdgemeshError {
+  return new EdgemeshError(
+    ErrorCode.LISTEN,
+    `dns: cannot listen on ${formatHostPort(listen)}/${transport}: ${err.message}`,
+    { cause: err, syscall: err.syscall, errno: err.errno },
+  );
+}
