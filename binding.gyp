@@ -5,7 +5,11 @@
       "sources": [
         "native/src/addon.cc",
         "native/src/core/splice_copy.cc",
-        "native/src/core/original_dst.cc"
+        "native/src/core/original_dst.cc",
+        "native/src/core/murmur3.cc",
+        "native/src/core/routing_table.cc",
+        "native/src/core/proxy_plane.cc",
+        "native/src/core/proxy_worker.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

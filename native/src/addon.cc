@@ -3,11 +3,20 @@
 // mutable statics) so the addon loads in several worker threads at once.
 #include <napi.h>
 
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstring>
 #include <string>
 
+#include "core/murmur3.h"
 #include "core/original_dst.h"
+#include "core/proxy_plane.h"
+#include "core/routing_table.h"
 #include "core/splice_copy.h"
+#include "bpf/bpf_napi.h"
 
 namespace {
 
@@ -26,6 +35,30 @@ constexpr const char* kAddonVersion = "0.1.0";
   throw Napi::TypeError::New(env, std::string("Usage: ") + usage);
 }
 
+uint32_t U32Arg(const Napi::CallbackInfo& info, size_t i, const char* usage) {
+  if (info.Length() <= i || !info[i].IsNumber()) ThrowUsage(info.Env(), usage);
+  int64_t v = info[i].As<Napi::Number>().Int64Value();
+  if (v < 0 || v > 0xffffffffLL) ThrowUsage(info.Env(), usage);
+  return static_cast<uint32_t>(v);
+}
+
+std::string StringArg(const Napi::CallbackInfo& info, size_t i, const char* usage) {
+  if (info.Length() <= i || !info[i].IsString()) ThrowUsage(info.Env(), usage);
+  return info[i].As<Napi::String>().Utf8Value();
+}
+
+Napi::Buffer<uint8_t> BufferArg(const Napi::CallbackInfo& info, size_t i, const char* usage) {
+  if (info.Length() <= i || !info[i].IsBuffer()) ThrowUsage(info.Env(), usage);
+  return info[i].As<Napi::Buffer<uint8_t>>();
+}
+
+std::shared_ptr<edgemesh::Plane> PlaneArg(const Napi::CallbackInfo& info, const char* usage) {
+  uint32_t id = U32Arg(info, 0, usage);
+  auto plane = edgemesh::FindPlane(id);
+  if (!plane) throw Napi::Error::New(info.Env(), "no native plane with id " + std::to_string(id));
+  return plane;
+}
+
 int32_t FdArg(const Napi::CallbackInfo& info, size_t i, const char* usage) {
   if (info.Length() <= i || !info[i].IsNumber()) ThrowUsage(info.Env(), usage);
   int32_t fd = info[i].As<Napi::Number>().Int32Value();
@@ -40,7 +73,19 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
                              InstanceMethod("version", &EdgemeshAddon::Version),
                              InstanceMethod("spliceCopy", &EdgemeshAddon::SpliceCopy),
                              InstanceMethod("originalDst", &EdgemeshAddon::OriginalDst),
+                             InstanceMethod("murmur3", &EdgemeshAddon::Murmur3),
+                             InstanceMethod("routePick", &EdgemeshAddon::RoutePick),
+                             InstanceMethod("probeMark", &EdgemeshAddon::ProbeMark),
+                             InstanceMethod("planeCreate", &EdgemeshAddon::PlaneCreate),
+                             InstanceMethod("planeListen", &EdgemeshAddon::PlaneListen),
+                             InstanceMethod("planeSetRoutes", &EdgemeshAddon::PlaneSetRoutes),
+                             InstanceMethod("planeRun", &EdgemeshAddon::PlaneRun),
+                             InstanceMethod("planeStop", &EdgemeshAddon::PlaneStop),
+                             InstanceMethod("planeCounters", &EdgemeshAddon::PlaneCounters),
+                             InstanceMethod("planeServiceCounters", &EdgemeshAddon::PlaneServiceCounters),
+                             InstanceMethod("planeDestroy", &EdgemeshAddon::PlaneDestroy),
                          });
+    edgemesh::bpf::RegisterBpf(env, exports);  // eBPF loader functions (native/src/bpf)
   }
 
  private:
@@ -69,6 +114,143 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
     out.Set("address", r.dst->ToString());
     out.Set("port", r.dst->port);
     return out;
+  }
+
+  // murmur3(data, seed) -> u32: the L4 hash (parity with src/lb/murmur3.ts).
+  Napi::Value Murmur3(const Napi::CallbackInfo& info) {
+    static constexpr const char* kUsage = "murmur3(data: Buffer, seed: number)";
+    auto buf = BufferArg(info, 0, kUsage);
+    uint32_t seed = U32Arg(info, 1, kUsage);
+    return Napi::Number::New(info.Env(), edgemesh::Murmur3(buf.Data(), buf.Length(), seed));
+  }
+
+  // routePick(table, vip, port, clientIp) -> "ip:port": the endpoint a new connection from clientIp
+  // to vip:port gets (the first route pick; round robin advances). For parity tests and status.
+  Napi::Value RoutePick(const Napi::CallbackInfo& info) {
+    static constexpr const char* kUsage = "routePick(table: Buffer, vip: string, port: number, clientIp: string)";
+    auto buf = BufferArg(info, 0, kUsage);
+    std::string vip = StringArg(info, 1, kUsage);
+    uint32_t port = U32Arg(info, 2, kUsage);
+    std::string client = StringArg(info, 3, kUsage);
+    in_addr vip_a{}, client_a{};
+    if (port > 65535 || inet_pton(AF_INET, vip.c_str(), &vip_a) != 1 ||
+        inet_pton(AF_INET, client.c_str(), &client_a) != 1)
+      ThrowUsage(info.Env(), kUsage);
+    std::string error;
+    auto table = edgemesh::RoutingTable::Decode(buf.Data(), buf.Length(), &error);
+    if (!table) ThrowUsage(info.Env(), (std::string(kUsage) + ": " + error).c_str());
+    const edgemesh::Route* route = table->Lookup(vip_a.s_addr, static_cast<uint16_t>(port));
+    if (route == nullptr || route->endpoints.empty()) return info.Env().Null();
+    uint32_t idx = edgemesh::PickEndpoint(*route, client_a.s_addr, 0);
+    return Napi::String::New(info.Env(), edgemesh::EndpointString(route->endpoints[idx]));
+  }
+
+  // probeMark(mark) -> errno of setsockopt(SO_MARK) on a fresh socket (0 = permitted).
+  Napi::Value ProbeMark(const Napi::CallbackInfo& info) {
+    uint32_t mark = U32Arg(info, 0, "probeMark(mark: number)");
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return Napi::Number::New(info.Env(), errno);
+    int err = setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0 ? 0 : errno;
+    close(fd);
+    return Napi::Number::New(info.Env(), err);
+  }
+
+  // planeCreate(mark, connectTimeoutMs, idleTimeoutMs, useSplice, pipeSize, bufferSize, maxAttempts,
+  // serviceSlots) -> plane id. The plane lives in a process-wide registry so piscina worker threads
+  // (other Node environments) can run it; planeDestroy releases it.
+  Napi::Value PlaneCreate(const Napi::CallbackInfo& info) {
+    static constexpr const char* kUsage =
+        "planeCreate(mark: number, connectTimeoutMs: number, idleTimeoutMs: number, useSplice: boolean, "
+        "pipeSize: number, bufferSize: number, maxAttempts: number, serviceSlots: number)";
+    if (info.Length() < 8 || !info[3].IsBoolean()) ThrowUsage(info.Env(), kUsage);
+    edgemesh::PlaneOptions o;
+    o.mark = U32Arg(info, 0, kUsage);
+    o.connect_timeout_ms = U32Arg(info, 1, kUsage);
+    o.idle_timeout_ms = U32Arg(info, 2, kUsage);
+    o.use_splice = info[3].As<Napi::Boolean>().Value();
+    o.pipe_size = U32Arg(info, 4, kUsage);
+    o.buffer_size = U32Arg(info, 5, kUsage);
+    o.max_attempts = U32Arg(info, 6, kUsage);
+    o.service_slots = U32Arg(info, 7, kUsage);
+    if (o.pipe_size < 4096 || o.buffer_size < 4096 || o.max_attempts == 0 || o.service_slots > (1u << 20) ||
+        o.connect_timeout_ms == 0)
+      ThrowUsage(info.Env(), kUsage);
+    return Napi::Number::New(info.Env(), edgemesh::RegisterPlane(std::make_shared<edgemesh::Plane>(o)));
+  }
+
+  // planeListen(id, address, port, count) -> bound port: `count` SO_REUSEPORT listeners.
+  Napi::Value PlaneListen(const Napi::CallbackInfo& info) {
+    static constexpr const char* kUsage = "planeListen(id: number, address: string, port: number, count: number)";
+    auto plane = PlaneArg(info, kUsage);
+    std::string address = StringArg(info, 1, kUsage);
+    uint32_t port = U32Arg(info, 2, kUsage);
+    uint32_t count = U32Arg(info, 3, kUsage);
+    if (port > 65535 || count == 0 || count > 256) ThrowUsage(info.Env(), kUsage);
+    if (auto err = plane->Listen(address, static_cast<uint16_t>(port), count)) ThrowSyscall(info.Env(), *err);
+    return Napi::Number::New(info.Env(), plane->bound_port());
+  }
+
+  // planeSetRoutes(id, table) -> generation: decodes and atomically publishes a routing table.
+  Napi::Value PlaneSetRoutes(const Napi::CallbackInfo& info) {
+    static constexpr const char* kUsage = "planeSetRoutes(id: number, table: Buffer)";
+    auto plane = PlaneArg(info, kUsage);
+    auto buf = BufferArg(info, 1, kUsage);
+    std::string error;
+    auto table = edgemesh::RoutingTable::Decode(buf.Data(), buf.Length(), &error);
+    if (!table) ThrowUsage(info.Env(), (std::string(kUsage) + ": " + error).c_str());
+    uint32_t generation = table->generation;
+    plane->SetTable(std::move(table));
+    return Napi::Number::New(info.Env(), generation);
+  }
+
+  // planeRun(id, index): runs worker `index` on this thread until planeStop and its drain finish.
+  // Blocking by design: it is called from a piscina worker thread that it owns.
+  Napi::Value PlaneRun(const Napi::CallbackInfo& info) {
+    static constexpr const char* kUsage = "planeRun(id: number, index: number)";
+    auto plane = PlaneArg(info, kUsage);
+    uint32_t index = U32Arg(info, 1, kUsage);
+    if (index >= plane->listener_count()) ThrowUsage(info.Env(), kUsage);
+    if (auto err = plane->RunWorker(index)) ThrowSyscall(info.Env(), *err);
+    return info.Env().Undefined();
+  }
+
+  // planeStop(id, drainMs): stop accepting; open connections get drainMs, then are reset.
+  Napi::Value PlaneStop(const Napi::CallbackInfo& info) {
+    static constexpr const char* kUsage = "planeStop(id: number, drainMs: number)";
+    auto plane = PlaneArg(info, kUsage);
+    plane->Stop(U32Arg(info, 1, kUsage));
+    return info.Env().Undefined();
+  }
+
+  // planeCounters(id) -> Float64Array in PlaneCounter order (binding.d.ts PLANE_COUNTER_NAMES).
+  Napi::Value PlaneCounters(const Napi::CallbackInfo& info) {
+    auto plane = PlaneArg(info, "planeCounters(id: number)");
+    auto out = Napi::Float64Array::New(info.Env(), edgemesh::kCounterCount);
+    for (int i = 0; i < edgemesh::kCounterCount; ++i)
+      out[i] = static_cast<double>(plane->Counter(static_cast<edgemesh::PlaneCounter>(i)));
+    return out;
+  }
+
+  // planeServiceCounters(id, slots) -> Float64Array of slots x 5 (binding.d.ts SERVICE_COUNTER_NAMES).
+  Napi::Value PlaneServiceCounters(const Napi::CallbackInfo& info) {
+    static constexpr const char* kUsage = "planeServiceCounters(id: number, slots: number)";
+    auto plane = PlaneArg(info, kUsage);
+    uint32_t slots = U32Arg(info, 1, kUsage);
+    if (slots > plane->options.service_slots) ThrowUsage(info.Env(), kUsage);
+    auto out = Napi::Float64Array::New(info.Env(), static_cast<size_t>(slots) * edgemesh::kSvcCounterCount);
+    for (uint32_t s = 0; s < slots; ++s) {
+      auto* c = plane->service(s);
+      for (int k = 0; k < edgemesh::kSvcCounterCount; ++k)
+        out[static_cast<size_t>(s) * edgemesh::kSvcCounterCount + k] =
+            static_cast<double>(c[k].load(std::memory_order_relaxed));
+    }
+    return out;
+  }
+
+  // planeDestroy(id) -> whether it existed. Running workers keep their plane until they return.
+  Napi::Value PlaneDestroy(const Napi::CallbackInfo& info) {
+    uint32_t id = U32Arg(info, 0, "planeDestroy(id: number)");
+    return Napi::Boolean::New(info.Env(), edgemesh::UnregisterPlane(id));
   }
 };
 

@@ -1,3 +1,4 @@
+#include <csignal>
 #include <cstring>
 
 #include "test_harness.h"
@@ -11,6 +12,8 @@ std::vector<TestCase>& Registry() {
 
 // Runs every registered test, or only those whose name contains argv[1].
 int main(int argc, char** argv) {
+  // Node ignores SIGPIPE; the proxy code relies on EPIPE instead, so the tests do the same.
+  std::signal(SIGPIPE, SIG_IGN);
   int passed = 0, failed = 0;
   for (auto& t : edgemesh_test::Registry()) {
     if (argc > 1 && std::strstr(t.name, argv[1]) == nullptr) continue;

@@ -1,0 +1,150 @@
+#include "core/proxy_plane.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <map>
+
+namespace edgemesh {
+
+int64_t MonotonicMs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+std::optional<Endpoint> AffinityCache::Get(uint32_t vip_be, uint16_t port, uint32_t client_be, int64_t now_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = by_route_.find((static_cast<uint64_t>(vip_be) << 16) | port);
+  if (r == by_route_.end()) return std::nullopt;
+  auto c = r->second.find(client_be);
+  if (c == r->second.end()) return std::nullopt;
+  if (c->second.expires_ms <= now_ms) {
+    r->second.erase(c);
+    return std::nullopt;
+  }
+  return c->second.ep;
+}
+
+void AffinityCache::Put(uint32_t vip_be, uint16_t port, uint32_t client_be, const Endpoint& ep, int64_t expires_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& route = by_route_[(static_cast<uint64_t>(vip_be) << 16) | port];
+  route[client_be] = Entry{ep, expires_ms};
+  // Sweep expired entries now and then so clients that never return do not pile up.
+  if (++puts_ % 4096 == 0) {
+    const int64_t now = MonotonicMs();
+    for (auto& [key, clients] : by_route_) {
+      for (auto it = clients.begin(); it != clients.end();) it = it->second.expires_ms <= now ? clients.erase(it) : ++it;
+    }
+  }
+}
+
+size_t AffinityCache::size() {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t n = 0;
+  for (auto& [key, clients] : by_route_) n += clients.size();
+  return n;
+}
+
+Plane::Plane(const PlaneOptions& opts)
+    : options(opts), services_(new std::atomic<uint64_t>[static_cast<size_t>(opts.service_slots) * kSvcCounterCount]) {
+  for (size_t i = 0; i < static_cast<size_t>(opts.service_slots) * kSvcCounterCount; ++i) services_[i] = 0;
+  // One eventfd for all workers: written once at Stop(), it stays readable and wakes every epoll.
+  stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+Plane::~Plane() {
+  for (uint32_t i = 0; i < listener_count_; ++i) {
+    int fd = listeners_[i].exchange(-1);
+    if (fd >= 0) close(fd);
+  }
+  if (stop_fd_ >= 0) close(stop_fd_);
+}
+
+std::optional<SyscallError> Plane::Listen(const std::string& address, uint16_t port, uint32_t count) {
+  if (listener_count_ != 0) return SyscallError{"listen (plane already listening)", EALREADY};
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(port);
+  if (inet_pton(AF_INET, address.c_str(), &sa.sin_addr) != 1) return SyscallError{"inet_pton", EINVAL};
+  std::vector<int> fds;
+  auto fail = [&](const char* syscall) {
+    SyscallError e{syscall, errno};
+    for (int fd : fds) close(fd);
+    return e;
+  };
+  for (uint32_t i = 0; i < count; ++i) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return fail("socket");
+    fds.push_back(fd);
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) return fail("setsockopt(SO_REUSEADDR)");
+    // One listener per worker: the kernel spreads new connections over them, no shared accept queue.
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) return fail("setsockopt(SO_REUSEPORT)");
+    if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) return fail("bind");
+    if (listen(fd, 4096) != 0) return fail("listen");
+    if (i == 0 && port == 0) {
+      // Port 0 (tests): every further listener must join the group on the port the first got.
+      sockaddr_in bound{};
+      socklen_t len = sizeof(bound);
+      if (getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len) != 0) return fail("getsockname");
+      sa.sin_port = bound.sin_port;
+    }
+  }
+  bound_port_ = ntohs(sa.sin_port);
+  listeners_.reset(new std::atomic<int>[count]);
+  for (uint32_t i = 0; i < count; ++i) listeners_[i] = fds[i];
+  worker_counters_.clear();
+  for (uint32_t i = 0; i < count; ++i) worker_counters_.push_back(std::make_unique<WorkerCounters>());
+  listener_count_ = count;
+  return std::nullopt;
+}
+
+int Plane::TakeListener(uint32_t index) { return index < listener_count_ ? listeners_[index].exchange(-1) : -1; }
+
+void Plane::Stop(uint32_t drain_ms) {
+  int64_t expected = 0;
+  // Deadline 0 means "running"; never store 0 as a deadline.
+  if (stop_deadline_ms_.compare_exchange_strong(expected, MonotonicMs() + drain_ms + 1)) {
+    uint64_t one = 1;
+    ssize_t w = write(stop_fd_, &one, sizeof(one));
+    (void)w;
+  }
+}
+
+uint64_t Plane::Counter(PlaneCounter c) const {
+  uint64_t sum = 0;
+  for (auto& w : worker_counters_) sum += w->v[c].load(std::memory_order_relaxed);
+  return sum;
+}
+
+namespace {
+std::mutex g_registry_mu;
+std::map<uint32_t, std::shared_ptr<Plane>> g_registry;
+uint32_t g_next_id = 1;
+}  // namespace
+
+uint32_t RegisterPlane(std::shared_ptr<Plane> plane) {
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  uint32_t id = g_next_id++;
+  g_registry.emplace(id, std::move(plane));
+  return id;
+}
+
+std::shared_ptr<Plane> FindPlane(uint32_t id) {
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  auto it = g_registry.find(id);
+  return it == g_registry.end() ? nullptr : it->second;
+}
+
+bool UnregisterPlane(uint32_t id) {
+  std::lock_guard<std::mutex> lock(g_registry_mu);
+  return g_registry.erase(id) > 0;
+}
+
+}  // namespace edgemesh

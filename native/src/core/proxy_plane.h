@@ -1,0 +1,136 @@
+// One native proxy data plane: listeners on the proxy port (one SO_REUSEPORT socket per worker),
+// the routing table shared by all workers (atomic shared_ptr swap), counters, session affinity and
+// the stop/drain signal. Workers (RunWorker) block in an epoll loop on their own thread; the
+// process-wide registry lets piscina worker threads (separate Node environments) find the plane
+// the main thread created by its numeric id.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/errno_error.h"
+#include "core/routing_table.h"
+
+namespace edgemesh {
+
+struct PlaneOptions {
+  uint32_t mark = 0x4567;             // SO_MARK on upstream sockets (0 = none); interceptors RETURN it
+  uint32_t connect_timeout_ms = 5000;  // per attempt, unless the route sets its own
+  uint32_t idle_timeout_ms = 0;        // 0 = never
+  bool use_splice = true;              // false: read/write through buffers (sk_msg-accelerated sockets)
+  uint32_t pipe_size = 1 << 20;        // F_SETPIPE_SZ for splice pipes
+  uint32_t buffer_size = 256 << 10;    // read/write mode buffer per direction
+  uint32_t max_attempts = 3;           // endpoints tried per connection (refused / timed out)
+  uint32_t service_slots = 16384;      // per-service counter slots
+};
+
+// Counter order is part of the TS boundary (src/native/binding.d.ts PLANE_COUNTER_NAMES).
+enum PlaneCounter : int {
+  kAccepted = 0,      // connections accepted on the proxy port
+  kActive,            // connections open now
+  kEstablished,       // upstream connects that succeeded
+  kBytesUp,           // client -> endpoint bytes
+  kBytesDown,         // endpoint -> client bytes
+  kNoRoute,           // original destination not in the table
+  kNoEndpoint,        // route without ready endpoints
+  kOriginalDstError,  // SO_ORIGINAL_DST / getsockname failed
+  kConnectRefused,    // an attempt refused (retried on another endpoint)
+  kConnectTimeout,    // an attempt timed out
+  kConnectError,      // an attempt failed otherwise (unreachable, mark not permitted ...)
+  kUpstreamFailed,    // every attempt failed; client reset
+  kResets,            // connections torn down by a reset on either side
+  kAcceptErrors,      // accept() failures other than EAGAIN
+  kIdleClosed,        // closed by the idle timeout
+  kDrainForced,       // still open at the drain deadline, reset
+  kCounterCount
+};
+
+// Per-service counter order (src/native/binding.d.ts SERVICE_COUNTER_NAMES).
+enum ServiceCounter : int { kSvcConnections = 0, kSvcActive, kSvcBytesUp, kSvcBytesDown, kSvcErrors, kSvcCounterCount };
+
+struct alignas(64) WorkerCounters {
+  std::atomic<uint64_t> v[kCounterCount] = {};
+  void Add(PlaneCounter c, uint64_t n = 1) { v[c].fetch_add(n, std::memory_order_relaxed); }
+  void Sub(PlaneCounter c, uint64_t n = 1) { v[c].fetch_sub(n, std::memory_order_relaxed); }
+};
+
+// ClientIP session affinity: client -> endpoint for each ClusterIP:port, with a timeout. Locked,
+// but consulted only for routes that ask for affinity.
+class AffinityCache {
+ public:
+  std::optional<Endpoint> Get(uint32_t vip_be, uint16_t port, uint32_t client_be, int64_t now_ms);
+  void Put(uint32_t vip_be, uint16_t port, uint32_t client_be, const Endpoint& ep, int64_t expires_ms);
+  size_t size();
+
+ private:
+  struct Entry {
+    Endpoint ep;
+    int64_t expires_ms;
+  };
+  std::mutex mu_;
+  std::unordered_map<uint64_t, std::unordered_map<uint32_t, Entry>> by_route_;
+  uint64_t puts_ = 0;
+};
+
+class Plane {
+ public:
+  explicit Plane(const PlaneOptions& options);
+  ~Plane();
+  Plane(const Plane&) = delete;
+  Plane& operator=(const Plane&) = delete;
+
+  const PlaneOptions options;
+
+  // Binds `count` SO_REUSEPORT listeners on address:port (once per plane).
+  std::optional<SyscallError> Listen(const std::string& address, uint16_t port, uint32_t count);
+  uint32_t listener_count() const { return listener_count_; }
+  // The port actually bound (resolves port 0).
+  uint16_t bound_port() const { return bound_port_; }
+
+  void SetTable(std::shared_ptr<const RoutingTable> table) { std::atomic_store(&table_, std::move(table)); }
+  std::shared_ptr<const RoutingTable> table() const { return std::atomic_load(&table_); }
+
+  // Runs worker `index` (its listener) until Stop() and the drain finish. Blocking.
+  std::optional<SyscallError> RunWorker(uint32_t index);
+  // Stop accepting; established connections get drain_ms to finish, then are reset. Non-blocking.
+  void Stop(uint32_t drain_ms);
+  bool stopping() const { return stop_deadline_ms_.load() != 0; }
+  int64_t stop_deadline_ms() const { return stop_deadline_ms_.load(); }
+  int stop_fd() const { return stop_fd_; }
+
+  // Sum over workers.
+  uint64_t Counter(PlaneCounter c) const;
+  WorkerCounters& worker_counters(uint32_t index) { return *worker_counters_[index]; }
+  // Per-service counters (slot < options.service_slots).
+  std::atomic<uint64_t>* service(uint32_t slot) {
+    return slot < options.service_slots ? &services_[static_cast<size_t>(slot) * kSvcCounterCount] : nullptr;
+  }
+  AffinityCache& affinity() { return affinity_; }
+  // Takes listener `index` out of the plane (the worker closes it when it stops accepting).
+  int TakeListener(uint32_t index);
+
+ private:
+  std::shared_ptr<const RoutingTable> table_;
+  std::unique_ptr<std::atomic<int>[]> listeners_;
+  uint32_t listener_count_ = 0;
+  uint16_t bound_port_ = 0;
+  int stop_fd_ = -1;
+  std::atomic<int64_t> stop_deadline_ms_{0};
+  std::vector<std::unique_ptr<WorkerCounters>> worker_counters_;
+  std::unique_ptr<std::atomic<uint64_t>[]> services_;
+  AffinityCache affinity_;
+};
+
+int64_t MonotonicMs();
+
+// Process-wide registry of planes by id, shared by every Node environment (thread) in the process.
+uint32_t RegisterPlane(std::shared_ptr<Plane> plane);
+std::shared_ptr<Plane> FindPlane(uint32_t id);
+bool UnregisterPlane(uint32_t id);
+
+}  // namespace edgemesh

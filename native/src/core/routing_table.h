@@ -1,0 +1,79 @@
+// The routing table TS pushes on every snapshot: ClusterIP:port -> endpoints + L4 policy. Decoded
+// once from a flat little-endian buffer (encoder: src/dataplane/native/route-encoder.ts), immutable
+// afterwards, and published to the worker threads by an atomic shared_ptr swap (no lock on lookup).
+//
+// Layout (all integers little-endian; addresses are 4 raw bytes in network order):
+//   header   16 B: magic u32 = 0x31524d45 ("EMR1"), generation u32, routeCount u32, reserved u32
+//   route    24 B: vip[4], port u16, policy u8, flags u8, affinityTimeoutS u32, serviceSlot u32,
+//                  connectTimeoutMs u32 (0 = plane default), endpointCount u32
+//   endpoint  8 B: ip[4], port u16, reserved u16      (endpointCount of them after their route)
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace edgemesh {
+
+constexpr uint32_t kRouteMagic = 0x31524d45u;
+constexpr size_t kRouteHeaderSize = 16;
+constexpr size_t kRouteEntrySize = 24;
+constexpr size_t kRouteEndpointSize = 8;
+constexpr uint32_t kNoServiceSlot = 0xffffffffu;
+
+// L4 endpoint choice of one service port.
+enum class LbPolicy : uint8_t { kRoundRobin = 0, kRandom = 1, kSourceIpHash = 2 };
+constexpr uint8_t kRouteFlagAffinity = 1;  // sessionAffinity: ClientIP
+
+struct Endpoint {
+  uint32_t addr_be = 0;
+  uint16_t port = 0;  // host order
+  bool operator==(const Endpoint& o) const { return addr_be == o.addr_be && port == o.port; }
+};
+
+// "a.b.c.d:port", the form the hash ring is built from (and the TS twin uses).
+std::string EndpointString(const Endpoint& e);
+
+// A consistent-hash ring: for n endpoints sorted by their "ip:port" string, ceil(1024/n) points
+// per endpoint at murmur3("ip:port#i"); points ordered by (hash, endpoint index).
+struct HashRing {
+  std::vector<uint64_t> points;  // (hash << 32) | endpoint index, ascending
+  // Index of the endpoint owning the first point >= hash (wrapping to the first point).
+  uint32_t Pick(uint32_t hash) const;
+};
+HashRing BuildRing(const std::vector<Endpoint>& sorted_endpoints);
+
+struct Route {
+  uint32_t vip_be = 0;
+  uint16_t port = 0;
+  LbPolicy policy = LbPolicy::kRoundRobin;
+  uint8_t flags = 0;
+  uint32_t affinity_timeout_s = 0;
+  uint32_t service_slot = kNoServiceSlot;
+  uint32_t connect_timeout_ms = 0;
+  std::vector<Endpoint> endpoints;  // sorted by EndpointString (ring order)
+  HashRing ring;                    // built only for kSourceIpHash
+  mutable std::atomic<uint32_t> rr{0};
+};
+
+// Chooses the endpoint index for a new connection from `client_be` (callers retry a refusing
+// endpoint with (first + attempt) % n). `random` is a per-thread random value (used by kRandom).
+uint32_t PickEndpoint(const Route& route, uint32_t client_be, uint32_t random);
+
+class RoutingTable {
+ public:
+  uint32_t generation = 0;
+  // Decodes a table; on failure returns nullptr and sets *error.
+  static std::shared_ptr<const RoutingTable> Decode(const uint8_t* data, size_t len, std::string* error);
+  const Route* Lookup(uint32_t vip_be, uint16_t port) const;
+  size_t size() const { return routes_.size(); }
+
+ private:
+  std::vector<std::unique_ptr<Route>> routes_;
+  std::unordered_map<uint64_t, const Route*> index_;
+};
+
+}  // namespace edgemesh

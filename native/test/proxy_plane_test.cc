@@ -1,0 +1,311 @@
+// The proxy loop end to end on loopback: a real plane worker thread, real backends. Without NAT the
+// accepted socket's own address is the "original destination", so the route is 127.0.0.1:<proxy>.
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/proxy_plane.h"
+#include "route_builder.h"
+#include "test_harness.h"
+
+using edgemesh_test::BuildTable;
+using edgemesh_test::TestRoute;
+
+namespace {
+
+int ListenLoopback(uint16_t* port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+  listen(fd, 128);
+  socklen_t len = sizeof(sa);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  *port = ntohs(sa.sin_port);
+  return fd;
+}
+
+int Connect(uint16_t port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons(port);
+  timeval tv{5, 0};  // a hung proxy fails the test instead of hanging it
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Reads until EOF; returns bytes read, or -errno on error.
+long ReadAll(int fd, std::string* out) {
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n == 0) return static_cast<long>(out->size());
+    if (n < 0) return -errno;
+    out->append(buf, static_cast<size_t>(n));
+  }
+}
+
+// A backend serving `handler` for each accepted connection (one thread per connection).
+struct Backend {
+  uint16_t port = 0;
+  int fd = -1;
+  std::thread acceptor;
+  std::vector<std::thread> conns;
+  explicit Backend(std::function<void(int)> handler) {
+    fd = ListenLoopback(&port);
+    acceptor = std::thread([this, handler] {
+      for (;;) {
+        int c = accept(fd, nullptr, nullptr);
+        if (c < 0) return;
+        conns.emplace_back([handler, c] { handler(c); });
+      }
+    });
+  }
+  ~Backend() {
+    shutdown(fd, SHUT_RDWR);
+    close(fd);
+    acceptor.join();
+    for (auto& t : conns) t.join();
+  }
+};
+
+void Echo(int c) {
+  char buf[65536];
+  ssize_t n;
+  while ((n = read(c, buf, sizeof(buf))) > 0) {
+    for (ssize_t off = 0; off < n;) {
+      ssize_t w = write(c, buf + off, static_cast<size_t>(n - off));
+      if (w <= 0) break;
+      off += w;
+    }
+  }
+  shutdown(c, SHUT_WR);
+  close(c);
+}
+
+// A plane with one worker running on its own thread.
+struct RunningPlane {
+  std::shared_ptr<edgemesh::Plane> plane;
+  std::thread worker;
+  std::atomic<bool> done{false};
+  explicit RunningPlane(edgemesh::PlaneOptions o = {}) {
+    o.mark = 0;  // no interceptor here, and no CAP_NET_ADMIN needed
+    o.connect_timeout_ms = 1000;
+    plane = std::make_shared<edgemesh::Plane>(o);
+    CHECK(!plane->Listen("127.0.0.1", 0, 1));
+  }
+  void Routes(std::vector<TestRoute> routes) {
+    auto b = BuildTable(1, routes);
+    std::string error;
+    plane->SetTable(edgemesh::RoutingTable::Decode(b.data(), b.size(), &error));
+  }
+  void Start() {
+    worker = std::thread([this] {
+      CHECK(!plane->RunWorker(0));
+      done = true;
+    });
+  }
+  uint16_t port() const { return plane->bound_port(); }
+  uint64_t Counter(edgemesh::PlaneCounter c) const { return plane->Counter(c); }
+  ~RunningPlane() {
+    plane->Stop(0);
+    if (worker.joinable()) worker.join();
+  }
+};
+
+std::string Payload(size_t n) {
+  std::string s(n, '\0');
+  uint32_t x = 2463534242u;
+  for (size_t i = 0; i < n; ++i) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    s[i] = static_cast<char>(x);
+  }
+  return s;
+}
+
+void EchoRoundTrip(bool use_splice) {
+  Backend backend(Echo);
+  edgemesh::PlaneOptions o;
+  o.use_splice = use_splice;
+  RunningPlane p(o);
+  p.Routes({TestRoute{"127.0.0.1", p.port(), 0, 0, 0, 5, 0, {{"127.0.0.1", backend.port}}}});
+  p.Start();
+  const std::string payload = Payload(8 << 20);
+  int c = Connect(p.port());
+  CHECK(c >= 0);
+  std::thread writer([&] {
+    for (size_t off = 0; off < payload.size();) {
+      ssize_t w = write(c, payload.data() + off, payload.size() - off);
+      if (w <= 0) break;
+      off += static_cast<size_t>(w);
+    }
+    shutdown(c, SHUT_WR);  // half-close: the echo must still come back in full
+  });
+  std::string got;
+  long r = ReadAll(c, &got);
+  writer.join();
+  close(c);
+  CHECK_EQ(r, static_cast<long>(payload.size()));
+  CHECK(got == payload);
+  for (int i = 0; i < 100 && p.Counter(edgemesh::kActive) != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK_EQ(p.Counter(edgemesh::kActive), 0u);
+  CHECK_EQ(p.Counter(edgemesh::kBytesUp), static_cast<uint64_t>(payload.size()));
+  CHECK_EQ(p.Counter(edgemesh::kBytesDown), static_cast<uint64_t>(payload.size()));
+  auto* svc = p.plane->service(5);
+  CHECK_EQ(svc[edgemesh::kSvcConnections].load(), 1u);
+  CHECK_EQ(svc[edgemesh::kSvcBytesDown].load(), static_cast<uint64_t>(payload.size()));
+}
+
+}  // namespace
+
+TEST(plane_splices_8_mib_both_ways_byte_exact_with_half_close) { EchoRoundTrip(true); }
+
+TEST(plane_read_write_mode_is_byte_exact_too) { EchoRoundTrip(false); }
+
+TEST(plane_retries_a_refusing_endpoint) {
+  Backend backend(Echo);
+  uint16_t dead_port = 0;
+  close(ListenLoopback(&dead_port));  // a port nobody listens on: connect is refused
+  RunningPlane p;
+  p.Routes({TestRoute{"127.0.0.1", p.port(), 0, 0, 0, 0, 0, {{"127.0.0.1", dead_port}, {"127.0.0.1", backend.port}}}});
+  p.Start();
+  for (int i = 0; i < 4; ++i) {
+    int c = Connect(p.port());
+    CHECK(c >= 0);
+    CHECK_EQ(write(c, "ping", 4), 4);
+    shutdown(c, SHUT_WR);
+    std::string got;
+    CHECK_EQ(ReadAll(c, &got), 4L);
+    close(c);
+  }
+  CHECK(p.Counter(edgemesh::kConnectRefused) >= 2);
+  CHECK_EQ(p.Counter(edgemesh::kUpstreamFailed), 0u);
+}
+
+TEST(plane_resets_clients_without_route_or_endpoint) {
+  RunningPlane p;
+  p.Routes({});
+  p.Start();
+  int c = Connect(p.port());
+  CHECK(c >= 0);
+  std::string got;
+  long r = ReadAll(c, &got);
+  close(c);
+  CHECK(r == -ECONNRESET || r == 0);
+  CHECK_EQ(p.Counter(edgemesh::kNoRoute), 1u);
+}
+
+TEST(plane_passes_a_backend_reset_to_the_client) {
+  Backend backend([](int c) {
+    std::string half = Payload(100000);
+    (void)!write(c, half.data(), half.size());
+    char b[16];
+    (void)!read(c, b, sizeof(b));  // wait for the client's byte, so the reset lands mid-stream
+    linger l{1, 0};
+    setsockopt(c, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+    close(c);
+  });
+  RunningPlane p;
+  p.Routes({TestRoute{"127.0.0.1", p.port(), 0, 0, 0, 0, 0, {{"127.0.0.1", backend.port}}}});
+  p.Start();
+  int c = Connect(p.port());
+  CHECK(c >= 0);
+  CHECK_EQ(write(c, "x", 1), 1);
+  std::string got;
+  long r = ReadAll(c, &got);
+  close(c);
+  CHECK_EQ(r, static_cast<long>(-ECONNRESET));
+  for (int i = 0; i < 100 && p.Counter(edgemesh::kActive) != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK_EQ(p.Counter(edgemesh::kActive), 0u);
+  CHECK_EQ(p.Counter(edgemesh::kResets), 1u);
+}
+
+TEST(plane_drain_lets_open_connections_finish_then_forces_the_rest) {
+  Backend backend(Echo);
+  RunningPlane p;
+  p.Routes({TestRoute{"127.0.0.1", p.port(), 0, 0, 0, 0, 0, {{"127.0.0.1", backend.port}}}});
+  p.Start();
+  int c = Connect(p.port());
+  CHECK(c >= 0);
+  CHECK_EQ(write(c, "a", 1), 1);
+  char b;
+  CHECK_EQ(read(c, &b, 1), 1);  // established and forwarding
+  const auto t0 = std::chrono::steady_clock::now();
+  p.plane->Stop(300);
+  // Still served during the drain.
+  CHECK_EQ(write(c, "b", 1), 1);
+  CHECK_EQ(read(c, &b, 1), 1);
+  CHECK_EQ(b, 'b');
+  // New connections are refused once the listener is closed.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  int late = Connect(p.port());
+  CHECK(late < 0);
+  p.worker.join();
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  CHECK(waited >= std::chrono::milliseconds(250));
+  CHECK(waited < std::chrono::milliseconds(3000));
+  CHECK_EQ(p.Counter(edgemesh::kDrainForced), 1u);
+  std::string rest;
+  CHECK_EQ(ReadAll(c, &rest), static_cast<long>(-ECONNRESET));
+  close(c);
+}
+
+TEST(plane_drain_returns_early_when_connections_close) {
+  Backend backend(Echo);
+  RunningPlane p;
+  p.Routes({TestRoute{"127.0.0.1", p.port(), 0, 0, 0, 0, 0, {{"127.0.0.1", backend.port}}}});
+  p.Start();
+  int c = Connect(p.port());
+  CHECK(c >= 0);
+  CHECK_EQ(write(c, "a", 1), 1);
+  char b;
+  CHECK_EQ(read(c, &b, 1), 1);
+  const auto t0 = std::chrono::steady_clock::now();
+  p.plane->Stop(10000);
+  shutdown(c, SHUT_WR);
+  std::string rest;
+  CHECK_EQ(ReadAll(c, &rest), 0L);
+  close(c);
+  p.worker.join();
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(2000));
+  CHECK_EQ(p.Counter(edgemesh::kDrainForced), 0u);
+}
+
+TEST(plane_session_affinity_sticks_to_one_endpoint) {
+  std::atomic<int> hits_a{0}, hits_b{0};
+  Backend a([&](int c) { ++hits_a; Echo(c); });
+  Backend b([&](int c) { ++hits_b; Echo(c); });
+  RunningPlane p;
+  p.Routes({TestRoute{"127.0.0.1", p.port(), 0, edgemesh::kRouteFlagAffinity, 60, 0, 0,
+                      {{"127.0.0.1", a.port}, {"127.0.0.1", b.port}}}});
+  p.Start();
+  for (int i = 0; i < 6; ++i) {
+    int c = Connect(p.port());
+    CHECK(c >= 0);
+    shutdown(c, SHUT_WR);
+    std::string got;
+    CHECK_EQ(ReadAll(c, &got), 0L);
+    close(c);
+  }
+  CHECK((hits_a == 6 && hits_b == 0) || (hits_a == 0 && hits_b == 6));
+}
