@@ -17,6 +17,7 @@
 #include "core/routing_table.h"
 #include "core/splice_copy.h"
 #include "bpf/bpf_napi.h"
+#include "bpf/bpf_napi.h"
 
 namespace {
 
@@ -85,6 +86,7 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
                              InstanceMethod("planeServiceCounters", &EdgemeshAddon::PlaneServiceCounters),
                              InstanceMethod("planeDestroy", &EdgemeshAddon::PlaneDestroy),
                          });
+    edgemesh::bpf::RegisterBpf(env, exports);  // eBPF loader functions (native/src/bpf)
     edgemesh::bpf::RegisterBpf(env, exports);  // eBPF loader functions (native/src/bpf)
   }
 

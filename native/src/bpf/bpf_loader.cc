@@ -1,0 +1,205 @@
+// libbpf-backed loader; compiled without libbpf it only reports why eBPF is unavailable.
+#include "bpf/bpf_loader.h"
+
+#include <cerrno>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+
+#ifdef EDGEMESH_HAVE_LIBBPF
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include "bpf/bpf_layout.h"
+#endif
+
+namespace edgemesh::bpf {
+
+#ifndef EDGEMESH_HAVE_LIBBPF
+
+std::string Support() { return "the addon was built without libbpf (pkg-config libbpf not found at build time)"; }
+
+struct Loaded::Impl {};
+Loaded::~Loaded() = default;
+std::optional<MapInfo> Loaded::Map(const std::string&) const { return std::nullopt; }
+std::vector<std::string> Loaded::Programs() const { return {}; }
+void Loaded::Close(bool) {}
+
+OpenResult Open(const std::vector<std::string>&, const std::string&, const std::string&) {
+  OpenResult r;
+  r.error = SyscallError{"bpf", ENOSYS};
+  r.detail = Support();
+  return r;
+}
+
+#else
+
+std::string Support() { return ""; }
+
+namespace {
+
+// libbpf's print callback is process-wide; collect its output per thread so an open failure can
+// carry the verifier log of exactly that attempt.
+thread_local std::string* t_log = nullptr;
+
+int CollectLog(enum libbpf_print_level level, const char* fmt, va_list args) {
+  if (t_log == nullptr || level == LIBBPF_DEBUG) return 0;
+  char buf[1024];
+  int n = vsnprintf(buf, sizeof(buf), fmt, args);
+  if (n > 0 && t_log->size() < 16384) t_log->append(buf, static_cast<size_t>(n) < sizeof(buf) ? n : sizeof(buf) - 1);
+  return 0;
+}
+
+bool IsBpffs(const std::string& dir) {
+  struct statfs st {};
+  return statfs(dir.c_str(), &st) == 0 && st.f_type == BPF_FS_MAGIC;
+}
+
+std::string Parent(const std::string& path) {
+  auto slash = path.find_last_of('/');
+  return slash == std::string::npos || slash == 0 ? "/" : path.substr(0, slash);
+}
+
+}  // namespace
+
+struct Loaded::Impl {
+  std::string pin_dir;
+  std::vector<bpf_object*> objects;
+  std::vector<int> link_fds;
+  std::vector<std::string> link_pins;
+  std::vector<std::string> programs;
+  int cgroup_fd = -1;
+
+  void Release() {
+    for (int fd : link_fds) close(fd);
+    link_fds.clear();
+    for (auto* obj : objects) bpf_object__close(obj);
+    objects.clear();
+    if (cgroup_fd >= 0) close(cgroup_fd);
+    cgroup_fd = -1;
+  }
+};
+
+Loaded::~Loaded() {
+  if (impl_) impl_->Release();
+}
+
+std::optional<MapInfo> Loaded::Map(const std::string& name) const {
+  for (auto* obj : impl_->objects) {
+    bpf_map* map = bpf_object__find_map_by_name(obj, name.c_str());
+    if (map == nullptr) continue;
+    MapInfo info;
+    info.fd = bpf_map__fd(map);
+    info.key_size = bpf_map__key_size(map);
+    info.value_size = bpf_map__value_size(map);
+    auto type = bpf_map__type(map);
+    info.per_cpu = type == BPF_MAP_TYPE_PERCPU_ARRAY || type == BPF_MAP_TYPE_PERCPU_HASH ||
+                   type == BPF_MAP_TYPE_LRU_PERCPU_HASH;
+    return info;
+  }
+  return std::nullopt;
+}
+
+std::vector<std::string> Loaded::Programs() const { return impl_->programs; }
+
+void Loaded::Close(bool unpin) {
+  if (!impl_) return;
+  if (unpin) {
+    // Removing the link pins and closing the last fds detaches the programs; removing the map pins
+    // frees the maps once no program holds them.
+    for (const auto& pin : impl_->link_pins) unlink(pin.c_str());
+    for (auto* obj : impl_->objects) {
+      bpf_map* map;
+      bpf_object__for_each_map(map, obj) { bpf_map__unpin(map, nullptr); }
+    }
+  }
+  impl_->Release();
+  if (unpin) rmdir(impl_->pin_dir.c_str());
+}
+
+OpenResult Open(const std::vector<std::string>& objects, const std::string& pin_dir,
+                const std::string& cgroup_path) {
+  OpenResult r;
+  std::string log;
+  t_log = &log;
+  libbpf_set_print(CollectLog);
+  auto impl = std::make_unique<Loaded::Impl>();
+  impl->pin_dir = pin_dir;
+  auto fail = [&](const char* syscall, int err) {
+    impl->Release();
+    t_log = nullptr;
+    r.error = SyscallError{syscall, err};
+    r.detail = log;
+    return std::move(r);
+  };
+
+  // Pins need a bpffs; most hosts mount it at /sys/fs/bpf, containers often do not.
+  std::string root = Parent(pin_dir);
+  if (!IsBpffs(root) && !IsBpffs(pin_dir)) {
+    mkdir(root.c_str(), 0700);
+    if (mount("bpf", root.c_str(), "bpf", 0, nullptr) != 0) return fail("mount(bpffs)", errno);
+  }
+  if (mkdir(pin_dir.c_str(), 0700) != 0 && errno != EEXIST) return fail("mkdir(pin dir)", errno);
+
+  impl->cgroup_fd = open(cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (impl->cgroup_fd < 0) return fail("open(cgroup)", errno);
+
+  for (const auto& path : objects) {
+    LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = pin_dir.c_str());
+    bpf_object* obj = bpf_object__open_file(path.c_str(), &opts);
+    if (obj == nullptr) return fail("bpf_object__open_file", errno);
+    impl->objects.push_back(obj);
+    int err = bpf_object__load(obj);
+    if (err != 0) return fail("bpf_object__load", -err);
+  }
+
+  for (auto* obj : impl->objects) {
+    bpf_program* prog;
+    bpf_object__for_each_program(prog, obj) {
+      std::string name = bpf_program__name(prog);
+      std::string pin = pin_dir + "/link_" + name;
+      int link_fd = bpf_obj_get(pin.c_str());
+      if (link_fd >= 0) {
+        // A previous agent left this link attached: swap its program in place, so connects keep
+        // being rewritten across the restart with no window where they are not.
+        if (bpf_link_update(link_fd, bpf_program__fd(prog), nullptr) != 0) {
+          int e = errno;
+          close(link_fd);
+          unlink(pin.c_str());
+          link_fd = -1;
+          errno = e;
+        }
+      }
+      if (link_fd < 0) {
+        bpf_link* link = bpf_program__attach_cgroup(prog, impl->cgroup_fd);
+        if (link == nullptr) return fail("bpf_link_create(cgroup)", errno);
+        if (bpf_link__pin(link, pin.c_str()) != 0) {
+          int e = errno;
+          bpf_link__destroy(link);
+          return fail("bpf_obj_pin(link)", e);
+        }
+        link_fd = dup(bpf_link__fd(link));
+        bpf_link__disconnect(link);  // the pin and our dup keep it attached
+        bpf_link__destroy(link);
+      }
+      impl->link_fds.push_back(link_fd);
+      impl->link_pins.push_back(pin);
+      const char* attach = libbpf_bpf_attach_type_str(bpf_program__expected_attach_type(prog));
+      impl->programs.push_back(name + "@" + (attach ? attach : "?"));
+    }
+  }
+  t_log = nullptr;
+  r.loaded.reset(new Loaded());
+  r.loaded->impl_ = std::move(impl);
+  return r;
+}
+
+#endif
+
+}  // namespace edgemesh::bpf
