@@ -27,6 +27,16 @@ export interface BenchOptions {
   quick: boolean;
   /** Progress output (one line per step). */
   progress: (line: string) => void;
+  /** Something skipped or failed that the report must mention (a missing peer, a failed run). */
+  note?: (text: string) => void;
+  /** Rounds per contender (interleaved A B A B ...); the suite's own default when absent. */
+  rounds?: number;
+  /** Only these cases (e.g. topologies 'loopback', 'veth', 'veth-netem'); all defaults when absent. */
+  cases?: string[];
+  /** Only these contenders (e.g. 'direct', 'haproxy', 'edgemesh-native'); all when absent. */
+  contenders?: string[];
+  /** tc netem spec for the 'veth-netem' case, e.g. 'delay 1ms loss 0.1%'. */
+  netem?: string;
 }
 
 /** A benchmark module: `bench/<area>.ts` exports `run` with this signature. */

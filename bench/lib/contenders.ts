@@ -1,0 +1,355 @@
+// The contenders measured side by side: "direct" (no proxy: the physical limit), the edgemesh
+// data planes, and peers configured for plain TCP forwarding. Each starts inside the topology's
+// node namespace, forwards two ports (bulk → iperf3, echo → the load generator's backend) and is
+// stopped (whole process tree) after its turn.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { repoRoot, startCli } from '../../test/helpers/cli.ts';
+import { onCleanup } from './cleanup.ts';
+import { delay, exec, haveCommand, inNs, waitListening } from './exec.ts';
+import { processTree } from './proc-stats.ts';
+import type { Topology } from './topology.ts';
+
+/** Host and port a client connects to. */
+export interface Endpoint {
+  host: string;
+  port: number;
+}
+
+/** What a contender forwards to: the backends in the topology. */
+export interface BackendPorts {
+  /** iperf3 server port on topology.backendIP. */
+  bulk: number;
+  /** Load-generator echo server port on topology.backendIP. */
+  echo: number;
+}
+
+/** Everything a contender needs to start. */
+export interface ContenderContext {
+  topo: Topology;
+  backend: BackendPorts;
+  /** A scratch folder for config files and logs, removed with the run's work dir. */
+  workDir: string;
+}
+
+/** A started contender: where clients connect, which process tree to measure, how to stop it. */
+export interface RunningContender {
+  bulk: Endpoint;
+  echo: Endpoint;
+  /** Root of the proxy's process tree (undefined for direct: nothing to measure). */
+  pid?: number;
+  /** The forwarding path it uses, for the report ('splice', 'read/write', ...). */
+  path: string;
+  stop(): Promise<void>;
+}
+
+/** One contender kind. */
+export interface Contender {
+  name: string;
+  /** Why it cannot run on this machine (missing binary ...), or undefined when it can. */
+  unavailable(): Promise<string | undefined>;
+  start(ctx: ContenderContext): Promise<RunningContender>;
+}
+
+/** Starts argv inside ns and returns a handle that stops its whole process tree. */
+async function daemon(
+  ns: string,
+  argv: string[],
+  ready: () => Promise<void>,
+): Promise<{ pid: number; output(): string; stop(): Promise<void> }> {
+  const proc = startCli([], { command: inNs(ns, argv) });
+  const pid = proc.child.pid!;
+  const kill = (sig: NodeJS.Signals) => {
+    for (const p of processTree(pid).reverse()) {
+      try {
+        process.kill(p, sig);
+      } catch {
+        // already gone
+      }
+    }
+  };
+  const unregister = onCleanup(() => kill('SIGKILL'));
+  const exited = new Promise<void>((resolve) => proc.child.once('close', () => resolve()));
+  const stop = async () => {
+    kill('SIGTERM');
+    const timedOut = await Promise.race([exited.then(() => false), delay(3_000).then(() => true)]);
+    if (timedOut) kill('SIGKILL');
+    // Children of a forking proxy may outlive the parent for a moment; never leave them behind.
+    kill('SIGKILL');
+    await exited;
+    unregister();
+  };
+  try {
+    await Promise.race([
+      ready(),
+      exited.then(() => {
+        throw new Error(`${argv[0]} exited during start-up: ${proc.output().trim().slice(-800)}`);
+      }),
+    ]);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { pid, output: proc.output, stop };
+}
+
+/** No proxy: the client connects straight to the backend. */
+export const direct: Contender = {
+  name: 'direct',
+  unavailable: async () => undefined,
+  start: async ({ topo, backend }) => ({
+    bulk: { host: topo.backendIP, port: backend.bulk },
+    echo: { host: topo.backendIP, port: backend.echo },
+    path: 'none',
+    stop: async () => {},
+  }),
+};
+
+/** HAProxy in TCP mode with kernel splicing forced on in both directions. */
+export const haproxy: Contender = {
+  name: 'haproxy',
+  unavailable: async () => ((await haveCommand('haproxy')) ? undefined : 'haproxy is not installed'),
+  async start({ topo, backend, workDir }) {
+    const dir = path.join(workDir, 'haproxy');
+    mkdirSync(dir, { recursive: true });
+    const cfg = path.join(dir, 'haproxy.cfg');
+    writeFileSync(
+      cfg,
+      [
+        'global',
+        '  maxconn 5000',
+        'defaults',
+        '  mode tcp',
+        '  maxconn 5000',
+        '  timeout connect 5s',
+        '  timeout client 120s',
+        '  timeout server 120s',
+        '  option splice-request',
+        '  option splice-response',
+        'listen bulk',
+        '  bind 127.0.0.1:21000',
+        `  server b ${topo.backendIP}:${backend.bulk}`,
+        'listen echo',
+        '  bind 127.0.0.1:21001',
+        `  server b ${topo.backendIP}:${backend.echo}`,
+        '',
+      ].join('\n'),
+    );
+    const d = await daemon(topo.nodeNs, ['haproxy', '-db', '-f', cfg], async () => {
+      await waitListening(topo.nodeNs, 21000);
+      await waitListening(topo.nodeNs, 21001);
+    });
+    return {
+      bulk: { host: '127.0.0.1', port: 21000 },
+      echo: { host: '127.0.0.1', port: 21001 },
+      pid: d.pid,
+      path: 'splice',
+      stop: d.stop,
+    };
+  },
+};
+
+/** socat: one forked process per connection, 128 KiB copy buffer. */
+export const socat: Contender = {
+  name: 'socat',
+  unavailable: async () => ((await haveCommand('socat')) ? undefined : 'socat is not installed'),
+  async start({ topo, backend }) {
+    const one = (listen: number, port: number) =>
+      `socat -b 131072 TCP-LISTEN:${listen},bind=127.0.0.1,fork,reuseaddr,backlog=4096 TCP:${topo.backendIP}:${port}`;
+    // Both listeners under one shell, so one process tree holds everything socat forks.
+    const script = `${one(22000, backend.bulk)} & ${one(22001, backend.echo)} & wait`;
+    const d = await daemon(topo.nodeNs, ['sh', '-c', script], async () => {
+      await waitListening(topo.nodeNs, 22000);
+      await waitListening(topo.nodeNs, 22001);
+    });
+    return {
+      bulk: { host: '127.0.0.1', port: 22000 },
+      echo: { host: '127.0.0.1', port: 22001 },
+      pid: d.pid,
+      path: 'read/write (fork per connection)',
+      stop: d.stop,
+    };
+  },
+};
+
+const nginxStreamModule = '/usr/lib/nginx/modules/ngx_stream_module.so';
+
+/** nginx with the stream module (Debian: nginx + libnginx-mod-stream), one worker per core. */
+export const nginx: Contender = {
+  name: 'nginx',
+  async unavailable() {
+    if (!(await haveCommand('nginx')))
+      return 'nginx is not installed (apt-get install nginx libnginx-mod-stream)';
+    const r = await exec(['sh', '-c', `test -f ${nginxStreamModule} || nginx -V 2>&1 | grep -q with-stream`]);
+    return r.code === 0 ? undefined : 'nginx has no stream module (apt-get install libnginx-mod-stream)';
+  },
+  async start({ topo, backend, workDir }) {
+    const dir = path.join(workDir, 'nginx');
+    mkdirSync(dir, { recursive: true });
+    const conf = path.join(dir, 'nginx.conf');
+    const load =
+      (await exec(['test', '-f', nginxStreamModule])).code === 0 ? `load_module ${nginxStreamModule};` : '';
+    writeFileSync(
+      conf,
+      [
+        load,
+        'daemon off;',
+        'worker_processes auto;',
+        'worker_rlimit_nofile 20000;',
+        `pid ${dir}/nginx.pid;`,
+        `error_log ${dir}/error.log warn;`,
+        'events { worker_connections 10000; }',
+        'stream {',
+        `  server { listen 127.0.0.1:23000 reuseport backlog=4096; proxy_pass ${topo.backendIP}:${backend.bulk}; }`,
+        `  server { listen 127.0.0.1:23001 reuseport backlog=4096; proxy_pass ${topo.backendIP}:${backend.echo}; }`,
+        '}',
+        '',
+      ].join('\n'),
+    );
+    const d = await daemon(
+      topo.nodeNs,
+      ['nginx', '-p', dir, '-c', conf, '-e', `${dir}/error.log`],
+      async () => {
+        await waitListening(topo.nodeNs, 23000);
+        await waitListening(topo.nodeNs, 23001);
+      },
+    );
+    return {
+      bulk: { host: '127.0.0.1', port: 23000 },
+      echo: { host: '127.0.0.1', port: 23001 },
+      pid: d.pid,
+      path: 'read/write',
+      stop: d.stop,
+    };
+  },
+};
+
+/** The ClusterIP the bench Service gets in the generated manifests. */
+export const BENCH_VIP = '10.96.0.50';
+
+/** The manifests an edgemesh agent serves for the bench: one Service, one Pod at the backend IP. */
+export function benchManifests(backendIP: string, backend: BackendPorts): string {
+  return `apiVersion: v1
+kind: Service
+metadata:
+  name: bench
+  namespace: default
+spec:
+  clusterIP: ${BENCH_VIP}
+  selector:
+    app: bench
+  ports:
+    - name: tcp-bulk
+      port: ${backend.bulk}
+      targetPort: ${backend.bulk}
+    - name: tcp-echo
+      port: ${backend.echo}
+      targetPort: ${backend.echo}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: bench-backend
+  namespace: default
+  labels:
+    app: bench
+spec:
+  nodeName: bench-node
+  containers:
+    - name: backend
+      image: none
+status:
+  phase: Running
+  podIP: ${backendIP}
+  hostIP: ${backendIP}
+  conditions:
+    - type: Ready
+      status: "True"
+`;
+}
+
+interface AgentStatusDoc {
+  dataplane?: { mode?: string; path?: string };
+  intercept?: { mode?: string };
+  services?: Array<{ key: string; ports: Array<{ endpoints: string[] }> }>;
+}
+
+let metricsPort = 24000;
+
+/** The real `edgemesh agent` in the node namespace, serving generated manifests; clients use the ClusterIP. */
+export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptables'): Contender {
+  return {
+    name: `edgemesh-${dataplane}`,
+    unavailable: async () => undefined,
+    async start({ topo, backend, workDir }) {
+      const dir = path.join(workDir, `edgemesh-${dataplane}-${metricsPort}`);
+      mkdirSync(path.join(dir, 'manifests'), { recursive: true });
+      writeFileSync(path.join(dir, 'manifests', 'bench.yaml'), benchManifests(topo.backendIP, backend));
+      const listen = `127.0.0.1:${metricsPort++}`;
+      let status: AgentStatusDoc = {};
+      const argv = [
+        process.execPath,
+        path.join(repoRoot, 'src/cli/bin.js'),
+        'agent',
+        '--manifests',
+        path.join(dir, 'manifests'),
+        '--dataplane',
+        dataplane === 'ebpf' ? 'auto' : dataplane,
+        '--intercept',
+        dataplane === 'ebpf' ? 'ebpf' : intercept,
+        '--no-dns',
+        '--metrics-listen',
+        listen,
+        '--state-dir',
+        path.join(dir, 'state'),
+        '--node-name',
+        'bench-node',
+        '--log-level',
+        'warn',
+      ];
+      const d = await daemon(topo.nodeNs, argv, async () => {
+        const deadline = Date.now() + 20_000;
+        for (;;) {
+          const r = await exec(['curl', '-sf', `http://${listen}/status`], {
+            ns: topo.nodeNs,
+            timeoutMs: 5_000,
+          });
+          if (r.code === 0) {
+            try {
+              status = JSON.parse(r.stdout) as AgentStatusDoc;
+            } catch {
+              status = {};
+            }
+            const svc = status.services?.find((s) => s.key === 'default/bench');
+            if (svc?.ports.every((p) => p.endpoints.length > 0)) break;
+          }
+          if (Date.now() > deadline) {
+            throw new Error(
+              `edgemesh agent did not serve default/bench within 20 s (last /status: ${r.stdout.slice(0, 300)})`,
+            );
+          }
+          await delay(100);
+        }
+      });
+      const mode = status.dataplane?.mode;
+      if (dataplane !== 'ebpf' && mode !== dataplane) {
+        await d.stop();
+        throw new Error(
+          `asked for --dataplane ${dataplane} but the agent reports data plane '${mode ?? 'none'}'`,
+        );
+      }
+      return {
+        bulk: { host: BENCH_VIP, port: backend.bulk },
+        echo: { host: BENCH_VIP, port: backend.echo },
+        pid: d.pid,
+        path: status.dataplane?.path ?? mode ?? dataplane,
+        stop: d.stop,
+      };
+    },
+  };
+}
+
+/** Every contender, in report column order. */
+export function allContenders(): Contender[] {
+  return [direct, edgemesh('native'), edgemesh('ts'), haproxy, nginx, socat];
+}

@@ -1,0 +1,316 @@
+// The L4 suites: bulk transfer (iperf3), 1 KB request/response latency, new-connection rate and
+// many concurrent connections, for every contender in every topology, interleaved round by round
+// (round r visits the contenders in a rotated order), with the proxy's CPU and RSS from /proc.
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startCli } from '../test/helpers/cli.ts';
+import { onCleanup } from './lib/cleanup.ts';
+import { Collector } from './lib/collector.ts';
+import {
+  allContenders,
+  type BackendPorts,
+  type Contender,
+  type ContenderContext,
+  type RunningContender,
+} from './lib/contenders.ts';
+import { exec, inNs, waitListening } from './lib/exec.ts';
+import { concurrent, connRate, loadgenBinary, rr } from './lib/loadgen.ts';
+import { ProcessSampler, type ProcUsage } from './lib/proc-stats.ts';
+import type { BenchModule, BenchOptions } from './lib/record.ts';
+import { fmt, percentile } from './lib/stats.ts';
+import { createTopology, type Topology, type TopologyKind, topologyKinds } from './lib/topology.ts';
+
+const BACKEND: BackendPorts = { bulk: 5201, echo: 7000 };
+
+/** Workload sizes for one mode. */
+interface Plan {
+  rounds: number;
+  bulkSeconds: number;
+  bulkOmit: number;
+  rrCount: number;
+  connSeconds: number;
+  connThreads: number;
+  conns: number;
+  concSeconds: number;
+}
+
+const fullPlan: Plan = {
+  rounds: 3,
+  bulkSeconds: 4,
+  bulkOmit: 1,
+  rrCount: 10_000,
+  connSeconds: 2,
+  connThreads: 4,
+  conns: 2_000,
+  concSeconds: 2,
+};
+const quickPlan: Plan = {
+  rounds: 1,
+  bulkSeconds: 1,
+  bulkOmit: 0,
+  rrCount: 1_000,
+  connSeconds: 0.5,
+  connThreads: 2,
+  conns: 500,
+  concSeconds: 0.5,
+};
+
+/** A long-running backend process (iperf3 server, load-generator echo server) in the backend namespace. */
+class Backend {
+  private proc?: ReturnType<typeof startCli>;
+  private unregister?: () => void;
+
+  constructor(
+    private readonly ns: string,
+    private readonly argv: string[],
+    private readonly port: number,
+  ) {}
+
+  async start(): Promise<void> {
+    const proc = startCli([], { command: inNs(this.ns, this.argv) });
+    this.proc = proc;
+    this.unregister = onCleanup(() => proc.child.kill('SIGKILL'));
+    await waitListening(this.ns, this.port);
+  }
+
+  async stop(): Promise<void> {
+    await this.proc?.stop('SIGKILL');
+    this.unregister?.();
+    this.proc = undefined;
+  }
+
+  /** iperf3's server can wedge after a client failed mid-test; a fresh one costs milliseconds. */
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.start();
+  }
+}
+
+interface IperfJson {
+  error?: string;
+  end?: { sum_received?: { bits_per_second?: number } };
+}
+
+async function iperf(ns: string, host: string, port: number, plan: Plan): Promise<number> {
+  const argv = ['iperf3', '-c', host, '-p', String(port), '-t', String(plan.bulkSeconds), '-J'];
+  if (plan.bulkOmit > 0) argv.push('-O', String(plan.bulkOmit));
+  const r = await exec(argv, { ns, timeoutMs: (plan.bulkSeconds + plan.bulkOmit + 20) * 1000 });
+  let json: IperfJson = {};
+  try {
+    json = JSON.parse(r.stdout) as IperfJson;
+  } catch {
+    // fall through to the error below
+  }
+  const bps = json.end?.sum_received?.bits_per_second;
+  if (r.code !== 0 || json.error || typeof bps !== 'number') {
+    throw new Error(`iperf3 failed: ${json.error ?? r.stderr.trim() ?? `exit ${r.code}`}`);
+  }
+  return bps / 1e9;
+}
+
+/** Runs `fn` while sampling the proxy's process tree (no sampling for direct). */
+async function measured<T>(
+  pid: number | undefined,
+  fn: () => Promise<T>,
+): Promise<{ value: T; usage?: ProcUsage }> {
+  const sampler = pid ? new ProcessSampler(pid) : undefined;
+  try {
+    const value = await fn();
+    return { value, usage: sampler?.stop() };
+  } catch (err) {
+    sampler?.stop();
+    throw err;
+  }
+}
+
+/** One contender's turn in one round: every workload once. */
+async function visit(
+  c: RunningContender,
+  name: string,
+  topo: Topology,
+  plan: Plan,
+  col: Collector,
+  bulkBackend: Backend,
+  note: (text: string) => void,
+): Promise<string> {
+  const ns = topo.nodeNs;
+  const base = { case: topo.kind, contender: name };
+  const extra = { path: c.path };
+  const summary: string[] = [];
+  const usage = (suite: string, u: ProcUsage | undefined, rss = false) => {
+    if (!u) return;
+    col.add(
+      { ...base, suite, metric: 'proxy-cpu', unit: '% of a core', higherIsBetter: false },
+      u.cpuPercent,
+    );
+    if (rss)
+      col.add({ ...base, suite, metric: 'proxy-rss', unit: 'MiB', higherIsBetter: false }, u.rssPeakMiB);
+  };
+  const guard = async (what: string, fn: () => Promise<void>) => {
+    try {
+      await fn();
+    } catch (err) {
+      note(`tcp ${topo.kind} ${name} ${what}: ${err instanceof Error ? err.message : String(err)}`);
+      summary.push(`${what} FAILED`);
+    }
+  };
+
+  await guard('bulk', async () => {
+    try {
+      const { value: gbps, usage: u } = await measured(c.pid, () =>
+        iperf(ns, c.bulk.host, c.bulk.port, plan),
+      );
+      col.add(
+        { ...base, suite: 'tcp-bulk', metric: 'throughput', unit: 'Gbit/s', higherIsBetter: true },
+        gbps,
+        extra,
+      );
+      usage('tcp-bulk', u, true);
+      if (u && u.cpuPercent > 0) {
+        col.add(
+          {
+            ...base,
+            suite: 'tcp-bulk',
+            metric: 'throughput-per-core',
+            unit: 'Gbit/s per core',
+            higherIsBetter: true,
+          },
+          gbps / (u.cpuPercent / 100),
+        );
+      }
+      summary.push(`bulk ${fmt(gbps)} Gbit/s`);
+    } catch (err) {
+      await bulkBackend.restart();
+      throw err;
+    }
+  });
+
+  await guard('rr', async () => {
+    const { value: r, usage: u } = await measured(c.pid, () =>
+      rr(ns, c.echo.host, c.echo.port, 1024, plan.rrCount),
+    );
+    const rec = { ...base, suite: 'tcp-rr-1k', unit: 'us', higherIsBetter: false };
+    col.add({ ...rec, metric: 'round-trip' }, r.samples, extra);
+    col.add({ ...rec, metric: 'latency-p90' }, percentile(r.samples, 90));
+    col.add({ ...rec, metric: 'latency-p99' }, percentile(r.samples, 99));
+    col.add(
+      { ...base, suite: 'tcp-rr-1k', metric: 'transactions', unit: 'per s', higherIsBetter: true },
+      r.count / r.seconds,
+    );
+    usage('tcp-rr-1k', u);
+    summary.push(`rr p99 ${fmt(percentile(r.samples, 99))} us`);
+  });
+
+  await guard('connrate', async () => {
+    const { value: r, usage: u } = await measured(c.pid, () =>
+      connRate(ns, c.echo.host, c.echo.port, plan.connSeconds, plan.connThreads),
+    );
+    if (r.connections === 0) throw new Error(`no connection completed (${r.errors} errors)`);
+    col.add(
+      { ...base, suite: 'tcp-connrate', metric: 'connections', unit: 'per s', higherIsBetter: true },
+      r.perSecond,
+      { ...extra, errors: r.errors },
+    );
+    col.add(
+      { ...base, suite: 'tcp-connrate', metric: 'connect+rr-p99', unit: 'us', higherIsBetter: false },
+      r.p99,
+    );
+    usage('tcp-connrate', u);
+    summary.push(`${fmt(r.perSecond)} conn/s`);
+  });
+
+  await guard('concurrent', async () => {
+    const { value: r, usage: u } = await measured(c.pid, () =>
+      concurrent(ns, c.echo.host, c.echo.port, plan.conns, plan.concSeconds, 1024),
+    );
+    if (r.established < plan.conns)
+      throw new Error(`only ${r.established} of ${plan.conns} connections opened`);
+    const suite = `tcp-${plan.conns}-conns`;
+    col.add({ ...base, suite, metric: 'open-all', unit: 'ms', higherIsBetter: false }, r.connectMs, extra);
+    col.add({ ...base, suite, metric: 'requests', unit: 'per s', higherIsBetter: true }, r.perSecond);
+    col.add({ ...base, suite, metric: 'latency-p99', unit: 'us', higherIsBetter: false }, r.p99);
+    usage(suite, u, true);
+    summary.push(`${plan.conns} conns ${fmt(r.perSecond)} req/s`);
+  });
+  return summary.join(', ');
+}
+
+/** The L4 suites (tcp-bulk, tcp-rr-1k, tcp-connrate, tcp-N-conns). Needs root (network namespaces). */
+export const run: BenchModule = async (options: BenchOptions) => {
+  const note = options.note ?? ((t: string) => options.progress(`note: ${t}`));
+  const plan = { ...(options.quick ? quickPlan : fullPlan) };
+  if (options.rounds) plan.rounds = options.rounds;
+  const cases = (options.cases ?? ['loopback', 'veth', ...(options.netem ? ['veth-netem'] : [])]).filter(
+    (c): c is TopologyKind => {
+      const ok = (topologyKinds as readonly string[]).includes(c);
+      if (!ok) note(`tcp: unknown case '${c}' (known: ${topologyKinds.join(', ')})`);
+      return ok;
+    },
+  );
+  const col = new Collector();
+  await loadgenBinary();
+
+  // Contenders that cannot run here are skipped with a note, never failed.
+  const contenders: Contender[] = [];
+  for (const c of allContenders()) {
+    if (options.contenders && !options.contenders.includes(c.name)) continue;
+    const why = await c.unavailable();
+    if (why) note(`tcp: ${c.name} skipped: ${why}`);
+    else contenders.push(c);
+  }
+  const disabled = new Set<string>();
+  const workDir = mkdtempSync(path.join(os.tmpdir(), 'edgemesh-bench-'));
+  const unregisterWork = onCleanup(() => rmSync(workDir, { recursive: true, force: true }));
+  const totalVisits = cases.length * plan.rounds * contenders.length;
+  let visits = 0;
+  try {
+    for (const kind of cases) {
+      const topo = await createTopology(kind, options.netem);
+      const lg = await loadgenBinary();
+      const bulk = new Backend(topo.backendNs, ['iperf3', '-s', '-p', String(BACKEND.bulk)], BACKEND.bulk);
+      const echo = new Backend(topo.backendNs, [lg, 'serve', String(BACKEND.echo)], BACKEND.echo);
+      try {
+        await bulk.start();
+        await echo.start();
+        const ctx: ContenderContext = { topo, backend: BACKEND, workDir };
+        for (let round = 0; round < plan.rounds; round++) {
+          // Rotate the order every round so no contender always runs first (or right after a heavy one).
+          const order = contenders.map((_, i) => contenders[(i + round) % contenders.length]!);
+          for (const c of order) {
+            visits++;
+            const head = `[${visits}/${totalVisits}] tcp ${kind} round ${round + 1}/${plan.rounds} ${c.name}`;
+            if (disabled.has(c.name)) continue;
+            let running: RunningContender;
+            try {
+              running = await c.start(ctx);
+            } catch (err) {
+              disabled.add(c.name);
+              note(
+                `tcp: ${c.name} skipped for the rest of the run: it did not start: ${err instanceof Error ? err.message : String(err)}`,
+              );
+              continue;
+            }
+            try {
+              options.progress(`${head} ...`);
+              const summary = await visit(running, c.name, topo, plan, col, bulk, note);
+              options.progress(`${head}: ${summary}`);
+            } finally {
+              await running.stop();
+            }
+          }
+        }
+      } finally {
+        await echo.stop();
+        await bulk.stop();
+        topo.destroy();
+      }
+    }
+  } finally {
+    unregisterWork();
+  }
+  return col.result().map((r) => ({
+    ...r,
+    extra: { ...r.extra, topology: r.case, ...(r.suite === 'tcp-rr-1k' ? { payload: '1024 B' } : {}) },
+  }));
+};
