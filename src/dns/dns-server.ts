@@ -57,6 +57,8 @@ export interface DnsServerOptions {
   maxTcpConnections?: number;
   /** Concurrent forwards; beyond it queries get SERVFAIL at once instead of piling up (default 4096). */
   maxInflight?: number;
+  /** Milliseconds clock of the answer cache (tests move time instead of sleeping). */
+  now?: () => number;
 }
 
 /** Largest query we accept over TCP; queries are small, a bigger frame is an attack or garbage. */
@@ -93,6 +95,7 @@ export class DnsServer implements Service, SnapshotConsumer {
       maxTtl: 86400,
       maxNegativeTtl: 3600,
       staleWindow: options.serveStale ? (options.staleWindowSeconds ?? 86400) : 0,
+      now: options.now,
     });
     this.upstreams = new UpstreamList({
       configured: options.upstreams,

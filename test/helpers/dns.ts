@@ -198,7 +198,10 @@ export async function startFakeUpstream(
     });
   });
   await new Promise<void>((resolve) => tcp.listen(state.port, '127.0.0.1', () => resolve()));
+  let closed = false;
   state.close = async () => {
+    if (closed) return;
+    closed = true;
     for (const s of sockets) s.destroy();
     await new Promise<void>((resolve) => udp.close(() => resolve()));
     await new Promise<void>((resolve) => tcp.close(() => resolve()));
