@@ -1,6 +1,7 @@
 // Folds the store's pending changes into a new immutable ServiceTable. Only dirty Services are
 // rebuilt; an entry whose content did not change keeps its identity, so diffs and consumers can
 // compare by reference.
+import { BucketMap } from './bucket-map.ts';
 import type { ObjectStore } from './object-store.ts';
 import { jsonEqual } from './raw.ts';
 import { type BuildOptions, buildService } from './service-builder.ts';
@@ -17,22 +18,21 @@ export function buildTable(
   const keys: Iterable<string> = full
     ? new Set([...prev.services.keys(), ...store.services.keys()])
     : changes.dirty;
-  let services: Map<string, ServiceEntry> | undefined;
+  const sets: [string, ServiceEntry][] = [];
+  const deletes: string[] = [];
   for (const key of keys) {
     const raw = store.services.get(key);
     const old = prev.services.get(key);
     if (!raw) {
-      if (old) {
-        services ??= new Map(prev.services);
-        services.delete(key);
-      }
+      if (old) deletes.push(key);
       continue;
     }
     const next = buildService(raw, store, options);
     if (old && jsonEqual(old, next)) continue;
-    services ??= new Map(prev.services);
-    services.set(key, next);
+    sets.push([key, next]);
   }
+  const services =
+    sets.length + deletes.length > 0 ? BucketMap.from(prev.services).withChanges(sets, deletes) : undefined;
   const istio =
     changes.istioDirty || full
       ? {
