@@ -14,4 +14,60 @@ export interface NativeBinding {
   spliceCopy(inFd: number, outFd: number, maxBytes: number, pipeSize: number): number;
   /** getsockopt(SO_ORIGINAL_DST) of an accepted IPv4 socket. */
   originalDst(fd: number): OriginalDestination;
+  /** MurmurHash3 x86_32 of `data` (parity with src/lb/murmur3.ts). */
+  murmur3(data: Buffer, seed: number): number;
+  /**
+   * The endpoint (`ip:port`) a new connection from clientIp to vip:port gets under routing table
+   * `table` (encoded by src/dataplane/native/route-encoder.ts); null without route or endpoints.
+   */
+  routePick(table: Buffer, vip: string, port: number, clientIp: string): string | null;
+  /** errno of setsockopt(SO_MARK, mark) on a fresh socket: 0 when marking is permitted. */
+  probeMark(mark: number): number;
+  /**
+   * Creates a native proxy plane in the process-wide registry and returns its id. useSplice false
+   * forwards with read/write through bufferSize buffers (needed for eBPF sk_msg sockets).
+   */
+  planeCreate(
+    mark: number,
+    connectTimeoutMs: number,
+    idleTimeoutMs: number,
+    useSplice: boolean,
+    pipeSize: number,
+    bufferSize: number,
+    maxAttempts: number,
+    serviceSlots: number,
+  ): number;
+  /** Binds `count` SO_REUSEPORT listeners (one per worker) on address:port; returns the bound port. */
+  planeListen(id: number, address: string, port: number, count: number): number;
+  /** Decodes and atomically publishes a routing table; returns its generation. */
+  planeSetRoutes(id: number, table: Buffer): number;
+  /** Runs worker `index` on the calling thread until planeStop's drain ends. Blocks that thread. */
+  planeRun(id: number, index: number): void;
+  /** Stops accepting; open connections get drainMs to finish, then are reset. Returns at once. */
+  planeStop(id: number, drainMs: number): void;
+  /** Plane counters in PLANE_COUNTER_NAMES order (src/native/plane-counters.ts). */
+  planeCounters(id: number): Float64Array;
+  /** slots × SERVICE_COUNTER_NAMES.length per-service counters, slot-major. */
+  planeServiceCounters(id: number, slots: number): Float64Array;
+  /** Drops the plane from the registry (running workers keep it until they return). */
+  planeDestroy(id: number): boolean;
+  /** '' when the addon was built with libbpf; otherwise why eBPF is unavailable. */
+  bpfSupport(): string;
+  /**
+   * Loads the BPF objects, pins their maps under pinDir (reusing pinned ones) and attaches every
+   * program to the cgroup v2 at cgroupPath through pinned links; returns a handle.
+   */
+  bpfOpen(objectPaths: string[], pinDir: string, cgroupPath: string): number;
+  /** Closes a handle; unpin=true also detaches the programs and removes every pin. */
+  bpfClose(handle: number, unpin: boolean): void;
+  /** `program@attach-type` of every attached program. */
+  bpfPrograms(handle: number): string[];
+  /** Writes fixed-size keys/values (records back to back); returns the count written. */
+  bpfMapUpdate(handle: number, map: string, keys: Buffer, values: Buffer): number;
+  /** Deletes keys (records back to back); missing keys are skipped; returns the count deleted. */
+  bpfMapDelete(handle: number, map: string, keys: Buffer): number;
+  /** One value (per-CPU maps: one 8-byte-aligned value per possible CPU), or null when absent. */
+  bpfMapLookup(handle: number, map: string, key: Buffer): Buffer | null;
+  /** Every key of a map, back to back. */
+  bpfMapKeys(handle: number, map: string): Buffer;
 }

@@ -7,6 +7,12 @@ import { EdgemeshError, ErrorCode, errorMessage } from '../errors.ts';
 import type { NativeBinding } from './binding.d.ts';
 
 export type { NativeBinding, OriginalDestination } from './binding.d.ts';
+export {
+  PLANE_COUNTER_NAMES,
+  type PlaneCounterName,
+  SERVICE_COUNTER_NAMES,
+  type ServiceCounterName,
+} from './plane-counters.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 

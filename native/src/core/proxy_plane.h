@@ -29,7 +29,7 @@ struct PlaneOptions {
   uint32_t service_slots = 16384;      // per-service counter slots
 };
 
-// Counter order is part of the TS boundary (src/native/binding.d.ts PLANE_COUNTER_NAMES).
+// Counter order is part of the TS boundary (src/native/plane-counters.ts PLANE_COUNTER_NAMES).
 enum PlaneCounter : int {
   kAccepted = 0,      // connections accepted on the proxy port
   kActive,            // connections open now
@@ -50,7 +50,7 @@ enum PlaneCounter : int {
   kCounterCount
 };
 
-// Per-service counter order (src/native/binding.d.ts SERVICE_COUNTER_NAMES).
+// Per-service counter order (src/native/plane-counters.ts SERVICE_COUNTER_NAMES).
 enum ServiceCounter : int { kSvcConnections = 0, kSvcActive, kSvcBytesUp, kSvcBytesDown, kSvcErrors, kSvcCounterCount };
 
 struct alignas(64) WorkerCounters {

@@ -1,0 +1,304 @@
+// The native data plane: a C++ proxy plane listening on the proxy port (one SO_REUSEPORT listener
+// per worker), each worker an epoll loop that blocks its own piscina thread. TS only pushes a new
+// routing table per snapshot and reads counters; no per-connection work crosses into JS.
+import os from 'node:os';
+import { Piscina } from 'piscina';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import type { ServiceTable, ServiceTableDiff } from '../../controller/types.ts';
+import { EdgemeshError, ErrorCode, errorMessage } from '../../errors.ts';
+import {
+  loadNative,
+  mapNativeError,
+  type NativeBinding,
+  PLANE_COUNTER_NAMES,
+  SERVICE_COUNTER_NAMES,
+  type ServiceCounterName,
+} from '../../native/index.ts';
+import type { InterceptTarget } from '../../proxier/interceptor.ts';
+import type { Logger } from '../../util/log.ts';
+import type { Dataplane } from '../dataplane.ts';
+import { encodeRoutes, type NativeRoute, routeTargets, ServiceSlots, tableRoutes } from './route-encoder.ts';
+
+/** SO_MARK the native plane puts on its upstream sockets; interceptors RETURN packets with it. */
+export const NATIVE_PROXY_MARK = 0x4567;
+
+/** How bytes move between the two sockets of a connection. */
+export type ForwardMode = 'splice' | 'readwrite';
+
+export interface NativeDataplaneOptions {
+  log: Logger;
+  registry?: Registry;
+  /** Proxy port every intercepted connection is redirected to (0 = any, for tests). */
+  proxyPort: number;
+  /** Listen address (default 0.0.0.0: REDIRECT from PREROUTING targets the incoming interface's address). */
+  listenHost?: string;
+  /** Worker threads (one listener + epoll loop each); 0 = number of cores. */
+  workers: number;
+  connectTimeoutMs: number;
+  /** Close connections idle this long; 0 = never. */
+  idleTimeoutMs: number;
+  /** SO_MARK of upstream sockets (default NATIVE_PROXY_MARK); 0 = do not mark. */
+  mark?: number;
+  /** splice (default) or read/write (required when eBPF sk_msg accelerates the sockets). */
+  forwardMode?: ForwardMode;
+  /** How long stop() lets open connections finish before resetting them (default 5000). */
+  drainTimeoutMs?: number;
+  /** Endpoints tried per connection when connects are refused or time out (default 3). */
+  maxConnectAttempts?: number;
+  /** Per-service counter slots (default 16384). */
+  serviceSlots?: number;
+}
+
+interface WorkerResult {
+  ok: boolean;
+  message?: string;
+  syscall?: string;
+  errno?: number;
+}
+
+const PIPE_SIZE = 1 << 20; // measured best on this project's machines (shared/notes/kernel.md)
+const RW_BUFFER_SIZE = 256 << 10;
+
+/** The native plane as a Dataplane: start() binds and spawns workers, apply() swaps the routing table. */
+export class NativeDataplane implements Dataplane {
+  readonly name = 'dataplane';
+  readonly mode = 'native' as const;
+  private binding: NativeBinding | undefined;
+  private planeId = 0;
+  private boundPort = 0;
+  private pool: Piscina | undefined;
+  private tasks: Promise<void>[] = [];
+  private readonly slots: ServiceSlots;
+  private routes: NativeRoute[] = [];
+  private readonly warnedL7 = new Set<string>();
+  private readonly workerCount: number;
+  /** Counter values of freed service slots at the time they were freed (subtracted on reuse). */
+  private readonly slotBaseline = new Map<number, Float64Array>();
+
+  constructor(private readonly options: NativeDataplaneOptions) {
+    this.workerCount = options.workers > 0 ? options.workers : Math.max(1, os.availableParallelism());
+    this.slots = new ServiceSlots(options.serviceSlots ?? 16_384);
+    if (options.registry) this.registerMetrics(options.registry);
+  }
+
+  /** The port the listeners are bound to (resolves proxyPort 0). */
+  get port(): number {
+    return this.boundPort;
+  }
+
+  /** The routes of the last applied snapshot (for /status and tests). */
+  get currentRoutes(): readonly NativeRoute[] {
+    return this.routes;
+  }
+
+  async start(): Promise<void> {
+    const loaded = loadNative();
+    if (!loaded.binding || !loaded.path)
+      throw new EdgemeshError(ErrorCode.NATIVE_LOAD, `native addon unavailable: ${loaded.reason}`);
+    const native = loaded.binding;
+    const o = this.options;
+    const mark = o.mark ?? NATIVE_PROXY_MARK;
+    if (mark !== 0) {
+      const errno = native.probeMark(mark);
+      if (errno !== 0)
+        throw new EdgemeshError(
+          ErrorCode.NATIVE_SYSCALL,
+          `setsockopt(SO_MARK) is not permitted (errno ${errno}); the native plane needs CAP_NET_ADMIN`,
+          { syscall: 'setsockopt(SO_MARK)', errno },
+        );
+    }
+    const id = native.planeCreate(
+      mark,
+      o.connectTimeoutMs,
+      o.idleTimeoutMs,
+      (o.forwardMode ?? 'splice') === 'splice',
+      PIPE_SIZE,
+      RW_BUFFER_SIZE,
+      o.maxConnectAttempts ?? 3,
+      this.slots.capacity,
+    );
+    const host = o.listenHost ?? '0.0.0.0';
+    try {
+      this.boundPort = native.planeListen(id, host, o.proxyPort, this.workerCount);
+    } catch (err) {
+      native.planeDestroy(id);
+      const e = mapNativeError(err);
+      throw new EdgemeshError(
+        ErrorCode.LISTEN,
+        `native plane cannot listen on ${host}:${o.proxyPort}: ${e.message}`,
+        {
+          cause: e,
+          syscall: e.syscall,
+          errno: e.errno,
+        },
+      );
+    }
+    this.binding = native;
+    this.planeId = id;
+    native.planeSetRoutes(id, encodeRoutes(0, []));
+    // One long-running task per thread: each thread becomes the owner of one listener's epoll loop.
+    this.pool = new Piscina({
+      filename: new URL('./plane-worker.mjs', import.meta.url).href,
+      minThreads: this.workerCount,
+      maxThreads: this.workerCount,
+      concurrentTasksPerWorker: 1,
+      idleTimeout: Number.POSITIVE_INFINITY,
+      atomics: 'disabled',
+    });
+    for (let index = 0; index < this.workerCount; index++) {
+      const task = this.pool.run({ addonPath: loaded.path, planeId: id, index }) as Promise<WorkerResult>;
+      this.tasks.push(
+        task.then(
+          (r) => {
+            if (!r.ok)
+              o.log.error(
+                { worker: index, syscall: r.syscall, errno: r.errno },
+                `native worker failed: ${r.message}`,
+              );
+          },
+          (err) => o.log.error({ worker: index, err: errorMessage(err) }, 'native worker thread failed'),
+        ),
+      );
+    }
+    o.log.info(
+      { port: this.boundPort, workers: this.workerCount, forward: o.forwardMode ?? 'splice', mark },
+      'native data plane started',
+    );
+  }
+
+  async apply(table: ServiceTable, _diff: ServiceTableDiff): Promise<readonly InterceptTarget[]> {
+    const native = this.requireStarted();
+    const before = new Set(this.slots.entries());
+    const routes = tableRoutes(table, this.slots);
+    // Slots freed by this snapshot restart from their current native values.
+    const live = new Set([...this.slots.entries()].map(([, s]) => s));
+    const freed = [...before].map(([, s]) => s).filter((s) => !live.has(s));
+    if (freed.length > 0) {
+      const values = native.planeServiceCounters(this.planeId, this.slots.used);
+      const width = SERVICE_COUNTER_NAMES.length;
+      for (const s of freed) this.slotBaseline.set(s, values.slice(s * width, (s + 1) * width));
+    }
+    try {
+      native.planeSetRoutes(this.planeId, encodeRoutes(table.generation, routes));
+    } catch (err) {
+      throw mapNativeError(err);
+    }
+    this.routes = routes;
+    for (const r of routes) {
+      if (r.needsL7 && !this.warnedL7.has(r.id)) {
+        this.warnedL7.add(r.id);
+        this.options.log.warn(
+          { route: r.id },
+          'consistentHash on a header/cookie/query needs L7; the native plane hashes the client IP instead',
+        );
+      }
+    }
+    return routeTargets(routes, this.boundPort);
+  }
+
+  counters(): Record<string, number> {
+    if (!this.binding || this.planeId === 0) return {};
+    const values = this.binding.planeCounters(this.planeId);
+    const out: Record<string, number> = {};
+    PLANE_COUNTER_NAMES.forEach((name, i) => {
+      out[name] = values[i] ?? 0;
+    });
+    return out;
+  }
+
+  /** Per-service counters by `namespace/name` (services of the current snapshot). */
+  serviceCounters(): Map<string, Record<ServiceCounterName, number>> {
+    const out = new Map<string, Record<ServiceCounterName, number>>();
+    if (!this.binding || this.planeId === 0) return out;
+    const values = this.binding.planeServiceCounters(this.planeId, this.slots.used);
+    const width = SERVICE_COUNTER_NAMES.length;
+    for (const [key, slot] of this.slots.entries()) {
+      const base = this.slotBaseline.get(slot);
+      const rec = {} as Record<ServiceCounterName, number>;
+      SERVICE_COUNTER_NAMES.forEach((name, i) => {
+        const v = values[slot * width + i] ?? 0;
+        rec[name] = name === 'active' || !base ? v : v - (base[i] ?? 0);
+      });
+      out.set(key, rec);
+    }
+    return out;
+  }
+
+  async stop(): Promise<void> {
+    const native = this.binding;
+    if (!native || this.planeId === 0) return;
+    const drainMs = this.options.drainTimeoutMs ?? 5_000;
+    native.planeStop(this.planeId, drainMs);
+    await Promise.all(this.tasks);
+    this.tasks = [];
+    await this.pool?.destroy();
+    this.pool = undefined;
+    const final = this.counters();
+    const id = this.planeId;
+    this.planeId = 0;
+    this.binding = undefined;
+    native.planeDestroy(id);
+    this.options.log.info(final, 'native data plane stopped');
+  }
+
+  private requireStarted(): NativeBinding {
+    if (!this.binding || this.planeId === 0)
+      throw new EdgemeshError(ErrorCode.NATIVE_USAGE, 'native data plane used before start()');
+    return this.binding;
+  }
+
+  private registerMetrics(registry: Registry): void {
+    const self = this;
+    for (const name of PLANE_COUNTER_NAMES) {
+      if (name === 'active') continue;
+      new Counter({
+        name: `edgemesh_native_${name}_total`,
+        help: `Native data plane: ${name.replace(/_/g, ' ')}`,
+        registers: [registry],
+        collect() {
+          this.reset();
+          this.inc(self.counters()[name] ?? 0);
+        },
+      });
+    }
+    new Gauge({
+      name: 'edgemesh_native_connections_active',
+      help: 'Native data plane: connections open now',
+      registers: [registry],
+      collect() {
+        this.set(self.counters().active ?? 0);
+      },
+    });
+    for (const name of SERVICE_COUNTER_NAMES) {
+      const labelNames = ['service'] as const;
+      const collect = (metric: Counter<'service'> | Gauge<'service'>) => {
+        metric.reset();
+        for (const [service, rec] of self.serviceCounters()) {
+          if (metric instanceof Gauge) metric.set({ service }, rec[name]);
+          else metric.inc({ service }, rec[name]);
+        }
+      };
+      if (name === 'active') {
+        new Gauge({
+          name: 'edgemesh_native_service_connections_active',
+          help: 'Native data plane: open connections per service',
+          labelNames,
+          registers: [registry],
+          collect() {
+            collect(this);
+          },
+        });
+      } else {
+        new Counter({
+          name: `edgemesh_native_service_${name}_total`,
+          help: `Native data plane: ${name.replace(/_/g, ' ')} per service`,
+          labelNames,
+          registers: [registry],
+          collect() {
+            collect(this);
+          },
+        });
+      }
+    }
+  }
+}

@@ -1,0 +1,189 @@
+// Encodes a ServiceTable into the flat routing-table buffer the native plane decodes
+// (layout: native/src/core/routing_table.h). Pure: snapshot in, bytes + interception targets out.
+import net from 'node:net';
+import type { Endpoint, ServiceEntry, ServicePortEntry, ServiceTable } from '../../controller/types.ts';
+import type { InterceptTarget } from '../../proxier/interceptor.ts';
+
+export const ROUTE_MAGIC = 0x31524d45;
+export const ROUTE_HEADER_SIZE = 16;
+export const ROUTE_ENTRY_SIZE = 24;
+export const ROUTE_ENDPOINT_SIZE = 8;
+/** Slot value meaning "no per-service counters". */
+export const NO_SERVICE_SLOT = 0xffffffff;
+/** Kubernetes' default sessionAffinityConfig.clientIP.timeoutSeconds. */
+export const DEFAULT_AFFINITY_TIMEOUT_S = 10_800;
+
+/** L4 policies the native plane implements (routing_table.h LbPolicy). */
+export const LbPolicyCode = { ROUND_ROBIN: 0, RANDOM: 1, SOURCE_IP_HASH: 2 } as const;
+export const ROUTE_FLAG_AFFINITY = 1;
+
+/** One route as encoded (also what tests and /status read back). */
+export interface NativeRoute {
+  /** `namespace/name:port`. */
+  id: string;
+  serviceKey: string;
+  vip: string;
+  port: number;
+  policy: number;
+  affinityTimeoutS: number;
+  slot: number;
+  connectTimeoutMs: number;
+  endpoints: { ip: string; port: number }[];
+  /** True when the port's policy needs L7 data (header/cookie/query hash) the native plane cannot see. */
+  needsL7: boolean;
+}
+
+/** Stable per-service counter slots: a service keeps its slot while it exists; freed slots are reused. */
+export class ServiceSlots {
+  private readonly byKey = new Map<string, number>();
+  private readonly free: number[] = [];
+  private next = 0;
+
+  constructor(readonly capacity: number) {}
+
+  /** The slot of `key`, assigning one if needed; NO_SERVICE_SLOT when all are taken. */
+  assign(key: string): number {
+    const have = this.byKey.get(key);
+    if (have !== undefined) return have;
+    const slot = this.free.pop() ?? (this.next < this.capacity ? this.next++ : NO_SERVICE_SLOT);
+    if (slot !== NO_SERVICE_SLOT) this.byKey.set(key, slot);
+    return slot;
+  }
+
+  /** Frees the slots of keys not in `keep`; returns the freed slots (their counters restart). */
+  retain(keep: ReadonlySet<string>): number[] {
+    const freed: number[] = [];
+    for (const [key, slot] of this.byKey) {
+      if (keep.has(key)) continue;
+      this.byKey.delete(key);
+      this.free.push(slot);
+      freed.push(slot);
+    }
+    return freed;
+  }
+
+  /** Number of slots handed out so far (the counter range worth reading). */
+  get used(): number {
+    return this.next;
+  }
+
+  /** [key, slot] pairs currently assigned. */
+  entries(): IterableIterator<[string, number]> {
+    return this.byKey.entries();
+  }
+}
+
+/** Endpoints the native plane may use: ready IPv4 ones (serving+terminating when none is ready), de-duplicated. */
+export function routableEndpoints(port: ServicePortEntry): { ip: string; port: number }[] {
+  const v4 = port.endpoints.filter((e) => net.isIPv4(e.ip));
+  let chosen: readonly Endpoint[] = v4.filter((e) => e.ready);
+  if (chosen.length === 0) chosen = v4.filter((e) => e.serving);
+  const seen = new Set<string>();
+  const out: { ip: string; port: number }[] = [];
+  for (const e of chosen) {
+    const key = `${e.ip}:${e.port}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    out.push({ ip: e.ip, port: e.port });
+  }
+  return out;
+}
+
+/** The native L4 policy of a port and whether its configured policy actually needs L7. */
+export function nativePolicy(port: ServicePortEntry): { policy: number; needsL7: boolean } {
+  const lb = port.trafficPolicy?.loadBalancer;
+  const ch = lb?.consistentHash;
+  if (ch) {
+    if (ch.useSourceIp) return { policy: LbPolicyCode.SOURCE_IP_HASH, needsL7: false };
+    // Header/cookie/query hashing needs the request; natively the closest is the client IP.
+    return { policy: LbPolicyCode.SOURCE_IP_HASH, needsL7: true };
+  }
+  if (lb?.simple === 'RANDOM') return { policy: LbPolicyCode.RANDOM, needsL7: false };
+  return { policy: LbPolicyCode.ROUND_ROBIN, needsL7: false };
+}
+
+/** The routes of a table: every TCP port of every proxied service on each of its IPv4 ClusterIPs. */
+export function tableRoutes(table: ServiceTable, slots: ServiceSlots): NativeRoute[] {
+  const routes: NativeRoute[] = [];
+  const keep = new Set<string>();
+  const taken = new Set<string>();
+  for (const svc of table.services.values()) {
+    if (!isRoutable(svc)) continue;
+    keep.add(svc.key);
+    const slot = slots.assign(svc.key);
+    for (const port of svc.ports) {
+      if (port.protocol !== 'TCP') continue;
+      const { policy, needsL7 } = nativePolicy(port);
+      for (const vip of svc.clusterIPs) {
+        // One route per ClusterIP:port (the native table rejects duplicates): the first service wins.
+        if (!net.isIPv4(vip) || taken.has(`${vip}:${port.port}`)) continue;
+        taken.add(`${vip}:${port.port}`);
+        routes.push({
+          id: `${svc.key}:${port.name || port.port}`,
+          serviceKey: svc.key,
+          vip,
+          port: port.port,
+          policy,
+          affinityTimeoutS:
+            svc.sessionAffinity.type === 'ClientIP'
+              ? svc.sessionAffinity.timeoutSeconds || DEFAULT_AFFINITY_TIMEOUT_S
+              : 0,
+          slot,
+          connectTimeoutMs: port.trafficPolicy?.connectTimeoutMs ?? 0,
+          endpoints: routableEndpoints(port),
+          needsL7,
+        });
+      }
+    }
+  }
+  slots.retain(keep);
+  return routes;
+}
+
+function isRoutable(svc: ServiceEntry): boolean {
+  return svc.proxied && !svc.headless && svc.type !== 'ExternalName' && svc.clusterIPs.length > 0;
+}
+
+/** Encodes routes into the native layout (little-endian; addresses as 4 network-order bytes). */
+export function encodeRoutes(generation: number, routes: readonly NativeRoute[]): Buffer {
+  let size = ROUTE_HEADER_SIZE;
+  for (const r of routes) size += ROUTE_ENTRY_SIZE + r.endpoints.length * ROUTE_ENDPOINT_SIZE;
+  const buf = Buffer.alloc(size);
+  buf.writeUInt32LE(ROUTE_MAGIC, 0);
+  buf.writeUInt32LE(generation >>> 0, 4);
+  buf.writeUInt32LE(routes.length, 8);
+  let off = ROUTE_HEADER_SIZE;
+  for (const r of routes) {
+    writeAddr(buf, off, r.vip);
+    buf.writeUInt16LE(r.port, off + 4);
+    buf.writeUInt8(r.policy, off + 6);
+    buf.writeUInt8(r.affinityTimeoutS > 0 ? ROUTE_FLAG_AFFINITY : 0, off + 7);
+    buf.writeUInt32LE(r.affinityTimeoutS >>> 0, off + 8);
+    buf.writeUInt32LE(r.slot >>> 0, off + 12);
+    buf.writeUInt32LE(Math.max(0, Math.min(0xffffffff, Math.round(r.connectTimeoutMs))), off + 16);
+    buf.writeUInt32LE(r.endpoints.length, off + 20);
+    off += ROUTE_ENTRY_SIZE;
+    for (const ep of r.endpoints) {
+      writeAddr(buf, off, ep.ip);
+      buf.writeUInt16LE(ep.port, off + 4);
+      off += ROUTE_ENDPOINT_SIZE;
+    }
+  }
+  return buf;
+}
+
+/** The interception targets of `routes`: each ClusterIP:port redirected to the proxy port. */
+export function routeTargets(routes: readonly NativeRoute[], proxyPort: number): InterceptTarget[] {
+  return routes.map((r) => ({
+    id: r.id,
+    clusterIP: r.vip,
+    port: r.port,
+    protocol: 'TCP',
+    toPort: proxyPort,
+  }));
+}
+
+function writeAddr(buf: Buffer, off: number, ip: string): void {
+  const parts = ip.split('.');
+  for (let i = 0; i < 4; i++) buf.writeUInt8(Number(parts[i]) & 0xff, off + i);
+}

@@ -1,0 +1,261 @@
+// The native data plane from TS: the routing-table encoder (byte layout), native-vs-TS parity of
+// the L4 hash, and a real NativeDataplane (piscina workers blocking in the C++ epoll loop) serving
+// loopback connections. Without NAT the accepted socket's own address is the original
+// destination, so a service whose ClusterIP:port is 127.0.0.1:<proxy port> routes here.
+import crypto from 'node:crypto';
+import net from 'node:net';
+import pino from 'pino';
+import { Registry } from 'prom-client';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Endpoint } from '../../src/controller/types.ts';
+import { NativeDataplane } from '../../src/dataplane/native/native-dataplane.ts';
+import {
+  encodeRoutes,
+  LbPolicyCode,
+  type NativeRoute,
+  ROUTE_ENTRY_SIZE,
+  ROUTE_HEADER_SIZE,
+  ServiceSlots,
+  tableRoutes,
+} from '../../src/dataplane/native/route-encoder.ts';
+import { ErrorCode } from '../../src/errors.ts';
+import { murmur3, ringHashPick } from '../../src/lb/index.ts';
+import { requireNative } from '../../src/native/index.ts';
+import { svc, table } from '../helpers/dns.ts';
+
+const log = pino({ level: 'silent' });
+const diff = { added: [], updated: [], removed: [], istioChanged: false };
+
+function route(fields: Partial<NativeRoute> & Pick<NativeRoute, 'endpoints'>): NativeRoute {
+  return {
+    id: 'ns/s:80',
+    serviceKey: 'ns/s',
+    vip: '10.96.0.10',
+    port: 80,
+    policy: LbPolicyCode.ROUND_ROBIN,
+    affinityTimeoutS: 0,
+    slot: 0,
+    connectTimeoutMs: 0,
+    needsL7: false,
+    ...fields,
+  };
+}
+
+describe('route encoder', () => {
+  it('writes the documented little-endian layout', () => {
+    const buf = encodeRoutes(7, [
+      route({
+        vip: '10.96.1.2',
+        port: 8080,
+        policy: 2,
+        affinityTimeoutS: 30,
+        slot: 5,
+        connectTimeoutMs: 250,
+        endpoints: [{ ip: '10.1.2.3', port: 9090 }],
+      }),
+    ]);
+    expect(buf.length).toBe(ROUTE_HEADER_SIZE + ROUTE_ENTRY_SIZE + 8);
+    expect(buf.readUInt32LE(0)).toBe(0x31524d45);
+    expect(buf.readUInt32LE(4)).toBe(7);
+    expect(buf.readUInt32LE(8)).toBe(1);
+    const r = ROUTE_HEADER_SIZE;
+    expect([...buf.subarray(r, r + 4)]).toEqual([10, 96, 1, 2]);
+    expect(buf.readUInt16LE(r + 4)).toBe(8080);
+    expect(buf.readUInt8(r + 6)).toBe(2);
+    expect(buf.readUInt8(r + 7)).toBe(1); // affinity flag
+    expect(buf.readUInt32LE(r + 8)).toBe(30);
+    expect(buf.readUInt32LE(r + 12)).toBe(5);
+    expect(buf.readUInt32LE(r + 16)).toBe(250);
+    expect(buf.readUInt32LE(r + 20)).toBe(1);
+    expect([...buf.subarray(r + 24, r + 28)]).toEqual([10, 1, 2, 3]);
+    expect(buf.readUInt16LE(r + 28)).toBe(9090);
+    // The native decoder accepts exactly this buffer.
+    expect(requireNative().routePick(buf, '10.96.1.2', 8080, '1.2.3.4')).toBe('10.1.2.3:9090');
+  });
+
+  it('routes proxied TCP ports on IPv4 ClusterIPs with ready endpoints and the right policy', () => {
+    const slots = new ServiceSlots(4);
+    const routes = tableRoutes(
+      table([
+        svc('ns', 'web', {
+          clusterIPs: ['10.96.0.10', 'fd00::10'],
+          sessionAffinity: { type: 'ClientIP', timeoutSeconds: 0 },
+          ports: [
+            {
+              name: 'http',
+              port: 80,
+              endpoints: [
+                { ip: '10.1.0.2' },
+                { ip: '10.1.0.3', ready: false, serving: false },
+                { ip: '10.1.0.2' },
+              ],
+              trafficPolicy: { loadBalancer: { consistentHash: { httpHeaderName: 'x-user' } } },
+            },
+            { name: 'dns', port: 53, protocol: 'UDP', endpoints: [{ ip: '10.1.0.2' }] },
+            { name: 'rnd', port: 81, endpoints: [], trafficPolicy: { loadBalancer: { simple: 'RANDOM' } } },
+          ],
+        }),
+        svc('ns', 'opted-out', { clusterIPs: ['10.96.0.11'], proxied: false, ports: [{ port: 80 }] }),
+        svc('ns', 'headless', { clusterIPs: ['10.96.0.12'], headless: true, ports: [{ port: 80 }] }),
+        svc('ns', 'dup', {
+          clusterIPs: ['10.96.0.10'],
+          ports: [{ port: 80, endpoints: [{ ip: '10.9.9.9' }] }],
+        }),
+      ]),
+      slots,
+    );
+    const web = routes.filter((r) => r.serviceKey === 'ns/web');
+    expect(web.map((r) => `${r.vip}:${r.port}`)).toEqual(['10.96.0.10:80', '10.96.0.10:81']);
+    expect(web[0]).toMatchObject({
+      policy: LbPolicyCode.SOURCE_IP_HASH,
+      needsL7: true,
+      affinityTimeoutS: 10_800,
+      endpoints: [{ ip: '10.1.0.2', port: 8080 }],
+    });
+    expect(web[1]).toMatchObject({ policy: LbPolicyCode.RANDOM, endpoints: [] });
+    // The duplicate ClusterIP:port of another service is dropped (first wins), other services skipped.
+    expect(routes.some((r) => r.serviceKey !== 'ns/web' && r.vip === '10.96.0.10' && r.port === 80)).toBe(
+      false,
+    );
+    expect(routes.some((r) => r.serviceKey === 'ns/opted-out' || r.serviceKey === 'ns/headless')).toBe(false);
+    // Service slots are stable and freed when a service goes away.
+    expect(slots.assign('ns/web')).toBe(web[0]!.slot);
+    tableRoutes(table([]), slots);
+    expect([...slots.entries()]).toEqual([]);
+  });
+});
+
+describe('native vs TS parity', () => {
+  it('murmur3 agrees on random inputs', () => {
+    const native = requireNative();
+    for (let i = 0; i < 500; i++) {
+      const data = crypto.randomBytes(i % 67);
+      expect(native.murmur3(data, 0)).toBe(murmur3(data));
+    }
+  });
+
+  it('source-IP ring hash picks the same endpoint as src/lb ringHashPick', () => {
+    const native = requireNative();
+    const rand = (n: number) => crypto.randomInt(n);
+    for (let round = 0; round < 60; round++) {
+      const n = 1 + rand(12);
+      const endpoints: Endpoint[] = [];
+      for (let i = 0; i < n; i++)
+        endpoints.push({
+          ip: `10.${rand(256)}.${rand(256)}.${rand(256)}`,
+          port: 1 + rand(65535),
+          ready: true,
+          serving: true,
+          terminating: false,
+        });
+      const buf = encodeRoutes(1, [route({ policy: LbPolicyCode.SOURCE_IP_HASH, endpoints })]);
+      for (let c = 0; c < 25; c++) {
+        const client = `${1 + rand(223)}.${rand(256)}.${rand(256)}.${rand(256)}`;
+        const ts = ringHashPick(endpoints, client)!;
+        expect(native.routePick(buf, '10.96.0.10', 80, client)).toBe(`${ts.ip}:${ts.port}`);
+      }
+    }
+  });
+});
+
+describe('NativeDataplane on loopback', () => {
+  const cleanups: Array<() => Promise<void> | void> = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+
+  async function echoServer(): Promise<net.Server> {
+    const server = net.createServer({ allowHalfOpen: true }, (s) => {
+      s.on('error', () => {});
+      s.pipe(s);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    return server;
+  }
+
+  function roundTrip(port: number, payload: Buffer): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      const s = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true }, () => s.end(payload));
+      s.on('data', (d) => chunks.push(d));
+      s.on('end', () => {
+        s.destroy();
+        resolve(Buffer.concat(chunks));
+      });
+      s.on('error', reject);
+    });
+  }
+
+  it('serves a service through piscina workers, counts it, and drains on stop', async () => {
+    const backend = await echoServer();
+    const registry = new Registry();
+    const dp = new NativeDataplane({
+      log,
+      registry,
+      proxyPort: 0,
+      listenHost: '127.0.0.1',
+      workers: 2,
+      connectTimeoutMs: 1000,
+      idleTimeoutMs: 0,
+      mark: 0,
+      drainTimeoutMs: 1000,
+    });
+    await dp.start();
+    cleanups.push(() => dp.stop());
+    const backendPort = (backend.address() as net.AddressInfo).port;
+    const targets = await dp.apply(
+      table([
+        svc('ns', 'echo', {
+          clusterIPs: ['127.0.0.1'],
+          ports: [{ port: dp.port, endpoints: [{ ip: '127.0.0.1', port: backendPort }] }],
+        }),
+      ]),
+      diff,
+    );
+    expect(targets).toEqual([
+      { id: `ns/echo:${dp.port}`, clusterIP: '127.0.0.1', port: dp.port, protocol: 'TCP', toPort: dp.port },
+    ]);
+    const payload = crypto.randomBytes(2 * 1024 * 1024 + 3);
+    const results = await Promise.all(Array.from({ length: 8 }, () => roundTrip(dp.port, payload)));
+    for (const r of results) expect(r.equals(payload)).toBe(true);
+    await expect.poll(() => dp.counters().active).toBe(0);
+    const c = dp.counters();
+    expect(c.accepted).toBe(8);
+    expect(c.bytes_up).toBe(8 * payload.length);
+    expect(c.bytes_down).toBe(8 * payload.length);
+    expect(dp.serviceCounters().get('ns/echo')).toMatchObject({
+      connections: 8,
+      active: 0,
+      bytes_down: 8 * payload.length,
+    });
+    const text = await registry.metrics();
+    expect(text).toContain('edgemesh_native_accepted_total 8');
+    expect(text).toContain(`edgemesh_native_service_bytes_up_total{service="ns/echo"} ${8 * payload.length}`);
+
+    // A new snapshot without the service: connections are reset and counted as no route.
+    await dp.apply(table([], 2), diff);
+    await expect(roundTrip(dp.port, Buffer.from('x'))).rejects.toThrow(/ECONNRESET|socket hang up/);
+    expect(dp.counters().no_route).toBe(1);
+
+    await dp.stop();
+    await expect(roundTrip(dp.port, Buffer.from('x'))).rejects.toThrow(/ECONNREFUSED/);
+  });
+
+  it('reports a taken proxy port as EDGEMESH_ERR_LISTEN', async () => {
+    const blocker = net.createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', () => r()));
+    cleanups.push(() => new Promise<void>((r) => blocker.close(() => r())));
+    const port = (blocker.address() as net.AddressInfo).port;
+    const dp = new NativeDataplane({
+      log,
+      proxyPort: port,
+      listenHost: '127.0.0.1',
+      workers: 1,
+      connectTimeoutMs: 1000,
+      idleTimeoutMs: 0,
+      mark: 0,
+    });
+    await expect(dp.start()).rejects.toMatchObject({ code: ErrorCode.LISTEN, syscall: 'bind' });
+  });
+});
