@@ -1,0 +1,116 @@
+// A listener worker (one piscina thread): owns a set of per-service-port listeners and their
+// connections. The main thread tells it which ports to listen on and what they route to; the
+// worker only forwards. The piscina task runs until the main thread says stop.
+import net from 'node:net';
+import { createBalancer, type ServiceBalancer } from '../../lb/index.ts';
+import { CounterRow } from './counters.ts';
+import { forwardTcp } from './forward-tcp.ts';
+import { handlerFor, loadHandlerModules } from './handlers.ts';
+import type { FromWorker, ListenerRoute, ToWorker, WorkerTask } from './messages.ts';
+
+interface Listener {
+  server: net.Server;
+  route: ListenerRoute;
+  balancer: ServiceBalancer;
+  sockets: Set<net.Socket>;
+}
+
+/** The piscina task: serves listeners until a `stop` message arrives; resolves when all are closed. */
+export default async function runListenerWorker(task: WorkerTask): Promise<{ index: number }> {
+  const { port, settings } = task;
+  const counters = new CounterRow(task.counters, task.index);
+  const listeners = new Map<number, Listener>();
+  await loadHandlerModules(settings.handlerModules);
+
+  const onConnection = (listener: Listener, client: net.Socket) => {
+    listener.sockets.add(client);
+    client.once('close', () => listener.sockets.delete(client));
+    const { service, port: servicePort } = listener.route;
+    const handler = handlerFor(servicePort.appProtocol);
+    if (handler) {
+      try {
+        client.resume();
+        handler(client, service, servicePort);
+      } catch {
+        counters.add('handler_errors');
+        client.destroy();
+      }
+      return;
+    }
+    void forwardTcp(client, listener.balancer, settings, counters);
+  };
+
+  const open = (route: ListenerRoute): Promise<Listener> =>
+    new Promise((resolve, reject) => {
+      const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
+      const listener: Listener = {
+        server,
+        route,
+        balancer: createBalancer(route.service, route.port, { nodeName: settings.nodeName }),
+        sockets: new Set(),
+      };
+      server.on('connection', (client) => onConnection(listener, client));
+      server.once('error', reject);
+      server.listen({ port: route.listenPort, host: settings.listenHost, backlog: 1024 }, () => {
+        server.off('error', reject);
+        // Later errors (EMFILE on accept ...) must not kill the worker.
+        server.on('error', () => counters.add('handler_errors'));
+        resolve(listener);
+      });
+    });
+
+  const close = (listener: Listener) => {
+    // Established connections keep running (like a removed iptables rule); only new ones stop.
+    listener.server.close();
+  };
+
+  const update = async (msg: Extract<ToWorker, { type: 'update' }>) => {
+    for (const p of msg.removes) {
+      const l = listeners.get(p);
+      if (l) close(l);
+      listeners.delete(p);
+    }
+    const failed: Array<{ listenPort: number; code: string; message: string }> = [];
+    await Promise.all(
+      msg.upserts.map(async (route) => {
+        const existing = listeners.get(route.listenPort);
+        if (existing) {
+          existing.route = route;
+          existing.balancer.update(route.service, route.port);
+          return;
+        }
+        try {
+          listeners.set(route.listenPort, await open(route));
+        } catch (err) {
+          const e = err as NodeJS.ErrnoException;
+          failed.push({ listenPort: route.listenPort, code: e.code ?? 'ERROR', message: e.message });
+        }
+      }),
+    );
+    const reply: FromWorker = { type: 'updated', id: msg.id, failed };
+    port.postMessage(reply);
+  };
+
+  await new Promise<void>((resolve) => {
+    let queue = Promise.resolve();
+    port.on('message', (msg: ToWorker) => {
+      if (msg.type === 'stop') {
+        queue = queue.then(() => {
+          for (const l of listeners.values()) {
+            close(l);
+            for (const s of l.sockets) s.destroy();
+          }
+          listeners.clear();
+          port.close();
+          resolve();
+        });
+        return;
+      }
+      // Updates apply in order, one at a time.
+      queue = queue.then(() => update(msg));
+    });
+    const ready: FromWorker = { type: 'ready' };
+    port.postMessage(ready);
+  });
+  return { index: task.index };
+}
