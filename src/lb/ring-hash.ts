@@ -1,0 +1,97 @@
+// Consistent-hash ring ("ketama" style) — the L4 hash reference the native data plane mirrors.
+// Spec (agreed with the native engineer; change only together with native/ and the lead):
+//   - members: the ready endpoints, named `ip:port`, de-duplicated, sorted (plain string order);
+//   - each member gets vnodes = ceil(ringSize / n) points murmur3(`${ip}:${port}#${i}`), i < vnodes,
+//     ringSize = 1024 unless a minimum ring size is configured;
+//   - points are ordered by hash, ties by member order;
+//   - pick(key) = owner of the first point with hash >= murmur3(key), wrapping to the first point.
+import type { Endpoint } from '../controller/types.ts';
+import { endpointKey } from './endpoint-key.ts';
+import { murmur3 } from './murmur3.ts';
+
+/** Default number of ring points shared among all members (the L4 contract uses this). */
+export const DEFAULT_RING_SIZE = 1024;
+
+/** An immutable ring over a set of endpoints. */
+export class HashRing {
+  /** Members in ring order (sorted by key). */
+  readonly members: readonly Endpoint[];
+  private readonly hashes: Uint32Array;
+  private readonly owners: Uint32Array;
+
+  constructor(endpoints: readonly Endpoint[], ringSize = DEFAULT_RING_SIZE) {
+    const byKey = new Map<string, Endpoint>();
+    for (const ep of endpoints) {
+      const key = endpointKey(ep);
+      if (!byKey.has(key)) byKey.set(key, ep);
+    }
+    const keys = [...byKey.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    this.members = keys.map((k) => byKey.get(k)!);
+    const n = keys.length;
+    const vnodes = n === 0 ? 0 : Math.ceil(Math.max(1, ringSize) / n);
+    const points: Array<[number, number]> = [];
+    for (let m = 0; m < n; m++) {
+      for (let i = 0; i < vnodes; i++) points.push([murmur3(`${keys[m]}#${i}`), m]);
+    }
+    points.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+    this.hashes = Uint32Array.from(points, (p) => p[0]);
+    this.owners = Uint32Array.from(points, (p) => p[1]);
+  }
+
+  /** Index of the first point whose hash is >= `hash` (wrapping to 0). */
+  private pointIndex(hash: number): number {
+    let lo = 0;
+    let hi = this.hashes.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.hashes[mid]! < hash) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo === this.hashes.length ? 0 : lo;
+  }
+
+  /** The member owning `hash`, undefined for an empty ring. */
+  pickHash(hash: number): Endpoint | undefined {
+    if (this.hashes.length === 0) return undefined;
+    return this.members[this.owners[this.pointIndex(hash)]!];
+  }
+
+  /** The member owning murmur3(key). */
+  pick(key: string): Endpoint | undefined {
+    return this.pickHash(murmur3(key));
+  }
+
+  /**
+   * Distinct members in ring order starting at `hash`: the first is pickHash(hash), the rest are
+   * the fallbacks a bounded-load or exclusion walk visits (each member at most once).
+   */
+  *walk(hash: number): Generator<Endpoint> {
+    const total = this.hashes.length;
+    if (total === 0) return;
+    const seen = new Uint8Array(this.members.length);
+    let left = this.members.length;
+    const start = this.pointIndex(hash);
+    for (let i = 0; i < total && left > 0; i++) {
+      const owner = this.owners[(start + i) % total]!;
+      if (seen[owner]) continue;
+      seen[owner] = 1;
+      left--;
+      yield this.members[owner]!;
+    }
+  }
+}
+
+const ringCache = new WeakMap<readonly Endpoint[], HashRing>();
+
+/**
+ * L4 hash reference: the ready endpoint (of `endpoints`) that owns `key` on the default ring.
+ * The native data plane must return the same endpoint for the same input (parity tests).
+ */
+export function ringHashPick(endpoints: readonly Endpoint[], key: string): Endpoint | undefined {
+  let ring = ringCache.get(endpoints);
+  if (!ring) {
+    ring = new HashRing(endpoints.filter((e) => e.ready));
+    ringCache.set(endpoints, ring);
+  }
+  return ring.pick(key);
+}
