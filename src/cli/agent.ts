@@ -5,8 +5,11 @@ import { resolveConfig } from '../config/resolve.ts';
 import type { EdgemeshConfig } from '../config/types.ts';
 import { Controller } from '../controller/controller.ts';
 import { EMPTY_TABLE, type ServiceTable } from '../controller/types.ts';
+import { createDnsServer } from '../dns/index.ts';
 import { createRegistry, MetricsServer } from '../metrics/server.ts';
 import { loadNative } from '../native/index.ts';
+import { createProxier } from '../proxier/create-proxier.ts';
+import type { Proxier } from '../proxier/proxier.ts';
 import { Lifecycle } from '../util/lifecycle.ts';
 import { createLogger, type Logger } from '../util/log.ts';
 import { helpText, parseFlags } from './args.ts';
@@ -27,6 +30,7 @@ export class Agent {
   /** The controller (set in start()); consumers subscribe to it before it starts. */
   controller: Controller | undefined;
   private table: ServiceTable = EMPTY_TABLE;
+  private proxier: Proxier | undefined;
   private readyFlag = false;
   private readonly statusInfo: Pick<AgentStatus, 'intercept' | 'dataplane'> = {
     intercept: { mode: 'none' },
@@ -68,6 +72,22 @@ export class Agent {
     });
     // Consumers (DNS, proxier, data plane, gateway, tunnel) subscribe here, before the controller
     // starts: controller.subscribe(consumer). They are applied serially in this order.
+    if (this.config.modules.edgeDNS.enable) {
+      // Listening before the controller starts: cluster names get SERVFAIL (not NXDOMAIN) until
+      // the first snapshot, names outside the cluster are forwarded from the first moment.
+      const dns = createDnsServer(this.config, this.log, this.registry);
+      controller.subscribe(dns);
+      await this.lifecycle.start(dns);
+    }
+
+    if (this.config.modules.edgeProxy.enable) {
+      // Interceptor + data plane; started (leftover rules cleaned) before the first snapshot.
+      const assembly = await createProxier({ config: this.config, log: this.log, registry: this.registry });
+      Object.assign(this.statusInfo, { intercept: assembly.intercept, dataplane: assembly.dataplane });
+      this.proxier = assembly.proxier;
+      controller.subscribe(assembly.proxier);
+      await this.lifecycle.start(assembly.proxier);
+    }
 
     await this.lifecycle.start(controller);
     // Ready once the first snapshot has been applied by every consumer (not before: an agent
@@ -90,6 +110,7 @@ export class Agent {
       nodeName: this.config.nodeName,
       generation: this.table.generation,
       ...this.statusInfo,
+      counters: this.proxier?.counters(),
       services: [...this.table.services.values()].map((s) => ({
         key: s.key,
         clusterIPs: [...s.clusterIPs],

@@ -30,7 +30,7 @@ const seeds: Buffer[] = [
   query('web.default', 'AAAA'),
   query('_http._tcp.web.default.svc.cluster.local', 'SRV'),
   query('10.0.96.10.in-addr.arpa', 'PTR'),
-  query('nope.svc.cluster.local', 'ANY'),
+  query('nope.svc.cluster.local', 'ANY' as 'A'),
   query('web.default.svc.cluster.local.corp.example'),
   dnsPacket.encode({
     type: 'query',
