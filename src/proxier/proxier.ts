@@ -67,6 +67,11 @@ export class Proxier implements SnapshotConsumer, Service {
     });
   }
 
+  /** Data plane counters plus the last sync time, for /status. */
+  counters(): Record<string, number> {
+    return { ...this.options.dataplane.counters(), last_sync_ms: Math.round(this.lastSyncMs) };
+  }
+
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;

@@ -1,0 +1,74 @@
+// Assembles the proxier for the agent: data plane (native/ts) + interceptor (iptables/nftables/
+// none), the bypass gid that keeps the agent's own connections out of the rules, and the
+// mode + reason lines /status shows.
+import type { Registry } from 'prom-client';
+import type { EdgemeshConfig } from '../config/types.ts';
+import { createDataplane } from '../dataplane/create-dataplane.ts';
+import { errorMessage } from '../errors.ts';
+import type { Logger } from '../util/log.ts';
+import { createInterceptor } from './create-interceptor.ts';
+import { Proxier } from './proxier.ts';
+
+/** The assembled proxier and what /status reports about it. */
+export interface ProxierAssembly {
+  proxier: Proxier;
+  intercept: { mode: string; reason: string };
+  dataplane: { mode: string; reason: string };
+}
+
+/**
+ * Switches the process's effective gid to `gid`, so every socket the agent opens from now on
+ * (upstream connections of every data plane thread, DNS forwarding, API watches) matches the
+ * rules' owner/skgid bypass and is never redirected back into the proxy.
+ */
+export function useBypassGid(gid: number, log: Logger): boolean {
+  if (typeof process.setegid !== 'function') return false;
+  try {
+    process.setegid(gid);
+    return true;
+  } catch (err) {
+    log.warn(
+      { gid, err: errorMessage(err) },
+      'cannot switch to the bypass gid; upstream connections may loop',
+    );
+    return false;
+  }
+}
+
+/** Builds data plane, interceptor and proxier from the config (nothing started yet). */
+export async function createProxier(options: {
+  config: EdgemeshConfig;
+  log: Logger;
+  registry?: Registry;
+}): Promise<ProxierAssembly> {
+  const { config, log } = options;
+  const proxy = config.modules.edgeProxy;
+  const dp = await createDataplane(options);
+  log.info({ mode: dp.dataplane.mode, reason: dp.reason }, 'data plane chosen');
+  // A whole-CIDR redirect only helps a plane that reads SO_ORIGINAL_DST (native): the TS plane
+  // has one listener per service port and could not tell the destinations apart.
+  const catchAll =
+    proxy.subNet && dp.dataplane.mode === 'native'
+      ? { cidr: proxy.subNet, toPort: proxy.listenPort }
+      : undefined;
+  const ic = await createInterceptor({
+    mode: config.intercept,
+    iptablesBackend: proxy.iptablesBackend,
+    bypassGid: proxy.bypassGid,
+    catchAll,
+    log,
+  });
+  log.info({ mode: ic.interceptor.mode, reason: ic.reason }, 'interception chosen');
+  if (ic.interceptor.mode !== 'none') useBypassGid(proxy.bypassGid, log);
+  const proxier = new Proxier({
+    dataplane: dp.dataplane,
+    interceptor: ic.interceptor,
+    log,
+    resyncPeriodMs: proxy.resyncPeriodMs,
+  });
+  return {
+    proxier,
+    intercept: { mode: ic.interceptor.mode, reason: ic.reason },
+    dataplane: { mode: dp.dataplane.mode, reason: dp.reason },
+  };
+}
