@@ -1,12 +1,14 @@
-// The network topologies the suite measures in: namespaces it creates itself (unique names per
-// run), registered for cleanup so even Ctrl-C leaves nothing behind.
+// The network topologies the suite measures in, built on the shared e2e helper
+// (test/helpers/netns.ts) with unique names per run, and registered for cleanup so even Ctrl-C
+// leaves no namespace behind.
 //
-//   loopback  one namespace: client, proxy and backend on the same node (lo, plus a "pod" IP on lo)
-//   veth      client + proxy in the node namespace, backend in its own namespace over a veth pair
-//   veth-netem  veth with `tc netem` (e.g. "delay 1ms loss 0.1%") on both ends: an edge link
+//   loopback    one namespace: client, proxy and backend on the same node ("pod" IP on lo)
+//   veth        client + proxy in the node namespace, backend in a pod namespace behind a veth
+//               pair on the node's bridge (the shape a CNI bridge gives an edge node)
+//   veth-netem  veth with `tc netem` (e.g. "delay 1ms loss 0.1%") on both veth ends: an edge link
 import { execFileSync } from 'node:child_process';
+import { createNetns, type Netns, Topology as PodTopology } from '../../test/helpers/netns.ts';
 import { onCleanup } from './cleanup.ts';
-import { execOk } from './exec.ts';
 
 /** The topology kinds the suite knows. */
 export const topologyKinds = ['loopback', 'veth', 'veth-netem'] as const;
@@ -26,89 +28,77 @@ export interface Topology {
   backendIP: string;
   /** One line for the report. */
   description: string;
-  /** Deletes the namespaces (idempotent). */
-  destroy(): void;
+  /** Deletes the namespaces and what runs in them (idempotent, never throws). */
+  destroy(): Promise<void>;
 }
 
-let counter = 0;
-
-function nsName(suffix: string): string {
-  // 'emb' + pid (≤5 digits) + counter + suffix stays far below the 15-character device-name limit
-  // that some tools apply to namespace names too.
-  return `emb${process.pid % 100000}${counter}${suffix}`;
+// Connection-rate runs open tens of thousands of connections: widen the ephemeral range upwards
+// (never below 32768: the proxies listen on 2xxxx ports, and an ephemeral port taken there made
+// nginx fail with EADDRINUSE) and let outgoing connects reuse TIME_WAIT ports (the default 2
+// allows that on loopback only).
+async function tune(ns: Netns): Promise<void> {
+  await ns.run('sysctl', '-q', '-w', 'net.ipv4.ip_local_port_range=32768 65000', 'net.ipv4.tcp_tw_reuse=1');
 }
 
-async function addNs(name: string): Promise<() => void> {
-  await execOk(['ip', 'netns', 'add', name]);
-  const undo = onCleanup(() => execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' }));
-  await execOk(['ip', '-n', name, 'link', 'set', 'lo', 'up']);
-  // Connection-rate runs open tens of thousands of connections: widen the port range and let
-  // outgoing connects reuse TIME_WAIT ports (the default 2 allows that on loopback only).
-  await execOk(['sysctl', '-q', '-w', 'net.ipv4.ip_local_port_range=1024 65000', 'net.ipv4.tcp_tw_reuse=1'], {
-    ns: name,
+/** Ctrl-C cannot wait for async teardown: delete the namespaces synchronously then. */
+function guard(names: string[]): () => void {
+  return onCleanup(() => {
+    for (const n of names) execFileSync('ip', ['netns', 'del', n], { stdio: 'ignore' });
   });
-  return undo;
 }
 
 /** Builds one topology; `netem` is the tc netem spec for veth-netem (default "delay 1ms"). */
 export async function createTopology(kind: TopologyKind, netem = 'delay 1ms'): Promise<Topology> {
-  counter++;
-  const undos: Array<() => void> = [];
-  const destroy = () => {
-    for (const u of undos.splice(0).reverse()) u();
-  };
-  try {
-    const nodeNs = nsName('n');
-    undos.push(await addNs(nodeNs));
-    // A device routes the service CIDR (no route = connect() fails before netfilter runs). A
-    // bridge, because this kind of kernel may lack the dummy driver ("Unknown device type").
-    await execOk(['ip', '-n', nodeNs, 'link', 'add', 'emsvc0', 'type', 'bridge']);
-    await execOk(['ip', '-n', nodeNs, 'link', 'set', 'emsvc0', 'up']);
-    await execOk(['ip', '-n', nodeNs, 'route', 'add', SERVICE_CIDR, 'dev', 'emsvc0']);
-    if (kind === 'loopback') {
+  if (kind === 'loopback') {
+    const node = await createNetns('bl');
+    const unregister = guard([node.name]);
+    const destroy = async () => {
+      await node.destroy();
+      unregister();
+    };
+    try {
+      await tune(node);
+      // A device routes the service CIDR (no route = connect() fails before netfilter runs); a
+      // bridge, because this kind of kernel may lack the dummy driver ("Unknown device type").
+      await node.run('ip', 'link', 'add', 'emsvc0', 'type', 'bridge');
+      await node.run('ip', 'link', 'set', 'emsvc0', 'up');
+      await node.run('ip', 'route', 'add', SERVICE_CIDR, 'dev', 'emsvc0');
       // The local "pod" IP lives on lo, so backend traffic stays on the loopback path.
-      await execOk(['ip', '-n', nodeNs, 'addr', 'add', '10.244.0.10/32', 'dev', 'lo']);
-      return {
-        kind,
-        nodeNs,
-        backendNs: nodeNs,
-        backendIP: '10.244.0.10',
-        description: 'client, proxy and backend in one network namespace (loopback)',
-        destroy,
-      };
+      await node.run('ip', 'addr', 'add', '10.244.0.10/32', 'dev', 'lo');
+    } catch (err) {
+      await destroy();
+      throw err;
     }
-    const backendNs = nsName('b');
-    undos.push(await addNs(backendNs));
-    // Created inside the node namespace, so fixed device names never collide across runs.
-    await execOk([
-      'ip',
-      '-n',
-      nodeNs,
-      'link',
-      'add',
-      'emv0',
-      'type',
-      'veth',
-      'peer',
-      'name',
-      'emv1',
-      'netns',
-      backendNs,
-    ]);
-    await execOk(['ip', '-n', nodeNs, 'addr', 'add', '10.201.0.1/24', 'dev', 'emv0']);
-    await execOk(['ip', '-n', backendNs, 'addr', 'add', '10.201.0.2/24', 'dev', 'emv1']);
-    await execOk(['ip', '-n', nodeNs, 'link', 'set', 'emv0', 'up']);
-    await execOk(['ip', '-n', backendNs, 'link', 'set', 'emv1', 'up']);
-    let description = 'client and proxy in the node namespace, backend in another namespace over a veth pair';
+    return {
+      kind,
+      nodeNs: node.name,
+      backendNs: node.name,
+      backendIP: '10.244.0.10',
+      description: 'client, proxy and backend in one network namespace (loopback)',
+      destroy,
+    };
+  }
+  const topo = await PodTopology.create({ tag: 'bv', pods: 1, serviceCidr: SERVICE_CIDR });
+  const pod = topo.pods[0]!;
+  const unregister = guard([topo.node.name, pod.ns.name]);
+  const destroy = async () => {
+    await topo.destroy();
+    unregister();
+  };
+  let description =
+    'client and proxy in the node namespace, backend in a pod namespace (veth pair on a bridge)';
+  try {
+    await tune(topo.node);
+    await tune(pod.ns);
     if (kind === 'veth-netem') {
       const spec = netem.split(/\s+/).filter(Boolean);
-      await execOk(['tc', '-n', nodeNs, 'qdisc', 'add', 'dev', 'emv0', 'root', 'netem', ...spec]);
-      await execOk(['tc', '-n', backendNs, 'qdisc', 'add', 'dev', 'emv1', 'root', 'netem', ...spec]);
-      description += `, tc netem "${netem}" on both ends`;
+      await topo.node.run('tc', 'qdisc', 'add', 'dev', 'veth0', 'root', 'netem', ...spec);
+      await pod.ns.run('tc', 'qdisc', 'add', 'dev', 'eth0', 'root', 'netem', ...spec);
+      description += `, tc netem "${netem}" on both veth ends`;
     }
-    return { kind, nodeNs, backendNs, backendIP: '10.201.0.2', description, destroy };
   } catch (err) {
-    destroy();
+    await destroy();
     throw err;
   }
+  return { kind, nodeNs: topo.node.name, backendNs: pod.ns.name, backendIP: pod.ip, description, destroy };
 }
