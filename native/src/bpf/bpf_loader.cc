@@ -184,8 +184,11 @@ OpenResult Open(const std::vector<std::string>& objects, const std::string& pin_
           bpf_link__destroy(link);
           return fail("bpf_obj_pin(link)", e);
         }
-        link_fd = dup(bpf_link__fd(link));
-        bpf_link__disconnect(link);  // the pin and our dup keep it attached
+        // Take over the link's fd: a disconnected bpf_link__destroy frees the struct but leaves the
+        // fd open, so we must own and close it (a dup would leak the original and keep the program
+        // attached after an unpinning close).
+        link_fd = bpf_link__fd(link);
+        bpf_link__disconnect(link);
         bpf_link__destroy(link);
       }
       impl->link_fds.push_back(link_fd);

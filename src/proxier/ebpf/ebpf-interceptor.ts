@@ -1,0 +1,279 @@
+// The `ebpf` Interceptor: cgroup/connect4 socket-level LB plus proxy redirection with
+// SO_ORIGINAL_DST from the maps, attached to one cgroup v2. sync()/apply() only record the latest
+// targets/snapshot; one render writes the complete desired map state in one batch.
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import type { Registry } from 'prom-client';
+import { Gauge } from 'prom-client';
+import { EMPTY_TABLE, type ServiceTable } from '../../controller/types.ts';
+import { EdgemeshError, ErrorCode, errorMessage } from '../../errors.ts';
+import type { NativeBinding } from '../../native/index.ts';
+import type { Logger } from '../../util/log.ts';
+import type { Interceptor, InterceptTarget } from '../interceptor.ts';
+import {
+  Action,
+  decodeSvcValue,
+  encodeAddr4,
+  encodeBackendKey,
+  encodeConfig,
+  encodeSvcKey,
+  encodeSvcValue,
+  encodeU32,
+  Layout,
+  MapName,
+  STAT_NAMES,
+  sumPerCpu,
+} from './map-layout.ts';
+import { type EbpfServiceEntry, renderSocketLb } from './render-socket-lb.ts';
+
+export interface EbpfInterceptorOptions {
+  log: Logger;
+  binding: NativeBinding;
+  /** Paths of the BPF objects (probe.ts findBpfObjects). */
+  objects: readonly string[];
+  /** cgroup v2 folder the programs attach to (processes inside it and below are covered). */
+  cgroupPath: string;
+  /** bpffs folder for pinned maps and links (default /sys/fs/bpf/edgemesh). */
+  pinDir: string;
+  nodeName: string;
+  /** Endpoints on other nodes may be in other LANs (tunnel enabled): only local ones are direct. */
+  localEndpointsOnly: boolean;
+  /** Processes with this gid are never redirected (the proxy's upstream sockets). */
+  bypassGid?: number;
+  /** Sockets with this SO_MARK are never redirected. */
+  bypassMark?: number;
+  registry?: Registry;
+}
+
+/** Counters of the BPF hooks (summed over CPUs), by name. */
+export type EbpfCounters = Record<(typeof STAT_NAMES)[number], number>;
+
+/** Socket-LB and proxy redirection in cgroup BPF hooks; see README "eBPF acceleration". */
+export class EbpfInterceptor implements Interceptor {
+  readonly mode = 'ebpf' as const;
+  readonly name = 'ebpf-interceptor';
+  private handle: number | undefined;
+  private table: ServiceTable = EMPTY_TABLE;
+  private targets: readonly InterceptTarget[] = [];
+  /** svc key hex -> svc id, kept stable across syncs (and adopted from pinned maps on restart). */
+  private readonly ids = new Map<string, number>();
+  private nextId = 1;
+  /** What the maps hold now: svc key hex -> encoded value hex; svc id -> backend count. */
+  private written = new Map<string, string>();
+  private backendCounts = new Map<number, number>();
+  private rendered: EbpfServiceEntry[] = [];
+  private readonly gauge: Gauge | undefined;
+
+  constructor(private readonly opts: EbpfInterceptorOptions) {
+    if (opts.registry) {
+      const self = this;
+      this.gauge = new Gauge({
+        name: 'edgemesh_ebpf_events',
+        help: 'Events counted by the eBPF hooks since their maps were created (lbConnect: connect() sent straight to an endpoint; proxyConnect: sent to the proxy; ...)',
+        labelNames: ['event'],
+        registers: [opts.registry],
+        collect() {
+          for (const [event, v] of Object.entries(self.counters())) this.set({ event }, v);
+        },
+      });
+    }
+  }
+
+  async start(): Promise<void> {
+    const { binding, log } = this.opts;
+    await mkdir(this.opts.cgroupPath, { recursive: true });
+    try {
+      this.handle = binding.bpfOpen([...this.opts.objects], this.opts.pinDir, this.opts.cgroupPath);
+    } catch (err) {
+      throw new EdgemeshError(ErrorCode.ATTACH, `eBPF load/attach failed: ${errorMessage(err)}`, {
+        cause: err,
+      });
+    }
+    binding.bpfMapUpdate(
+      this.handle,
+      MapName.config,
+      encodeU32(0),
+      encodeConfig({
+        agentTgid: process.pid,
+        bypassMark: this.opts.bypassMark ?? 0,
+        bypassGid: this.opts.bypassGid ?? 0,
+      }),
+    );
+    this.adoptPinnedState();
+    log.info(
+      { cgroup: this.opts.cgroupPath, pinDir: this.opts.pinDir, programs: binding.bpfPrograms(this.handle) },
+      'eBPF programs attached',
+    );
+  }
+
+  /** Detaches the programs and removes every pin (a clean shutdown leaves nothing behind). */
+  async stop(): Promise<void> {
+    if (this.handle === undefined) return;
+    const handle = this.handle;
+    this.handle = undefined;
+    this.opts.binding.bpfClose(handle, true);
+    if (this.gauge) this.opts.registry?.removeSingleMetric('edgemesh_ebpf_events');
+    this.opts.log.info({ pinDir: this.opts.pinDir }, 'eBPF programs detached and unpinned');
+  }
+
+  /** Leaves programs attached and maps pinned (for a restart that must not disturb live flows). */
+  async detachKeepPinned(): Promise<void> {
+    if (this.handle === undefined) return;
+    this.opts.binding.bpfClose(this.handle, false);
+    this.handle = undefined;
+  }
+
+  /** Records the interception targets (proxy-bound services) and renders. */
+  async sync(targets: readonly InterceptTarget[]): Promise<void> {
+    this.targets = targets;
+    this.render();
+  }
+
+  /** Records the snapshot (socket-LB needs the endpoints) and renders. */
+  async apply(table: ServiceTable): Promise<void> {
+    this.table = table;
+    this.render();
+  }
+
+  /** The maps are the state: nothing outside edgemesh edits them, so there is nothing to repair. */
+  async repair(): Promise<boolean> {
+    return false;
+  }
+
+  /** The entries last written (for /status and tests). */
+  entries(): readonly EbpfServiceEntry[] {
+    return this.rendered;
+  }
+
+  /** Attached programs as `name@attach-type`. */
+  programs(): string[] {
+    return this.handle === undefined ? [] : this.opts.binding.bpfPrograms(this.handle);
+  }
+
+  /** Hook counters summed over CPUs. */
+  counters(): EbpfCounters {
+    const out = Object.fromEntries(STAT_NAMES.map((n) => [n, 0])) as EbpfCounters;
+    if (this.handle === undefined) return out;
+    STAT_NAMES.forEach((name, i) => {
+      const v = this.opts.binding.bpfMapLookup(this.handle!, MapName.stats, encodeU32(i));
+      if (v) out[name] = sumPerCpu(v);
+    });
+    return out;
+  }
+
+  /** After a restart the pinned maps still hold the old services: keep their ids so slots stay consistent. */
+  private adoptPinnedState(): void {
+    const { binding } = this.opts;
+    const keys = binding.bpfMapKeys(this.handle!, MapName.svc);
+    for (let off = 0; off < keys.length; off += Layout.svcKey.size) {
+      const key = keys.subarray(off, off + Layout.svcKey.size);
+      const value = binding.bpfMapLookup(this.handle!, MapName.svc, key);
+      if (!value) continue;
+      const v = decodeSvcValue(value);
+      const hex = key.toString('hex');
+      this.ids.set(hex, v.svcId);
+      this.written.set(hex, value.toString('hex'));
+      this.backendCounts.set(v.svcId, v.action === Action.lb ? v.count : 0);
+      this.nextId = Math.max(this.nextId, v.svcId + 1);
+    }
+  }
+
+  /**
+   * Writes the complete desired state: backends first, then service entries (so a connect never
+   * sees a count whose slots are not written yet), then deletes what is gone.
+   */
+  private render(): void {
+    const handle = this.handle;
+    if (handle === undefined) return;
+    const { binding } = this.opts;
+    const desired = renderSocketLb(this.table, this.targets, {
+      nodeName: this.opts.nodeName,
+      localEndpointsOnly: this.opts.localEndpointsOnly,
+    });
+    const svcKeys: Buffer[] = [];
+    const svcValues: Buffer[] = [];
+    const beKeys: Buffer[] = [];
+    const beValues: Buffer[] = [];
+    const rrKeys: Buffer[] = [];
+    const wanted = new Map<string, string>();
+    const counts = new Map<number, number>();
+    for (const e of desired) {
+      const key = encodeSvcKey(e.clusterIP, e.port, 'TCP');
+      const hex = key.toString('hex');
+      let id = this.ids.get(hex);
+      if (id === undefined) {
+        id = this.nextId++;
+        this.ids.set(hex, id);
+        rrKeys.push(encodeU32(id));
+      }
+      const value = encodeSvcValue({
+        svcId: id,
+        count: e.backends.length,
+        action: e.action,
+        policy: e.policy,
+        proxyIp: e.action === Action.proxy ? '127.0.0.1' : undefined,
+        proxyPort: e.action === Action.proxy ? e.proxyPort : undefined,
+      });
+      counts.set(id, e.backends.length);
+      e.backends.forEach((b, slot) => {
+        beKeys.push(encodeBackendKey(id, slot));
+        beValues.push(encodeAddr4(b.ip, b.port));
+      });
+      wanted.set(hex, value.toString('hex'));
+      if (this.written.get(hex) !== value.toString('hex')) {
+        svcKeys.push(key);
+        svcValues.push(value);
+      }
+    }
+    const staleSvc = [...this.written.keys()].filter((hex) => !wanted.has(hex));
+    const staleBe: Buffer[] = [];
+    for (const [id, n] of this.backendCounts) {
+      for (let slot = counts.get(id) ?? 0; slot < n; slot++) staleBe.push(encodeBackendKey(id, slot));
+    }
+    const staleIds = staleSvc.map((hex) => this.ids.get(hex)).filter((id): id is number => id !== undefined);
+    try {
+      if (beKeys.length > 0)
+        binding.bpfMapUpdate(handle, MapName.backend, Buffer.concat(beKeys), Buffer.concat(beValues));
+      if (rrKeys.length > 0)
+        binding.bpfMapUpdate(
+          handle,
+          MapName.roundRobin,
+          Buffer.concat(rrKeys),
+          Buffer.concat(rrKeys.map(() => encodeU32(0))),
+        );
+      if (svcKeys.length > 0)
+        binding.bpfMapUpdate(handle, MapName.svc, Buffer.concat(svcKeys), Buffer.concat(svcValues));
+      if (staleSvc.length > 0)
+        binding.bpfMapDelete(handle, MapName.svc, Buffer.concat(staleSvc.map((h) => Buffer.from(h, 'hex'))));
+      if (staleBe.length > 0) binding.bpfMapDelete(handle, MapName.backend, Buffer.concat(staleBe));
+      if (staleIds.length > 0)
+        binding.bpfMapDelete(handle, MapName.roundRobin, Buffer.concat(staleIds.map((id) => encodeU32(id))));
+    } catch (err) {
+      // Forget what we believe is written so the next render rewrites everything.
+      this.written = new Map();
+      this.backendCounts = new Map();
+      throw new EdgemeshError(ErrorCode.ATTACH, `eBPF map update failed: ${errorMessage(err)}`, {
+        cause: err,
+      });
+    }
+    for (const hex of staleSvc) this.ids.delete(hex);
+    this.written = wanted;
+    this.backendCounts = counts;
+    this.rendered = desired;
+    this.opts.log.debug(
+      { services: desired.length, changed: svcKeys.length, removed: staleSvc.length },
+      'eBPF maps synced',
+    );
+  }
+}
+
+/** Default bpffs folder for edgemesh's pinned maps and links. */
+export const DEFAULT_PIN_DIR = '/sys/fs/bpf/edgemesh';
+/** Where a cgroup v2 hierarchy is mounted when the host has none. */
+export const DEFAULT_CGROUP_FALLBACK = '/run/edgemesh/cgroup2';
+
+/** Joins a configured cgroup (relative to the unified root, or absolute) with the root. */
+export function resolveCgroupPath(root: string, configured: string): string {
+  if (!configured) return root;
+  return path.isAbsolute(configured) ? configured : path.join(root, configured);
+}
