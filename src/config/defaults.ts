@@ -45,6 +45,8 @@ export function defaultConfig(): EdgemeshConfig {
         bypassGid: 40001,
         tsPortRange: '21000-29999',
         iptablesBackend: 'auto',
+        ebpfCgroup: '',
+        ebpfPinDir: '/sys/fs/bpf/edgemesh',
       },
       edgeGateway: {
         enable: false,

@@ -99,6 +99,10 @@ export const configSchema: Schema = obj({
           : 'a port range like 21000-29999';
       }),
       iptablesBackend: oneOf('auto', 'legacy', 'nft'),
+      ebpfCgroup: str(),
+      ebpfPinDir: str((v) =>
+        v.startsWith('/') ? undefined : 'an absolute path on a bpffs, like /sys/fs/bpf/edgemesh',
+      ),
     }),
     edgeGateway: obj({
       enable: bool,

@@ -71,6 +71,10 @@ export interface EdgemeshConfig {
       tsPortRange: string;
       /** Which iptables binaries `--intercept iptables` uses; auto = the one already holding rules. */
       iptablesBackend: 'auto' | 'legacy' | 'nft';
+      /** `--intercept ebpf`: cgroup v2 the programs attach to ('' = the unified root; relative = below it). */
+      ebpfCgroup: string;
+      /** `--intercept ebpf`: bpffs folder of the pinned maps and links (removed on a clean stop). */
+      ebpfPinDir: string;
     };
     edgeGateway: {
       enable: boolean;

@@ -3,6 +3,7 @@
 import type { InterceptMode } from '../config/types.ts';
 import { errorMessage } from '../errors.ts';
 import type { Logger } from '../util/log.ts';
+import type { EbpfChoiceOptions } from './ebpf/create-ebpf-interceptor.ts';
 import type { Interceptor } from './interceptor.ts';
 import { type IptablesBinary, IptablesInterceptor } from './iptables.ts';
 import type { RuleOptions } from './iptables-render.ts';
@@ -16,6 +17,8 @@ export interface CreateInterceptorOptions extends RuleOptions {
   iptablesBackend: 'auto' | 'legacy' | 'nft';
   log: Logger;
   commandPrefix?: CommandPrefix;
+  /** For `ebpf`: where to attach and pin, and what counts as directly reachable. */
+  ebpf?: Omit<EbpfChoiceOptions, 'log' | 'bypassGid'>;
 }
 
 /** The chosen interceptor and a sentence saying why (for logs and /status). */
@@ -98,7 +101,20 @@ export async function createInterceptor(options: CreateInterceptorOptions): Prom
     case 'ebpf':
     case 'auto': {
       const why: string[] = [];
-      if (mode === 'ebpf') why.push('ebpf interception is not available in this build');
+      if (mode === 'ebpf') {
+        // Loaded only when asked for: the eBPF feature is optional (src/proxier/ebpf).
+        const { createEbpfInterceptor } = await import('./ebpf/index.ts');
+        const ebpf = await createEbpfInterceptor({
+          nodeName: '',
+          cgroup: '',
+          localEndpointsOnly: false,
+          ...options.ebpf,
+          log,
+          bypassGid: options.bypassGid,
+        });
+        if ('interceptor' in ebpf) return ebpf;
+        why.push(`ebpf unavailable: ${ebpf.reason}`);
+      }
       try {
         const { binary } = await chooseIptablesBinary(prefix, options.iptablesBackend);
         const failed = await probeIptables(prefix, binary);

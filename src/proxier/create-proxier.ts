@@ -57,6 +57,13 @@ export async function createProxier(options: {
     bypassGid: proxy.bypassGid,
     catchAll,
     log,
+    ebpf: {
+      nodeName: config.nodeName,
+      cgroup: proxy.ebpfCgroup,
+      pinDir: proxy.ebpfPinDir,
+      localEndpointsOnly: config.modules.edgeTunnel.enable,
+      registry: options.registry,
+    },
   });
   log.info({ mode: ic.interceptor.mode, reason: ic.reason }, 'interception chosen');
   if (ic.interceptor.mode !== 'none') useBypassGid(proxy.bypassGid, log);

@@ -1,5 +1,6 @@
 // How ClusterIP traffic is caught: one interface, several implementations (iptables, nftables,
 // ebpf, none), one shared test suite run against each.
+import type { ServiceTable } from '../controller/types.ts';
 import type { Service } from '../util/lifecycle.ts';
 
 /** One ClusterIP:port to catch and the local port on this node its connections must reach. */
@@ -22,4 +23,6 @@ export interface Interceptor extends Service {
   sync(targets: readonly InterceptTarget[]): Promise<void>;
   /** Drift check: re-installs the last synced state if someone changed it; true when it repaired. */
   repair?(): Promise<boolean>;
+  /** Interceptors that route by endpoints (ebpf socket-LB) record each snapshot here, before sync(). */
+  observe?(table: ServiceTable): void;
 }

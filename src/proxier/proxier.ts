@@ -50,6 +50,7 @@ export class Proxier implements SnapshotConsumer, Service {
       if (!this.started) return;
       const t0 = performance.now();
       this.targets = await this.options.dataplane.apply(table, diff);
+      this.options.interceptor.observe?.(table);
       try {
         await this.options.interceptor.sync(this.targets);
         this.syncFailed = false;

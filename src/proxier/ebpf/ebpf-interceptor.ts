@@ -129,6 +129,11 @@ export class EbpfInterceptor implements Interceptor {
     this.render();
   }
 
+  /** Records the snapshot for the next sync() (the proxier calls this before sync). */
+  observe(table: ServiceTable): void {
+    this.table = table;
+  }
+
   /** Records the snapshot (socket-LB needs the endpoints) and renders. */
   async apply(table: ServiceTable): Promise<void> {
     this.table = table;

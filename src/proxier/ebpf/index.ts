@@ -1,4 +1,6 @@
 // The eBPF interception feature, loaded only when `--intercept ebpf|auto` asks for it.
+
+export { createEbpfInterceptor, type EbpfChoiceOptions } from './create-ebpf-interceptor.ts';
 export {
   DEFAULT_CGROUP_FALLBACK,
   DEFAULT_PIN_DIR,
