@@ -1,6 +1,7 @@
 // Runs the short-lived commands of the benchmark suite (ip, tc, iperf3, the load generator), in
 // the caller's namespace or inside a named network namespace, always with a time limit.
 import { execFile } from 'node:child_process';
+import { onCleanup } from './cleanup.ts';
 
 /** What a finished command printed. */
 export interface ExecResult {
@@ -18,11 +19,14 @@ export function inNs(ns: string | undefined, argv: string[]): string[] {
 export function exec(argv: string[], options: { ns?: string; timeoutMs?: number } = {}): Promise<ExecResult> {
   const full = inNs(options.ns, argv);
   return new Promise((resolve) => {
-    execFile(
+    // A client still running when the user hits Ctrl-C is killed with everything else.
+    let unregister = () => {};
+    const child = execFile(
       full[0]!,
       full.slice(1),
       { timeout: options.timeoutMs ?? 30_000, killSignal: 'SIGKILL', maxBuffer: 256 * 1024 * 1024 },
       (err, stdout, stderr) => {
+        unregister();
         const code = err ? (typeof err.code === 'number' ? err.code : 124) : 0;
         resolve({
           code,
@@ -31,6 +35,7 @@ export function exec(argv: string[], options: { ns?: string; timeoutMs?: number 
         });
       },
     );
+    unregister = onCleanup(() => child.kill('SIGKILL'));
   });
 }
 
