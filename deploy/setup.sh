@@ -9,13 +9,14 @@ cd "$(dirname "$0")/.."
 #   interception: iptables nftables iproute2 kmod procps
 #   eBPF:         clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
 #   tests:        dnsutils (dig) curl dnsmasq-base (an upstream DNS for the forwarding tests)
-#   benchmarks:   iperf3 haproxy socat dnsperf wrk (peers measured side by side)
+#   benchmarks:   iperf3 haproxy socat dnsperf wrk nginx libnginx-mod-stream (peers measured side by
+#                 side; nginx is used as a TCP proxy through its stream module)
 packages=(
   g++ make python3 cmake pkg-config
   iptables nftables iproute2 kmod procps
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
   dnsutils curl dnsmasq-base
-  iperf3 haproxy socat dnsperf wrk
+  iperf3 haproxy socat dnsperf wrk nginx libnginx-mod-stream
 )
 
 missing=()
