@@ -34,6 +34,8 @@ export interface ControllerOptions {
   offlineGraceMs?: number;
   /** Minimum time between two writes of the state file. */
   stateWriteIntervalMs?: number;
+  /** Persist and restore the snapshot (default: when a Kubernetes source is used). */
+  persist?: boolean;
   clock?: RunnerClock;
   manifests?: ManifestSourceOptions;
   kube?: KubeSourceOptions;
@@ -133,7 +135,7 @@ export class Controller implements Service {
         this.sources.push(new KubeSource(config, this.log, this.metrics, this.options.kube));
       }
     }
-    this.persist = this.sources.some((s) => s.name === 'kube');
+    this.persist = this.options.persist ?? this.sources.some((s) => s.name === 'kube');
     if (this.persist) await this.restore();
     this.runner.start();
     for (const source of this.sources) await source.start(this.sinkFor(source));

@@ -86,6 +86,7 @@ export class FakeApiServer {
   private oldestRv = 0;
   private rv = 100;
   private readonly watches = new Set<OpenWatch>();
+  private readonly sortedCache = new Map<string, [string, ApiObject][]>();
   private port = 0;
   readonly absentGroups: Set<string>;
   readonly requests: SeenRequest[] = [];
@@ -161,6 +162,7 @@ export class FakeApiServer {
       },
     });
     store.set(key, stored);
+    this.sortedCache.delete(plural);
     this.emit({ rv: this.rv, plural, type: existed ? 'MODIFIED' : 'ADDED', object: stored });
     return stored;
   }
@@ -172,6 +174,7 @@ export class FakeApiServer {
     const old = store.get(key);
     if (!old) return false;
     store.delete(key);
+    this.sortedCache.delete(plural);
     this.rv++;
     this.emit({
       rv: this.rv,
@@ -199,6 +202,7 @@ export class FakeApiServer {
         },
       });
     }
+    this.sortedCache.delete(plural);
     this.compact();
   }
 
@@ -212,6 +216,16 @@ export class FakeApiServer {
   /** Ends every open watch cleanly (what a server-side timeout looks like to the client). */
   endWatches(): void {
     for (const w of [...this.watches]) this.closeWatch(w);
+  }
+
+  /** Objects of a plural sorted by key; cached until the next write (pages must not re-sort). */
+  private sorted(plural: string): [string, ApiObject][] {
+    let cached = this.sortedCache.get(plural);
+    if (!cached) {
+      cached = [...this.objects.get(plural)!.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+      this.sortedCache.set(plural, cached);
+    }
+    return cached;
   }
 
   private type(plural: string): ResourceType {
@@ -274,9 +288,9 @@ export class FakeApiServer {
     q: URLSearchParams,
     res: http.ServerResponse,
   ): void {
-    const all = [...this.objects.get(type.plural)!.entries()]
-      .filter(([key]) => !namespace || key.startsWith(`${namespace}/`))
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    const all = namespace
+      ? this.sorted(type.plural).filter(([key]) => key.startsWith(`${namespace}/`))
+      : this.sorted(type.plural);
     const limit = Number(q.get('limit') ?? 0);
     let offset = 0;
     let listRv = this.rv;
