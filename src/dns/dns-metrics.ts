@@ -15,15 +15,27 @@ const TYPE_NAMES: Record<number, string> = {
   65: 'HTTPS',
   255: 'ANY',
 };
-const RCODE_NAMES = ['NOERROR', 'FORMERR', 'SERVFAIL', 'NXDOMAIN', 'NOTIMP', 'REFUSED'];
+const RCODE_NAMES = ['NOERROR', 'FORMERR', 'SERVFAIL', 'NXDOMAIN', 'NOTIMP', 'REFUSED', 'other'];
+const SOURCES = ['cluster', 'cache', 'stale', 'upstream', 'local'] as const;
 
 /** How a query was answered (the `source` label). */
-export type AnswerSource = 'cluster' | 'cache' | 'stale' | 'upstream' | 'local';
+export type AnswerSource = (typeof SOURCES)[number];
+
+const SOURCE_INDEX: Record<AnswerSource, number> = { cluster: 0, cache: 1, stale: 2, upstream: 3, local: 4 };
+/** Label values by type slot; slot 0 is 'other'. */
+const TYPE_LABELS = ['other', ...Object.values(TYPE_NAMES)];
+/** qtype (0..255) → type slot. */
+const TYPE_SLOT = new Uint8Array(256);
+Object.keys(TYPE_NAMES).forEach((qtype, i) => {
+  TYPE_SLOT[Number(qtype)] = i + 1;
+});
+const CELLS = TYPE_LABELS.length * RCODE_NAMES.length * SOURCES.length;
 
 /** The DNS server's metrics, registered on the registry passed in. */
 export class DnsMetrics {
-  private readonly counts = new Map<string, number>();
-  private readonly pushed = new Map<string, number>();
+  /** Query counts by (type slot, rcode, source) cell; plain numbers, bumped per query. */
+  private readonly counts = new Float64Array(CELLS);
+  private readonly pushed = new Float64Array(CELLS);
   private readonly dropCounts = new Map<string, number>();
   private readonly droppedPushed = new Map<string, number>();
   private readonly cacheCounts = { hit: 0, stale: 0, miss: 0 };
@@ -38,12 +50,11 @@ export class DnsMetrics {
       labelNames: ['type', 'rcode', 'source'] as const,
       registers: registry ? [registry] : [],
       collect() {
-        for (const [key, value] of self.counts) {
-          const delta = value - (self.pushed.get(key) ?? 0);
+        for (let cell = 0; cell < CELLS; cell++) {
+          const delta = self.counts[cell]! - self.pushed[cell]!;
           if (delta <= 0) continue;
-          const [type, rcode, source] = key.split('|') as [string, string, string];
-          this.inc({ type, rcode, source }, delta);
-          self.pushed.set(key, value);
+          this.inc(cellLabels(cell), delta);
+          self.pushed[cell] = self.counts[cell]!;
         }
       },
     });
@@ -87,8 +98,9 @@ export class DnsMetrics {
 
   /** Counts one answered query. */
   query(qtype: number, rcode: number, source: AnswerSource): void {
-    const key = `${TYPE_NAMES[qtype] ?? 'other'}|${RCODE_NAMES[rcode] ?? 'other'}|${source}`;
-    this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
+    const type = qtype < 256 ? TYPE_SLOT[qtype]! : 0;
+    const rc = Math.min(rcode, 6);
+    this.counts[(type * RCODE_NAMES.length + rc) * SOURCES.length + SOURCE_INDEX[source]]!++;
   }
 
   /** Counts one packet dropped without a reply. */
@@ -108,9 +120,25 @@ export class DnsMetrics {
     cache: Record<string, number>;
   } {
     return {
-      queries: Object.fromEntries(this.counts),
+      queries: Object.fromEntries(
+        [...this.counts.keys()]
+          .filter((c) => this.counts[c]! > 0)
+          .map((c) => {
+            const l = cellLabels(c);
+            return [`${l.type}|${l.rcode}|${l.source}`, this.counts[c]!];
+          }),
+      ),
       dropped: Object.fromEntries(this.dropCounts),
       cache: { ...this.cacheCounts },
     };
   }
+}
+
+/** The label values of a counts cell. */
+function cellLabels(cell: number): { type: string; rcode: string; source: string } {
+  const source = cell % SOURCES.length;
+  const rest = (cell - source) / SOURCES.length;
+  const rcode = rest % RCODE_NAMES.length;
+  const type = (rest - rcode) / RCODE_NAMES.length;
+  return { type: TYPE_LABELS[type]!, rcode: RCODE_NAMES[rcode]!, source: SOURCES[source]! };
 }

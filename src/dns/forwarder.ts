@@ -126,6 +126,7 @@ function udpExchange(
       else resolve(answer!);
     };
     const timer = setTimeout(() => finish(new AttemptError('timeout')), timeoutMs);
+    timer.unref();
     // A connected socket receives ICMP port-unreachable as ECONNREFUSED: a stopped upstream
     // fails over at once instead of after a timeout.
     socket.on('error', (err: NodeJS.ErrnoException) =>
@@ -161,6 +162,7 @@ function tcpExchange(
       else resolve(answer!);
     };
     const timer = setTimeout(() => finish(new AttemptError('timeout')), timeoutMs);
+    timer.unref();
     socket.on('error', (err: NodeJS.ErrnoException) =>
       finish(new AttemptError(err.code === 'ECONNREFUSED' ? 'refused' : 'error')),
     );

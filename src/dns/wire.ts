@@ -81,36 +81,59 @@ const fail = (action: 'drop' | 'reply', rcode: number, reason: string): ParseFai
   reason,
 });
 
+/** Scratch space for the name being read (names are at most 255 bytes on the wire). */
+const scratch = Buffer.allocUnsafe(256);
+
 /**
  * Reads a name at `offset` without following compression pointers (a question name in a query
- * has nothing before it to point at). Returns [name, end] or a reason string.
+ * has nothing before it to point at). Returns [name, end] or a reason string. The name is
+ * lower-cased byte-wise into a scratch buffer and decoded once: this runs for every query.
  */
 function readQuestionName(buf: Buffer, offset: number): [string, number] | string {
-  let name = '';
   let total = 0;
   let pos = offset;
+  let out = 0;
+  let special = false;
   for (;;) {
     if (pos >= buf.length) return 'truncated-name';
     const len = buf[pos]!;
-    if (len === 0) return [name, pos + 1];
+    if (len === 0) break;
     if (len >= 0xc0) return 'compressed-question';
     if (len > 63) return 'bad-label';
-    const start = pos + 1;
-    const end = start + len;
+    const end = pos + 1 + len;
     if (end > buf.length) return 'truncated-name';
     total += len + 1;
     if (total > 254) return 'name-too-long';
-    let label = '';
-    for (let i = start; i < end; i++) {
+    if (out > 0) scratch[out++] = 0x2e;
+    for (let i = pos + 1; i < end; i++) {
       let c = buf[i]!;
-      if (c >= 0x41 && c <= 0x5a) c += 0x20;
-      // Escaped so a label holding a dot can never alias two labels of a cluster name.
-      if (c === 0x2e || c === 0x5c) label += `\\${String.fromCharCode(c)}`;
-      else label += String.fromCharCode(c);
+      if (c >= 0x41 && c <= 0x5a) c |= 0x20;
+      else if (c === 0x2e || c === 0x5c) special = true;
+      scratch[out++] = c;
     }
-    name = name === '' ? label : `${name}.${label}`;
     pos = end;
   }
+  if (special) return [escapedName(buf, offset), pos + 1];
+  return [scratch.toString('latin1', 0, out), pos + 1];
+}
+
+/** The slow path for names with '.' or '\\' inside a label: escaped so a label holding a dot can
+ * never alias two labels of a cluster name. Only called on names readQuestionName validated. */
+function escapedName(buf: Buffer, offset: number): string {
+  const labels: string[] = [];
+  let pos = offset;
+  while (buf[pos]! !== 0) {
+    const len = buf[pos]!;
+    let label = '';
+    for (let i = pos + 1; i <= pos + len; i++) {
+      let c = buf[i]!;
+      if (c >= 0x41 && c <= 0x5a) c |= 0x20;
+      label += c === 0x2e || c === 0x5c ? `\\${String.fromCharCode(c)}` : String.fromCharCode(c);
+    }
+    labels.push(label);
+    pos += len + 1;
+  }
+  return labels.join('.');
 }
 
 /** Skips a (possibly compressed) name in a message without following pointers; -1 when malformed. */
