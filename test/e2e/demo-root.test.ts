@@ -87,6 +87,17 @@ describe.skipIf(skip)('edgemesh demo (root)', () => {
     // Always: pods answer directly and the status command shows the services.
     expect(results.filter((r) => !r.required).length).toBeLessThan(results.length);
     for (const r of results.filter((x) => x.required)) expect(r, r.title).toMatchObject({ ok: true });
+    if (intercepting) {
+      // RANDOM over three pods: twelve requests all landing on one pod has odds of about 1 in 180,000.
+      const lb = commands.find((c) => c.title === 'HTTP by ClusterIP')!;
+      const seen = new Set<string>();
+      for (let i = 0; i < 12; i++) seen.add((await runShell(lb.cmd, 15_000)).stdout.trim());
+      expect(
+        [...seen].every((s) => /^hostname-lb-edge-[0-2]$/.test(s)),
+        [...seen].join(','),
+      ).toBe(true);
+      expect(seen.size).toBeGreaterThan(1);
+    }
     if (!intercepting || !dnsWorks)
       console.warn(
         `demo-root: interception=${status.intercept.mode}, DNS ${dnsWorks ? 'works' : 'not answering'}; ` +
