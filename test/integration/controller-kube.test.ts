@@ -154,6 +154,15 @@ describe('Kubernetes source against the apiserver fixture', () => {
     });
     t = await until((x) => x.services.get('ns1/api')?.ports[0].endpoints.length === 1, 'pod endpoints');
     expect(t.services.get('ns1/api')!.ports[0].endpoints[0]).toMatchObject({ ip: '10.0.1.5', port: 9090 });
+    api.upsert('pods', {
+      metadata: { name: 'api-1', namespace: 'ns1', labels: { app: 'api' } },
+      spec: {
+        nodeName: 'edge-2',
+        containers: [{ name: 'c', ports: [{ name: 'web', containerPort: 9091 }] }],
+      },
+      status: { phase: 'Running', podIP: '10.0.1.6', conditions: [{ type: 'Ready', status: 'True' }] },
+    });
+    await until((x) => x.services.get('ns1/api')?.ports[0].endpoints[0]?.port === 9091, 'pod update');
     api.remove('pods', 'ns1', 'api-1');
     await until((x) => x.services.get('ns1/api')?.ports[0].endpoints.length === 0, 'pod deleted');
 
@@ -181,7 +190,9 @@ describe('Kubernetes source against the apiserver fixture', () => {
     api.remove('secrets', 'ns1', 'tls');
     await until((x) => x.gateways.size + x.virtualServices.size + x.secrets.size === 0, 'istio deletes');
 
-    // Delete the service.
+    // Delete the slice, then the service.
+    api.remove('endpointslices', 'ns1', 'web-abc');
+    await until((x) => x.services.get('ns1/web')?.ports[0].endpoints.length === 0, 'slice delete');
     api.remove('services', 'ns1', 'web');
     await until((x) => !x.services.has('ns1/web'), 'service delete');
     expect(seen.at(-1)!.diff.removed).toContain('ns1/web');
