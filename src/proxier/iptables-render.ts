@@ -48,6 +48,11 @@ export function targetRuleSpec(t: InterceptTarget): string {
   return `-d ${t.clusterIP}/32 -p ${p} -m comment --comment ${comment(`edgemesh ${t.id}`)} -m ${p} --dport ${t.port} -j REDIRECT --to-ports ${t.toPort}`;
 }
 
+/** Everything a target's rule depends on, as a short string (for set differences). */
+export function targetKey(t: InterceptTarget): string {
+  return `${t.clusterIP}|${t.port}|${t.protocol}|${t.toPort}|${t.id}`;
+}
+
 /** The catch-all rule specs for the service CIDR (one per L4 protocol). */
 export function catchAllSpecs(opts: RuleOptions): string[] {
   if (!opts.catchAll) return [];
@@ -144,11 +149,14 @@ export function renderDelta(
   previous: readonly InterceptTarget[],
   next: readonly InterceptTarget[],
 ): string | undefined {
-  const before = new Set(previous.map(targetRuleSpec));
-  const after = new Set(next.map(targetRuleSpec));
-  const lines: string[] = [];
-  for (const spec of [...before].sort()) if (!after.has(spec)) lines.push(`-D ${CHAIN} ${spec}`);
-  for (const spec of [...after].sort()) if (!before.has(spec)) lines.push(`-I ${CHAIN} 1 ${spec}`);
+  // Cheap identity keys first; the full rule text is built only for the few that changed.
+  const before = new Map(previous.map((t) => [targetKey(t), t]));
+  const after = new Map(next.map((t) => [targetKey(t), t]));
+  const deletes: string[] = [];
+  const inserts: string[] = [];
+  for (const [k, t] of before) if (!after.has(k)) deletes.push(`-D ${CHAIN} ${targetRuleSpec(t)}`);
+  for (const [k, t] of after) if (!before.has(k)) inserts.push(`-I ${CHAIN} 1 ${targetRuleSpec(t)}`);
+  const lines = [...deletes.sort(), ...inserts.sort()];
   if (lines.length === 0) return undefined;
   return ['*nat', ...lines, 'COMMIT', ''].join('\n');
 }

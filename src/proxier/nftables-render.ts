@@ -3,7 +3,7 @@
 // whose value is the local port to redirect to. Golden unit tests drive every function here.
 import type { InterceptTarget } from './interceptor.ts';
 import type { RuleOptions } from './iptables-render.ts';
-import { sortTargets } from './iptables-render.ts';
+import { sortTargets, targetKey } from './iptables-render.ts';
 
 /** Our table (DESIGN.md §3); nothing outside it is ever touched. */
 export const TABLE = 'edgemesh';
@@ -80,15 +80,18 @@ export function renderDelta(
   previous: readonly InterceptTarget[],
   next: readonly InterceptTarget[],
 ): string | undefined {
-  const before = new Map(previous.map((t) => [`${t.protocol} ${element(t)}`, t]));
-  const after = new Map(next.map((t) => [`${t.protocol} ${element(t)}`, t]));
-  const lines: string[] = [];
-  for (const [k, t] of [...before].sort()) {
-    if (!after.has(k)) lines.push(`delete element ip ${TABLE} ${MAPS[t.protocol]} { ${key(t)} }`);
+  const before = new Map(previous.map((t) => [targetKey(t), t]));
+  const after = new Map(next.map((t) => [targetKey(t), t]));
+  // Only the (few) changed lines are sorted: sorting all keys would cost more than nft itself.
+  const deletes: string[] = [];
+  const adds: string[] = [];
+  for (const [k, t] of before) {
+    if (!after.has(k)) deletes.push(`delete element ip ${TABLE} ${MAPS[t.protocol]} { ${key(t)} }`);
   }
-  for (const [k, t] of [...after].sort()) {
-    if (!before.has(k)) lines.push(`add element ip ${TABLE} ${MAPS[t.protocol]} { ${element(t)} }`);
+  for (const [k, t] of after) {
+    if (!before.has(k)) adds.push(`add element ip ${TABLE} ${MAPS[t.protocol]} { ${element(t)} }`);
   }
+  const lines = [...deletes.sort(), ...adds.sort()];
   return lines.length === 0 ? undefined : `${lines.join('\n')}\n`;
 }
 
