@@ -43,7 +43,9 @@ export function parseUpstream(text: string): HostPort | undefined {
 /** The current upstream servers, kept in sync with resolv.conf when not configured. */
 export class UpstreamList {
   private list: HostPort[] = [];
-  private watching = false;
+  private timer: NodeJS.Timeout | undefined;
+  private polling = false;
+  private fileIdentity = '';
 
   constructor(private readonly options: UpstreamListOptions) {}
 
@@ -62,23 +64,33 @@ export class UpstreamList {
       return;
     }
     this.reload();
-    fs.watchFile(
-      this.options.resolvConf,
-      { interval: this.options.pollMs ?? 2000, persistent: false },
-      this.onFileChange,
-    );
-    this.watching = true;
+    // Polling the file's identity (inode, mtime, size) survives replacement by rename, which
+    // inotify on the path does not; the identity is taken before each read, so a change right
+    // after start is not missed.
+    this.timer = setInterval(() => this.poll(), this.options.pollMs ?? 2000);
+    this.timer.unref();
   }
 
   stop(): void {
-    if (this.watching) fs.unwatchFile(this.options.resolvConf, this.onFileChange);
-    this.watching = false;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private poll(): void {
+    if (this.polling) return;
+    this.polling = true;
+    fs.stat(this.options.resolvConf, (err, st) => {
+      this.polling = false;
+      if (!this.timer) return;
+      if (identity(err ? undefined : st) !== this.fileIdentity) this.reload();
+    });
   }
 
   /** Re-reads resolv.conf now (also called by the watcher). */
   reload(): void {
     let text = '';
     try {
+      this.fileIdentity = identity(fs.statSync(this.options.resolvConf, { throwIfNoEntry: false }));
       text = fs.readFileSync(this.options.resolvConf, 'utf8');
     } catch (err) {
       this.options.log.warn(
@@ -95,8 +107,6 @@ export class UpstreamList {
     }
   }
 
-  private readonly onFileChange = () => this.reload();
-
   private isSelf(s: HostPort): boolean {
     return this.options.self.some(
       (own) => own.port === s.port && (own.host === s.host || own.host === '0.0.0.0' || own.host === '::'),
@@ -106,4 +116,8 @@ export class UpstreamList {
 
 function fmt(s: HostPort): string {
   return net.isIPv6(s.host) ? `[${s.host}]:${s.port}` : `${s.host}:${s.port}`;
+}
+
+function identity(st: fs.Stats | undefined): string {
+  return st ? `${st.ino}:${st.mtimeMs}:${st.size}` : 'missing';
 }
