@@ -58,8 +58,14 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
-    const started = await Promise.race([demo.start().then(() => 'started'), signal]);
-    if (started !== 'started') return 0;
+    const starting = demo.start();
+    const started = await Promise.race([starting.then(() => 'started'), signal]);
+    if (started !== 'started') {
+      // Ctrl-C during start-up: let start() stop at its next step, then clean up what it made.
+      demo.abort();
+      await starting.catch(() => {});
+      return 0;
+    }
     const how = await Promise.race([signal, demo.agentExited.then(() => 'agent-exit')]);
     if (how === 'agent-exit') {
       opts.out(`\nthe agent exited unexpectedly; its log:\n${demo.agentLogTail()}\n`);
@@ -87,6 +93,7 @@ class Demo {
   private readonly servers: WorkloadServer[] = [];
   private agent?: ChildProcess;
   private metricsListen = '127.0.0.1:10551';
+  private aborted = false;
   private resolveExit: () => void = () => {};
   /** Resolves if the agent process exits on its own. */
   readonly agentExited = new Promise<void>((resolve) => {
@@ -109,6 +116,15 @@ class Demo {
     }
   }
 
+  /** Makes start() stop at its next step (a signal arrived while starting). */
+  abort(): void {
+    this.aborted = true;
+  }
+
+  private step(): void {
+    if (this.aborted) throw new Error('interrupted');
+  }
+
   async start(): Promise<void> {
     const { out } = this.opts;
     const topo = this.topology;
@@ -116,7 +132,11 @@ class Demo {
     if (topo) {
       await topo.destroy(); // leftovers of a run that was killed
       await topo.createNode(DNS_IP, CLUSTER_DOMAIN);
-      for (const [i, p] of pods.entries()) await topo.createPod(p.name, i, p.ip);
+      for (const [i, p] of pods.entries()) {
+        this.step();
+        await topo.createPod(p.name, i, p.ip);
+      }
+      this.step();
       await Promise.all(pods.map((p) => this.startPodProcess(p, topo.podNs(p.name))));
     } else {
       for (const p of pods) this.servers.push(await startWorkload(p.kind, p.name, p.ip, p.port));
@@ -130,12 +150,14 @@ class Demo {
       podManifests(pods, nodeName, topo ? topo.nodeIP : '127.0.0.1'),
     );
 
+    this.step();
     this.startAgent(podsDir, nodeName);
     const status = await this.waitForServices();
     this.printSummary(status, pods);
     const commands = this.commands(status, pods);
     out('\nTry it (paste into another terminal):\n');
     for (const c of commands) {
+      this.step();
       let verdict = '';
       if (this.opts.check) {
         const problem = await checkCommand(c);
@@ -225,6 +247,7 @@ class Demo {
       exited = true;
     });
     while (Date.now() < deadline && !exited) {
+      this.step();
       last = (await this.fetchStatus()) ?? last;
       const ready = EXPECTED_SERVICES.every((key) =>
         last?.services.some((s) => s.key === key && s.ports.every((p) => p.endpoints.length > 0)),
@@ -272,7 +295,8 @@ class Demo {
     for (const p of pods) out(`  ${p.name.padEnd(20)} ${p.ip}:${p.port}  (${p.kind})\n`);
     if (status) {
       out(`\nservices and path in use (edgemesh status):\n`);
-      out(formatStatus(status).replace(/^/gm, '  '));
+      // Counters are all zero at this point; `edgemesh status` shows them later.
+      out(formatStatus({ ...status, counters: undefined }).replace(/^/gm, '  '));
     }
   }
 
