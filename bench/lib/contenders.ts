@@ -7,6 +7,7 @@ import path from 'node:path';
 import { repoRoot, startCli } from '../../test/helpers/cli.ts';
 import { onCleanup } from './cleanup.ts';
 import { delay, exec, haveCommand, inNs, waitListening } from './exec.ts';
+import { loadgenBinary } from './loadgen.ts';
 import { processTree } from './proc-stats.ts';
 import type { Topology } from './topology.ts';
 
@@ -127,21 +128,21 @@ export const haproxy: Contender = {
         '  option splice-request',
         '  option splice-response',
         'listen bulk',
-        '  bind 127.0.0.1:21000',
+        '  bind 127.0.0.1:11000',
         `  server b ${topo.backendIP}:${backend.bulk}`,
         'listen echo',
-        '  bind 127.0.0.1:21001',
+        '  bind 127.0.0.1:11001',
         `  server b ${topo.backendIP}:${backend.echo}`,
         '',
       ].join('\n'),
     );
     const d = await daemon(topo.nodeNs, ['haproxy', '-db', '-f', cfg], async () => {
-      await waitListening(topo.nodeNs, 21000);
-      await waitListening(topo.nodeNs, 21001);
+      await waitListening(topo.nodeNs, 11000);
+      await waitListening(topo.nodeNs, 11001);
     });
     return {
-      bulk: { host: '127.0.0.1', port: 21000 },
-      echo: { host: '127.0.0.1', port: 21001 },
+      bulk: { host: '127.0.0.1', port: 11000 },
+      echo: { host: '127.0.0.1', port: 11001 },
       pid: d.pid,
       path: 'splice',
       stop: d.stop,
@@ -157,14 +158,14 @@ export const socat: Contender = {
     const one = (listen: number, port: number) =>
       `socat -b 131072 TCP-LISTEN:${listen},bind=127.0.0.1,fork,reuseaddr,backlog=4096 TCP:${topo.backendIP}:${port}`;
     // Both listeners under one shell, so one process tree holds everything socat forks.
-    const script = `${one(22000, backend.bulk)} & ${one(22001, backend.echo)} & wait`;
+    const script = `${one(12000, backend.bulk)} & ${one(12001, backend.echo)} & wait`;
     const d = await daemon(topo.nodeNs, ['sh', '-c', script], async () => {
-      await waitListening(topo.nodeNs, 22000);
-      await waitListening(topo.nodeNs, 22001);
+      await waitListening(topo.nodeNs, 12000);
+      await waitListening(topo.nodeNs, 12001);
     });
     return {
-      bulk: { host: '127.0.0.1', port: 22000 },
-      echo: { host: '127.0.0.1', port: 22001 },
+      bulk: { host: '127.0.0.1', port: 12000 },
+      echo: { host: '127.0.0.1', port: 12001 },
       pid: d.pid,
       path: 'read/write (fork per connection)',
       stop: d.stop,
@@ -200,8 +201,8 @@ export const nginx: Contender = {
         `error_log ${dir}/error.log warn;`,
         'events { worker_connections 10000; }',
         'stream {',
-        `  server { listen 127.0.0.1:23000 reuseport backlog=4096; proxy_pass ${topo.backendIP}:${backend.bulk}; }`,
-        `  server { listen 127.0.0.1:23001 reuseport backlog=4096; proxy_pass ${topo.backendIP}:${backend.echo}; }`,
+        `  server { listen 127.0.0.1:13000 reuseport backlog=4096; proxy_pass ${topo.backendIP}:${backend.bulk}; }`,
+        `  server { listen 127.0.0.1:13001 reuseport backlog=4096; proxy_pass ${topo.backendIP}:${backend.echo}; }`,
         '}',
         '',
       ].join('\n'),
@@ -210,13 +211,13 @@ export const nginx: Contender = {
       topo.nodeNs,
       ['nginx', '-p', dir, '-c', conf, '-e', `${dir}/error.log`],
       async () => {
-        await waitListening(topo.nodeNs, 23000);
-        await waitListening(topo.nodeNs, 23001);
+        await waitListening(topo.nodeNs, 13000);
+        await waitListening(topo.nodeNs, 13001);
       },
     );
     return {
-      bulk: { host: '127.0.0.1', port: 23000 },
-      echo: { host: '127.0.0.1', port: 23001 },
+      bulk: { host: '127.0.0.1', port: 13000 },
+      echo: { host: '127.0.0.1', port: 13001 },
       pid: d.pid,
       path: 'read/write',
       stop: d.stop,
@@ -269,12 +270,35 @@ status:
 }
 
 interface AgentStatusDoc {
-  dataplane?: { mode?: string; path?: string };
+  dataplane?: { mode?: string; reason?: string };
   intercept?: { mode?: string };
   services?: Array<{ key: string; ports: Array<{ endpoints: string[] }> }>;
 }
 
-let metricsPort = 24000;
+let metricsPort = 14000;
+
+/** Retries a 1-byte echo and a tiny iperf3 run through the ClusterIP until both work (10 s). */
+async function probeVip(ns: string, backend: BackendPorts): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  const lg = await loadgenBinary();
+  for (;;) {
+    const echo = await exec([lg, 'rr', BENCH_VIP, String(backend.echo), '1', '1'], { ns, timeoutMs: 5_000 });
+    const bulk =
+      echo.code === 0
+        ? await exec(['iperf3', '-c', BENCH_VIP, '-p', String(backend.bulk), '-n', '64K', '-J'], {
+            ns,
+            timeoutMs: 10_000,
+          })
+        : echo;
+    if (bulk.code === 0) return;
+    if (Date.now() > deadline) {
+      throw new Error(
+        `the ClusterIP ${BENCH_VIP} does not forward: ${bulk.stderr.trim() || bulk.stdout.slice(0, 300)}`,
+      );
+    }
+    await delay(200);
+  }
+}
 
 /** The real `edgemesh agent` in the node namespace, serving generated manifests; clients use the ClusterIP. */
 export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptables'): Contender {
@@ -330,19 +354,22 @@ export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptab
           }
           await delay(100);
         }
+        // /status can list the endpoints before the interception rules are in place: wait until
+        // both ports really answer through the ClusterIP (an early iperf3 got EHOSTUNREACH).
+        await probeVip(topo.nodeNs, backend);
       });
       const mode = status.dataplane?.mode;
       if (dataplane !== 'ebpf' && mode !== dataplane) {
         await d.stop();
         throw new Error(
-          `asked for --dataplane ${dataplane} but the agent reports data plane '${mode ?? 'none'}'`,
+          `asked for --dataplane ${dataplane} but the agent reports data plane '${mode ?? 'none'}'${status.dataplane?.reason ? ` (${status.dataplane.reason})` : ''}`,
         );
       }
       return {
         bulk: { host: BENCH_VIP, port: backend.bulk },
         echo: { host: BENCH_VIP, port: backend.echo },
         pid: d.pid,
-        path: status.dataplane?.path ?? mode ?? dataplane,
+        path: `${mode ?? dataplane} data plane, ${status.intercept?.mode ?? intercept} interception`,
         stop: d.stop,
       };
     },

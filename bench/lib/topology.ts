@@ -33,7 +33,7 @@ export interface Topology {
 }
 
 // Connection-rate runs open tens of thousands of connections: widen the ephemeral range upwards
-// (never below 32768: the proxies listen on 2xxxx ports, and an ephemeral port taken there made
+// (never below 32768: the proxies listen on 1xxxx ports, and an ephemeral port taken there made
 // nginx fail with EADDRINUSE) and let outgoing connects reuse TIME_WAIT ports (the default 2
 // allows that on loopback only).
 async function tune(ns: Netns): Promise<void> {
