@@ -33,7 +33,14 @@ const PROBE_CHAIN = 'EDGEMESH-PROBE';
 async function probeIptables(prefix: CommandPrefix, binary: IptablesBinary): Promise<string | undefined> {
   if (!(await haveCommand(prefix, `${binary}-restore`))) return `${binary}-restore not found`;
   const payload = `*nat\n:${PROBE_CHAIN} - [0:0]\n-A ${PROBE_CHAIN} -p tcp -j REDIRECT --to-ports 1\n-F ${PROBE_CHAIN}\n-X ${PROBE_CHAIN}\nCOMMIT\n`;
+  // The nf_tables backend leaves an empty `table ip nat` behind: drop it again if it was not there.
+  const natBefore = await runCommand(prefix, 'nft', ['list', 'table', 'ip', 'nat']).catch(() => undefined);
   const r = await runCommand(prefix, `${binary}-restore`, ['--noflush', '-w', '5'], payload);
+  if (natBefore && natBefore.code !== 0) {
+    const after = await runCommand(prefix, 'nft', ['list', 'table', 'ip', 'nat']);
+    if (after.code === 0 && !after.stdout.includes('chain '))
+      await runCommand(prefix, 'nft', ['delete', 'table', 'ip', 'nat']);
+  }
   return r.code === 0 ? undefined : `${binary}-restore failed: ${r.stderr.trim()}`;
 }
 

@@ -1,7 +1,11 @@
 // Runs the shared interceptor suite against iptables (legacy and nf_tables binaries) and nftables.
+import { afterAll, describe, expect, it } from 'vitest';
+import { createInterceptor } from '../../src/proxier/create-interceptor.ts';
 import { IptablesInterceptor } from '../../src/proxier/iptables.ts';
 import { NftablesInterceptor } from '../../src/proxier/nftables.ts';
-import type { Netns } from '../helpers/netns.ts';
+import { silentLogger } from '../../src/util/log.ts';
+import { createNetns, type Netns } from '../helpers/netns.ts';
+import { skipUnlessRoot } from '../helpers/privileges.ts';
 import { interceptorSuite, normalizeDump } from './interceptor-suite.ts';
 
 const prefix = (ns: Netns) => ['ip', 'netns', 'exec', ns.name];
@@ -38,4 +42,24 @@ interceptorSuite('nftables', {
   sabotage: async (ns) => {
     await ns.run('nft', 'flush', 'chain', 'ip', 'edgemesh', 'output');
   },
+});
+
+describe.skipIf(skipUnlessRoot('interceptor auto probe'))('--intercept auto in a fresh namespace', () => {
+  let ns: Netns | undefined;
+  afterAll(async () => {
+    await ns?.destroy();
+  });
+
+  it('chooses iptables (nf_tables backend) because its probe works, and the probe leaves no trace', async () => {
+    ns = await createNetns('ia');
+    const choice = await createInterceptor({
+      mode: 'auto',
+      iptablesBackend: 'auto',
+      log: silentLogger,
+      commandPrefix: prefix(ns),
+    });
+    expect(choice.interceptor.mode).toBe('iptables');
+    expect(choice.reason).toMatch(/auto: iptables nat REDIRECT works; iptables-nft/);
+    expect((await ns.run('nft', 'list', 'ruleset')).trim()).toBe('');
+  });
 });
