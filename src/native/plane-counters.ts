@@ -19,6 +19,7 @@ export const PLANE_COUNTER_NAMES = [
   'accept_errors',
   'idle_closed',
   'drain_forced',
+  'workers_running',
 ] as const;
 
 export type PlaneCounterName = (typeof PLANE_COUNTER_NAMES)[number];

@@ -47,6 +47,7 @@ enum PlaneCounter : int {
   kAcceptErrors,      // accept() failures other than EAGAIN
   kIdleClosed,        // closed by the idle timeout
   kDrainForced,       // still open at the drain deadline, reset
+  kWorkersRunning,    // workers inside their epoll loop now
   kCounterCount
 };
 

@@ -94,6 +94,7 @@ class Worker {
   bool AcquirePipe(Direction& d);
   void ReleasePipe(Direction& d);
   void ReleaseBuffer(Direction& d);
+  void TrimPools();
   void AddConnecting(Conn* c);
   void RemoveConnecting(Conn* c);
   uint32_t Random() {
@@ -122,7 +123,7 @@ class Worker {
   std::vector<std::pair<int, int>> pipes_;
   std::vector<char*> buffers_;
   int64_t last_idle_scan_ms_ = 0;
-  static constexpr size_t kPoolMax = 256;
+  static constexpr size_t kPoolMax = 128;
 };
 
 std::optional<SyscallError> Worker::Run() {
@@ -141,6 +142,7 @@ std::optional<SyscallError> Worker::Run() {
   epoll_ctl(ep_, EPOLL_CTL_ADD, plane_.stop_fd(), &ev);
 
   epoll_event events[256];
+  c_.Add(kWorkersRunning);
   for (;;) {
     const int64_t now = MonotonicMs();
     if (draining_ && conns_ == 0) break;
@@ -156,6 +158,7 @@ std::optional<SyscallError> Worker::Run() {
     if (n < 0) {
       if (errno == EINTR) continue;
       SyscallError e{"epoll_wait", errno};
+      c_.Sub(kWorkersRunning);
       while (head_ != nullptr) CloseConn(head_, true);
       for (Conn* c : graveyard_) delete c;
       graveyard_.clear();
@@ -163,6 +166,7 @@ std::optional<SyscallError> Worker::Run() {
       if (listener_ >= 0) close(listener_);
       return e;
     }
+    if (n == 0 && conns_ == 0) TrimPools();
     for (int i = 0; i < n; ++i) {
       Tag* tag = static_cast<Tag*>(events[i].data.ptr);
       if (tag == &listen_tag_) {
@@ -186,6 +190,14 @@ std::optional<SyscallError> Worker::Run() {
     for (Conn* c : graveyard_) delete c;
     graveyard_.clear();
   }
+  TrimPools();
+  if (listener_ >= 0) close(listener_);
+  close(ep_);
+  c_.Sub(kWorkersRunning);
+  return std::nullopt;
+}
+
+void Worker::TrimPools() {
   for (auto& p : pipes_) {
     close(p.first);
     close(p.second);
@@ -193,9 +205,6 @@ std::optional<SyscallError> Worker::Run() {
   pipes_.clear();
   for (char* b : buffers_) delete[] b;
   buffers_.clear();
-  if (listener_ >= 0) close(listener_);
-  close(ep_);
-  return std::nullopt;
 }
 
 int Worker::NextTimeout(int64_t now) const {
@@ -207,6 +216,8 @@ int Worker::NextTimeout(int64_t now) const {
   for (Conn* c : connecting_) consider(c->deadline_ms);
   if (draining_) consider(plane_.stop_deadline_ms());
   if (plane_.options.idle_timeout_ms > 0) consider(now + 1000);
+  // An idle worker gives its pooled pipes and buffers back after a second (fds return to baseline).
+  if (conns_ == 0 && (!pipes_.empty() || !buffers_.empty())) consider(now + 1000);
   return until < 0 ? -1 : static_cast<int>(until + 1);
 }
 

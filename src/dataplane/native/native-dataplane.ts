@@ -160,6 +160,15 @@ export class NativeDataplane implements Dataplane {
         ),
       );
     }
+    // Serving means every worker is in its loop (its listener is accepted from, its fds exist).
+    const deadline = Date.now() + 10_000;
+    while ((this.counters().workers_running ?? 0) < this.workerCount) {
+      if (Date.now() > deadline) {
+        await this.stop();
+        throw new EdgemeshError(ErrorCode.NATIVE_SYSCALL, 'native plane workers did not start within 10 s');
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
     o.log.info(
       { port: this.boundPort, workers: this.workerCount, forward: o.forwardMode ?? 'splice', mark },
       'native data plane started',
@@ -250,7 +259,7 @@ export class NativeDataplane implements Dataplane {
   private registerMetrics(registry: Registry): void {
     const self = this;
     for (const name of PLANE_COUNTER_NAMES) {
-      if (name === 'active') continue;
+      if (name === 'active' || name === 'workers_running') continue;
       new Counter({
         name: `edgemesh_native_${name}_total`,
         help: `Native data plane: ${name.replace(/_/g, ' ')}`,
