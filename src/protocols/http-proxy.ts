@@ -1,0 +1,393 @@
+// The HTTP/1.1 engine: Node's own parser (llhttp, via a non-listening http.Server that is handed
+// accepted sockets) on the client side, undici keep-alive pools on the upstream side, one load-
+// balancing decision per request. Bodies stream both ways with backpressure and are never
+// buffered whole. Upgrade requests (WebSocket) become a byte tunnel to the chosen endpoint.
+// Status mapping: malformed request → 400, no endpoint reachable → 503 naming the service,
+// upstream did not answer in time → 504, upstream broke the exchange → 502.
+import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import type net from 'node:net';
+import { pipeline } from 'node:stream';
+import { Pool } from 'undici';
+import type { Endpoint, ServiceEntry, ServicePortEntry } from '../controller/types.ts';
+import {
+  type Balancer,
+  CONNECT_FAILURE,
+  endpointKey,
+  type HashSource,
+  type PickContext,
+} from '../lb/index.ts';
+import type { Logger } from '../util/log.ts';
+import { clientIp, connectUpstream, tunnel } from './tcp.ts';
+
+/** Limits of the HTTP engine. */
+export interface HttpProxyOptions {
+  connectTimeoutMs: number;
+  /** Time to the upstream's response headers before the client gets 504. */
+  requestTimeoutMs: number;
+  /** Upstream body inactivity before the response is cut. */
+  bodyTimeoutMs: number;
+  /** Client connection idle time between requests. */
+  keepAliveTimeoutMs: number;
+  /** Endpoints tried for one request when connecting fails. */
+  maxAttempts: number;
+  /** Pooled idle upstream connections are closed after this long. */
+  upstreamIdleMs: number;
+  log?: Logger;
+}
+
+/** Defaults (Envoy-like: 15 s route timeout would cut long polls, so a more lenient 30 s). */
+export const DEFAULT_HTTP_OPTIONS: HttpProxyOptions = {
+  connectTimeoutMs: 5000,
+  requestTimeoutMs: 30_000,
+  bodyTimeoutMs: 300_000,
+  keepAliveTimeoutMs: 60_000,
+  maxAttempts: 3,
+  upstreamIdleMs: 4000,
+};
+
+interface Route {
+  service: ServiceEntry;
+  port: ServicePortEntry;
+  balancer: Balancer;
+  clientIp: string;
+}
+
+/** Request headers that describe this hop only (RFC 9110 §7.6.1) or that undici sets itself. */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'te',
+  'trailer',
+  'upgrade',
+  'expect',
+]);
+
+/** Response headers not passed back to the client (Node frames the response itself). */
+const RESPONSE_HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding']);
+
+/** Connect-phase failures: the request never reached the endpoint, so another may be tried. */
+const CONNECT_ERRORS = new Set([
+  'ECONNREFUSED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EHOSTDOWN',
+  'EADDRNOTAVAIL',
+  'UND_ERR_CONNECT_TIMEOUT',
+]);
+
+/** The value a consistent-hash policy hashes for this request (undefined: no key present). */
+export function hashKeyOf(req: http.IncomingMessage, source: HashSource | undefined): string | undefined {
+  if (!source) return undefined;
+  switch (source.kind) {
+    case 'header': {
+      const v = req.headers[source.name];
+      return Array.isArray(v) ? v.join(',') : v;
+    }
+    case 'cookie':
+      return cookieValue(req.headers.cookie, source.name);
+    case 'query': {
+      const q = req.url?.indexOf('?') ?? -1;
+      if (q < 0) return undefined;
+      const v = new URLSearchParams(req.url!.slice(q + 1)).get(source.name);
+      return v ?? undefined;
+    }
+    case 'sourceIp':
+      return undefined;
+  }
+}
+
+/** The value of cookie `name` in a Cookie header. */
+export function cookieValue(header: string | undefined, name: string): string | undefined {
+  if (!header) return undefined;
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq < 0) continue;
+    if (part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+  }
+  return undefined;
+}
+
+/** A Set-Cookie header for a generated affinity cookie (Envoy: set when absent). */
+function affinityCookie(source: Extract<HashSource, { kind: 'cookie' }>, value: string): string {
+  let c = `${source.name}=${value}; Path=${source.path ?? '/'}; HttpOnly`;
+  if (source.ttlSeconds !== undefined && source.ttlSeconds > 0)
+    c += `; Max-Age=${Math.floor(source.ttlSeconds)}`;
+  return c;
+}
+
+/** Request headers for the upstream: the client's, minus hop-by-hop ones and those Connection names. */
+function upstreamHeaders(req: http.IncomingMessage): string[] {
+  const raw = req.rawHeaders;
+  const extra = req.headers.connection
+    ?.toLowerCase()
+    .split(',')
+    .map((s) => s.trim());
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase();
+    if (HOP_BY_HOP.has(name) || extra?.includes(name)) continue;
+    out.push(raw[i]!, raw[i + 1]!);
+  }
+  return out;
+}
+
+function errorCode(err: unknown): string {
+  return (err as { code?: string } | null)?.code ?? '';
+}
+
+/** The HTTP engine of one thread: takes over accepted client sockets of `http` service ports. */
+export class HttpProxy {
+  private readonly server: http.Server;
+  private readonly routes = new WeakMap<net.Socket, Route>();
+  private readonly pools = new Map<string, { pool: Pool; lastUsed: number }>();
+  private readonly sweepTimer: NodeJS.Timeout;
+  readonly opts: HttpProxyOptions;
+  /** Counters for status/metrics. */
+  readonly stats = { requests: 0, responses5xx: 0, noEndpoint: 0, timeouts: 0, badRequests: 0, upgrades: 0 };
+
+  constructor(opts: Partial<HttpProxyOptions> = {}) {
+    this.opts = { ...DEFAULT_HTTP_OPTIONS, ...opts };
+    // Never listens: accepted sockets are handed in (handle()), node:http parses and answers
+    // pipelined requests in order.
+    this.server = http.createServer({ keepAliveTimeout: this.opts.keepAliveTimeoutMs });
+    this.server.on('request', (req, res) => this.onRequest(req, res));
+    this.server.on('upgrade', (req, socket, head) => this.onUpgrade(req, socket as net.Socket, head));
+    this.server.on('clientError', (err, socket) => this.onClientError(err, socket as net.Socket));
+    // Forget upstream pools of endpoints not used for a while (endpoints come and go).
+    this.sweepTimer = setInterval(() => this.sweepPools(), 30_000);
+    this.sweepTimer.unref();
+  }
+
+  /** Takes over an accepted client socket of `service`/`port`, balanced by `balancer`. */
+  handle(client: net.Socket, service: ServiceEntry, port: ServicePortEntry, balancer: Balancer): void {
+    this.routes.set(client, { service, port, balancer, clientIp: clientIp(client) });
+    // node:http sets TCP_NODELAY only on sockets its own listener accepts; without it, a response
+    // written as head + body + chunk terminator stalls ~40 ms on Nagle vs delayed ACK.
+    client.setNoDelay(true);
+    this.server.emit('connection', client);
+  }
+
+  /** Closes upstream pools (client sockets belong to the data plane). */
+  async close(): Promise<void> {
+    clearInterval(this.sweepTimer);
+    const pools = [...this.pools.values()];
+    this.pools.clear();
+    await Promise.all(pools.map((p) => p.pool.destroy().catch(() => {})));
+  }
+
+  private poolFor(ep: Endpoint): Pool {
+    const origin = ep.ip.includes(':') ? `http://[${ep.ip}]:${ep.port}` : `http://${ep.ip}:${ep.port}`;
+    let slot = this.pools.get(origin);
+    if (!slot) {
+      slot = {
+        pool: new Pool(origin, {
+          pipelining: 1,
+          keepAliveTimeout: this.opts.upstreamIdleMs,
+          keepAliveMaxTimeout: this.opts.upstreamIdleMs,
+          connect: { timeout: this.opts.connectTimeoutMs, noDelay: true },
+          headersTimeout: this.opts.requestTimeoutMs,
+          bodyTimeout: this.opts.bodyTimeoutMs,
+        }),
+        lastUsed: Date.now(),
+      };
+      this.pools.set(origin, slot);
+    }
+    slot.lastUsed = Date.now();
+    return slot.pool;
+  }
+
+  private sweepPools(): void {
+    const cutoff = Date.now() - 5 * 60_000;
+    for (const [origin, slot] of this.pools) {
+      if (slot.lastUsed < cutoff) {
+        this.pools.delete(origin);
+        void slot.pool.close().catch(() => {});
+      }
+    }
+  }
+
+  private onClientError(err: Error, socket: net.Socket): void {
+    const code = errorCode(err);
+    if (code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    this.stats.badRequests++;
+    const status = code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
+    const body = `${status.slice(4)}\n`;
+    socket.end(
+      `HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+    );
+    // A client that never reads must not hold the socket open.
+    socket.setTimeout(5000, () => socket.destroy());
+  }
+
+  private reply(res: http.ServerResponse, status: number, text: string): void {
+    if (status >= 500) this.stats.responses5xx++;
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const body = `${text}\n`;
+    res.writeHead(status, {
+      'content-type': 'text/plain; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
+    });
+    res.end(body);
+  }
+
+  private onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const route = this.routes.get(req.socket);
+    if (!route) {
+      this.reply(res, 500, 'edgemesh: connection without a route');
+      return;
+    }
+    this.stats.requests++;
+    const { balancer, service, port } = route;
+    const ctx: PickContext = { clientIp: route.clientIp };
+    const source = balancer.hashSource;
+    let setCookie: string | undefined;
+    if (source) {
+      ctx.hashKey = hashKeyOf(req, source);
+      if (ctx.hashKey === undefined && source.kind === 'cookie') {
+        // Envoy's behaviour: no affinity cookie yet → make one, hash it, and hand it to the client.
+        ctx.hashKey = randomBytes(8).toString('hex');
+        setCookie = affinityCookie(source, ctx.hashKey);
+      }
+    }
+    const hasBody =
+      req.headers['transfer-encoding'] !== undefined ||
+      (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+    const headers = upstreamHeaders(req);
+    const tried = new Set<string>();
+    const name = `${service.key}:${port.port}`;
+
+    const attempt = (n: number): void => {
+      const ep = balancer.pick(ctx, tried);
+      if (!ep) {
+        this.stats.noEndpoint++;
+        this.reply(
+          res,
+          503,
+          tried.size === 0
+            ? `no healthy upstream for service ${name}`
+            : `upstream connect error for service ${name}`,
+        );
+        req.resume();
+        return;
+      }
+      tried.add(endpointKey(ep));
+      const ac = new AbortController();
+      let finished = false;
+      let status = 0;
+      const done = (ok: boolean, s: number) => {
+        if (finished) return;
+        finished = true;
+        balancer.onResult?.(ep, ok, s);
+      };
+      const onClientGone = () => {
+        if (!res.writableFinished) ac.abort();
+      };
+      res.once('close', onClientGone);
+      this.poolFor(ep)
+        .request({
+          path: req.url ?? '/',
+          method: (req.method ?? 'GET') as 'GET',
+          headers,
+          body: hasBody ? req : null,
+          signal: ac.signal,
+        })
+        .then(
+          (up) => {
+            status = up.statusCode;
+            if (res.destroyed) {
+              up.body.destroy();
+              done(status < 500, status);
+              return;
+            }
+            const out: Record<string, string | string[]> = {};
+            for (const [k, v] of Object.entries(up.headers)) {
+              if (v !== undefined && !RESPONSE_HOP_BY_HOP.has(k)) out[k] = v;
+            }
+            if (setCookie) {
+              const prior = out['set-cookie'];
+              out['set-cookie'] = prior === undefined ? [setCookie] : [...[prior].flat(), setCookie];
+            }
+            if (status >= 500) this.stats.responses5xx++;
+            res.writeHead(status, out);
+            pipeline(up.body, res, (err) => done(!err && status < 500, err ? 502 : status));
+          },
+          (err: unknown) => {
+            res.off('close', onClientGone);
+            const code = errorCode(err);
+            if (res.destroyed || ac.signal.aborted) {
+              done(true, 200); // the client left; not the endpoint's fault
+              return;
+            }
+            if (CONNECT_ERRORS.has(code)) {
+              done(false, CONNECT_FAILURE);
+              if (n + 1 < this.opts.maxAttempts && !req.readableDidRead) return attempt(n + 1);
+              this.stats.noEndpoint++;
+              this.reply(res, 503, `upstream connect error for service ${name}`);
+              return;
+            }
+            if (code === 'UND_ERR_HEADERS_TIMEOUT') {
+              done(false, 504);
+              this.stats.timeouts++;
+              this.reply(res, 504, `upstream timeout for service ${name}`);
+              return;
+            }
+            // Reset or closed mid-exchange: the endpoint may have acted on the request, so it is
+            // not retried (Istio's default retryOn has no "reset" either).
+            done(false, 502);
+            this.opts.log?.debug({ err, service: name, endpoint: endpointKey(ep) }, 'upstream error');
+            this.reply(res, 502, `upstream error for service ${name}`);
+          },
+        );
+    };
+    attempt(0);
+  }
+
+  private onUpgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
+    const route = this.routes.get(socket);
+    if (!route) {
+      socket.destroy();
+      return;
+    }
+    this.stats.upgrades++;
+    socket.on('error', () => socket.destroy());
+    const ctx: PickContext = { clientIp: route.clientIp };
+    const key = hashKeyOf(req, route.balancer.hashSource);
+    if (key !== undefined) ctx.hashKey = key;
+    // The request head goes upstream as received (bar nothing): the endpoint answers 101 itself.
+    let text = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
+    for (let i = 0; i < req.rawHeaders.length; i += 2)
+      text += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+    text += '\r\n';
+    socket.pause();
+    void connectUpstream(route.balancer, ctx, {
+      connectTimeoutMs: this.opts.connectTimeoutMs,
+      maxAttempts: this.opts.maxAttempts,
+    }).then((up) => {
+      if (!up) {
+        const body = `no healthy upstream for service ${route.service.key}:${route.port.port}\n`;
+        socket.end(
+          `HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+        );
+        return;
+      }
+      if (socket.destroyed) {
+        up.socket.destroy();
+        route.balancer.onResult?.(up.endpoint, true, 101);
+        return;
+      }
+      up.socket.write(text);
+      if (head.length > 0) up.socket.write(head);
+      socket.setTimeout(0);
+      tunnel(socket, up.socket, () => route.balancer.onResult?.(up.endpoint, true, 101));
+    });
+  }
+}

@@ -1,0 +1,140 @@
+// UDP services: one listening socket per service port; each client address gets a flow — its own
+// upstream socket connected to one endpoint — that lives until it is idle for `idleTimeoutMs`
+// (like conntrack's UDP timeout). Replies go back from the listening socket to the client.
+// An ICMP "port unreachable" from the endpoint ends the flow and is reported to the balancer, so
+// the client's next datagram goes to another endpoint.
+import dgram from 'node:dgram';
+import type { Endpoint } from '../controller/types.ts';
+import { type Balancer, CONNECT_FAILURE } from '../lb/index.ts';
+
+/** Where to listen and how long flows live. */
+export interface UdpProxyOptions {
+  host: string;
+  /** 0 = any free port (see address()). */
+  port: number;
+  idleTimeoutMs: number;
+  /** Flows at once; datagrams of new clients beyond it are dropped. */
+  maxFlows: number;
+}
+
+interface Flow {
+  upstream: dgram.Socket;
+  endpoint: Endpoint;
+  timer: NodeJS.Timeout;
+  ready: boolean;
+  /** Datagrams that arrived before the upstream socket was connected. */
+  queue: Buffer[];
+}
+
+/** A UDP proxy for one service port. */
+export class UdpProxy {
+  private socket: dgram.Socket | undefined;
+  private readonly flows = new Map<string, Flow>();
+  readonly stats = { flows: 0, datagramsIn: 0, datagramsOut: 0, dropped: 0 };
+
+  constructor(
+    private balancer: Balancer,
+    private readonly opts: UdpProxyOptions,
+  ) {}
+
+  /** Binds the listening socket. */
+  async start(): Promise<void> {
+    const family = this.opts.host.includes(':') ? 'udp6' : 'udp4';
+    const socket = dgram.createSocket({ type: family });
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind(this.opts.port, this.opts.host, () => {
+        socket.off('error', reject);
+        resolve();
+      });
+    });
+    // Errors after bind (e.g. send to a vanished client) must not end the proxy.
+    socket.on('error', () => {});
+    socket.on('message', (msg, rinfo) => this.onClientDatagram(msg, rinfo));
+    this.socket = socket;
+  }
+
+  /** The bound address. */
+  address(): { address: string; port: number } {
+    const a = this.socket!.address();
+    return { address: a.address, port: a.port };
+  }
+
+  /** Replaces the balancer (new snapshot); existing flows keep their endpoint. */
+  setBalancer(balancer: Balancer): void {
+    this.balancer = balancer;
+  }
+
+  /** Number of live flows. */
+  get flowCount(): number {
+    return this.flows.size;
+  }
+
+  /** Closes the listener and every flow. */
+  async stop(): Promise<void> {
+    for (const key of [...this.flows.keys()]) this.endFlow(key, true);
+    const s = this.socket;
+    this.socket = undefined;
+    if (s) await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+
+  private onClientDatagram(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    this.stats.datagramsIn++;
+    const key = `${rinfo.address}|${rinfo.port}`;
+    let flow = this.flows.get(key);
+    if (!flow) {
+      flow = this.openFlow(key, rinfo);
+      if (!flow) {
+        this.stats.dropped++;
+        return;
+      }
+    }
+    flow.timer.refresh();
+    if (!flow.ready) flow.queue.push(msg);
+    else flow.upstream.send(msg);
+  }
+
+  private openFlow(key: string, rinfo: dgram.RemoteInfo): Flow | undefined {
+    if (this.flows.size >= this.opts.maxFlows) return undefined;
+    const clientIp = rinfo.address.startsWith('::ffff:') ? rinfo.address.slice(7) : rinfo.address;
+    const endpoint = this.balancer.pick({ clientIp });
+    if (!endpoint) return undefined;
+    const upstream = dgram.createSocket({ type: endpoint.ip.includes(':') ? 'udp6' : 'udp4' });
+    const flow: Flow = {
+      upstream,
+      endpoint,
+      ready: false,
+      queue: [],
+      timer: setTimeout(() => this.endFlow(key, true), this.opts.idleTimeoutMs),
+    };
+    flow.timer.unref();
+    this.flows.set(key, flow);
+    this.stats.flows++;
+    upstream.on('message', (reply) => {
+      flow.timer.refresh();
+      this.stats.datagramsOut++;
+      this.socket?.send(reply, rinfo.port, rinfo.address);
+    });
+    // On a connected UDP socket an ICMP port unreachable surfaces as ECONNREFUSED.
+    upstream.on('error', () => this.endFlow(key, false));
+    upstream.connect(endpoint.port, endpoint.ip, () => {
+      flow.ready = true;
+      for (const m of flow.queue) upstream.send(m);
+      flow.queue = [];
+    });
+    return flow;
+  }
+
+  private endFlow(key: string, ok: boolean): void {
+    const flow = this.flows.get(key);
+    if (!flow) return;
+    this.flows.delete(key);
+    clearTimeout(flow.timer);
+    try {
+      flow.upstream.close();
+    } catch {
+      // already closed
+    }
+    this.balancer.onResult?.(flow.endpoint, ok, ok ? undefined : CONNECT_FAILURE);
+  }
+}
