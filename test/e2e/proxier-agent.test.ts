@@ -1,7 +1,7 @@
 // The real `edgemesh agent --dataplane ts` in a node namespace, for --intercept iptables and
 // nftables: ClusterIP traffic from the node and from pods reaches backend pods, manifest edits
 // change where traffic goes within 1 s, the agent's own upstream connections are never
-// intercepted, and SIGTERM / SIGKILL + restart leave the ruleset exactly as before.
+// intercepted (service names resolve through the agent's DNS), and SIGTERM / SIGKILL + restart leave the ruleset exactly as before.
 // Plan: pods 10.244.0.10-12 on the node's bridge; ClusterIPs 10.96.0.100-104 routed to the bridge.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -71,7 +71,6 @@ for (const mode of ['iptables', 'nftables'] as const) {
         mode,
         '--dataplane',
         'ts',
-        '--no-dns',
         '--state-dir',
         path.join(dir, 'state'),
         '--node-name',
@@ -117,6 +116,8 @@ for (const mode of ['iptables', 'nftables'] as const) {
           service('shadow', '10.96.0.104', 9376, 9376, { app: 'hostname' }),
         ),
       );
+      // The agent's DNS server (169.254.96.16 on edgemesh0) resolves service names for curl.
+      topo.node.writeResolvConf('169.254.96.16');
       before = await ruleset();
       agent = await startAgent();
       await within(15_000, async () => (await body('http://10.96.0.100:12345')).startsWith('pod-'));
@@ -132,6 +133,10 @@ for (const mode of ['iptables', 'nftables'] as const) {
       const seen = new Set<string>();
       for (let i = 0; i < 8; i++) seen.add(await body('http://10.96.0.100:12345'));
       expect([...seen].sort()).toEqual(['pod-0', 'pod-1']);
+    });
+
+    it('curl http://hostname-lb-svc.edgemesh-test:12345 (name from the agent DNS) reaches a pod', async () => {
+      expect(await body('http://hostname-lb-svc.edgemesh-test:12345')).toMatch(/^pod-[01]$/);
     });
 
     it('TCP echo on 2701 round-trips', async () => {
