@@ -100,12 +100,10 @@ function escapeCell(s: string): string {
   return s.replace(/\|/g, '\\|');
 }
 
-/** Markdown: one side-by-side table (medians, ×direct, ×HAProxy) plus a table of single-contender series. */
+/** Markdown: one table per suite, contenders side by side (medians, ratio to direct and to HAProxy). */
 export function markdownReport(result: RunResult, options: { headline?: boolean } = {}): string {
   const { meta } = result;
   const groups = groupRecords(result.records);
-  const multi = groups.filter((g) => g.byContender.size > 1);
-  const single = groups.filter((g) => g.byContender.size === 1);
   const lines: string[] = [];
   if (options.headline !== false) lines.push(`# edgemesh benchmark — ${meta.date}`, '');
   lines.push(
@@ -121,16 +119,29 @@ export function markdownReport(result: RunResult, options: { headline?: boolean 
       `${meta.durationSeconds ? `; took ${Math.round(meta.durationSeconds)} s` : ''}.`,
     '',
   );
-  if (multi.length > 0) {
-    const contenders = orderContenders(multi.flatMap((g) => [...g.byContender.keys()]));
+  const suites = [...new Set(groups.map((g) => g.suite))];
+  if (groups.some((g) => g.byContender.has('direct') || g.byContender.has('haproxy'))) {
     lines.push(
-      'Medians over all rounds. Under each value: ratio to `direct` / ratio to `haproxy` (value ÷ reference; ' +
-        '↑ = higher is better, ↓ = lower is better).',
+      'Medians over all rounds. Under a value: its ratio to `direct` / to `haproxy` (value ÷ reference; ' +
+        '↑ = higher is better, ↓ = lower is better; `·` = no reference in this row).',
       '',
-      `| suite | case | metric | ${contenders.join(' | ')} |`,
-      `|---|---|---|${contenders.map(() => '---:').join('|')}|`,
     );
-    for (const g of multi) {
+  }
+  // One table per suite, with that suite's own contenders as columns.
+  for (const suite of suites) {
+    const rows = groups.filter((g) => g.suite === suite);
+    const contenders = orderContenders(rows.flatMap((g) => [...g.byContender.keys()]));
+    const paths = new Map<string, string>();
+    for (const g of rows)
+      for (const [c, r] of g.byContender) if (r.extra?.path !== undefined) paths.set(c, String(r.extra.path));
+    const pathText = [...paths].filter(([c]) => c !== 'direct');
+    lines.push(
+      `**${suite}**${pathText.length ? ` — ${pathText.map(([c, p]) => `${c}: ${p}`).join('; ')}` : ''}`,
+      '',
+      `| case | metric | ${contenders.join(' | ')} |`,
+      `|---|---|${contenders.map(() => '---:').join('|')}|`,
+    );
+    for (const g of rows) {
       const direct = g.byContender.get('direct');
       const haproxy = g.byContender.get('haproxy');
       const cells = contenders.map((c) => {
@@ -142,29 +153,18 @@ export function markdownReport(result: RunResult, options: { headline?: boolean 
         return `${fmt(m)}${tail}`;
       });
       lines.push(
-        `| ${g.suite} | ${g.case} | ${escapeCell(`${g.metric} (${g.unit}) ${g.higherIsBetter ? '↑' : '↓'}`)} | ${cells.join(' | ')} |`,
+        `| ${escapeCell(g.case)} | ${escapeCell(`${g.metric} (${g.unit}) ${g.higherIsBetter ? '↑' : '↓'}`)} | ${cells.join(' | ')} |`,
       );
     }
     lines.push('');
-  }
-  if (single.length > 0) {
-    lines.push('| suite | case | contender | metric | median | samples |', '|---|---|---|---|---:|---:|');
-    for (const g of single) {
-      const [c, r] = [...g.byContender.entries()][0]!;
-      lines.push(
-        `| ${g.suite} | ${escapeCell(g.case)} | ${c} | ${escapeCell(`${g.metric} (${g.unit}) ${g.higherIsBetter ? '↑' : '↓'}`)} | ${fmt(median(r.samples))} | ${r.samples.length} |`,
-      );
-    }
-    lines.push('');
-  }
-  const paths = new Map<string, string>();
-  for (const r of result.records)
-    if (r.extra?.path !== undefined) paths.set(r.contender, String(r.extra.path));
-  if (paths.size > 0) {
-    lines.push(`Forwarding path per contender: ${[...paths].map(([c, p]) => `${c}: ${p}`).join('; ')}.`, '');
   }
   if (result.notes.length > 0) {
-    lines.push('Notes:', '', ...result.notes.map((n) => `- ${n}`), '');
+    // One line per note (the JSON keeps stacks and full text).
+    const oneLine = (n: string) => {
+      const flat = n.replace(/\s*\n\s*/g, ' ').trim();
+      return flat.length > 400 ? `${flat.slice(0, 400)}…` : flat;
+    };
+    lines.push('Notes:', '', ...result.notes.map((n) => `- ${oneLine(n)}`), '');
   }
   return lines.join('\n');
 }

@@ -106,9 +106,9 @@ describe.skipIf(skip)('edgemesh bench --quick', () => {
     if (!native) expect(doc.notes.join('\n')).toMatch(/edgemesh-native skipped/);
 
     const md = readFileSync(path.join(outDir, `${stem}.md`), 'utf8');
-    expect(md).toMatch(/\| suite \| case \| metric \| direct \|/);
-    expect(md).toContain('| tcp-bulk | loopback | throughput (Gbit/s) ↑ |');
-    expect(r.stdout).toContain('| suite | case | metric | direct |');
+    expect(md).toMatch(/\*\*tcp-bulk\*\*[^\n]*\n\n\| case \| metric \| direct \|/);
+    expect(md).toContain('| loopback | throughput (Gbit/s) ↑ |');
+    expect(r.stdout).toContain('| case | metric | direct |');
     const svg = readFileSync(path.join(outDir, `${stem}.svg`), 'utf8');
     expect(svg.startsWith('<svg ')).toBe(true);
     expect(svg.trimEnd().endsWith('</svg>')).toBe(true);

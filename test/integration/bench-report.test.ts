@@ -77,16 +77,17 @@ describe('bench report', () => {
     { ...rec('edgemesh', [100, 200]), suite: 'micro', case: 'lb pick', metric: 'ops', unit: 'per s' },
   ];
 
-  it('writes medians with ratios to direct and HAProxy, columns in a fixed order', () => {
+  it('writes one table per suite: medians with ratios to direct and HAProxy, columns in a fixed order', () => {
     const md = markdownReport(result(records, ['socat skipped: not installed']));
-    expect(md).toContain('| suite | case | metric | direct | edgemesh-native | haproxy |');
+    expect(md).toContain('| case | metric | direct | edgemesh-native | haproxy |');
     // edgemesh-native: median 8 → 8/10 = 0.80× direct, 8/5 = 1.60× HAProxy.
     expect(md).toContain(
-      '| tcp-bulk | loopback | throughput (Gbit/s) ↑ | 10.0<br>· / 2.00× | 8.00<br>0.80× / 1.60× | 5.00<br>0.50× / · |',
+      '| loopback | throughput (Gbit/s) ↑ | 10.0<br>· / 2.00× | 8.00<br>0.80× / 1.60× | 5.00<br>0.50× / · |',
     );
-    expect(md).toContain('| micro | lb pick | edgemesh | ops (per s) ↑ | 150 | 2 |');
+    expect(md).toContain('**micro**\n\n| case | metric | edgemesh |');
+    expect(md).toContain('| lb pick | ops (per s) ↑ | 150 |');
     expect(md).toContain('- socat skipped: not installed');
-    expect(md).toContain('haproxy: splice');
+    expect(md).toContain('**tcp-bulk** — haproxy: splice; edgemesh-native: splice');
     expect(md).toContain('kernel 6.1.0; Node v20.0.0; haproxy 2.6.12');
   });
 
