@@ -4,18 +4,27 @@
 // named in PROTOCOL_HANDLER_MODULES at boot and lets them register.
 import type net from 'node:net';
 import type { AppProtocol, ServiceEntry, ServicePortEntry } from '../../controller/types.ts';
+import type { Balancer } from '../../lb/index.ts';
 
-/** Takes over one accepted client connection of `service`/`port` (owns the socket from then on). */
-export type ProtocolHandler = (client: net.Socket, service: ServiceEntry, port: ServicePortEntry) => void;
+/**
+ * Takes over one accepted client connection of `service`/`port` (owns the socket from then on);
+ * `balancer` is the listener's balancer for that port (shared ejection/affinity state).
+ */
+export type ProtocolHandler = (
+  client: net.Socket,
+  service: ServiceEntry,
+  port: ServicePortEntry,
+  balancer?: Balancer,
+) => void;
 
 /** What a handler module exports: `registerHandlers(register)` is called once per worker thread. */
 export type RegisterHandlers = (register: (protocol: AppProtocol, handler: ProtocolHandler) => void) => void;
 
 /**
- * Handler modules every listener worker loads (URLs relative to this file). The protocols module
- * adds itself here; until then every port is forwarded as plain TCP.
+ * Handler modules every listener worker loads (URLs relative to this file): src/protocols registers
+ * http, websocket and https; other appProtocols are forwarded as plain TCP.
  */
-export const PROTOCOL_HANDLER_MODULES: readonly string[] = [];
+export const PROTOCOL_HANDLER_MODULES: readonly string[] = ['../../protocols/index.ts'];
 
 const handlers = new Map<AppProtocol, ProtocolHandler>();
 

@@ -30,7 +30,7 @@ export default async function runListenerWorker(task: WorkerTask): Promise<{ ind
     if (handler) {
       try {
         client.resume();
-        handler(client, service, servicePort);
+        handler(client, service, servicePort, listener.balancer);
       } catch {
         counters.add('handler_errors');
         client.destroy();
