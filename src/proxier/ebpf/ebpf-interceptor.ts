@@ -81,7 +81,16 @@ export class EbpfInterceptor implements Interceptor {
 
   async start(): Promise<void> {
     const { binding, log } = this.opts;
-    await mkdir(this.opts.cgroupPath, { recursive: true });
+    // Not recursive: Node's recursive mkdir spins forever on sysfs (EPERM) when the path is not in a
+    // cgroup2 mount, e.g. under `ip netns exec`, which mounts a fresh /sys.
+    await mkdir(this.opts.cgroupPath).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST')
+        throw new EdgemeshError(
+          ErrorCode.ATTACH,
+          `cannot create cgroup ${this.opts.cgroupPath} (is it inside a cgroup v2 mount?): ${err.message}`,
+          { cause: err, syscall: 'mkdir', errno: err.errno },
+        );
+    });
     try {
       this.handle = binding.bpfOpen([...this.opts.objects], this.opts.pinDir, this.opts.cgroupPath);
     } catch (err) {

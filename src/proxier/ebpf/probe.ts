@@ -88,7 +88,7 @@ export async function probeEbpf(opts: { cgroupFallbackDir: string; pinRoot: stri
   const trialCgroup = path.join(cgroupRoot, `edgemesh-probe-${process.pid}`);
   const trialPins = path.join(opts.pinRoot, `edgemesh-probe-${process.pid}`);
   try {
-    await mkdir(trialCgroup, { recursive: true });
+    await mkdir(trialCgroup);
     const handle = binding.bpfOpen(objects, trialPins, trialCgroup);
     binding.bpfClose(handle, true);
   } catch (err) {
