@@ -9,6 +9,7 @@ import { startCli } from '../test/helpers/cli.ts';
 import { freePort } from '../test/helpers/ports.ts';
 import { onCleanup } from './lib/cleanup.ts';
 import { delay, exec, haveCommand } from './lib/exec.ts';
+import { treeTicks } from './lib/proc-stats.ts';
 import type { BenchModule, BenchRecord } from './lib/record.ts';
 import { percentile } from './lib/stats.ts';
 
@@ -18,6 +19,8 @@ const PACED_QPS = 5000;
 
 interface Running {
   port: number;
+  /** Root of the server's process tree (its CPU is read from /proc). */
+  pid: number;
   stop(): Promise<void>;
 }
 
@@ -28,6 +31,8 @@ interface DnsperfResult {
   lost: number;
   /** Average latency of the paced (PACED_QPS) run. */
   pacedAvgUs?: number;
+  /** Server CPU time per query in the throughput run, microseconds. */
+  cpuUs?: number;
 }
 
 /**
@@ -92,6 +97,7 @@ async function startDnsmasq(args: string[], tag: string): Promise<Running> {
   });
   return {
     port,
+    pid: proc.child.pid!,
     async stop() {
       await proc.stop('SIGTERM');
       undo();
@@ -156,6 +162,30 @@ async function startEdgemesh(dir: string, upstreamPort: number): Promise<Running
   }
   return {
     port,
+    pid: proc.child.pid!,
+    async stop() {
+      await proc.stop('SIGTERM');
+      undo();
+    },
+  };
+}
+
+/**
+ * The floor of any Node.js UDP server: a dgram socket that sends each query back with the QR bit
+ * set (no parsing, no answer). What edgemesh spends above this is its own DNS work.
+ */
+async function startNodeEcho(): Promise<Running> {
+  const port = await freePort();
+  const code =
+    "const s = require('node:dgram').createSocket('udp4');" +
+    's.on("message", (m, r) => { m[2] |= 0x80; s.send(m, r.port, r.address); });' +
+    `s.bind(${port}, '127.0.0.1', () => console.log('ready'));`;
+  const proc = startCli(['-e', code], { command: [process.execPath] });
+  const undo = onCleanup(() => proc.child.kill('SIGKILL'));
+  await proc.waitFor(/ready/, 10_000);
+  return {
+    port,
+    pid: proc.child.pid!,
     async stop() {
       await proc.stop('SIGTERM');
       undo();
@@ -220,9 +250,12 @@ export const run: BenchModule = async (options) => {
       await dnsperf(c.port, clusterFile, 1);
     }
 
+    const echo = await startNodeEcho();
+    started.push(echo);
     const contenders: Array<[string, Running]> = [
       ['edgemesh', edgemesh],
       ['dnsmasq', peer],
+      ['node-dgram-echo', echo],
     ];
     const cases: Array<[string, string]> = [
       ['cluster-names', clusterFile],
@@ -233,10 +266,15 @@ export const run: BenchModule = async (options) => {
       for (const [caseName, file] of cases) {
         const order = round % 2 === 0 ? contenders : [...contenders].reverse();
         for (const [name, c] of order) {
+          // The echo floor answers nothing real; one case is enough to show Node's per-packet cost.
+          if (name === 'node-dgram-echo' && caseName !== 'cluster-names') continue;
           options.progress(`dns: round ${round + 1}/${rounds} ${caseName} ${name}`);
           const key = `${caseName}|${name}`;
           const list = samples.get(key) ?? [];
+          const ticks0 = treeTicks(c.pid);
           const max = await dnsperf(c.port, file, seconds, ['-q', '100']);
+          // CPU per answered query: independent of how busy the machine's other cores are.
+          const cpuUs = (((treeTicks(c.pid) - ticks0) / 100) * 1e6) / Math.max(1, max.qps * seconds);
           const paced = await dnsperf(c.port, file, Math.min(seconds, 2), [
             '-q',
             '100',
@@ -244,7 +282,7 @@ export const run: BenchModule = async (options) => {
             String(PACED_QPS),
             '-v',
           ]);
-          list.push({ ...max, p99Us: paced.p99Us, pacedAvgUs: paced.avgUs });
+          list.push({ ...max, p99Us: paced.p99Us, pacedAvgUs: paced.avgUs, cpuUs });
           samples.set(key, list);
         }
       }
@@ -253,7 +291,8 @@ export const run: BenchModule = async (options) => {
     for (const [key, list] of samples) {
       const [caseName, contender] = key.split('|') as [string, string];
       const extra = {
-        path: contender === 'edgemesh' ? 'js-dgram' : 'dnsmasq',
+        path: contender === 'dnsmasq' ? 'dnsmasq' : 'js-dgram',
+        loadavg1: Math.round(os.loadavg()[0]! * 10) / 10,
         queries: `${SERVICES} names, dnsperf -c 4 -q 100, ${seconds} s; latency at -Q ${PACED_QPS}`,
         lost: list.reduce((a, r) => a + r.lost, 0),
       };
@@ -264,6 +303,13 @@ export const run: BenchModule = async (options) => {
         unit: 'qps',
         higherIsBetter: true,
         samples: list.map((r) => r.qps),
+      });
+      records.push({
+        ...base,
+        metric: 'cpu-per-query',
+        unit: 'us',
+        higherIsBetter: false,
+        samples: list.map((r) => r.cpuUs ?? Number.NaN),
       });
       records.push({
         ...base,
