@@ -67,6 +67,8 @@ interface OpenWatch {
   plural: string;
   res: http.ServerResponse;
   timers: NodeJS.Timeout[];
+  /** A frozen watch stays open but never sends again (a half-open connection). */
+  frozen?: boolean;
 }
 
 /** Requests seen, for assertions (path and query). */
@@ -213,6 +215,14 @@ export class FakeApiServer {
     return n;
   }
 
+  /** Makes every open watch go silent without closing it: no events, bookmarks or timeout. */
+  freezeWatches(): void {
+    for (const w of this.watches) {
+      for (const t of w.timers) clearTimeout(t);
+      w.frozen = true;
+    }
+  }
+
   /** Ends every open watch cleanly (what a server-side timeout looks like to the client). */
   endWatches(): void {
     for (const w of [...this.watches]) this.closeWatch(w);
@@ -236,7 +246,7 @@ export class FakeApiServer {
 
   private emit(event: WatchEvent): void {
     this.history.push(event);
-    for (const w of this.watches) if (w.plural === event.plural) this.send(w, event);
+    for (const w of this.watches) if (w.plural === event.plural && !w.frozen) this.send(w, event);
   }
 
   private send(w: OpenWatch, event: WatchEvent): void {
@@ -330,6 +340,8 @@ export class FakeApiServer {
     const from = Number(q.get('resourceVersion') || 0);
     // Transfer-Encoding: chunked (no content-length), one JSON event per line.
     res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' });
+    // Like the real server: headers go out at once, before the first event.
+    res.flushHeaders();
     const w: OpenWatch = { plural: type.plural, res, timers: [] };
     if (from !== 0 && from < this.oldestRv) {
       res.write(

@@ -10,6 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { defaultConfig } from '../../src/config/defaults.ts';
 import type { EdgemeshConfig } from '../../src/config/types.ts';
 import { Controller } from '../../src/controller/controller.ts';
+import type { KubeSourceOptions } from '../../src/controller/sources/kube-source.ts';
 import type { ServiceTable, ServiceTableDiff } from '../../src/controller/types.ts';
 import { type ApiObject, FakeApiServer } from '../helpers/apiserver.ts';
 import { freePort } from '../helpers/ports.ts';
@@ -36,7 +37,12 @@ function slice(svcName: string, ips: string[], port = 8080, ready = true): ApiOb
 }
 
 /** A controller on the fixture, recording every snapshot it delivers, with its log lines. */
-function makeController(server: { url: string }, stateDir: string, over: Partial<EdgemeshConfig> = {}) {
+function makeController(
+  server: { url: string },
+  stateDir: string,
+  over: Partial<EdgemeshConfig> = {},
+  kube: KubeSourceOptions = {},
+) {
   const config = { ...defaultConfig(), stateDir, nodeName: 'edge-1', ...over };
   config.kubeAPIConfig.master = server.url;
   const lines: string[] = [];
@@ -49,7 +55,7 @@ function makeController(server: { url: string }, stateDir: string, over: Partial
     minSyncIntervalMs: 10,
     offlineGraceMs: 300,
     stateWriteIntervalMs: 0,
-    kube: { backoffBaseMs: 50, backoffMaxMs: 200 },
+    kube: { backoffBaseMs: 50, backoffMaxMs: 200, ...kube },
   });
   const seen: { table: ServiceTable; diff: ServiceTableDiff }[] = [];
   let waiters: (() => void)[] = [];
@@ -279,6 +285,29 @@ describe('Kubernetes source against the apiserver fixture', () => {
     api.upsert('services', svc('b', '10.96.0.2'));
     await until((x) => x.services.has('ns1/b'), 'event after watch timeouts');
     expect(lists().length).toBe(listsBefore);
+  });
+
+  it('restarts a watch that went silent (half-open connection) and catches up', async () => {
+    const api = await fixture();
+    api.upsert('services', svc('a', '10.96.0.1'));
+    const { controller, until } = makeController(
+      api,
+      tmpDir(),
+      {},
+      { watchTimeoutSeconds: 1, watchIdleGraceMs: 200 },
+    );
+    await controller.start();
+    await controller.whenSynced();
+    const watchesBefore = api.requests.filter(
+      (r) => r.path === '/api/v1/services' && r.query.get('watch'),
+    ).length;
+    api.freezeWatches();
+    api.upsert('services', svc('b', '10.96.0.2'));
+    await until((x) => x.services.has('ns1/b'), 'event missed by the frozen watch');
+    const watchesAfter = api.requests.filter(
+      (r) => r.path === '/api/v1/services' && r.query.get('watch'),
+    ).length;
+    expect(watchesAfter).toBeGreaterThan(watchesBefore);
   });
 
   it('serves the persisted snapshot when the API is down at start, then resyncs and drops stale', async () => {

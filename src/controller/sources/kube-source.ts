@@ -26,7 +26,12 @@ export interface KubeSourceOptions {
   pageSize?: number;
   /** Server-side watch timeout; the watch is then resumed from its resourceVersion. */
   watchTimeoutSeconds?: number;
+  /** A watch silent for its timeout plus this long is treated as dead and restarted. */
+  watchIdleGraceMs?: number;
 }
+
+/** How long a reopened watch must stay open before the API counts as reachable again. */
+const STABLE_WATCH_MS = 1_000;
 
 /** One watched resource and the API paths that may serve it, in order of preference. */
 interface ResourceDef {
@@ -116,12 +121,17 @@ class ApiStatusError extends Error {
   }
 }
 
-/** A Watch that asks for bookmarks and a server-side timeout, and reports when a watch is open. */
+/**
+ * A Watch that asks for bookmarks and a server-side timeout, reports when a watch is open, and
+ * aborts a watch that stays silent past that timeout plus a grace: a half-open connection (the
+ * server vanished without a FIN) would otherwise hang until TCP keepalive gives up, minutes later.
+ */
 class TunedWatch extends Watch {
   constructor(
     kc: KubeConfig,
     private readonly timeoutSeconds: number,
-    private readonly onOpen: () => void,
+    private readonly idleGraceMs: number,
+    private readonly onOpen: (isOpen: () => boolean) => void,
   ) {
     super(kc);
   }
@@ -132,19 +142,48 @@ class TunedWatch extends Watch {
     callback: (phase: string, apiObj: unknown, watchObj?: unknown) => void,
     done: (err: unknown) => void,
   ): Promise<AbortController> {
-    let failed = false;
+    let finished = false;
+    let idle: NodeJS.Timeout | undefined;
+    let controller: AbortController | undefined;
     // Spread the timeouts so the watches of many agents do not reconnect in lockstep.
-    const timeout = Math.round(this.timeoutSeconds * (1 + Math.random()));
-    const controller = await super.watch(
+    const timeout = Math.max(1, Math.round(this.timeoutSeconds * (1 + Math.random())));
+    const arm = () => {
+      clearTimeout(idle);
+      idle = setTimeout(
+        () => {
+          if (finished) return;
+          finished = true;
+          controller?.abort();
+          done(
+            Object.assign(new Error(`watch ${path}: no data for ${timeout}s + grace`), { code: 'ETIMEDOUT' }),
+          );
+        },
+        timeout * 1000 + this.idleGraceMs,
+      );
+      idle.unref();
+    };
+    // Armed before the request too: a server that accepts but never answers must not hang us.
+    arm();
+    controller = await super.watch(
       path,
       { ...queryParams, allowWatchBookmarks: true, timeoutSeconds: timeout },
-      callback,
+      (phase, obj, watchObj) => {
+        arm();
+        callback(phase, obj, watchObj);
+      },
       (err) => {
-        if (err) failed = true;
+        clearTimeout(idle);
+        if (finished) return;
+        finished = true;
         done(err);
       },
     );
-    if (!failed) this.onOpen();
+    if (finished)
+      controller.abort(); // the watchdog gave up while the request was pending
+    else {
+      arm();
+      this.onOpen(() => !finished);
+    }
     return controller;
   }
 }
@@ -185,6 +224,7 @@ export class KubeSource implements Source {
       absentRetryMs: options.absentRetryMs ?? 60_000,
       pageSize: options.pageSize ?? 500,
       watchTimeoutSeconds: options.watchTimeoutSeconds ?? 300,
+      watchIdleGraceMs: options.watchIdleGraceMs ?? 60_000,
     };
   }
 
@@ -226,7 +266,13 @@ export class KubeSource implements Source {
       obj.apiVersion ??= apiVersion;
       return obj;
     };
-    const watch = new TunedWatch(kc, this.opts.watchTimeoutSeconds, () => this.succeeded(rs));
+    const watch = new TunedWatch(kc, this.opts.watchTimeoutSeconds, this.opts.watchIdleGraceMs, (isOpen) => {
+      // A watch that opens while the server is going down is not a recovery: count it once it held.
+      const check = setTimeout(() => {
+        if (isOpen() && !this.stopped) this.succeeded(rs);
+      }, STABLE_WATCH_MS);
+      check.unref();
+    });
     const list = async () => {
       const result = await this.listAll(path);
       this.succeeded(rs);
