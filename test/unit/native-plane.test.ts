@@ -2,8 +2,12 @@
 // the L4 hash, and a real NativeDataplane (piscina workers blocking in the C++ epoll loop) serving
 // loopback connections. Without NAT the accepted socket's own address is the original
 // destination, so a service whose ClusterIP:port is 127.0.0.1:<proxy port> routes here.
+import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import pino from 'pino';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -21,6 +25,7 @@ import {
 import { ErrorCode } from '../../src/errors.ts';
 import { murmur3, ringHashPick } from '../../src/lb/index.ts';
 import { requireNative } from '../../src/native/index.ts';
+import { repoRoot } from '../helpers/cli.ts';
 import { svc, table } from '../helpers/dns.ts';
 
 const log = pino({ level: 'silent' });
@@ -240,6 +245,28 @@ describe('NativeDataplane on loopback', () => {
 
     await dp.stop();
     await expect(roundTrip(dp.port, Buffer.from('x'))).rejects.toThrow(/ECONNREFUSED/);
+  });
+
+  it('lets the process exit without stop() (workers blocked in native code are woken)', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'emnx-'));
+    cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const script = path.join(dir, 'exit.mts');
+    fs.writeFileSync(
+      script,
+      `import { NativeDataplane } from ${JSON.stringify(path.join(repoRoot, 'src/dataplane/native/native-dataplane.ts'))};
+import { silentLogger } from ${JSON.stringify(path.join(repoRoot, 'src/util/log.ts'))};
+const dp = new NativeDataplane({ log: silentLogger, proxyPort: 0, listenHost: '127.0.0.1', workers: 2, connectTimeoutMs: 1000, idleTimeoutMs: 0, mark: 0 });
+await dp.start();
+process.exit(3);
+`,
+    );
+    const r = spawnSync(process.execPath, ['--import', 'tsx', script], {
+      cwd: repoRoot,
+      timeout: 30_000,
+      encoding: 'utf8',
+    });
+    expect(r.signal, r.stderr).toBeNull();
+    expect(r.status, r.stderr).toBe(3);
   });
 
   it('reports a taken proxy port as EDGEMESH_ERR_LISTEN', async () => {

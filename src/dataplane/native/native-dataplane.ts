@@ -74,6 +74,7 @@ export class NativeDataplane implements Dataplane {
   private readonly workerCount: number;
   /** Counter values of freed service slots at the time they were freed (subtracted on reuse). */
   private readonly slotBaseline = new Map<number, Float64Array>();
+  private exitHook: (() => void) | undefined;
 
   constructor(private readonly options: NativeDataplaneOptions) {
     this.workerCount = options.workers > 0 ? options.workers : Math.max(1, os.availableParallelism());
@@ -135,6 +136,10 @@ export class NativeDataplane implements Dataplane {
     }
     this.binding = native;
     this.planeId = id;
+    // A worker blocked in native code cannot be terminated, and Node joins worker threads at exit:
+    // without this, process.exit() (or a crash) would hang until someone called stop().
+    this.exitHook = () => native.planeStop(id, 0);
+    process.once('exit', this.exitHook);
     native.planeSetRoutes(id, encodeRoutes(0, []));
     // One long-running task per thread: each thread becomes the owner of one listener's epoll loop.
     this.pool = new Piscina({
@@ -144,7 +149,12 @@ export class NativeDataplane implements Dataplane {
       concurrentTasksPerWorker: 1,
       idleTimeout: Number.POSITIVE_INFINITY,
       atomics: 'disabled',
+      // The worker is plain JS: parent flags (--input-type, loaders) would only break or slow it.
+      execArgv: [],
     });
+    this.pool.on('error', (err: unknown) =>
+      o.log.error({ err: errorMessage(err) }, 'native worker pool error'),
+    );
     for (let index = 0; index < this.workerCount; index++) {
       const task = this.pool.run({ addonPath: loaded.path, planeId: id, index }) as Promise<WorkerResult>;
       this.tasks.push(
@@ -244,6 +254,8 @@ export class NativeDataplane implements Dataplane {
     this.pool = undefined;
     const final = this.counters();
     const id = this.planeId;
+    if (this.exitHook) process.off('exit', this.exitHook);
+    this.exitHook = undefined;
     this.planeId = 0;
     this.binding = undefined;
     native.planeDestroy(id);
