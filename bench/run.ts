@@ -122,6 +122,7 @@ export async function benchCommand(argv: string[], out: (s: string) => void): Pr
   }
 
   const started = new Date();
+  const loadAtStart = os.loadavg()[0]!;
   const quick = values.quick === true;
   const notes: string[] = [];
   const tty = process.stderr.isTTY === true;
@@ -191,6 +192,7 @@ export async function benchCommand(argv: string[], out: (s: string) => void): Pr
     argv,
     versions: await peerVersions(),
     durationSeconds: (Date.now() - t0) / 1000,
+    loadAverage: { start: loadAtStart, end: os.loadavg()[0]! },
   };
   const result: RunResult = { format: 'edgemesh-bench', version: 1, meta, notes, records };
   const outDir = typeof values.out === 'string' ? path.resolve(values.out) : path.join(benchDir, 'results');

@@ -17,6 +17,8 @@ export interface RunMeta {
   /** Peer versions, e.g. { haproxy: '2.6.12' }. */
   versions: Record<string, string>;
   durationSeconds?: number;
+  /** 1-minute load average at start and end: other work on the machine skews every number. */
+  loadAverage?: { start: number; end: number };
 }
 
 /** The whole JSON document written to bench/results/<date>-<host>.json. */
@@ -116,7 +118,8 @@ export function markdownReport(result: RunResult, options: { headline?: boolean 
           : ''
       }.`,
     `Mode: ${meta.quick ? '**quick (CI smoke: too short to judge speed)**' : 'full'}; command: \`edgemesh bench ${meta.argv.join(' ')}\`` +
-      `${meta.durationSeconds ? `; took ${Math.round(meta.durationSeconds)} s` : ''}.`,
+      `${meta.durationSeconds ? `; took ${Math.round(meta.durationSeconds)} s` : ''}` +
+      `${meta.loadAverage ? `; load average ${meta.loadAverage.start.toFixed(1)} at start, ${meta.loadAverage.end.toFixed(1)} at end` : ''}.`,
     '',
   );
   const suites = [...new Set(groups.map((g) => g.suite))];
