@@ -259,3 +259,30 @@ describe('snapshots', () => {
     expect([...m2.keys()].sort()).toEqual([...new Map(m2).keys()].sort());
   });
 });
+
+describe('manifest objects', () => {
+  it('defaults the namespace, merges Secret stringData into data, and explains bad objects', async () => {
+    const { validateObject } = await import('../../src/controller/sources/manifest-source.ts');
+    const secret = validateObject({
+      apiVersion: 'v1',
+      kind: 'Secret',
+      metadata: { name: 'tls' },
+      data: { a: 'eA==' },
+      stringData: { b: 'hello' },
+    });
+    expect(secret).toMatchObject({ metadata: { namespace: 'default' }, data: { a: 'eA==', b: 'aGVsbG8=' } });
+    expect(secret).not.toHaveProperty('stringData');
+    expect(validateObject({ kind: 'Service', apiVersion: 'v1', metadata: {} })).toBe(
+      'Service: metadata.name: expected a string',
+    );
+    expect(
+      validateObject({
+        kind: 'Service',
+        apiVersion: 'v1',
+        metadata: { name: 's' },
+        spec: { clusterIP: 'x' },
+      }),
+    ).toMatch(/spec\.clusterIP: expected an IP address or None/);
+    expect(validateObject('text')).toMatch(/expected a Kubernetes object/);
+  });
+});

@@ -308,5 +308,17 @@ export function validateObject(v: unknown): KubeObject | string {
     if (ip !== undefined && ip !== 'None' && ip !== '' && (typeof ip !== 'string' || net.isIP(ip) === 0))
       return `Service ${namespace}/${name}: spec.clusterIP: expected an IP address or None, got ${JSON.stringify(ip)}`;
   }
+  if (kind === 'Secret' && apiVersion === 'v1' && o.stringData !== undefined) {
+    // What the API server does on write: stringData is merged into data, base64-encoded.
+    const stringData = rec(o.stringData);
+    if (!stringData) return `Secret ${namespace}/${name}: stringData: expected a mapping`;
+    const data: Record<string, string> = { ...(rec(o.data) as Record<string, string> | undefined) };
+    for (const [k, v] of Object.entries(stringData)) {
+      if (typeof v !== 'string') return `Secret ${namespace}/${name}: stringData.${k}: expected a string`;
+      data[k] = Buffer.from(v, 'utf8').toString('base64');
+    }
+    const { stringData: _sd, ...rest } = obj;
+    return { ...rest, data } as KubeObject;
+  }
   return obj;
 }
