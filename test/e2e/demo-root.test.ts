@@ -20,6 +20,13 @@ function demoNamespaces(): string[] {
     .filter((n) => n.startsWith(`${prefix}-`));
 }
 
+/** The demo's /etc/netns/<ns> folders (resolv.conf for the node and every pod). */
+function etcNetns(): string[] {
+  return fs.existsSync('/etc/netns')
+    ? fs.readdirSync('/etc/netns').filter((n) => n.startsWith(`${prefix}-`))
+    : [];
+}
+
 describe.skipIf(skip)('edgemesh demo (root)', () => {
   let demo: RunningCli;
   let status: AgentStatus;
@@ -36,10 +43,14 @@ describe.skipIf(skip)('edgemesh demo (root)', () => {
     await demo?.stop('SIGTERM');
     // Belt and braces if the demo could not clean up: never leave namespaces behind.
     for (const ns of demoNamespaces()) execFileSync('ip', ['netns', 'delete', ns]);
-    fs.rmSync(`/etc/netns/${nodeNs}`, { recursive: true, force: true });
+    for (const d of etcNetns()) fs.rmSync(`/etc/netns/${d}`, { recursive: true, force: true });
   }, 60_000);
 
-  it('creates the node and one namespace per pod', () => {
+  it('creates the node and one namespace per pod, each with a resolv.conf naming the agent', () => {
+    expect(etcNetns()).toHaveLength(7);
+    expect(fs.readFileSync(`/etc/netns/${prefix}-tcp-echo-edge-0/resolv.conf`, 'utf8')).toContain(
+      'nameserver 169.254.96.16',
+    );
     expect(demoNamespaces().sort()).toEqual(
       [
         'hostname-edge-0',
@@ -113,6 +124,6 @@ describe.skipIf(skip)('edgemesh demo (root)', () => {
     expect(code).toBe(0);
     expect(demo.output()).toContain('everything it created is removed');
     expect(demoNamespaces()).toEqual([]);
-    expect(fs.existsSync(`/etc/netns/${nodeNs}`)).toBe(false);
+    expect(etcNetns()).toEqual([]);
   }, 60_000);
 });

@@ -370,6 +370,11 @@ class Demo {
         expect: 'hostname-edge-0',
       },
       {
+        title: 'from another pod by name (pods use the agent as their DNS server)',
+        cmd: `${inPod} curl -s --max-time 5 hostname-svc.edgemesh-test:12345`,
+        expect: 'hostname-edge-0',
+      },
+      {
         title: 'a pod directly (no proxy)',
         cmd: `${inNode} curl -s --max-time 5 ${lb.ip}:${lb.port}`,
         expect: lb.name,

@@ -29,6 +29,8 @@ export class DemoTopology {
   readonly bridge: string;
   readonly nodeIP = `${DEMO_POD_SUBNET}.1`;
   private readonly podNamespaces: string[] = [];
+  /** What each namespace's /etc/netns/<ns>/resolv.conf holds (set by createNode). */
+  private resolvConf = '';
 
   constructor(readonly prefix: string) {
     this.nodeNs = `${prefix}-node`;
@@ -56,12 +58,14 @@ export class DemoTopology {
     await ip(['-n', this.nodeNs, 'route', 'add', DEMO_SERVICE_CIDR, 'dev', this.bridge]);
     // `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf, so clients in
     // the node namespace resolve through the agent's DNS server, like an edge node would.
-    const dir = path.join('/etc/netns', this.nodeNs);
+    this.resolvConf = `nameserver ${dnsIP}\nsearch svc.${clusterDomain} ${clusterDomain}\noptions ndots:2 timeout:1 attempts:2\n`;
+    await this.writeResolvConf(this.nodeNs);
+  }
+
+  private async writeResolvConf(ns: string): Promise<void> {
+    const dir = path.join('/etc/netns', ns);
     await fs.mkdir(dir, { recursive: true });
-    await fs.writeFile(
-      path.join(dir, 'resolv.conf'),
-      `nameserver ${dnsIP}\nsearch ${['svc', ''].map((s) => (s ? `${s}.${clusterDomain}` : clusterDomain)).join(' ')}\noptions ndots:2 timeout:1 attempts:2\n`,
-    );
+    await fs.writeFile(path.join(dir, 'resolv.conf'), this.resolvConf);
   }
 
   /** Creates pod namespace `podNs(podName)` with eth0 = ip/24 on the bridge, default route via the node. */
@@ -76,9 +80,11 @@ export class DemoTopology {
     await ip(['-n', ns, 'addr', 'add', `${podIP}/24`, 'dev', 'eth0']);
     await ip(['-n', ns, 'link', 'set', 'eth0', 'up']);
     await ip(['-n', ns, 'route', 'add', 'default', 'via', this.nodeIP]);
+    // Pods use the agent's DNS too (what kubelet's clusterDNS does); the default route reaches it.
+    await this.writeResolvConf(ns);
   }
 
-  /** Removes every namespace with this prefix (also a crashed run's) and the resolv.conf folder. */
+  /** Removes every namespace with this prefix (also a crashed run's) and their resolv.conf folders. */
   async destroy(): Promise<void> {
     const { stdout } = await execFileP('ip', ['netns', 'list']).catch(() => ({ stdout: '' }));
     const mine = stdout
@@ -88,6 +94,8 @@ export class DemoTopology {
     // Pods first: deleting a namespace deletes its veth end, and its peer on the bridge with it.
     mine.sort((a, b) => Number(a === this.nodeNs) - Number(b === this.nodeNs));
     for (const ns of mine) await ip(['netns', 'delete', ns]).catch(() => {});
-    await fs.rm(path.join('/etc/netns', this.nodeNs), { recursive: true, force: true });
+    const etc = await fs.readdir('/etc/netns').catch(() => [] as string[]);
+    for (const ns of etc.filter((n) => n.startsWith(`${this.prefix}-`)))
+      await fs.rm(path.join('/etc/netns', ns), { recursive: true, force: true });
   }
 }
