@@ -12,7 +12,7 @@ import type {
   ServiceTable,
   ServiceTableDiff,
 } from '../../controller/types.ts';
-import { EdgemeshError, ErrorCode } from '../../errors.ts';
+import { ErrorCode } from '../../errors.ts';
 import type { InterceptTarget } from '../../proxier/interceptor.ts';
 import type { Logger } from '../../util/log.ts';
 import type { Dataplane } from '../dataplane.ts';
@@ -221,7 +221,7 @@ export class TsDataplane implements Dataplane {
     return best;
   }
 
-  /** Sends each worker its changes and waits; a listener that failed to bind moves to another port once. */
+  /** Sends each worker its changes and waits; a listener that failed to bind moves to another port once, then is dropped. */
   private async sendUpdates(upserts: ListenerRoute[][], removes: number[][]): Promise<void> {
     const results = await Promise.all(
       this.workers.map((w, i) =>
@@ -242,7 +242,14 @@ export class TsDataplane implements Dataplane {
           { listenPort: f.listenPort, code: f.code, next: port, service: placement.route.service.key },
           'ts data plane: cannot listen, trying another port',
         );
-        if (port === undefined) continue;
+        if (port === undefined) {
+          this.options.log.error(
+            { code: ErrorCode.LISTEN, service: placement.route.service.key },
+            'ts data plane: no free listener port left; service port left unproxied',
+          );
+          this.dropPlacement(f.listenPort);
+          continue;
+        }
         placement.listenPort = port;
         placement.route = { ...placement.route, listenPort: port };
         retry[i]!.push(placement.route);
@@ -256,12 +263,20 @@ export class TsDataplane implements Dataplane {
       ),
     );
     const stillFailed = second.flat();
-    if (stillFailed.length > 0) {
-      for (const f of stillFailed) this.dropPlacement(f.listenPort);
-      throw new EdgemeshError(
-        ErrorCode.LISTEN,
-        `ts data plane: cannot listen on ports ${stillFailed.map((f) => `${f.listenPort} (${f.code})`).join(', ')}`,
+    // A service port that cannot get a listener is left out (no rule, so its clients get no
+    // redirect rather than a dead port); everything else still syncs.
+    for (const f of stillFailed) {
+      const placement = this.findPlacement(f.listenPort);
+      this.options.log.error(
+        {
+          code: ErrorCode.LISTEN,
+          listenPort: f.listenPort,
+          cause: f.code,
+          service: placement?.route.service.key,
+        },
+        `ts data plane: cannot listen (${f.message}); service port left unproxied`,
       );
+      this.dropPlacement(f.listenPort);
     }
   }
 
