@@ -9,7 +9,7 @@ import { EdgemeshError, ErrorCode } from '../errors.ts';
 import type { Service } from '../util/lifecycle.ts';
 import type { Logger } from '../util/log.ts';
 import { formatHostPort, type HostPort } from '../util/net.ts';
-import { AnswerCache } from './answer-cache.ts';
+import { AnswerCache, type CachedAnswer } from './answer-cache.ts';
 import { type BridgeDevice, ensureBridge, removeBridge } from './bridge-device.ts';
 import { type AnswerSource, DnsMetrics } from './dns-metrics.ts';
 import { Forwarder } from './forwarder.ts';
@@ -258,7 +258,8 @@ export class DnsServer implements Service, SnapshotConsumer {
     return out;
   }
 
-  private async forward(msg: Buffer, q: Query, transport: 'udp' | 'tcp'): Promise<Buffer | undefined> {
+  /** Cache hits are answered synchronously (no promise on the hot path); misses go upstream. */
+  private forward(msg: Buffer, q: Query, transport: 'udp' | 'tcp'): Buffer | Promise<Buffer | undefined> {
     const key = `${q.qtype}|${q.qclass}|${q.edns ? 1 : 0}${q.dnssecOk ? 1 : 0}|${q.name}`;
     const cached = this.cache.get(key);
     if (cached?.state === 'fresh') {
@@ -266,10 +267,20 @@ export class DnsServer implements Service, SnapshotConsumer {
       return this.fromCache(msg, q, cached.entry, false, transport, 'cache');
     }
     this.metrics.cache('miss');
+    return this.resolveUpstream(msg, q, transport, key, cached?.entry);
+  }
+
+  private async resolveUpstream(
+    msg: Buffer,
+    q: Query,
+    transport: 'udp' | 'tcp',
+    key: string,
+    stale: CachedAnswer | undefined,
+  ): Promise<Buffer | undefined> {
     let pending = this.inflight.get(key);
     if (!pending) {
       if (this.inflight.size >= (this.options.maxInflight ?? 4096)) {
-        if (cached) return this.fromCache(msg, q, cached.entry, true, transport, 'stale');
+        if (stale) return this.fromCache(msg, q, stale, true, transport, 'stale');
         this.metrics.query(q.qtype, Rcode.SERVFAIL, 'local');
         return errorReply(msg, q, Rcode.SERVFAIL);
       }
@@ -283,7 +294,7 @@ export class DnsServer implements Service, SnapshotConsumer {
       this.inflight.set(key, pending);
     }
     let answer: Buffer | undefined;
-    if (cached) {
+    if (stale) {
       // RFC 8767 §5: do not keep a client waiting on slow upstreams when a stale answer exists.
       let timer: NodeJS.Timeout | undefined;
       const staleTimer = new Promise<'timeout'>((resolve) => {
@@ -294,7 +305,7 @@ export class DnsServer implements Service, SnapshotConsumer {
       answer = winner === 'timeout' ? undefined : winner;
       if (!answer) {
         this.metrics.cache('stale');
-        return this.fromCache(msg, q, cached.entry, true, transport, 'stale');
+        return this.fromCache(msg, q, stale, true, transport, 'stale');
       }
     } else {
       answer = await pending;
@@ -316,7 +327,7 @@ export class DnsServer implements Service, SnapshotConsumer {
   private fromCache(
     msg: Buffer,
     q: Query,
-    entry: Parameters<AnswerCache['render']>[0],
+    entry: CachedAnswer,
     stale: boolean,
     transport: 'udp' | 'tcp',
     source: AnswerSource,

@@ -227,7 +227,8 @@ export class NameIndex {
         // `<hostname>.<svc>...` (and the dashed-IP name CoreDNS uses for SRV targets).
         const epNode = this.node(endpointName(ip, info.hostname));
         addressesOf(epNode, ip);
-        if (info.hostname) pushUnique(this.node(reverseName(ip)).ptr, endpointName(ip, info.hostname));
+        const rev = reverseName(ip);
+        if (info.hostname && rev) pushUnique(this.node(rev).ptr, endpointName(ip, info.hostname));
       }
     } else {
       for (const ip of svc.clusterIPs) {
