@@ -85,7 +85,7 @@ class Worker {
   void OnConnectResult(Conn* c);
   void FailAttempt(Conn* c, PlaneCounter why);
   void Established(Conn* c);
-  void Pump(Conn* c);
+  void Pump(Conn* c, bool up = true, bool down = true);
   bool PumpDir(Conn* c, Direction& d, int src, int dst, bool up);
   void CloseConn(Conn* c, bool reset);
   void BeginDrain();
@@ -181,7 +181,13 @@ std::optional<SyscallError> Worker::Run() {
           if (tag->upstream && c->connecting) OnConnectResult(c);
           continue;
         }
-        Pump(c);
+        // Pump only the directions this event can move: readable source or writable destination.
+        const uint32_t ev = events[i].events;
+        const bool readable = ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+        const bool writable = ev & (EPOLLOUT | EPOLLHUP | EPOLLERR);
+        const bool up = tag->upstream ? writable : readable;
+        const bool down = tag->upstream ? readable : writable;
+        Pump(c, up, down);
       }
     }
     for (Conn* c : graveyard_) delete c;
@@ -405,9 +411,9 @@ void Worker::Established(Conn* c) {
   Pump(c);
 }
 
-void Worker::Pump(Conn* c) {
-  if (!PumpDir(c, c->up, c->client, c->upstream, true)) return;
-  if (!PumpDir(c, c->down, c->upstream, c->client, false)) return;
+void Worker::Pump(Conn* c, bool up, bool down) {
+  if (up && !PumpDir(c, c->up, c->client, c->upstream, true)) return;
+  if (down && !PumpDir(c, c->down, c->upstream, c->client, false)) return;
   if (c->up.shut && c->down.shut) CloseConn(c, false);
 }
 
