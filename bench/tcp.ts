@@ -14,7 +14,7 @@ import {
   type ContenderContext,
   type RunningContender,
 } from './lib/contenders.ts';
-import { exec, inNs, waitListening } from './lib/exec.ts';
+import { exec, inNs, type Where, waitListening } from './lib/exec.ts';
 import { concurrent, connRate, loadgenBinary, rr } from './lib/loadgen.ts';
 import { ProcessSampler, type ProcUsage } from './lib/proc-stats.ts';
 import type { BenchModule, BenchOptions } from './lib/record.ts';
@@ -92,7 +92,7 @@ interface IperfJson {
   end?: { sum_received?: { bits_per_second?: number } };
 }
 
-async function iperf(ns: string, host: string, port: number, plan: Plan): Promise<number> {
+async function iperf(ns: Where, host: string, port: number, plan: Plan): Promise<number> {
   const argv = ['iperf3', '-c', host, '-p', String(port), '-t', String(plan.bulkSeconds), '-J'];
   if (plan.bulkOmit > 0) argv.push('-O', String(plan.bulkOmit));
   const r = await exec(argv, { ns, timeoutMs: (plan.bulkSeconds + plan.bulkOmit + 20) * 1000 });
@@ -134,7 +134,8 @@ async function visit(
   bulkBackend: Backend,
   note: (text: string) => void,
 ): Promise<string> {
-  const ns = topo.nodeNs;
+  // Clients run in the node namespace (for edgemesh-ebpf also inside the agent's cgroup).
+  const ns: Where = c.clientPrefix ?? topo.nodeNs;
   const base = { case: topo.kind, contender: name };
   const extra = { path: c.path };
   const summary: string[] = [];

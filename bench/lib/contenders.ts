@@ -2,11 +2,11 @@
 // data planes, and peers configured for plain TCP forwarding. Each starts inside the topology's
 // node namespace, forwards two ports (bulk → iperf3, echo → the load generator's backend) and is
 // stopped (whole process tree) after its turn.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { repoRoot, startCli } from '../../test/helpers/cli.ts';
 import { onCleanup } from './cleanup.ts';
-import { delay, exec, haveCommand, inNs, waitListening } from './exec.ts';
+import { delay, exec, haveCommand, inNs, type Where, waitListening } from './exec.ts';
 import { loadgenBinary } from './loadgen.ts';
 import { processTree } from './proc-stats.ts';
 import type { Topology } from './topology.ts';
@@ -41,6 +41,8 @@ export interface RunningContender {
   pid?: number;
   /** The forwarding path it uses, for the report ('splice', 'read/write', ...). */
   path: string;
+  /** argv prefix clients must run under (default: `ip netns exec <node namespace>`). */
+  clientPrefix?: string[];
   stop(): Promise<void>;
 }
 
@@ -271,14 +273,14 @@ status:
 
 interface AgentStatusDoc {
   dataplane?: { mode?: string; reason?: string };
-  intercept?: { mode?: string };
+  intercept?: { mode?: string; reason?: string };
   services?: Array<{ key: string; ports: Array<{ endpoints: string[] }> }>;
 }
 
 let metricsPort = 14000;
 
 /** Retries a 1-byte echo and a tiny iperf3 run through the ClusterIP until both work (10 s). */
-async function probeVip(ns: string, backend: BackendPorts): Promise<void> {
+async function probeVip(ns: Where, backend: BackendPorts): Promise<void> {
   const deadline = Date.now() + 10_000;
   const lg = await loadgenBinary();
   for (;;) {
@@ -300,21 +302,63 @@ async function probeVip(ns: string, backend: BackendPorts): Promise<void> {
   }
 }
 
-/** The real `edgemesh agent` in the node namespace, serving generated manifests; clients use the ClusterIP. */
+/** The host's cgroup v2 mount (unified root, or the `unified` mount of a hybrid layout), if any. */
+function hostCgroup2Root(): string | undefined {
+  const mounts = readFileSync('/proc/self/mounts', 'utf8').split('\n');
+  return mounts.map((l) => l.split(' ')).find((f) => f[2] === 'cgroup2')?.[1];
+}
+
+let ebpfCounter = 0;
+
+/**
+ * The real `edgemesh agent` in the node namespace, serving generated manifests; clients use the
+ * ClusterIP. 'ebpf' runs `--intercept ebpf` attached to a throwaway cgroup that the clients join
+ * (cgroup hooks only see processes inside their cgroup): connects to the ClusterIP are rewritten
+ * straight to the backend, so no proxy is in the path at all.
+ */
 export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptables'): Contender {
   return {
     name: `edgemesh-${dataplane}`,
-    unavailable: async () => undefined,
+    async unavailable() {
+      if (dataplane !== 'ebpf') return undefined;
+      return hostCgroup2Root() ? undefined : 'no cgroup v2 mounted on the host (needed for --intercept ebpf)';
+    },
     async start({ topo, backend, workDir }) {
       const dir = path.join(workDir, `edgemesh-${dataplane}-${metricsPort}`);
       mkdirSync(path.join(dir, 'manifests'), { recursive: true });
       writeFileSync(path.join(dir, 'manifests', 'bench.yaml'), benchManifests(topo.backendIP, backend));
       const listen = `127.0.0.1:${metricsPort++}`;
       let status: AgentStatusDoc = {};
+      const extraArgs: string[] = [];
+      let clientPrefix: string[] | undefined;
+      let removeCgroup = () => {};
+      if (dataplane === 'ebpf') {
+        // A child cgroup of our own (relative in the config: inside `ip netns exec` the agent
+        // finds or mounts the same cgroup2 hierarchy elsewhere) and our own pin folder.
+        const name = `emb${process.pid % 100000}e${ebpfCounter++}`;
+        const cgroup = path.join(hostCgroup2Root()!, name);
+        mkdirSync(cgroup, { recursive: true });
+        const unregister = onCleanup(() => rmdirSync(cgroup));
+        removeCgroup = () => unregister();
+        const config = path.join(dir, 'agent.yaml');
+        writeFileSync(
+          config,
+          `modules:\n  edgeProxy:\n    ebpfCgroup: ${name}\n    ebpfPinDir: /sys/fs/bpf/${name}\n`,
+        );
+        extraArgs.push('--config', config);
+        // Join the cgroup on the host side first: `ip netns exec` mounts a fresh /sys without it.
+        clientPrefix = [
+          'sh',
+          '-c',
+          `echo $$ > ${cgroup}/cgroup.procs && exec ip netns exec ${topo.nodeNs} "$@"`,
+          'sh',
+        ];
+      }
       const argv = [
         process.execPath,
         path.join(repoRoot, 'src/cli/bin.js'),
         'agent',
+        ...extraArgs,
         '--manifests',
         path.join(dir, 'manifests'),
         '--dataplane',
@@ -331,46 +375,59 @@ export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptab
         '--log-level',
         'warn',
       ];
-      const d = await daemon(topo.nodeNs, argv, async () => {
-        const deadline = Date.now() + 20_000;
-        for (;;) {
-          const r = await exec(['curl', '-sf', `http://${listen}/status`], {
-            ns: topo.nodeNs,
-            timeoutMs: 5_000,
-          });
-          if (r.code === 0) {
-            try {
-              status = JSON.parse(r.stdout) as AgentStatusDoc;
-            } catch {
-              status = {};
+      let d: Awaited<ReturnType<typeof daemon>>;
+      try {
+        d = await daemon(topo.nodeNs, argv, async () => {
+          const deadline = Date.now() + 20_000;
+          for (;;) {
+            const r = await exec(['curl', '-sf', `http://${listen}/status`], {
+              ns: topo.nodeNs,
+              timeoutMs: 5_000,
+            });
+            if (r.code === 0) {
+              try {
+                status = JSON.parse(r.stdout) as AgentStatusDoc;
+              } catch {
+                status = {};
+              }
+              const svc = status.services?.find((s) => s.key === 'default/bench');
+              if (svc?.ports.every((p) => p.endpoints.length > 0)) break;
             }
-            const svc = status.services?.find((s) => s.key === 'default/bench');
-            if (svc?.ports.every((p) => p.endpoints.length > 0)) break;
+            if (Date.now() > deadline) {
+              throw new Error(
+                `edgemesh agent did not serve default/bench within 20 s (last /status: ${r.stdout.slice(0, 300)})`,
+              );
+            }
+            await delay(100);
           }
-          if (Date.now() > deadline) {
-            throw new Error(
-              `edgemesh agent did not serve default/bench within 20 s (last /status: ${r.stdout.slice(0, 300)})`,
-            );
-          }
-          await delay(100);
-        }
-        // /status can list the endpoints before the interception rules are in place: wait until
-        // both ports really answer through the ClusterIP (an early iperf3 got EHOSTUNREACH).
-        await probeVip(topo.nodeNs, backend);
-      });
-      const mode = status.dataplane?.mode;
-      if (dataplane !== 'ebpf' && mode !== dataplane) {
-        await d.stop();
-        throw new Error(
-          `asked for --dataplane ${dataplane} but the agent reports data plane '${mode ?? 'none'}'${status.dataplane?.reason ? ` (${status.dataplane.reason})` : ''}`,
-        );
+          const wrong =
+            dataplane === 'ebpf'
+              ? status.intercept?.mode !== 'ebpf' &&
+                `interception '${status.intercept?.mode ?? 'none'}'${status.intercept?.reason ? ` (${status.intercept.reason})` : ''}`
+              : status.dataplane?.mode !== dataplane &&
+                `data plane '${status.dataplane?.mode ?? 'none'}'${status.dataplane?.reason ? ` (${status.dataplane.reason})` : ''}`;
+          if (wrong) throw new Error(`asked for ${dataplane} but the agent reports ${wrong}`);
+          // /status can list the endpoints before the interception rules are in place: wait until
+          // both ports really answer through the ClusterIP (an early iperf3 got EHOSTUNREACH).
+          await probeVip(clientPrefix ?? topo.nodeNs, backend);
+        });
+      } catch (err) {
+        removeCgroup();
+        throw err;
       }
       return {
         bulk: { host: BENCH_VIP, port: backend.bulk },
         echo: { host: BENCH_VIP, port: backend.echo },
         pid: d.pid,
-        path: `${mode ?? dataplane} data plane, ${status.intercept?.mode ?? intercept} interception`,
-        stop: d.stop,
+        path:
+          dataplane === 'ebpf'
+            ? 'cgroup/connect4 socket-LB: connects go straight to the backend, no proxy'
+            : `${status.dataplane?.mode ?? dataplane} data plane, ${status.intercept?.mode ?? intercept} interception`,
+        clientPrefix,
+        stop: async () => {
+          await d.stop();
+          removeCgroup();
+        },
       };
     },
   };
@@ -378,5 +435,5 @@ export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptab
 
 /** Every contender, in report column order. */
 export function allContenders(): Contender[] {
-  return [direct, edgemesh('native'), edgemesh('ts'), haproxy, nginx, socat];
+  return [direct, edgemesh('ebpf'), edgemesh('native'), edgemesh('ts'), haproxy, nginx, socat];
 }

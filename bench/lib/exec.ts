@@ -10,13 +10,20 @@ export interface ExecResult {
   stderr: string;
 }
 
-/** `ip netns exec NS` prefix for a command (empty when ns is undefined). */
-export function inNs(ns: string | undefined, argv: string[]): string[] {
-  return ns ? ['ip', 'netns', 'exec', ns, ...argv] : argv;
+/**
+ * Where a command runs: a network namespace name (`ip netns exec NS`), or a full argv prefix (e.g.
+ * one that first joins a cgroup, then the namespace), or undefined for here.
+ */
+export type Where = string | readonly string[] | undefined;
+
+/** argv wrapped so it runs at `where`. */
+export function inNs(where: Where, argv: string[]): string[] {
+  if (Array.isArray(where)) return [...where, ...argv];
+  return where ? ['ip', 'netns', 'exec', where as string, ...argv] : argv;
 }
 
 /** Runs argv to completion (killed after timeoutMs); never rejects on a non-zero exit. */
-export function exec(argv: string[], options: { ns?: string; timeoutMs?: number } = {}): Promise<ExecResult> {
+export function exec(argv: string[], options: { ns?: Where; timeoutMs?: number } = {}): Promise<ExecResult> {
   const full = inNs(options.ns, argv);
   return new Promise((resolve) => {
     // A client still running when the user hits Ctrl-C is killed with everything else.
@@ -42,7 +49,7 @@ export function exec(argv: string[], options: { ns?: string; timeoutMs?: number 
 /** Runs argv and throws (with its stderr) unless it exits 0. */
 export async function execOk(
   argv: string[],
-  options: { ns?: string; timeoutMs?: number } = {},
+  options: { ns?: Where; timeoutMs?: number } = {},
 ): Promise<string> {
   const r = await exec(argv, options);
   if (r.code !== 0) {

@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exec, execOk } from './exec.ts';
+import { exec, execOk, type Where } from './exec.ts';
 
 const source = path.join(path.dirname(fileURLToPath(import.meta.url)), 'loadgen.c');
 
@@ -52,20 +52,20 @@ export interface ConcurrentResult {
   p99: number;
 }
 
-async function runJson<T>(ns: string, argv: string[], timeoutMs: number): Promise<T> {
+async function runJson<T>(ns: Where, argv: string[], timeoutMs: number): Promise<T> {
   const r = await exec([await loadgenBinary(), ...argv], { ns, timeoutMs });
   if (r.code !== 0) throw new Error(`loadgen ${argv.join(' ')} exited ${r.code}: ${r.stderr.trim()}`);
   return JSON.parse(r.stdout) as T;
 }
 
 /** COUNT round trips of SIZE bytes over one connection. */
-export function rr(ns: string, host: string, port: number, size: number, count: number): Promise<RrResult> {
+export function rr(ns: Where, host: string, port: number, size: number, count: number): Promise<RrResult> {
   return runJson(ns, ['rr', host, String(port), String(size), String(count)], 60_000);
 }
 
 /** New connections per second for `seconds` with `threads` parallel clients. */
 export function connRate(
-  ns: string,
+  ns: Where,
   host: string,
   port: number,
   seconds: number,
@@ -80,7 +80,7 @@ export function connRate(
 
 /** Opens `conns` connections, then keeps one SIZE-byte request in flight on each for `seconds`. */
 export function concurrent(
-  ns: string,
+  ns: Where,
   host: string,
   port: number,
   conns: number,
