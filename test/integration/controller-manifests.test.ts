@@ -152,6 +152,43 @@ describe('manifests source', () => {
     expect([...t.services.keys()]).toEqual(['demo/web']);
   });
 
+  it('retries a consumer that failed; ready only once every consumer applied the snapshot', async () => {
+    const dir = tmpDir();
+    writeFileSync(path.join(dir, 'web.yaml'), webYaml('10.0.0.1'));
+    const config = { ...defaultConfig(), manifests: [dir] };
+    const registry = new Registry();
+    const controller = new Controller({
+      config,
+      log: pino({ level: 'silent' }),
+      registry,
+      minSyncIntervalMs: 10,
+      retryIntervalMs: 50,
+    });
+    cleanups.push(() => controller.stop());
+    const order: string[] = [];
+    let failures = 1;
+    controller.subscribe({
+      name: 'flaky',
+      apply: async (table, diff) => {
+        order.push(`flaky:${table.generation}:${diff.added.join(',')}`);
+        if (failures-- > 0) throw new Error('not yet');
+      },
+    });
+    controller.subscribe({
+      name: 'second',
+      apply: async (table) => {
+        order.push(`second:${table.generation}`);
+      },
+    });
+    await controller.start();
+    await controller.whenSynced();
+    expect(controller.ready()).toBe(true);
+    // The failed consumer gets the same table again with the full diff; the other one got it once.
+    expect(order).toEqual(['flaky:1:demo/web', 'second:1', 'flaky:1:demo/web']);
+    const errors = (await registry.getSingleMetric('edgemesh_consumer_apply_errors_total')?.get())?.values[0];
+    expect(errors).toMatchObject({ value: 1, labels: { consumer: 'flaky' } });
+  });
+
   it('runs in the real agent process: /status lists the services, /readyz after the first snapshot', async () => {
     const dir = tmpDir();
     writeFileSync(path.join(dir, 'web.yaml'), webYaml('10.0.0.1'));
