@@ -153,6 +153,9 @@ export class HttpProxy {
     // Never listens: accepted sockets are handed in (handle()), node:http parses and answers
     // pipelined requests in order.
     this.server = http.createServer({ keepAliveTimeout: this.opts.keepAliveTimeoutMs });
+    // A client that sends its request and then half-closes (`printf ... | nc`, some HTTP/1.0
+    // clients) still gets its answer; by default node:http would abort the request on FIN.
+    (this.server as unknown as { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
     this.server.on('request', (req, res) => this.onRequest(req, res));
     this.server.on('upgrade', (req, socket, head) => this.onUpgrade(req, socket as net.Socket, head));
     this.server.on('clientError', (err, socket) => this.onClientError(err, socket as net.Socket));
