@@ -53,6 +53,17 @@ export function targetKey(t: InterceptTarget): string {
   return `${t.clusterIP}|${t.port}|${t.protocol}|${t.toPort}|${t.id}`;
 }
 
+/** Targets by targetKey (interceptors keep the last applied map to diff the next sync against). */
+export type KeyedTargets = ReadonlyMap<string, InterceptTarget>;
+/** A target list, or one already keyed. */
+export type TargetsInput = readonly InterceptTarget[] | KeyedTargets;
+
+/** Keys a target list by targetKey (a map is returned as is). */
+export function keyTargets(targets: TargetsInput): KeyedTargets {
+  if (!Array.isArray(targets)) return targets as KeyedTargets;
+  return new Map((targets as readonly InterceptTarget[]).map((t) => [targetKey(t), t]));
+}
+
 /** The catch-all rule specs for the service CIDR (one per L4 protocol). */
 export function catchAllSpecs(opts: RuleOptions): string[] {
   if (!opts.catchAll) return [];
@@ -145,13 +156,10 @@ export function renderFull(targets: readonly InterceptTarget[], opts: RuleOption
  * Only what changed between two target sets (`-D` the old rule, `-I EDGEMESH 1` the new), so a
  * one-service change costs one small transaction; undefined when nothing changed.
  */
-export function renderDelta(
-  previous: readonly InterceptTarget[],
-  next: readonly InterceptTarget[],
-): string | undefined {
+export function renderDelta(previous: TargetsInput, next: TargetsInput): string | undefined {
   // Cheap identity keys first; the full rule text is built only for the few that changed.
-  const before = new Map(previous.map((t) => [targetKey(t), t]));
-  const after = new Map(next.map((t) => [targetKey(t), t]));
+  const before = keyTargets(previous);
+  const after = keyTargets(next);
   const deletes: string[] = [];
   const inserts: string[] = [];
   for (const [k, t] of before) if (!after.has(k)) deletes.push(`-D ${CHAIN} ${targetRuleSpec(t)}`);

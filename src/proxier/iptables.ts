@@ -4,6 +4,8 @@ import type { Logger } from '../util/log.ts';
 import type { Interceptor, InterceptTarget } from './interceptor.ts';
 import {
   inSync,
+  type KeyedTargets,
+  keyTargets,
   parseSave,
   type RuleOptions,
   renderCleanup,
@@ -28,6 +30,8 @@ export class IptablesInterceptor implements Interceptor {
   readonly name = 'interceptor';
   readonly mode = 'iptables' as const;
   private applied: InterceptTarget[] | undefined;
+  /** `applied` keyed, kept so a one-service change diffs against it without re-keying. */
+  private appliedKeys: KeyedTargets = new Map();
   private fullNext = true;
   /** Whether the binaries are the nf_tables-backed ones (known after the first check). */
   private nfTables: boolean | undefined;
@@ -62,8 +66,11 @@ export class IptablesInterceptor implements Interceptor {
         const saved = await this.save();
         await this.restore(renderFull(next, this.options, saved));
         this.fullNext = false;
+        this.appliedKeys = keyTargets(next);
       } else {
-        const delta = renderDelta(this.applied, next);
+        const nextKeys = keyTargets(next);
+        const delta = renderDelta(this.appliedKeys, nextKeys);
+        this.appliedKeys = nextKeys;
         if (delta) await this.restore(delta);
       }
       this.applied = next;

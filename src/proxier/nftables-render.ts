@@ -3,7 +3,7 @@
 // whose value is the local port to redirect to. Golden unit tests drive every function here.
 import type { InterceptTarget } from './interceptor.ts';
 import type { RuleOptions } from './iptables-render.ts';
-import { sortTargets, targetKey } from './iptables-render.ts';
+import { keyTargets, sortTargets, type TargetsInput } from './iptables-render.ts';
 
 /** Our table (DESIGN.md §3); nothing outside it is ever touched. */
 export const TABLE = 'edgemesh';
@@ -76,12 +76,9 @@ export function renderFull(targets: readonly InterceptTarget[], opts: RuleOption
 }
 
 /** Only the map elements that changed, as one `nft -f` transaction; undefined when nothing did. */
-export function renderDelta(
-  previous: readonly InterceptTarget[],
-  next: readonly InterceptTarget[],
-): string | undefined {
-  const before = new Map(previous.map((t) => [targetKey(t), t]));
-  const after = new Map(next.map((t) => [targetKey(t), t]));
+export function renderDelta(previous: TargetsInput, next: TargetsInput): string | undefined {
+  const before = keyTargets(previous);
+  const after = keyTargets(next);
   // Only the (few) changed lines are sorted: sorting all keys would cost more than nft itself.
   const deletes: string[] = [];
   const adds: string[] = [];

@@ -2,7 +2,7 @@
 // replaced atomically with one `nft -f` per sync.
 import type { Logger } from '../util/log.ts';
 import type { Interceptor, InterceptTarget } from './interceptor.ts';
-import type { RuleOptions } from './iptables-render.ts';
+import { type KeyedTargets, keyTargets, type RuleOptions } from './iptables-render.ts';
 import { expectedShape, renderCleanup, renderDelta, renderFull, TABLE } from './nftables-render.ts';
 import { type CommandPrefix, mustRun, runCommand } from './run-command.ts';
 
@@ -25,6 +25,8 @@ export class NftablesInterceptor implements Interceptor {
   readonly name = 'interceptor';
   readonly mode = 'nftables' as const;
   private applied: InterceptTarget[] | undefined;
+  /** `applied` keyed, kept so a one-service change diffs against it without re-keying. */
+  private appliedKeys: KeyedTargets = new Map();
   private fullNext = true;
 
   constructor(private readonly options: NftablesInterceptorOptions) {}
@@ -46,8 +48,11 @@ export class NftablesInterceptor implements Interceptor {
       if (this.fullNext || !this.applied) {
         await this.nft(renderFull(next, this.options));
         this.fullNext = false;
+        this.appliedKeys = keyTargets(next);
       } else {
-        const delta = renderDelta(this.applied, next);
+        const nextKeys = keyTargets(next);
+        const delta = renderDelta(this.appliedKeys, nextKeys);
+        this.appliedKeys = nextKeys;
         if (delta) await this.nft(delta);
       }
       this.applied = next;
