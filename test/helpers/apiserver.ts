@@ -76,6 +76,7 @@ export interface SeenRequest {
   method: string;
   path: string;
   query: URLSearchParams;
+  headers: http.IncomingHttpHeaders;
 }
 
 /** The fixture; start() it, point the client at `url`, mutate with upsert()/remove(). */
@@ -267,7 +268,12 @@ export class FakeApiServer {
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     const url = new URL(req.url ?? '/', 'http://x');
-    this.requests.push({ method: req.method ?? 'GET', path: url.pathname, query: url.searchParams });
+    this.requests.push({
+      method: req.method ?? 'GET',
+      path: url.pathname,
+      query: url.searchParams,
+      headers: req.headers,
+    });
     // /api/v1[/namespaces/NS]/PLURAL or /apis/GROUP/VERSION[/namespaces/NS]/PLURAL
     const m =
       /^\/api\/(v1)(?:\/namespaces\/([^/]+))?\/([a-z]+)$/.exec(url.pathname) ??

@@ -212,6 +212,38 @@ describe('Kubernetes source against the apiserver fixture', () => {
     ).toBe(true);
   });
 
+  it('uses a kubeconfig file: its server and bearer token reach lists and watches', async () => {
+    const api = await fixture();
+    api.upsert('services', svc('a', '10.96.0.1'));
+    const dir = tmpDir();
+    const kubeconfig = path.join(dir, 'kubeconfig');
+    writeFileSync(
+      kubeconfig,
+      `apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: { server: "${api.url}", insecure-skip-tls-verify: true }
+users:
+- name: u
+  user: { token: secret-token }
+contexts:
+- name: ctx
+  context: { cluster: c, user: u }
+current-context: ctx
+`,
+    );
+    const { controller } = makeController({ url: '' }, dir, {
+      kubeAPIConfig: { ...defaultConfig().kubeAPIConfig, kubeConfig: kubeconfig },
+    });
+    await controller.start();
+    await controller.whenSynced();
+    expect(controller.current().services.has('ns1/a')).toBe(true);
+    const svcRequests = api.requests.filter((r) => r.path === '/api/v1/services');
+    expect(svcRequests.some((r) => r.query.get('watch') === 'true')).toBe(true);
+    expect(svcRequests.every((r) => r.headers.authorization === 'Bearer secret-token')).toBe(true);
+  });
+
   it('treats absent Istio CRDs as empty and falls back to Endpoints without EndpointSlices', async () => {
     const api = await fixture({ absentGroups: ['networking.istio.io', 'discovery.k8s.io'] });
     api.upsert('services', svc('web', '10.96.0.10'));
@@ -280,6 +312,18 @@ describe('Kubernetes source against the apiserver fixture', () => {
     const deadline = Date.now() + 8_000;
     while (resumed() < 3) {
       if (Date.now() > deadline) throw new Error(`only ${resumed()} resumed watches`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // A write to another resource moves the global resourceVersion; the services watch learns it
+    // only from a bookmark, and resumes from there.
+    const bumped = api.upsert('pods', { metadata: { name: 'p', namespace: 'ns1' } }).metadata.resourceVersion;
+    while (
+      !api.requests.some(
+        (r) =>
+          r.path === '/api/v1/services' && r.query.get('watch') && r.query.get('resourceVersion') === bumped,
+      )
+    ) {
+      if (Date.now() > deadline) throw new Error('no watch resumed from a bookmark resourceVersion');
       await new Promise((r) => setTimeout(r, 50));
     }
     api.upsert('services', svc('b', '10.96.0.2'));
