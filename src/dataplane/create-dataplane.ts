@@ -4,6 +4,7 @@ import type { Logger } from '../util/log.ts';
 import type { Dataplane } from './dataplane.ts';
 import { NATIVE_PROXY_MARK, NativeDataplane } from './native/native-dataplane.ts';
 import { probeNativeDataplane } from './native/probe.ts';
+import { SplitDataplane } from './native/split-dataplane.ts';
 import { TsDataplane } from './ts/ts-dataplane.ts';
 
 export interface DataplaneChoice {
@@ -51,7 +52,12 @@ export async function createDataplane(options: CreateDataplaneOptions): Promise<
       idleTimeoutMs: proxy.idleTimeoutMs,
       mark: NATIVE_PROXY_MARK,
     });
-    return { dataplane, reason: `--dataplane ${mode}: native addon loaded and probes passed` };
+    // Ports whose policy needs the request (header/cookie/query hashing) go to the TS plane,
+    // started only when such a port exists.
+    return {
+      dataplane: new SplitDataplane(dataplane, createTsDataplane(options)),
+      reason: `--dataplane ${mode}: native addon loaded and probes passed`,
+    };
   }
   // ----------------------------------------------------------------------------------------------
   return {

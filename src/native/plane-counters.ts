@@ -13,7 +13,7 @@ export const PLANE_COUNTER_NAMES = [
   'original_dst_errors',
   'connect_refused',
   'connect_timeouts',
-  'connect_errors',
+  'connect_other_errors',
   'upstream_failed',
   'resets',
   'accept_errors',

@@ -222,6 +222,14 @@ export class NativeDataplane implements Dataplane {
     PLANE_COUNTER_NAMES.forEach((name, i) => {
       out[name] = values[i] ?? 0;
     });
+    // The TS plane's names too, so `edgemesh status` and the shared suite read either plane alike.
+    out.connections_total = out.accepted ?? 0;
+    out.connections_active = out.active ?? 0;
+    out.bytes_from_clients = out.bytes_up ?? 0;
+    out.bytes_to_clients = out.bytes_down ?? 0;
+    out.connect_errors =
+      (out.connect_refused ?? 0) + (out.connect_timeouts ?? 0) + (out.connect_other_errors ?? 0);
+    out.idle_timeouts = out.idle_closed ?? 0;
     return out;
   }
 

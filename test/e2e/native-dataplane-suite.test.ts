@@ -1,0 +1,90 @@
+// Runs the shared data-plane suite against the native plane (L4) split with the TS plane (ports
+// whose protocol handler needs L7), in-process and without NAT: the adapter moves each ClusterIP
+// a.b.c.d to 127.b.c.d on the plane's port, so a client connecting there reaches the plane with
+// the socket's own address as the "original destination" — the same lookup REDIRECT feeds via
+// SO_ORIGINAL_DST (the netns e2e in native-dataplane.test.ts covers real REDIRECT).
+import net from 'node:net';
+import type { ServiceTable, ServiceTableDiff } from '../../src/controller/types.ts';
+import type { Dataplane } from '../../src/dataplane/dataplane.ts';
+import { NativeDataplane } from '../../src/dataplane/native/native-dataplane.ts';
+import { SplitDataplane } from '../../src/dataplane/native/split-dataplane.ts';
+import { TsDataplane } from '../../src/dataplane/ts/ts-dataplane.ts';
+import type { InterceptTarget } from '../../src/proxier/interceptor.ts';
+import { silentLogger } from '../../src/util/log.ts';
+import { dataplaneSuite } from './dataplane-suite.ts';
+
+const loopbackOf = (ip: string) => `127.${ip.split('.').slice(1).join('.')}`;
+
+/** Serves ClusterIP:port at 127.x.y.z:<plane port> (one port per service, as the suite uses). */
+class LoopbackVips implements Dataplane {
+  readonly name = 'dataplane';
+  readonly mode = 'native' as const;
+  constructor(readonly plane: NativeDataplane) {}
+  start() {
+    return this.plane.start();
+  }
+  stop() {
+    return this.plane.stop();
+  }
+  counters() {
+    return this.plane.counters();
+  }
+  async apply(table: ServiceTable, diff: ServiceTableDiff): Promise<readonly InterceptTarget[]> {
+    const original = new Map<string, { ip: string; port: number }>();
+    const services = new Map(
+      [...table.services].map(([key, svc]) => {
+        const ip = svc.clusterIPs[0]!;
+        original.set(loopbackOf(ip), { ip, port: svc.ports[0]!.port });
+        return [
+          key,
+          {
+            ...svc,
+            clusterIPs: [loopbackOf(ip)],
+            ports: svc.ports.map((p) => ({ ...p, port: this.plane.port })),
+          },
+        ];
+      }),
+    );
+    const targets = await this.plane.apply({ ...table, services }, diff);
+    return targets.map((t) => ({
+      ...t,
+      clusterIP: original.get(t.clusterIP)!.ip,
+      port: original.get(t.clusterIP)!.port,
+    }));
+  }
+}
+
+let nativePort = 0;
+dataplaneSuite('native (L4) + ts (L7 handlers)', {
+  make: (o) => {
+    const plane = new NativeDataplane({
+      log: silentLogger,
+      proxyPort: 0,
+      listenHost: '0.0.0.0',
+      workers: 2,
+      connectTimeoutMs: o.connectTimeoutMs,
+      idleTimeoutMs: o.idleTimeoutMs,
+      mark: 0,
+      drainTimeoutMs: 500,
+    });
+    const l4 = new LoopbackVips(plane);
+    const startL4 = l4.start.bind(l4);
+    l4.start = async () => {
+      await startL4();
+      nativePort = plane.port;
+    };
+    const l7 = new TsDataplane({
+      log: silentLogger,
+      workers: 1,
+      portRange: '39300-39399',
+      listenHost: '127.0.0.1',
+      nodeName: 'suite-node',
+      ...o,
+    });
+    return new SplitDataplane(l4, l7, (_svc, port) => port.appProtocol === 'http');
+  },
+  connect: (t) =>
+    t.toPort === nativePort
+      ? net.connect({ host: loopbackOf(t.clusterIP), port: nativePort, allowHalfOpen: true })
+      : net.connect({ host: '127.0.0.1', port: t.toPort, allowHalfOpen: true }),
+});
