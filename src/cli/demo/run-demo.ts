@@ -93,6 +93,8 @@ class Demo {
   private readonly servers: WorkloadServer[] = [];
   private agent?: ChildProcess;
   private metricsListen = '127.0.0.1:10551';
+  /** Loopback variant only: a free proxy port, so a real agent on this host does not collide. */
+  private proxyPort?: number;
   private aborted = false;
   private resolveExit: () => void = () => {};
   /** Resolves if the agent process exits on its own. */
@@ -125,6 +127,26 @@ class Demo {
     if (this.aborted) throw new Error('interrupted');
   }
 
+  /** The agent's warning and error messages so far (pino JSON lines, level >= 40), at most 8. */
+  private agentWarnings(): string[] {
+    let text = '';
+    try {
+      text = fs.readFileSync(this.agentLog, 'utf8');
+    } catch {
+      return [];
+    }
+    const out: string[] = [];
+    for (const line of text.split('\n')) {
+      try {
+        const rec = JSON.parse(line) as { level?: number; msg?: string; reason?: string };
+        if ((rec.level ?? 0) >= 40 && rec.msg) out.push(rec.reason ? `${rec.msg} (${rec.reason})` : rec.msg);
+      } catch {
+        // Not a log record (e.g. a native library's own output).
+      }
+    }
+    return out.slice(0, 8);
+  }
+
   async start(): Promise<void> {
     const { out } = this.opts;
     const topo = this.topology;
@@ -141,6 +163,7 @@ class Demo {
     } else {
       for (const p of pods) this.servers.push(await startWorkload(p.kind, p.name, p.ip, p.port));
       this.metricsListen = `127.0.0.1:${await freePortOr(10551)}`;
+      this.proxyPort = await freePortOr(40001);
     }
     const podsDir = path.join(this.tmp, 'pods');
     fs.mkdirSync(podsDir);
@@ -226,7 +249,7 @@ class Demo {
     ];
     if (this.topology) {
       if (this.opts.intercept) args.push('--intercept', this.opts.intercept);
-    } else args.push('--intercept', 'none', '--no-dns');
+    } else args.push('--intercept', 'none', '--no-dns', '--proxy-port', String(this.proxyPort));
     if (this.opts.dataplane) args.push('--dataplane', this.opts.dataplane);
     const log = fs.openSync(this.agentLog, 'a');
     const argv = this.topology
@@ -291,7 +314,10 @@ class Demo {
         'Not root: the pods are built-in servers on loopback addresses and the agent runs with\n' +
           '--intercept none, so ClusterIP traffic is NOT intercepted (run as root for the full demo).\n',
       );
-    out(`agent log: ${this.agentLog}\n\npods:\n`);
+    out(`agent log: ${this.agentLog}\n`);
+    const warnings = this.agentWarnings();
+    if (warnings.length > 0) out(`agent warnings:\n${warnings.map((w) => `  ${w}\n`).join('')}`);
+    out('\npods:\n');
     for (const p of pods) out(`  ${p.name.padEnd(20)} ${p.ip}:${p.port}  (${p.kind})\n`);
     if (status) {
       out(`\nservices and path in use (edgemesh status):\n`);
