@@ -125,6 +125,26 @@ function rebuildSamples(count: number, iterations: number): number[] {
   return samples;
 }
 
+/** Full snapshot build (every Service rebuilt) from a filled store, no I/O. */
+function fullBuildSamples(count: number, iterations: number): number[] {
+  const store = new ObjectStore();
+  for (let i = 0; i < count; i++) {
+    store.upsert({ ...service(i), kind: 'Service', apiVersion: 'v1' } as KubeObject);
+    store.upsert({ ...slice(i), kind: 'EndpointSlice', apiVersion: 'discovery.k8s.io/v1' } as KubeObject);
+  }
+  store.takeChanges();
+  const samples: number[] = [];
+  for (let n = 0; n < iterations; n++) {
+    const t0 = performance.now();
+    const table = buildTable(EMPTY_TABLE, store, { dirty: new Set(), istioDirty: false }, true, {
+      noProxyLabel: 'noproxy',
+    });
+    samples.push(performance.now() - t0);
+    if (table?.services.size !== count) throw new Error('bench: full build lost services');
+  }
+  return samples;
+}
+
 /** The controller benchmark suite. */
 export const run: BenchModule = async ({ quick, progress }) => {
   const count = 10_000;
@@ -152,6 +172,20 @@ export const run: BenchModule = async ({ quick, progress }) => {
     `controller: one-service rebuild among ${count}: median ${sortedRebuild[sortedRebuild.length >> 1].toFixed(3)} ms`,
   );
   const base = { suite: 'controller', contender: 'edgemesh', unit: 'ms', higherIsBetter: false };
+  const fullBuilds: BenchRecord[] = [];
+  for (const n of [100, 1_000, 10_000]) {
+    const samples = fullBuildSamples(n, quick ? 3 : 10);
+    progress(
+      `controller: full snapshot build for ${n} services: ${Math.min(...samples).toFixed(1)} ms (best)`,
+    );
+    fullBuilds.push({
+      ...base,
+      case: `${n}-services`,
+      metric: 'full-build',
+      samples,
+      extra: { path: 'buildTable, every Service rebuilt (no I/O)' },
+    });
+  }
   const records: BenchRecord[] = [
     {
       ...base,
@@ -171,6 +205,7 @@ export const run: BenchModule = async ({ quick, progress }) => {
       samples: rebuild,
       extra: { path: 'ObjectStore + buildTable (no I/O)', goalMs: 5 },
     },
+    ...fullBuilds,
   ];
   return records;
 };
