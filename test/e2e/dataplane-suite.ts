@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Endpoint, ServiceEntry, ServiceTable, ServiceTableDiff } from '../../src/controller/types.ts';
 import type { Dataplane } from '../../src/dataplane/dataplane.ts';
 import type { InterceptTarget } from '../../src/proxier/interceptor.ts';
+import { stalledListener } from '../helpers/stalled-listener.ts';
 
 /** How one implementation plugs into the suite. */
 export interface DataplaneSuiteImpl {
@@ -155,6 +156,29 @@ export function dataplaneSuite(label: string, impl: DataplaneSuiteImpl): void {
         expect((await roundTrip(impl.connect(t), '')).toString()).toBe('good\n');
       }
       expect(dp.counters().connect_errors).toBeGreaterThan(0);
+    });
+
+    it('gives up on an endpoint that does not answer within connectTimeoutMs and uses another', async () => {
+      const stalled = await stalledListener();
+      try {
+        const good = await named('after-timeout');
+        const targets = await dp.apply(
+          ...tables.next([
+            testService('slow', '10.96.1.7', 80, [
+              { ip: '127.0.0.1', port: stalled.port },
+              { ip: '127.0.0.1', port: good },
+            ]),
+          ]),
+        );
+        const before = dp.counters().connect_timeouts ?? 0;
+        const t = targetOf(targets, '10.96.1.7');
+        for (let i = 0; i < 2; i++) {
+          expect((await roundTrip(impl.connect(t), '')).toString()).toBe('after-timeout\n');
+        }
+        expect(dp.counters().connect_timeouts).toBeGreaterThan(before);
+      } finally {
+        stalled.close();
+      }
     });
 
     it('follows endpoint changes and drops removed services', async () => {
