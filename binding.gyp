@@ -43,7 +43,8 @@
             "native/bpf/lb.h",
             "native/bpf/sock_connect4.bpf.c",
             "native/bpf/sockops.bpf.c",
-            "native/bpf/sockopt.bpf.c"
+            "native/bpf/sockopt.bpf.c",
+            "native/bpf/sk_msg.bpf.c"
           ],
           "outputs": ["<(PRODUCT_DIR)/bpf/.stamp"],
           "action": ["sh", "native/bpf/build.sh", "<(PRODUCT_DIR)/bpf"]

@@ -39,6 +39,8 @@
 #define EM_STAT_BYPASS 3         /* connect() by the agent itself: left untouched */
 #define EM_STAT_PEERNAME 4       /* getpeername() answered with the service address */
 #define EM_STAT_ORIGINAL_DST 5   /* getsockopt(SO_ORIGINAL_DST) answered from the maps */
+#define EM_STAT_SOCKMAP 6        /* socket added to the sk_msg sockhash (local<->local shortcut) */
+#define EM_STAT_MSG_REDIRECT 7   /* sendmsg() moved straight onto the peer socket by sk_msg */
 #define EM_STAT_COUNT 8
 
 /* Key of edgemesh_svc_v1: one service address. */
@@ -96,7 +98,18 @@ struct em_config {
 	__u32 agent_tgid;  /* connect() from this process is never rewritten (0 = none) */
 	__u32 bypass_mark; /* sockets with this SO_MARK are never rewritten (0 = none) */
 	__u32 bypass_gid;  /* processes running with this gid are never rewritten (0 = none) */
-	__u32 pad;         /* zero */
+	__u32 flags;       /* EM_CFG_* */
+};
+
+/* em_config.flags */
+#define EM_CFG_SOCKMAP 1 /* put socket-LB connections between local sockets into edgemesh_sh_v1 */
+
+/* Key of edgemesh_sh_v1 and edgemesh_lbt_v1: one end of a TCP connection, as that socket sees it. */
+struct em_sock_key {
+	__u32 local_ip4;   /* network byte order */
+	__u32 remote_ip4;  /* network byte order */
+	__u16 local_port;  /* host byte order */
+	__u16 remote_port; /* host byte order */
 };
 
 #ifdef __bpf__
@@ -159,6 +172,24 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } edgemesh_st_v1 SEC(".maps");
+/* Sockets of local<->local socket-LB connections: sk_msg moves bytes socket to socket. Readers of
+ * these sockets must use read/recvmsg: splice() does not see redirected data. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, struct em_sock_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} edgemesh_sh_v1 SEC(".maps");
+
+/* Client ends of socket-LB connections, so the accepting side knows its peer was balanced by us. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct em_sock_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} edgemesh_lbt_v1 SEC(".maps");
 #endif /* __bpf__ */
 
 #endif /* EDGEMESH_BPF_MAPS_H */

@@ -1,11 +1,20 @@
-// sockops: when a socket that connect4 sent to the proxy starts its handshake, record its local
+// sockops: (1) when a socket that connect4 sent to the proxy starts its handshake, record its local
 // address:port (what the proxy will see as the peer of its accepted socket) -> the original service
 // address, so cgroup/getsockopt can answer SO_ORIGINAL_DST without iptables or conntrack.
+// (2) with EM_CFG_SOCKMAP, put both ends of a socket-LB connection between local sockets into the
+// sockhash that sk_msg.bpf.c redirects through.
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
 #include "maps.h"
+
+static __always_inline void em_count(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&edgemesh_st_v1, &stat);
+	if (v)
+		*v += 1;
+}
 
 static __always_inline int em_record_proxied(struct bpf_sock_ops *skops)
 {
@@ -21,14 +30,96 @@ static __always_inline int em_record_proxied(struct bpf_sock_ops *skops)
 	return (int)bpf_map_update_elem(&edgemesh_tup_v1, &key, &dst, BPF_ANY);
 }
 
+/* True for an AF_INET6 socket whose both addresses are IPv4-mapped (::ffff:a.b.c.d): dual-stack
+ * servers (iperf3, many runtimes) accept IPv4 clients on such sockets. */
+static __always_inline int em_is_v4_mapped(struct bpf_sock_ops *skops)
+{
+	return skops->family == 10 /* AF_INET6 */ && skops->local_ip6[0] == 0 && skops->local_ip6[1] == 0 &&
+	       skops->local_ip6[2] == bpf_htonl(0xffff) && skops->remote_ip6[0] == 0 &&
+	       skops->remote_ip6[1] == 0 && skops->remote_ip6[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline struct em_sock_key em_own_key(struct bpf_sock_ops *skops)
+{
+	int mapped = skops->family != 2;
+	__u32 l4 = skops->local_ip4, r4 = skops->remote_ip4, l6 = skops->local_ip6[3], r6 = skops->remote_ip6[3];
+	/* Force every load: otherwise clang selects between two ctx offsets and loads through the
+	 * result, which the verifier rejects ("dereference of modified ctx ptr"). */
+	asm volatile("" : "+r"(l4), "+r"(r4), "+r"(l6), "+r"(r6));
+	struct em_sock_key key = {
+		.local_ip4 = mapped ? l6 : l4,
+		.remote_ip4 = mapped ? r6 : r4,
+		.local_port = (__u16)skops->local_port,
+		/* remote_port is the network-order port in the upper 16 bits of a u32 */
+		.remote_port = (__u16)bpf_ntohl(skops->remote_port),
+	};
+	return key;
+}
+
+static __always_inline int em_sockmap_enabled(void)
+{
+	__u32 zero = 0;
+	struct em_config *cfg = bpf_map_lookup_elem(&edgemesh_cfg_v1, &zero);
+	return cfg && (cfg->flags & EM_CFG_SOCKMAP);
+}
+
+/* Client end: only connections connect4 balanced (not proxied ones: the proxy may splice). */
+static __always_inline int em_add_active(struct bpf_sock_ops *skops)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	struct em_orig *orig = bpf_map_lookup_elem(&edgemesh_ck_v1, &cookie);
+	if (!orig || (orig->flags & EM_ORIG_PROXIED))
+		return -2;
+	struct em_sock_key key = em_own_key(skops);
+	__u32 one = 1;
+	bpf_map_update_elem(&edgemesh_lbt_v1, &key, &one, BPF_ANY);
+	long err = bpf_sock_hash_update(skops, &edgemesh_sh_v1, &key, BPF_NOEXIST);
+	if (err == 0)
+		em_count(EM_STAT_SOCKMAP);
+	return (int)err;
+}
+
+/* Server end: only when its peer is a balanced client end recorded above (so both are local). */
+static __always_inline int em_add_passive(struct bpf_sock_ops *skops)
+{
+	struct em_sock_key key = em_own_key(skops);
+	struct em_sock_key peer = {
+		.local_ip4 = key.remote_ip4,
+		.remote_ip4 = key.local_ip4,
+		.local_port = key.remote_port,
+		.remote_port = key.local_port,
+	};
+	if (!bpf_map_lookup_elem(&edgemesh_lbt_v1, &peer))
+		return -2;
+	long err = bpf_sock_hash_update(skops, &edgemesh_sh_v1, &key, BPF_NOEXIST);
+	if (err == 0)
+		em_count(EM_STAT_SOCKMAP);
+	return (int)err;
+}
+
 /* Named differently from its section: libbpf rejects a program named like its section ("sockops"). */
 SEC("sockops")
 int edgemesh_sockops(struct bpf_sock_ops *skops)
 {
-	/* TCP_CONNECT_CB runs after the local port is chosen and before the SYN leaves, so the entry
-	 * exists before the proxy can accept the connection. */
-	if (skops->op == BPF_SOCK_OPS_TCP_CONNECT_CB && skops->family == 2 /* AF_INET */)
+	if (skops->family != 2 /* AF_INET */ && !em_is_v4_mapped(skops))
+		return 1;
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		if (skops->family != 2)
+			break;
+		/* Runs after the local port is chosen and before the SYN leaves, so the entry exists
+		 * before the proxy can accept the connection. */
 		em_record_proxied(skops);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		if (em_sockmap_enabled())
+			em_add_active(skops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		if (em_sockmap_enabled())
+			em_add_passive(skops);
+		break;
+	}
 	return 1;
 }
 

@@ -224,7 +224,7 @@ int main(void) {
   for (unsigned rr = 0; rr < 6; rr++) printf("%d ", em_pick_slot(EM_POLICY_ROUND_ROBIN, 3, rr, 0, 0));
   printf("| %d %d ", em_pick_slot(EM_POLICY_RANDOM, 4, 0, 4000000001u, 0), em_pick_slot(EM_POLICY_ROUND_ROBIN, 0, 1, 1, 1));
   printf("| %d %d", em_pick_slot(EM_POLICY_SOURCE, 5, 0, 0, 42), em_pick_slot(EM_POLICY_SOURCE, 5, 9, 9, 42));
-  struct em_config cfg = { .agent_tgid = 10, .bypass_mark = 0x100, .bypass_gid = 0, .pad = 0 };
+  struct em_config cfg = { .agent_tgid = 10, .bypass_mark = 0x100, .bypass_gid = 0, .flags = 0 };
   printf(" | %d %d %d\\n", em_is_bypassed(&cfg, 10, 0, 0), em_is_bypassed(&cfg, 11, 0, 0x1ff), em_is_bypassed(&cfg, 11, 0, 0x10));
   return 0;
 }

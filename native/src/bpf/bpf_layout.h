@@ -40,3 +40,9 @@ static_assert(sizeof(struct em_config) == 16, "em_config size");
 static_assert(offsetof(struct em_config, agent_tgid) == 0, "em_config.agent_tgid");
 static_assert(offsetof(struct em_config, bypass_mark) == 4, "em_config.bypass_mark");
 static_assert(offsetof(struct em_config, bypass_gid) == 8, "em_config.bypass_gid");
+static_assert(offsetof(struct em_config, flags) == 12, "em_config.flags");
+
+static_assert(sizeof(struct em_sock_key) == 12, "em_sock_key size");
+static_assert(offsetof(struct em_sock_key, remote_ip4) == 4, "em_sock_key.remote_ip4");
+static_assert(offsetof(struct em_sock_key, local_port) == 8, "em_sock_key.local_port");
+static_assert(offsetof(struct em_sock_key, remote_port) == 10, "em_sock_key.remote_port");

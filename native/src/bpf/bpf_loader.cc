@@ -131,8 +131,18 @@ OpenResult Open(const std::vector<std::string>& objects, const std::string& pin_
   libbpf_set_print(CollectLog);
   auto impl = std::make_unique<Loaded::Impl>();
   impl->pin_dir = pin_dir;
+  bool created_dir = false;
   auto fail = [&](const char* syscall, int err) {
+    if (created_dir) {
+      // Nothing of ours was there before: leave nothing behind (a failed probe must not litter).
+      for (const auto& pin : impl->link_pins) unlink(pin.c_str());
+      for (auto* obj : impl->objects) {
+        bpf_map* map;
+        bpf_object__for_each_map(map, obj) { bpf_map__unpin(map, nullptr); }
+      }
+    }
     impl->Release();
+    if (created_dir) rmdir(pin_dir.c_str());
     t_log = nullptr;
     r.error = SyscallError{syscall, err};
     r.detail = log;
@@ -145,7 +155,10 @@ OpenResult Open(const std::vector<std::string>& objects, const std::string& pin_
     mkdir(root.c_str(), 0700);
     if (mount("bpf", root.c_str(), "bpf", 0, nullptr) != 0) return fail("mount(bpffs)", errno);
   }
-  if (mkdir(pin_dir.c_str(), 0700) != 0 && errno != EEXIST) return fail("mkdir(pin dir)", errno);
+  if (mkdir(pin_dir.c_str(), 0700) == 0)
+    created_dir = true;
+  else if (errno != EEXIST)
+    return fail("mkdir(pin dir)", errno);
 
   impl->cgroup_fd = open(cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (impl->cgroup_fd < 0) return fail("open(cgroup)", errno);
@@ -174,6 +187,18 @@ OpenResult Open(const std::vector<std::string>& objects, const std::string& pin_
           unlink(pin.c_str());
           link_fd = -1;
           errno = e;
+        }
+      }
+      if (link_fd < 0 && bpf_program__type(prog) == BPF_PROG_TYPE_SK_MSG) {
+        // sk_msg attaches to the sockhash, not to the cgroup (a bpf_link since kernel 6.10).
+        bpf_map* sockhash = bpf_object__find_map_by_name(obj, "edgemesh_sh_v1");
+        if (sockhash == nullptr) return fail("bpf_object__find_map_by_name(edgemesh_sh_v1)", ENOENT);
+        link_fd = bpf_link_create(bpf_program__fd(prog), bpf_map__fd(sockhash), BPF_SK_MSG_VERDICT, nullptr);
+        if (link_fd < 0) return fail("bpf_link_create(sk_msg)", errno);
+        if (bpf_obj_pin(link_fd, pin.c_str()) != 0) {
+          int e = errno;
+          close(link_fd);
+          return fail("bpf_obj_pin(link)", e);
         }
       }
       if (link_fd < 0) {

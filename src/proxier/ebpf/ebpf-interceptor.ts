@@ -12,6 +12,7 @@ import type { Logger } from '../../util/log.ts';
 import type { Interceptor, InterceptTarget } from '../interceptor.ts';
 import {
   Action,
+  ConfigFlag,
   decodeSvcValue,
   encodeAddr4,
   encodeBackendKey,
@@ -42,6 +43,11 @@ export interface EbpfInterceptorOptions {
   bypassGid?: number;
   /** Sockets with this SO_MARK are never redirected. */
   bypassMark?: number;
+  /**
+   * sk_msg socket-to-socket forwarding for socket-LB connections between local sockets. Opt-in:
+   * applications that splice() such sockets would see no data.
+   */
+  sockmap?: boolean;
   registry?: Registry;
 }
 
@@ -106,6 +112,7 @@ export class EbpfInterceptor implements Interceptor {
         agentTgid: process.pid,
         bypassMark: this.opts.bypassMark ?? 0,
         bypassGid: this.opts.bypassGid ?? 0,
+        flags: this.opts.sockmap ? ConfigFlag.sockmap : 0,
       }),
     );
     this.adoptPinnedState();

@@ -20,7 +20,7 @@ export const Layout = {
   svcValue: { size: 16, svcId: 0, count: 4, action: 6, policy: 7, proxyIp4: 8, proxyPort: 12, pad: 14 },
   backendKey: { size: 8, svcId: 0, slot: 4 },
   addr4: { size: 8, ip4: 0, port: 4, pad: 6 },
-  config: { size: 16, agentTgid: 0, bypassMark: 4, bypassGid: 8, pad: 12 },
+  config: { size: 16, agentTgid: 0, bypassMark: 4, bypassGid: 8, flags: 12 },
 } as const;
 
 /** EM_ACTION_* */
@@ -37,7 +37,11 @@ export const STAT_NAMES = [
   'bypass',
   'peername',
   'originalDst',
+  'sockmapAdd',
+  'msgRedirect',
 ] as const;
+/** EM_CFG_* bits of em_config.flags. */
+export const ConfigFlag = { sockmap: 1 } as const;
 export const STAT_SLOTS = 8;
 
 export type ActionValue = (typeof Action)[keyof typeof Action];
@@ -123,8 +127,14 @@ export function encodeU32(v: number): Buffer {
 }
 
 /** struct em_config. */
-export function encodeConfig(c: { agentTgid: number; bypassMark: number; bypassGid: number }): Buffer {
+export function encodeConfig(c: {
+  agentTgid: number;
+  bypassMark: number;
+  bypassGid: number;
+  flags?: number;
+}): Buffer {
   const b = Buffer.alloc(Layout.config.size);
+  b.writeUInt32LE(c.flags ?? 0, Layout.config.flags);
   b.writeUInt32LE(c.agentTgid, Layout.config.agentTgid);
   b.writeUInt32LE(c.bypassMark, Layout.config.bypassMark);
   b.writeUInt32LE(c.bypassGid, Layout.config.bypassGid);
