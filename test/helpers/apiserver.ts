@@ -93,6 +93,8 @@ export class FakeApiServer {
   private port = 0;
   readonly absentGroups: Set<string>;
   readonly requests: SeenRequest[] = [];
+  /** When set, the next request with a continue token gets 410 Expired (then it resets). */
+  expireNextContinue = false;
 
   constructor(private readonly options: FakeApiServerOptions = {}) {
     this.absentGroups = new Set(options.absentGroups ?? []);
@@ -314,7 +316,8 @@ export class FakeApiServer {
     if (cont) {
       const token = JSON.parse(Buffer.from(cont, 'base64url').toString()) as { rv: number; offset: number };
       // A continue token older than the compacted history has expired, as in etcd.
-      if (token.rv < this.oldestRv) {
+      if (token.rv < this.oldestRv || this.expireNextContinue) {
+        this.expireNextContinue = false;
         this.status(res, 410, 'Expired', 'continue token expired');
         return;
       }

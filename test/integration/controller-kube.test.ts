@@ -244,6 +244,19 @@ current-context: ctx
     expect(svcRequests.every((r) => r.headers.authorization === 'Bearer secret-token')).toBe(true);
   });
 
+  it('relists after an expired continue token (410 mid-list) without declaring an outage', async () => {
+    const api = await fixture();
+    for (let i = 0; i < 5; i++) api.upsert('services', svc(`s${i}`, `10.96.0.${i + 1}`));
+    api.expireNextContinue = true;
+    const { controller, lines } = makeController(api, tmpDir(), {}, { pageSize: 2 });
+    await controller.start();
+    await controller.whenSynced();
+    expect(controller.current().services.size).toBe(5);
+    const pages = api.requests.filter((r) => r.path === '/api/v1/services' && r.query.has('continue'));
+    expect(pages.length).toBeGreaterThanOrEqual(3); // one expired, then two good pages
+    expect(lines.some((l) => l.includes('Kubernetes API unreachable'))).toBe(false);
+  });
+
   it('treats absent Istio CRDs as empty and falls back to Endpoints without EndpointSlices', async () => {
     const api = await fixture({ absentGroups: ['networking.istio.io', 'discovery.k8s.io'] });
     api.upsert('services', svc('web', '10.96.0.10'));

@@ -397,7 +397,11 @@ export class KubeSource implements Source {
       rs.timer.unref();
       return;
     }
-    if (!this.down) {
+    if (status === 410) {
+      // An expired continue token mid-list: relist (the informer's resourceVersion is already
+      // cleared); the server is fine, so this is no outage.
+      this.log.debug({ resource }, 'list expired (410); relisting');
+    } else if (!this.down) {
       // Logged once per outage; the reconnect counter shows the retries.
       this.down = true;
       this.downSince = Date.now();
@@ -407,7 +411,7 @@ export class KubeSource implements Source {
       );
       this.sink?.unavailable(err);
     } else this.log.debug({ resource, err: errorMessage(err) }, 'list-watch failed again');
-    this.metrics.sourceUp.set({ source: this.name }, 0);
+    if (status !== 410) this.metrics.sourceUp.set({ source: this.name }, 0);
     this.metrics.sourceReconnects.inc({ source: this.name, resource });
     const ceiling = Math.min(this.opts.backoffMaxMs, this.opts.backoffBaseMs * 2 ** rs.failures);
     rs.failures = Math.min(rs.failures + 1, 30);
