@@ -47,6 +47,7 @@ export function defaultConfig(): EdgemeshConfig {
         iptablesBackend: 'auto',
         ebpfCgroup: '',
         ebpfPinDir: '/sys/fs/bpf/edgemesh',
+        ebpfSockmap: false,
       },
       edgeGateway: {
         enable: false,

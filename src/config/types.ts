@@ -75,6 +75,8 @@ export interface EdgemeshConfig {
       ebpfCgroup: string;
       /** `--intercept ebpf`: bpffs folder of the pinned maps and links (removed on a clean stop). */
       ebpfPinDir: string;
+      /** `--intercept ebpf`: sk_msg socket-to-socket forwarding for local socket-LB connections (opt-in). */
+      ebpfSockmap: boolean;
     };
     edgeGateway: {
       enable: boolean;

@@ -61,6 +61,7 @@ export async function createProxier(options: {
       nodeName: config.nodeName,
       cgroup: proxy.ebpfCgroup,
       pinDir: proxy.ebpfPinDir,
+      sockmap: proxy.ebpfSockmap,
       localEndpointsOnly: config.modules.edgeTunnel.enable,
       registry: options.registry,
     },

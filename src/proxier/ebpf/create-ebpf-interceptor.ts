@@ -16,6 +16,8 @@ export interface EbpfChoiceOptions {
   /** Configured cgroup ('' = unified root; relative = below it; absolute = as is). */
   cgroup: string;
   pinDir?: string;
+  /** sk_msg socket-to-socket forwarding for local socket-LB connections (opt-in). */
+  sockmap?: boolean;
   bypassGid?: number;
   /** True when endpoints on other nodes may be in other LANs (the tunnel is enabled). */
   localEndpointsOnly: boolean;
@@ -40,6 +42,7 @@ export async function createEbpfInterceptor(
     localEndpointsOnly: opts.localEndpointsOnly,
     bypassGid: opts.bypassGid,
     registry: opts.registry,
+    sockmap: opts.sockmap,
   });
   return {
     interceptor,
