@@ -3,6 +3,12 @@
 import type { ServiceTable } from '../controller/types.ts';
 import type { Service } from '../util/lifecycle.ts';
 
+/**
+ * SO_MARK the native data plane sets on its upstream sockets (besides the bypass gid): interceptors
+ * may RETURN packets carrying it (`-m mark --mark 0x4567 -j RETURN`, `meta mark 0x4567 return`, eBPF bypassMark).
+ */
+export const PROXY_MARK = 0x4567;
+
 /** One ClusterIP:port to catch and the local port on this node its connections must reach. */
 export interface InterceptTarget {
   /** `namespace/name:portName` (for rule comments and logs). */

@@ -14,13 +14,13 @@ import {
   SERVICE_COUNTER_NAMES,
   type ServiceCounterName,
 } from '../../native/index.ts';
-import type { InterceptTarget } from '../../proxier/interceptor.ts';
+import { type InterceptTarget, PROXY_MARK } from '../../proxier/interceptor.ts';
 import type { Logger } from '../../util/log.ts';
 import type { Dataplane } from '../dataplane.ts';
 import { encodeRoutes, type NativeRoute, routeTargets, ServiceSlots, tableRoutes } from './route-encoder.ts';
 
-/** SO_MARK the native plane puts on its upstream sockets; interceptors RETURN packets with it. */
-export const NATIVE_PROXY_MARK = 0x4567;
+/** SO_MARK the native plane puts on its upstream sockets (PROXY_MARK, shared with the interceptors). */
+export const NATIVE_PROXY_MARK = PROXY_MARK;
 
 /** How bytes move between the two sockets of a connection. */
 export type ForwardMode = 'splice' | 'readwrite';
