@@ -11,6 +11,8 @@ import { silentLogger } from '../../../src/util/log.ts';
 import { dig, query, svc, table, udpExchange } from '../../helpers/dns.ts';
 
 const ITERATIONS = Number(process.env.EDGEMESH_FUZZ_ITERATIONS ?? 100_000);
+/** `npm run fuzz` takes minutes on 2 busy cores: scale the per-test timeout with the work. */
+const TIMEOUT_MS = Math.max(60_000, ITERATIONS / 5);
 const SEED = Number(process.env.EDGEMESH_FUZZ_SEED ?? Date.now() % 2 ** 31);
 
 /** xorshift32: fast, seedable, good enough to pick mutations. */
@@ -136,54 +138,62 @@ afterAll(async () => {
 });
 
 describe(`dns fuzz (seed ${SEED}, ${ITERATIONS} iterations)`, () => {
-  it('never throws on random and mutated queries; every reply is a well-formed response', async () => {
-    const r = rng(SEED);
-    let replies = 0;
-    let forwarded = 0;
-    const pending: Promise<unknown>[] = [];
-    const check = (msg: Buffer, reply: Buffer) => {
-      // Plain checks: expect() per iteration would dominate the run time.
-      if (reply.length < 12 || reply.readUInt16BE(0) !== msg.readUInt16BE(0) || (reply[2]! & 0x80) === 0) {
-        throw new Error(`bad reply ${reply.toString('hex')} to ${msg.toString('hex')}`);
-      }
-      // The reply must decode (dns-packet is an independent parser).
-      dnsPacket.decode(reply);
-      replies++;
-    };
-    for (let i = 0; i < ITERATIONS; i++) {
-      const msg =
-        r.int(4) === 0
-          ? Buffer.from(Array.from({ length: r.int(64) }, () => r.int(256)))
-          : mutate(r, seeds[r.int(seeds.length)]!);
-      const out = server.answer(msg, r.int(2) === 0 ? 'udp' : 'tcp');
-      if (Buffer.isBuffer(out)) check(msg, out);
-      else if (out) {
-        forwarded++;
-        // Forwarded names fail fast; bounded batches keep memory flat.
-        if (forwarded % 64 === 0) {
-          pending.push(out.then((o) => o && check(msg, o)));
-          if (pending.length >= 256) await Promise.all(pending.splice(0));
+  it(
+    'never throws on random and mutated queries; every reply is a well-formed response',
+    async () => {
+      const r = rng(SEED);
+      let replies = 0;
+      let forwarded = 0;
+      const pending: Promise<unknown>[] = [];
+      const check = (msg: Buffer, reply: Buffer) => {
+        // Plain checks: expect() per iteration would dominate the run time.
+        if (reply.length < 12 || reply.readUInt16BE(0) !== msg.readUInt16BE(0) || (reply[2]! & 0x80) === 0) {
+          throw new Error(`bad reply ${reply.toString('hex')} to ${msg.toString('hex')}`);
+        }
+        // The reply must decode (dns-packet is an independent parser).
+        dnsPacket.decode(reply);
+        replies++;
+      };
+      for (let i = 0; i < ITERATIONS; i++) {
+        const msg =
+          r.int(4) === 0
+            ? Buffer.from(Array.from({ length: r.int(64) }, () => r.int(256)))
+            : mutate(r, seeds[r.int(seeds.length)]!);
+        const out = server.answer(msg, r.int(2) === 0 ? 'udp' : 'tcp');
+        if (Buffer.isBuffer(out)) check(msg, out);
+        else if (out) {
+          forwarded++;
+          // Forwarded names fail fast; bounded batches keep memory flat.
+          if (forwarded % 64 === 0) {
+            pending.push(out.then((o) => o && check(msg, o)));
+            if (pending.length >= 256) await Promise.all(pending.splice(0));
+          }
         }
       }
-    }
-    await Promise.all(pending);
-    expect(replies).toBeGreaterThan(ITERATIONS / 10);
-  });
+      await Promise.all(pending);
+      expect(replies).toBeGreaterThan(ITERATIONS / 10);
+    },
+    TIMEOUT_MS,
+  );
 
-  it('the upstream-answer walker and cache never throw on mutated answers', () => {
-    const r = rng(SEED ^ 0x5a5a5a5a);
-    const cache = new AnswerCache({ maxEntries: 50, maxTtl: 3600, maxNegativeTtl: 600, staleWindow: 60 });
-    const q = query('a.example');
-    for (let i = 0; i < Math.max(1000, ITERATIONS / 4); i++) {
-      const msg = mutate(r, answerSeeds[r.int(answerSeeds.length)]!);
-      walkMessage(msg);
-      if (cache.put(`k${i % 64}`, msg)) {
-        const hit = cache.get(`k${i % 64}`);
-        if (hit) cache.render(hit.entry, q, Math.min(q.length, hit.entry.message.length), false);
+  it(
+    'the upstream-answer walker and cache never throw on mutated answers',
+    () => {
+      const r = rng(SEED ^ 0x5a5a5a5a);
+      const cache = new AnswerCache({ maxEntries: 50, maxTtl: 3600, maxNegativeTtl: 600, staleWindow: 60 });
+      const q = query('a.example');
+      for (let i = 0; i < Math.max(1000, ITERATIONS / 4); i++) {
+        const msg = mutate(r, answerSeeds[r.int(answerSeeds.length)]!);
+        walkMessage(msg);
+        if (cache.put(`k${i % 64}`, msg)) {
+          const hit = cache.get(`k${i % 64}`);
+          if (hit) cache.render(hit.entry, q, Math.min(q.length, hit.entry.message.length), false);
+        }
       }
-    }
-    expect(cache.size).toBeLessThanOrEqual(50);
-  });
+      expect(cache.size).toBeLessThanOrEqual(50);
+    },
+    TIMEOUT_MS,
+  );
 
   it('keeps answering real clients while garbage arrives on its socket', async () => {
     const r = rng(SEED ^ 0x1234);
