@@ -15,9 +15,10 @@
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
-
-#include "bpf/bpf_layout.h"
 #endif
+
+// Layout static_asserts run in every build, with or without libbpf.
+#include "bpf/bpf_layout.h"
 
 namespace edgemesh::bpf {
 

@@ -137,6 +137,7 @@ Napi::Value MapDeleteFn(const Napi::CallbackInfo& info) {
   Loaded* loaded = HandleArg(info, kUsage);
   MapInfo m = MapArg(info, loaded, kUsage);
   auto keys = BufferArg(info, 2, m.key_size, kUsage);
+  (void)keys;  // unused without libbpf
   size_t deleted = 0;
 #ifdef EDGEMESH_HAVE_LIBBPF
   for (size_t i = 0; i < keys.Length() / m.key_size; i++) {
@@ -173,6 +174,7 @@ Napi::Value MapKeysFn(const Napi::CallbackInfo& info) {
   static constexpr const char* kUsage = "bpfMapKeys(handle: number, map: string)";
   Loaded* loaded = HandleArg(info, kUsage);
   MapInfo m = MapArg(info, loaded, kUsage);
+  (void)m;  // unused without libbpf
   std::vector<uint8_t> out;
 #ifdef EDGEMESH_HAVE_LIBBPF
   std::vector<uint8_t> cur(m.key_size), next(m.key_size);
