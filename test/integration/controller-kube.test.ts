@@ -257,8 +257,8 @@ current-context: ctx
     expect(lines.some((l) => l.includes('Kubernetes API unreachable'))).toBe(false);
   });
 
-  it('treats absent Istio CRDs as empty and falls back to Endpoints without EndpointSlices', async () => {
-    const api = await fixture({ absentGroups: ['networking.istio.io', 'discovery.k8s.io'] });
+  it('treats absent Istio CRDs and Pods as empty and falls back to Endpoints without EndpointSlices', async () => {
+    const api = await fixture({ absentGroups: ['networking.istio.io', 'discovery.k8s.io', '/pods'] });
     api.upsert('services', svc('web', '10.96.0.10'));
     api.upsert('endpoints', {
       metadata: { name: 'web', namespace: 'ns1' },

@@ -63,7 +63,8 @@ export function kubeResources(config: EdgemeshConfig): ResourceDef[] {
       versions: [['/apis/discovery.k8s.io/v1/endpointslices', 'discovery.k8s.io/v1']],
       optional: false,
     },
-    { name: 'pods', kind: 'Pod', versions: [['/api/v1/pods', 'v1']], optional: false },
+    // Pods only feed endpoints of Services that have no EndpointSlices/Endpoints: optional.
+    { name: 'pods', kind: 'Pod', versions: [['/api/v1/pods', 'v1']], optional: true },
     istio('destinationrules', 'DestinationRule'),
     istio('gateways', 'Gateway'),
     istio('virtualservices', 'VirtualService'),
@@ -380,7 +381,7 @@ export class KubeSource implements Source {
       this.launch(rs);
       return;
     }
-    if (status === 404 && rs.def.name === 'endpointslices') {
+    if ((status === 404 || status === 403) && rs.def.name === 'endpointslices') {
       this.log.info('no EndpointSlice API on this server; using Endpoints');
       rs.def = endpointsDef;
       rs.versionIndex = 0;
