@@ -123,6 +123,7 @@ class Worker {
   std::vector<std::pair<int, int>> pipes_;
   std::vector<char*> buffers_;
   int64_t last_idle_scan_ms_ = 0;
+  int64_t accept_paused_until_ms_ = 0;  // listener out of the epoll set until then (EMFILE ...)
   static constexpr size_t kPoolMax = 128;
 };
 
@@ -145,6 +146,13 @@ std::optional<SyscallError> Worker::Run() {
   c_.Add(kWorkersRunning);
   for (;;) {
     const int64_t now = MonotonicMs();
+    if (accept_paused_until_ms_ != 0 && now >= accept_paused_until_ms_ && listener_ >= 0) {
+      accept_paused_until_ms_ = 0;
+      epoll_event lev{};
+      lev.events = EPOLLIN;
+      lev.data.ptr = &listen_tag_;
+      epoll_ctl(ep_, EPOLL_CTL_ADD, listener_, &lev);
+    }
     if (draining_ && conns_ == 0) break;
     if (draining_ && now >= plane_.stop_deadline_ms()) {
       // Drain deadline: whatever is still open is reset.
@@ -221,6 +229,7 @@ int Worker::NextTimeout(int64_t now) const {
   };
   for (Conn* c : connecting_) consider(c->deadline_ms);
   if (draining_) consider(plane_.stop_deadline_ms());
+  if (accept_paused_until_ms_ != 0) consider(accept_paused_until_ms_);
   if (plane_.options.idle_timeout_ms > 0) consider(now + 1000);
   // An idle worker gives its pooled pipes and buffers back after a second (fds return to baseline).
   if (conns_ == 0 && (!pipes_.empty() || !buffers_.empty())) consider(now + 1000);
@@ -234,7 +243,14 @@ void Worker::AcceptAll() {
     int fd = accept4(listener_, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno != EAGAIN) c_.Add(kAcceptErrors);
+      if (errno == EAGAIN) return;
+      c_.Add(kAcceptErrors);
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // Out of fds or memory: the level-triggered listener would wake us in a tight loop. Stop
+        // watching it for a moment; closing connections free fds meanwhile.
+        epoll_ctl(ep_, EPOLL_CTL_DEL, listener_, nullptr);
+        accept_paused_until_ms_ = MonotonicMs() + 100;
+      }
       return;
     }
     c_.Add(kAccepted);
@@ -568,7 +584,8 @@ void Worker::BeginDrain() {
   epoll_ctl(ep_, EPOLL_CTL_DEL, plane_.stop_fd(), nullptr);
   if (listener_ >= 0) {
     AcceptAll();  // connections already in the backlog were promised service
-    epoll_ctl(ep_, EPOLL_CTL_DEL, listener_, nullptr);
+    if (accept_paused_until_ms_ == 0) epoll_ctl(ep_, EPOLL_CTL_DEL, listener_, nullptr);
+    accept_paused_until_ms_ = 0;
     close(listener_);
     listener_ = -1;
   }
