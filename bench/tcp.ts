@@ -22,6 +22,7 @@ import { fmt, percentile } from './lib/stats.ts';
 import { createTopology, type Topology, type TopologyKind, topologyKinds } from './lib/topology.ts';
 
 const BACKEND: BackendPorts = { bulk: 5201, echo: 7000 };
+const MAX_START_FAILURES = 2;
 
 /** Workload sizes for one mode. */
 interface Plan {
@@ -260,7 +261,9 @@ export const run: BenchModule = async (options: BenchOptions) => {
     if (why) note(`tcp: ${c.name} skipped: ${why}`);
     else contenders.push(c);
   }
-  const disabled = new Set<string>();
+  // A contender that fails to start misses that turn only (a loaded machine or an addon being
+  // rebuilt can make one start fail); after MAX_START_FAILURES it is dropped for the run.
+  const startFailures = new Map<string, number>();
   const workDir = mkdtempSync(path.join(os.tmpdir(), 'edgemesh-bench-'));
   const unregisterWork = onCleanup(() => rmSync(workDir, { recursive: true, force: true }));
   const totalVisits = cases.length * plan.rounds * contenders.length;
@@ -289,14 +292,16 @@ export const run: BenchModule = async (options: BenchOptions) => {
           for (const c of order) {
             visits++;
             const head = `[${visits}/${totalVisits}] tcp ${kind} round ${round + 1}/${plan.rounds} ${c.name}`;
-            if (disabled.has(c.name)) continue;
+            const failures = startFailures.get(c.name) ?? 0;
+            if (failures >= MAX_START_FAILURES) continue;
             let running: RunningContender;
             try {
               running = await c.start(ctx);
             } catch (err) {
-              disabled.add(c.name);
+              startFailures.set(c.name, failures + 1);
+              const last = failures + 1 >= MAX_START_FAILURES;
               note(
-                `tcp: ${c.name} skipped for the rest of the run: it did not start: ${err instanceof Error ? err.message : String(err)}`,
+                `tcp ${kind} round ${round + 1}: ${c.name} did not start${last ? ' (again: skipped for the rest of the run)' : ' (this turn skipped)'}: ${err instanceof Error ? err.message : String(err)}`,
               );
               continue;
             }

@@ -378,7 +378,8 @@ export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptab
       let d: Awaited<ReturnType<typeof daemon>>;
       try {
         d = await daemon(topo.nodeNs, argv, async () => {
-          const deadline = Date.now() + 20_000;
+          // Generous: on a loaded 2-core machine the agent's start (tsx, first snapshot) takes seconds.
+          const deadline = Date.now() + 45_000;
           for (;;) {
             const r = await exec(['curl', '-sf', `http://${listen}/status`], {
               ns: topo.nodeNs,
@@ -395,7 +396,7 @@ export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptab
             }
             if (Date.now() > deadline) {
               throw new Error(
-                `edgemesh agent did not serve default/bench within 20 s (last /status: ${r.stdout.slice(0, 300)})`,
+                `edgemesh agent did not serve default/bench within 45 s (last /status: ${r.stdout.slice(0, 300)})`,
               );
             }
             await delay(100);

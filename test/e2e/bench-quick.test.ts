@@ -103,7 +103,7 @@ describe.skipIf(skip)('edgemesh bench --quick', () => {
     expect(doc.records.some((x) => x.suite === 'micro' && x.metric === 'ops')).toBe(true);
     // The edgemesh contender either produced numbers or was skipped with a note saying why.
     const native = doc.records.some((x) => x.contender === 'edgemesh-native');
-    if (!native) expect(doc.notes.join('\n')).toMatch(/edgemesh-native skipped/);
+    if (!native) expect(doc.notes.join('\n')).toMatch(/edgemesh-native did not start/);
 
     const md = readFileSync(path.join(outDir, `${stem}.md`), 'utf8');
     expect(md).toMatch(/\*\*tcp-bulk\*\*[^\n]*\n\n\| case \| metric \| direct \|/);
