@@ -46,6 +46,7 @@ export class UpstreamList {
   private timer: NodeJS.Timeout | undefined;
   private polling = false;
   private fileIdentity = '';
+  private first = true;
 
   constructor(private readonly options: UpstreamListOptions) {}
 
@@ -98,8 +99,16 @@ export class UpstreamList {
         'dns: cannot read resolv.conf; names outside the cluster will get SERVFAIL',
       );
     }
-    const next = parseResolvConf(text).filter((s) => !this.isSelf(s));
+    const parsed = parseResolvConf(text);
+    const next = parsed.filter((s) => !this.isSelf(s));
     const changed = next.map(fmt).join(',') !== this.list.map(fmt).join(',');
+    if (next.length === 0 && (changed || this.first) && text !== '') {
+      this.options.log.warn(
+        { file: this.options.resolvConf, skipped: parsed.map(fmt) },
+        'dns: no usable upstream in resolv.conf (only our own address, or none); names outside the cluster will get SERVFAIL; set modules.edgeDNS.upstreams',
+      );
+    }
+    this.first = false;
     this.list = next;
     if (changed) {
       this.options.log.info({ file: this.options.resolvConf, upstreams: next.map(fmt) }, 'dns: upstreams');
