@@ -130,3 +130,27 @@ describe('BoundedFrequencyRunner', () => {
     expect(runs).toEqual([0]);
   });
 });
+
+describe('TokenBucket (kubeAPIConfig.qps / burst)', () => {
+  it('lets a burst through, then paces requests at qps, in arrival order', async () => {
+    const { TokenBucket } = await import('../../src/controller/sources/token-bucket.ts');
+    let t = 0;
+    const slept: number[] = [];
+    const clock = {
+      now: () => t,
+      sleep: async (ms: number) => {
+        slept.push(Math.round(ms));
+        t += ms;
+      },
+    };
+    const bucket = new TokenBucket(10, 3, clock);
+    const order: number[] = [];
+    await Promise.all([0, 1, 2, 3, 4].map((i) => bucket.take().then(() => order.push(i))));
+    expect(order).toEqual([0, 1, 2, 3, 4]);
+    expect(slept).toEqual([100, 100]); // 3 at once, then one per 100 ms at 10 qps
+    expect(Math.round(t)).toBe(200);
+    const off = new TokenBucket(0, 0, clock);
+    await Promise.all(Array.from({ length: 100 }, () => off.take()));
+    expect(slept).toHaveLength(2);
+  });
+});

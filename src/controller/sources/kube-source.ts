@@ -13,6 +13,7 @@ import type { ControllerMetrics } from '../controller-metrics.ts';
 import { rec, str } from '../raw.ts';
 import type { Source, SourceSink } from '../source.ts';
 import type { KubeObject } from '../types.ts';
+import { TokenBucket } from './token-bucket.ts';
 
 /** Tuning of the Kubernetes source (tests shorten the backoff). */
 export interface KubeSourceOptions {
@@ -133,6 +134,7 @@ class TunedWatch extends Watch {
     private readonly timeoutSeconds: number,
     private readonly idleGraceMs: number,
     private readonly onOpen: (isOpen: () => boolean) => void,
+    private readonly limiter: TokenBucket,
   ) {
     super(kc);
   }
@@ -143,6 +145,7 @@ class TunedWatch extends Watch {
     callback: (phase: string, apiObj: unknown, watchObj?: unknown) => void,
     done: (err: unknown) => void,
   ): Promise<AbortController> {
+    await this.limiter.take();
     let finished = false;
     let idle: NodeJS.Timeout | undefined;
     let controller: AbortController | undefined;
@@ -211,6 +214,7 @@ export class KubeSource implements Source {
   private downSince = 0;
   private reportedSynced = false;
   private readonly opts: Required<KubeSourceOptions>;
+  private readonly limiter: TokenBucket;
 
   constructor(
     private readonly config: EdgemeshConfig,
@@ -227,6 +231,7 @@ export class KubeSource implements Source {
       watchTimeoutSeconds: options.watchTimeoutSeconds ?? 300,
       watchIdleGraceMs: options.watchIdleGraceMs ?? 60_000,
     };
+    this.limiter = new TokenBucket(config.kubeAPIConfig.qps, config.kubeAPIConfig.burst);
   }
 
   async start(sink: SourceSink): Promise<void> {
@@ -267,13 +272,19 @@ export class KubeSource implements Source {
       obj.apiVersion ??= apiVersion;
       return obj;
     };
-    const watch = new TunedWatch(kc, this.opts.watchTimeoutSeconds, this.opts.watchIdleGraceMs, (isOpen) => {
-      // A watch that opens while the server is going down is not a recovery: count it once it held.
-      const check = setTimeout(() => {
-        if (isOpen() && !this.stopped) this.succeeded(rs);
-      }, STABLE_WATCH_MS);
-      check.unref();
-    });
+    const watch = new TunedWatch(
+      kc,
+      this.opts.watchTimeoutSeconds,
+      this.opts.watchIdleGraceMs,
+      (isOpen) => {
+        // A watch that opens while the server is going down is not a recovery: count it once it held.
+        const check = setTimeout(() => {
+          if (isOpen() && !this.stopped) this.succeeded(rs);
+        }, STABLE_WATCH_MS);
+        check.unref();
+      },
+      this.limiter,
+    );
     const list = async () => {
       const result = await this.listAll(path);
       this.succeeded(rs);
@@ -301,6 +312,7 @@ export class KubeSource implements Source {
     do {
       const q = new URLSearchParams({ limit: String(this.opts.pageSize) });
       if (cont) q.set('continue', cont);
+      await this.limiter.take();
       const body = rec(await this.getJson(`${path}?${q}`));
       const list = Array.isArray(body?.items) ? (body.items as KubeObject[]) : [];
       for (const item of list) items.push(item);
