@@ -352,4 +352,34 @@ describe('TS data plane workers use these handlers', () => {
     expect(res.status).toBe(503);
     expect(await res.text()).toContain('default/empty:443');
   });
+
+  it('a UDP service port gets a UDP listener whose flows echo through an endpoint', async () => {
+    const echo = dgram.createSocket('udp4');
+    echo.on('message', (m, r) => echo.send(Buffer.concat([Buffer.from('echo:'), m]), r.port, r.address));
+    await new Promise<void>((resolve) => echo.bind(0, '127.0.0.32', () => resolve()));
+    closers.push(() => new Promise<void>((resolve) => echo.close(() => resolve())));
+    const { svc } = service([ep('127.0.0.32', echo.address().port)], 'udp', undefined, 'UDP');
+    const udpSvc: ServiceEntry = { ...svc, clusterIPs: ['10.96.0.33'] };
+    const targets = await dp!.apply(
+      {
+        generation: 2,
+        services: new Map([[udpSvc.key, udpSvc]]),
+        gateways: new Map(),
+        virtualServices: new Map(),
+        destinationRules: new Map(),
+        secrets: new Map(),
+      },
+      { added: [udpSvc.key], updated: [], removed: [], istioChanged: false },
+    );
+    const t = targets.find((x) => x.clusterIP === '10.96.0.33')!;
+    expect(t.protocol).toBe('UDP');
+    const c = dgram.createSocket('udp4');
+    closers.push(() => {
+      c.close();
+    });
+    await new Promise<void>((resolve) => c.bind(0, '127.0.0.1', () => resolve()));
+    const reply = new Promise<string>((resolve) => c.once('message', (m) => resolve(m.toString())));
+    c.send('ping', t.toPort, '127.0.0.1');
+    expect(await reply).toBe('echo:ping');
+  });
 });

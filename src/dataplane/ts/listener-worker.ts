@@ -3,13 +3,17 @@
 // worker only forwards. The piscina task runs until the main thread says stop.
 import net from 'node:net';
 import { createBalancer, type ServiceBalancer } from '../../lb/index.ts';
+import { UdpProxy } from '../../protocols/udp-proxy.ts';
 import { CounterRow } from './counters.ts';
 import { forwardTcp } from './forward-tcp.ts';
 import { handlerFor, loadHandlerModules } from './handlers.ts';
 import type { FromWorker, ListenerRoute, ToWorker, WorkerTask } from './messages.ts';
 
 interface Listener {
-  server: net.Server;
+  /** TCP ports: the listening server. */
+  server?: net.Server;
+  /** UDP ports: per-client flows (src/protocols/udp-proxy.ts). */
+  udp?: UdpProxy;
   route: ListenerRoute;
   balancer: ServiceBalancer;
   sockets: Set<net.Socket>;
@@ -40,7 +44,25 @@ export default async function runListenerWorker(task: WorkerTask): Promise<{ ind
     void forwardTcp(client, listener.balancer, settings, counters);
   };
 
+  // UDP flows end when idle like conntrack entries: the TCP idle timeout, at most 2 minutes.
+  const udpIdleMs = Math.min(settings.idleTimeoutMs > 0 ? settings.idleTimeoutMs : 120_000, 120_000);
+
+  const openUdp = async (route: ListenerRoute): Promise<Listener> => {
+    const balancer = createBalancer(route.service, route.port, { nodeName: settings.nodeName });
+    const udp = new UdpProxy(balancer, {
+      host: settings.listenHost,
+      port: route.listenPort,
+      idleTimeoutMs: udpIdleMs,
+      maxFlows: 65_536,
+    });
+    await udp.start();
+    return { udp, route, balancer, sockets: new Set() };
+  };
+
   const open = (route: ListenerRoute): Promise<Listener> =>
+    route.port.protocol === 'UDP' ? openUdp(route) : openTcp(route);
+
+  const openTcp = (route: ListenerRoute): Promise<Listener> =>
     new Promise((resolve, reject) => {
       const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
       const listener: Listener = {
@@ -61,7 +83,8 @@ export default async function runListenerWorker(task: WorkerTask): Promise<{ ind
 
   const close = (listener: Listener) => {
     // Established connections keep running (like a removed iptables rule); only new ones stop.
-    listener.server.close();
+    listener.server?.close();
+    void listener.udp?.stop();
   };
 
   const update = async (msg: Extract<ToWorker, { type: 'update' }>) => {

@@ -50,13 +50,13 @@ interface Placement {
   route: ListenerRoute;
 }
 
-/** A service port the TS plane can serve: TCP on an IPv4 ClusterIP of a proxied, non-headless service. */
+/** A service port the TS plane can serve: TCP or UDP on an IPv4 ClusterIP of a proxied, non-headless service. */
 function servable(service: ServiceEntry, port: ServicePortEntry): boolean {
   return (
     service.proxied &&
     !service.headless &&
     service.type !== 'ExternalName' &&
-    port.protocol === 'TCP' &&
+    (port.protocol === 'TCP' || port.protocol === 'UDP') &&
     service.clusterIPs.some((ip) => ip.includes('.'))
   );
 }
@@ -187,7 +187,7 @@ export class TsDataplane implements Dataplane {
             id: `${key}:${p.route.port.name || p.route.port.port}`,
             clusterIP: ip,
             port: p.route.port.port,
-            protocol: 'TCP',
+            protocol: p.route.port.protocol === 'UDP' ? 'UDP' : 'TCP',
             toPort: p.listenPort,
           });
         }
