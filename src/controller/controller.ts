@@ -121,6 +121,16 @@ export class Controller implements Service {
   }
 
   async start(): Promise<void> {
+    try {
+      await this.startSources();
+    } catch (err) {
+      // The lifecycle only stops what started: undo a half-done start here.
+      await this.stop();
+      throw err;
+    }
+  }
+
+  private async startSources(): Promise<void> {
     this.started = true;
     const { config } = this.options;
     if (this.options.sources) this.sources = this.options.sources;

@@ -390,6 +390,16 @@ current-context: ctx
     expect([...t.services.keys()].sort()).toEqual(['ns1/kept', 'ns1/new']);
   });
 
+  it('fails to start with EDGEMESH_ERR_KUBE_API naming an unreadable kubeconfig', async () => {
+    const dir = tmpDir();
+    const { controller } = makeController({ url: '' }, dir, {
+      kubeAPIConfig: { ...defaultConfig().kubeAPIConfig, kubeConfig: path.join(dir, 'missing') },
+    });
+    const err = await controller.start().catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'EDGEMESH_ERR_KUBE_API' });
+    expect((err as Error).message).toContain(path.join(dir, 'missing'));
+  });
+
   it('starts empty with a clear error when the state file is corrupted', async () => {
     const stateDir = tmpDir();
     writeFileSync(
