@@ -45,7 +45,7 @@ async function spawnListening(argv: string[], port: number): Promise<Proc> {
   };
   try {
     await Promise.race([
-      waitListening(undefined, port),
+      waitListening(undefined, port, 60_000),
       exited.then(() => {
         throw new Error(`${argv[0]} exited during start-up: ${proc.output().slice(-600)}`);
       }),
