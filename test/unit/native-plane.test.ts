@@ -11,12 +11,13 @@ import path from 'node:path';
 import pino from 'pino';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Endpoint } from '../../src/controller/types.ts';
+import type { Endpoint, ServicePortEntry } from '../../src/controller/types.ts';
 import { NativeDataplane } from '../../src/dataplane/native/native-dataplane.ts';
 import {
   encodeRoutes,
   LbPolicyCode,
   type NativeRoute,
+  nativePolicy,
   ROUTE_ENTRY_SIZE,
   ROUTE_HEADER_SIZE,
   ServiceSlots,
@@ -118,6 +119,11 @@ describe('route encoder', () => {
       endpoints: [{ ip: '10.1.0.2', port: 8080 }],
     });
     expect(web[1]).toMatchObject({ policy: LbPolicyCode.RANDOM, endpoints: [] });
+    const hashed = (consistentHash: object) =>
+      nativePolicy({ trafficPolicy: { loadBalancer: { consistentHash } } } as unknown as ServicePortEntry);
+    expect(hashed({ useSourceIp: true })).toEqual({ policy: LbPolicyCode.SOURCE_IP_HASH, needsL7: false });
+    expect(hashed({ useSourceIp: true, ringHash: { minimumRingSize: 4096 } }).needsL7).toBe(true);
+    expect(hashed({ useSourceIp: true, maglev: {} }).needsL7).toBe(true);
     // The duplicate ClusterIP:port of another service is dropped (first wins), other services skipped.
     expect(routes.some((r) => r.serviceKey !== 'ns/web' && r.vip === '10.96.0.10' && r.port === 80)).toBe(
       false,

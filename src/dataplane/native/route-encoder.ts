@@ -2,6 +2,7 @@
 // (layout: native/src/core/routing_table.h). Pure: snapshot in, bytes + interception targets out.
 import net from 'node:net';
 import type { Endpoint, ServiceEntry, ServicePortEntry, ServiceTable } from '../../controller/types.ts';
+import { DEFAULT_RING_SIZE } from '../../lb/ring-hash.ts';
 import type { InterceptTarget } from '../../proxier/interceptor.ts';
 
 export const ROUTE_MAGIC = 0x31524d45;
@@ -29,7 +30,10 @@ export interface NativeRoute {
   slot: number;
   connectTimeoutMs: number;
   endpoints: { ip: string; port: number }[];
-  /** True when the port's policy needs L7 data (header/cookie/query hash) the native plane cannot see. */
+  /**
+   * True when the port needs the TS plane: its hash reads L7 data (header/cookie/query) the native
+   * plane cannot see, or uses Maglev / a non-default ring size the native ring does not implement.
+   */
   needsL7: boolean;
 }
 
@@ -94,7 +98,12 @@ export function nativePolicy(port: ServicePortEntry): { policy: number; needsL7:
   const lb = port.trafficPolicy?.loadBalancer;
   const ch = lb?.consistentHash;
   if (ch) {
-    if (ch.useSourceIp) return { policy: LbPolicyCode.SOURCE_IP_HASH, needsL7: false };
+    // The native ring is the default one (1024 points); Maglev or another ring size would pick
+    // differently from the TS balancer, so such ports go to the TS plane like L7 ones.
+    const customRing =
+      ch.maglev !== undefined ||
+      (ch.ringHash?.minimumRingSize ?? ch.minimumRingSize ?? DEFAULT_RING_SIZE) !== DEFAULT_RING_SIZE;
+    if (ch.useSourceIp) return { policy: LbPolicyCode.SOURCE_IP_HASH, needsL7: customRing };
     // Header/cookie/query hashing needs the request; natively the closest is the client IP.
     return { policy: LbPolicyCode.SOURCE_IP_HASH, needsL7: true };
   }

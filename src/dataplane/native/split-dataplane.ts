@@ -14,7 +14,7 @@ import { nativePolicy } from './route-encoder.ts';
 /** Whether a service port must go through the TS plane. */
 export type NeedsL7 = (service: ServiceEntry, port: ServicePortEntry) => boolean;
 
-/** Default split: ports whose consistentHash reads the request (header, cookie, query). */
+/** Default split: ports whose consistentHash reads the request (header, cookie, query) or is not the default ring. */
 export const needsL7Policy: NeedsL7 = (_svc, port) => nativePolicy(port).needsL7;
 
 /** Native L4 + TS L7 behind one Dataplane (mode 'native'). */
