@@ -117,7 +117,7 @@ export function markdownReport(result: RunResult, options: { headline?: boolean 
               .join(', ')}`
           : ''
       }.`,
-    `Mode: ${meta.quick ? '**quick (CI smoke: too short to judge speed)**' : 'full'}; command: \`edgemesh bench ${meta.argv.join(' ')}\`` +
+    `Mode: ${meta.quick ? '**quick (CI smoke: too short to judge speed)**' : 'full'}; command: \`${['edgemesh bench', ...meta.argv].join(' ')}\`` +
       `${meta.durationSeconds ? `; took ${Math.round(meta.durationSeconds)} s` : ''}` +
       `${meta.loadAverage ? `; load average ${meta.loadAverage.start.toFixed(1)} at start, ${meta.loadAverage.end.toFixed(1)} at end` : ''}.`,
     '',
