@@ -208,7 +208,7 @@ export class NativeDataplane implements Dataplane {
         this.warnedL7.add(r.id);
         this.options.log.warn(
           { route: r.id },
-          'consistentHash on a header/cookie/query needs L7; the native plane hashes the client IP instead',
+          'this port needs the TS plane (L7 hash key, Maglev or a custom ring size); the native plane hashes the client IP on its default ring instead',
         );
       }
     }
