@@ -3,6 +3,7 @@
 // It is a SnapshotConsumer (a new index per snapshot, swapped atomically) and a lifecycle Service.
 import dgram from 'node:dgram';
 import net from 'node:net';
+import dnsPacket from 'dns-packet';
 import type { Registry } from 'prom-client';
 import { EMPTY_TABLE, type ServiceTable, type SnapshotConsumer } from '../controller/types.ts';
 import { EdgemeshError, ErrorCode } from '../errors.ts';
@@ -14,12 +15,15 @@ import { type BridgeDevice, ensureBridge, removeBridge } from './bridge-device.t
 import { type AnswerSource, DnsMetrics } from './dns-metrics.ts';
 import { Forwarder } from './forwarder.ts';
 import { NameIndex, type OwnAnswer } from './name-index.ts';
+import { encodeRecord } from './records.ts';
 import { UpstreamList } from './upstream-list.ts';
 import {
+  CLASS_IN,
   errorReply,
   isParseFailure,
   optRecord,
   parseQuery,
+  QType,
   type Query,
   Rcode,
   writeReplyHeader,
@@ -147,45 +151,21 @@ export class DnsServer implements Service, SnapshotConsumer {
     }
     try {
       this.upstreams.start();
-      const udp = dgram.createSocket({ type: net.isIPv6(listen.host) ? 'udp6' : 'udp4' });
-      await new Promise<void>((resolve, reject) => {
-        udp.once('error', reject);
-        udp.bind(listen.port, listen.host, () => {
-          udp.off('error', reject);
-          resolve();
-        });
-      }).catch((err: NodeJS.ErrnoException) => {
-        udp.close();
-        throw listenError(listen, 'udp', err);
-      });
-      try {
-        // Bursts (a node's pods all starting at once, dnsperf) overflow the default 208 KiB.
-        udp.setRecvBufferSize(4 << 20);
-      } catch {
-        // Capped by net.core.rmem_max; the default still works.
+      // Port 0 (tests, benchmarks) picks the UDP port first and needs the same TCP port free; a
+      // few retries cover the rare case that another process holds it for TCP.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await this.bindBoth(listen);
+          break;
+        } catch (err) {
+          await this.closeListeners();
+          const inUse = (err as { cause?: NodeJS.ErrnoException }).cause?.code === 'EADDRINUSE';
+          if (listen.port !== 0 || !inUse || attempt >= 10) throw err;
+        }
       }
-      udp.on('error', (err) => log.warn({ err: err.message }, 'dns: udp socket error'));
-      udp.on('message', (msg, rinfo) => this.onUdp(udp, msg, rinfo));
-      this.udp = udp;
-      this.bound = { host: listen.host, port: udp.address().port };
-
-      const tcp = net.createServer({ noDelay: true }, (socket) => this.onTcp(socket));
-      tcp.maxConnections = this.options.maxTcpConnections ?? 1000;
-      await new Promise<void>((resolve, reject) => {
-        tcp.once('error', reject);
-        // The TCP port follows the UDP one so port 0 (tests) gives one port for both.
-        tcp.listen(this.bound!.port, listen.host, () => {
-          tcp.off('error', reject);
-          resolve();
-        });
-      }).catch((err: NodeJS.ErrnoException) => {
-        throw listenError(listen, 'tcp', err);
-      });
-      tcp.on('error', (err) => log.warn({ err: err.message }, 'dns: tcp server error'));
-      this.tcp = tcp;
       log.info(
         {
-          listen: formatHostPort(this.bound),
+          listen: formatHostPort(this.bound!),
           domain: this.options.domain,
           upstreams: this.upstreams.servers.length,
         },
@@ -197,8 +177,46 @@ export class DnsServer implements Service, SnapshotConsumer {
     }
   }
 
-  async stop(): Promise<void> {
-    this.upstreams.stop();
+  /** Binds UDP then TCP on the same port (one attempt). */
+  private async bindBoth(listen: HostPort): Promise<void> {
+    const { log } = this.options;
+    const udp = dgram.createSocket({ type: net.isIPv6(listen.host) ? 'udp6' : 'udp4' });
+    this.udp = udp;
+    await new Promise<void>((resolve, reject) => {
+      udp.once('error', reject);
+      udp.bind(listen.port, listen.host, () => {
+        udp.off('error', reject);
+        resolve();
+      });
+    }).catch((err: NodeJS.ErrnoException) => {
+      throw listenError(listen, 'udp', err);
+    });
+    try {
+      // Bursts (a node's pods all starting at once, dnsperf) overflow the default 208 KiB.
+      udp.setRecvBufferSize(4 << 20);
+    } catch {
+      // Capped by net.core.rmem_max; the default still works.
+    }
+    udp.on('error', (err) => log.warn({ err: err.message }, 'dns: udp socket error'));
+    udp.on('message', (msg, rinfo) => this.onUdp(udp, msg, rinfo));
+    this.bound = { host: listen.host, port: udp.address().port };
+
+    const tcp = net.createServer({ noDelay: true }, (socket) => this.onTcp(socket));
+    tcp.maxConnections = this.options.maxTcpConnections ?? 1000;
+    await new Promise<void>((resolve, reject) => {
+      tcp.once('error', reject);
+      tcp.listen(this.bound!.port, listen.host, () => {
+        tcp.off('error', reject);
+        resolve();
+      });
+    }).catch((err: NodeJS.ErrnoException) => {
+      throw listenError(listen, 'tcp', err);
+    });
+    tcp.on('error', (err) => log.warn({ err: err.message }, 'dns: tcp server error'));
+    this.tcp = tcp;
+  }
+
+  private async closeListeners(): Promise<void> {
     const udp = this.udp;
     this.udp = undefined;
     if (udp) await new Promise<void>((resolve) => udp.close(() => resolve()));
@@ -206,7 +224,12 @@ export class DnsServer implements Service, SnapshotConsumer {
     this.tcp = undefined;
     for (const s of this.tcpClients) s.destroy();
     this.tcpClients.clear();
-    if (tcp) await new Promise<void>((resolve) => tcp.close(() => resolve()));
+    if (tcp?.listening) await new Promise<void>((resolve) => tcp.close(() => resolve()));
+  }
+
+  async stop(): Promise<void> {
+    this.upstreams.stop();
+    await this.closeListeners();
     if (this.bridge) await removeBridge(this.bridge, this.options.log);
     this.bridge = undefined;
   }
@@ -238,6 +261,7 @@ export class DnsServer implements Service, SnapshotConsumer {
         return errorReply(msg, q, Rcode.SERVFAIL);
       }
       this.metrics.query(q.qtype, own.rcode, 'cluster');
+      if (own.chase) return this.chase(msg, q, own, own.chase, transport);
       return this.ownReply(msg, q, own, transport);
     }
     return this.forward(msg, q, transport);
@@ -256,6 +280,57 @@ export class DnsServer implements Service, SnapshotConsumer {
     pos += own.ns.copy(out, pos);
     if (opt) opt.copy(out, pos);
     return out;
+  }
+
+  /**
+   * Answers an ExternalName query with its CNAME plus the target's records, resolved upstream
+   * (through the cache). If the target cannot be resolved the CNAME alone is the answer.
+   */
+  private async chase(
+    msg: Buffer,
+    q: Query,
+    own: OwnAnswer,
+    target: string,
+    transport: 'udp' | 'tcp',
+  ): Promise<Buffer> {
+    let extra: Buffer[] = [];
+    try {
+      const key = `${q.qtype}|${CLASS_IN}|00|${target}`;
+      const answer = this.cache.get(key);
+      let message = answer?.state === 'fresh' ? answer.entry.message : undefined;
+      if (!message) {
+        const query = dnsPacket.encode({
+          type: 'query',
+          id: 0,
+          flags: dnsPacket.RECURSION_DESIRED,
+          questions: [{ type: q.qtype === QType.AAAA ? 'AAAA' : 'A', name: target, class: 'IN' }],
+        });
+        message = await this.forwarder.forward(query, [target, q.qtype, CLASS_IN]);
+        if (message) this.cache.put(key, message);
+        else if (answer) message = answer.entry.message;
+      }
+      if (message) {
+        const decoded = dnsPacket.decode(message);
+        extra = (decoded.answers ?? [])
+          .filter((a) => a.type === 'A' || a.type === 'AAAA' || a.type === 'CNAME')
+          .map((a) =>
+            encodeRecord({
+              type: a.type as 'A' | 'AAAA' | 'CNAME',
+              owner: a.name,
+              ttl: Math.min((a as { ttl?: number }).ttl ?? 0, this.options.ttl),
+              data: (a as { data: string }).data,
+            }),
+          );
+      }
+    } catch (err) {
+      this.options.log.debug(
+        { target, err: (err as Error).message },
+        'dns: ExternalName target not resolved',
+      );
+    }
+    if (extra.length === 0) return this.ownReply(msg, q, own, transport);
+    const an = Buffer.concat([own.an, ...extra]);
+    return this.ownReply(msg, q, { ...own, an, ancount: own.ancount + extra.length }, transport);
   }
 
   /** Cache hits are answered synchronously (no promise on the hot path); misses go upstream. */

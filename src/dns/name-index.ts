@@ -12,6 +12,8 @@ export interface OwnAnswer {
   an: Buffer;
   nscount: number;
   ns: Buffer;
+  /** An ExternalName target outside the zone whose A/AAAA records the server appends (chases). */
+  chase?: string;
 }
 
 /** Options of the index: the cluster domain and the TTL of every record we serve. */
@@ -106,9 +108,15 @@ export class NameIndex {
     if (!cached) {
       const records = this.records(node, qtype, undefined);
       const inZone = name === this.domain || name.endsWith(this.dotDomain) || node.service;
+      // Stub resolvers do not follow a CNAME themselves: for an ExternalName service the server
+      // resolves the target and appends its addresses, as a recursive server would.
+      const chase =
+        node.cname && (qtype === QType.A || qtype === QType.AAAA) && !this.inZone(node.cname)
+          ? node.cname
+          : undefined;
       cached =
         records.length > 0
-          ? { rcode: Rcode.NOERROR, ...section(records), nscount: 0, ns: Buffer.alloc(0) }
+          ? { rcode: Rcode.NOERROR, ...section(records), nscount: 0, ns: Buffer.alloc(0), chase }
           : {
               rcode: Rcode.NOERROR,
               ancount: 0,
@@ -119,6 +127,10 @@ export class NameIndex {
       node.memo.set(qtype, cached);
     }
     return cached;
+  }
+
+  private inZone(name: string): boolean {
+    return name === this.domain || name.endsWith(this.dotDomain);
   }
 
   private collapsed(node: NameNode, canonicalName: string, qtype: number): OwnAnswer {

@@ -5,7 +5,7 @@ import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DnsServer, type DnsServerOptions } from '../../src/dns/dns-server.ts';
 import { silentLogger } from '../../src/util/log.ts';
-import { dig, type FakeUpstream, startFakeUpstream } from '../helpers/dns.ts';
+import { dig, type FakeUpstream, startFakeUpstream, svc, table } from '../helpers/dns.ts';
 import { freePort } from '../helpers/ports.ts';
 
 const cleanups: Array<() => Promise<void>> = [];
@@ -185,6 +185,17 @@ describe('forwarding', () => {
     clock.advance(60_000);
     const stale = await dig('127.0.0.1', port, ['www.example.test']);
     expect(stale.answers[0]?.[1]).toBe(30);
+  });
+
+  it('chases ExternalName targets: CNAME plus the target addresses from upstream', async () => {
+    const up = await upstream();
+    const s = await server([`127.0.0.1:${up.port}`]);
+    await s.apply(table([svc('default', 'ext', { type: 'ExternalName', externalName: 'www.example.test' })]));
+    const r = await dig('127.0.0.1', s.address()!.port, ['ext.default.svc.cluster.local', 'A']);
+    expect(r.answers).toEqual([
+      ['ext.default.svc.cluster.local.', 5, 'CNAME', 'www.example.test.'],
+      ['www.example.test.', 5, 'A', '192.0.2.7'],
+    ]);
   });
 
   it('exports query, cache and upstream-latency metrics', async () => {
