@@ -291,8 +291,10 @@ export class HttpProxy {
         finished = true;
         balancer.onResult?.(ep, ok, s);
       };
+      // writableEnded, not writableFinished: at 'close' of a completed response the socket may
+      // still hold unsent bytes, and aborting a finished exchange costs a DOMException each time.
       const onClientGone = () => {
-        if (!res.writableFinished) ac.abort();
+        if (!res.writableEnded) ac.abort();
       };
       res.once('close', onClientGone);
       this.poolFor(ep)
