@@ -165,7 +165,9 @@ for (const mode of ['iptables', 'nftables'] as const) {
       expect(await body('http://10.96.0.103:80')).toBe('pod-2');
     });
 
-    it('follows endpoint and service changes within 1 s; removed services lose their rules', async () => {
+    it('follows endpoint and service changes within 1 s; removed services lose their rules', {
+      timeout: 60_000,
+    }, async () => {
       // One cheap command shows our rules (the full ruleset() dump takes two slow tools).
       const ours = async () =>
         mode === 'iptables'
@@ -177,7 +179,7 @@ for (const mode of ['iptables', 'nftables'] as const) {
       const t0 = performance.now();
       let streakStart = 0;
       let streak = 0;
-      while (streak < 3 && performance.now() - t0 < 3000) {
+      while (streak < 3 && performance.now() - t0 < 10_000) {
         const at = performance.now();
         if ((await body('http://10.96.0.100:12345')) === 'pod-0') {
           if (streak++ === 0) streakStart = at;
@@ -186,18 +188,15 @@ for (const mode of ['iptables', 'nftables'] as const) {
       expect(streak).toBe(3);
       const removeEp = streakStart - t0;
       write('extra.yaml', service('extra', '10.96.0.102', 8080, 9376, { app: 'hostname' }));
-      const addSvc = await within(3000, async () => (await ours()).includes('10.96.0.102'));
+      const addSvc = await within(10_000, async () => (await ours()).includes('10.96.0.102'));
       expect(await body('http://10.96.0.102:8080')).toBe('pod-0');
       fs.rmSync(path.join(manifests(), 'extra.yaml'));
-      const removeSvc = await within(3000, async () => !(await ours()).includes('10.96.0.102'));
+      const removeSvc = await within(10_000, async () => !(await ours()).includes('10.96.0.102'));
       expect(await ruleset()).not.toContain('10.96.0.102');
       expect((await topo.node.curl('http://10.96.0.102:8080', 1)).code).not.toBe(0);
-      expect({ removeEp, addSvc, removeSvc }).toEqual({
-        removeEp: expect.any(Number),
-        addSvc: expect.any(Number),
-        removeSvc: expect.any(Number),
-      });
-      expect(Math.max(removeEp, addSvc, removeSvc)).toBeLessThan(1000);
+      // The requirement: every change visible within 1 s (the message shows all three).
+      const slowest = Math.max(removeEp, addSvc, removeSvc);
+      expect(slowest, JSON.stringify({ removeEp, addSvc, removeSvc })).toBeLessThan(1000);
     });
 
     it('repairs rules someone else deleted within the resync period', async () => {
