@@ -38,7 +38,9 @@ export function invalidAddressItems(sel: AddressSelection): string[] {
 /** The IPv4 addresses to listen on, sorted, from the host's interfaces (injectable for tests). */
 export function selectListenAddresses(
   sel: AddressSelection,
-  interfaces: NodeJS.Dict<os.NetworkInterfaceInfo[]> = os.networkInterfaces(),
+  interfaces: NodeJS.Dict<
+    Array<Pick<os.NetworkInterfaceInfo, 'address' | 'family'>>
+  > = os.networkInterfaces(),
 ): string[] {
   const nics = items(sel.nic);
   const include = items(sel.includeIP);
