@@ -31,6 +31,8 @@ export interface BoundVirtualService {
   http: HttpRoute[];
   /** tcp[] routes: first whose match ports include the listener port (or has no match). */
   tcp: Array<{ ports: number[]; destinations: RouteDestination[] }>;
+  /** tls[] routes (passthrough by SNI): one entry per match[] element. */
+  tls: Array<{ sniHosts: string[]; port?: number; destinations: RouteDestination[] }>;
 }
 
 /** One servers[] entry of one Gateway. */
@@ -111,8 +113,22 @@ function bindVirtualService(vs: KubeObject): BoundVirtualService {
     const destinations = parseDestinations(route.route);
     if (destinations.length > 0) tcp.push({ ports, destinations });
   }
+  const tlsRoutes: BoundVirtualService['tls'] = [];
+  for (const r of Array.isArray(vs.spec?.tls) ? vs.spec.tls : []) {
+    const route = rec(r);
+    const destinations = parseDestinations(route?.route);
+    if (!route || destinations.length === 0) continue;
+    for (const m of Array.isArray(route.match) ? route.match : []) {
+      const match = rec(m);
+      const sniHosts = strings(match?.sniHosts).map((h) => h.toLowerCase());
+      if (sniHosts.length === 0) continue;
+      const port = match?.port;
+      tlsRoutes.push({ sniHosts, destinations, ...(typeof port === 'number' ? { port } : {}) });
+    }
+  }
   return {
     key: `${namespace}/${vs.metadata.name}`,
+    tls: tlsRoutes,
     namespace,
     hosts: strings(vs.spec?.hosts).map((h) => h.toLowerCase()),
     http: compileHttpRoutes(vs),

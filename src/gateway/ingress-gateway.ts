@@ -22,7 +22,10 @@ import { EMPTY_TABLE } from '../controller/types.ts';
 import { ErrorCode } from '../errors.ts';
 import { CONNECT_FAILURE, endpointKey, type PickContext } from '../lb/index.ts';
 import { BalancerRegistry } from '../protocols/balancer-registry.ts';
+import { peek } from '../protocols/peek.ts';
+import { PEEK_TIMEOUT_MS } from '../protocols/stream-handlers.ts';
 import { clientIp, connectUpstream, tunnel } from '../protocols/tcp.ts';
+import { MAX_CLIENT_HELLO, parseClientHello } from '../protocols/tls-client-hello.ts';
 import type { Service } from '../util/lifecycle.ts';
 import type { Logger } from '../util/log.ts';
 import { type PlanIssue, type PortPlan, planGateways, type ServerPlan } from './gateway-plan.ts';
@@ -530,24 +533,46 @@ export class IngressGateway implements Service, SnapshotConsumer {
     return pool;
   }
 
-  /** TCP servers: the first tcp[] route of a bound VirtualService that covers this port. */
-  private onTcp(port: number, socket: net.Socket): void {
+  /** TLS passthrough servers: the SNI of the ClientHello picks a tls[] route; bytes pass untouched. */
+  private async onTls(port: number, socket: net.Socket): Promise<void> {
+    socket.pause();
     socket.on('error', () => socket.destroy());
-    const plan = this.plans.get(port);
+    const first = await peek(
+      socket,
+      (b) => parseClientHello(b).status !== 'incomplete',
+      MAX_CLIENT_HELLO,
+      PEEK_TIMEOUT_MS,
+    );
+    const hello = parseClientHello(first);
+    const sni = hello.status === 'complete' ? hello.sni?.toLowerCase() : undefined;
     let found: { dest: RouteDestination; ns: string } | undefined;
-    for (const server of plan?.servers ?? []) {
-      for (const vs of server.virtualServices) {
-        const r = vs.tcp.find((t) => t.ports.length === 0 || t.ports.includes(port));
-        const dest = r && pickWeighted(r.destinations, this.random);
-        if (dest) {
-          found = { dest, ns: vs.namespace };
-          break;
+    if (sni !== undefined) {
+      for (const server of this.plans.get(port)?.servers ?? []) {
+        if (!server.hosts.some((h) => hostMatches(h, sni))) continue;
+        for (const vs of server.virtualServices) {
+          const r = vs.tls.find(
+            (t) => (t.port === undefined || t.port === port) && t.sniHosts.some((h) => hostMatches(h, sni)),
+          );
+          const dest = r && pickWeighted(r.destinations, this.random);
+          if (dest) {
+            found = { dest, ns: vs.namespace };
+            break;
+          }
         }
+        if (found) break;
       }
-      if (found) break;
     }
+    this.forwardStream(socket, found, first);
+  }
+
+  /** Connects a client stream to a route destination (replaying `first`), or closes it. */
+  private forwardStream(
+    socket: net.Socket,
+    found: { dest: RouteDestination; ns: string } | undefined,
+    first?: Buffer,
+  ): void {
     const target = found && resolveDestination(this.table, found.dest, found.ns);
-    if (!target) {
+    if (!target || socket.destroyed) {
       socket.destroy();
       return;
     }
@@ -563,8 +588,32 @@ export class IngressGateway implements Service, SnapshotConsumer {
         balancer.onResult?.(up.endpoint, true);
         return;
       }
+      if (first && first.length > 0) up.socket.write(first);
       tunnel(socket, up.socket, () => balancer.onResult?.(up.endpoint, true));
     });
+  }
+
+  /** TCP servers: the first tcp[] route of a bound VirtualService that covers this port. */
+  private onTcp(port: number, socket: net.Socket): void {
+    socket.on('error', () => socket.destroy());
+    const plan = this.plans.get(port);
+    if (plan?.protocol === 'TLS') {
+      void this.onTls(port, socket);
+      return;
+    }
+    let found: { dest: RouteDestination; ns: string } | undefined;
+    for (const server of plan?.servers ?? []) {
+      for (const vs of server.virtualServices) {
+        const r = vs.tcp.find((t) => t.ports.length === 0 || t.ports.includes(port));
+        const dest = r && pickWeighted(r.destinations, this.random);
+        if (dest) {
+          found = { dest, ns: vs.namespace };
+          break;
+        }
+      }
+      if (found) break;
+    }
+    this.forwardStream(socket, found);
   }
 }
 

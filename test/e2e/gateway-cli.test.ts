@@ -16,7 +16,7 @@ import { freePort } from '../helpers/ports.ts';
 
 const NS = 'edgemesh-test';
 
-const service = (name: string, backends: HttpBackend[]) => `
+const service = (name: string, backends: Array<{ ip: string; port: number }>) => `
 apiVersion: v1
 kind: Service
 metadata: { name: ${name}, namespace: ${NS} }
@@ -342,6 +342,8 @@ describe('edgemesh gateway TLS (loopback)', () => {
   let backend: HttpBackend;
   let simplePort = 0;
   let mutualPort = 0;
+  let passPort = 0;
+  let passBackend: https.Server | undefined;
 
   const secret = (name: string, d: string, withCa: boolean) => `
 apiVersion: v1
@@ -398,6 +400,17 @@ ${withCa ? `  ca.crt: ${b64(path.join(d, 'ca.crt'))}` : ''}
     makeCerts(path.join(dir, 'certs-b'), 'gen-b');
     simplePort = await freePort();
     mutualPort = await freePort();
+    passPort = await freePort();
+    // The passthrough target terminates TLS itself (certs-b, so its CN tells it apart).
+    passBackend = https.createServer(
+      {
+        cert: fs.readFileSync(path.join(dir, 'certs-b/server.crt')),
+        key: fs.readFileSync(path.join(dir, 'certs-b/server.key')),
+      },
+      (_req, res) => res.end('passthrough-backend\n'),
+    );
+    await new Promise<void>((r) => passBackend!.listen(0, '127.0.0.15', () => r()));
+    const passAddr = passBackend.address() as net.AddressInfo;
     const tls = (mode: string, cred: string) =>
       `      tls: { mode: ${mode}, credentialName: ${cred}, minProtocolVersion: TLSV1_2 }`;
     writeSecrets(path.join(dir, 'certs-a'));
@@ -407,6 +420,18 @@ ${withCa ? `  ca.crt: ${b64(path.join(d, 'ca.crt'))}` : ''}
         service('hostname-lb-svc', [backend]),
         gateway('gw-simple', simplePort, 'HTTPS', tls('SIMPLE', 'gw-secret')),
         gateway('gw-mutual', mutualPort, 'HTTPS', tls('MUTUAL', 'gw-mutual')),
+        service('pass-svc', [{ ip: '127.0.0.15', port: passAddr.port }]),
+        gateway('gw-pass', passPort, 'TLS', '      tls: { mode: PASSTHROUGH }', '"*.pass.test"'),
+        `
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: { name: pass-vs, namespace: ${NS} }
+spec:
+  hosts: ["*.pass.test"]
+  gateways: [gw-pass]
+  tls:
+    - match: [{ port: ${passPort}, sniHosts: [a.pass.test] }]
+      route: [{ destination: { host: pass-svc } }]`,
         `
 apiVersion: networking.istio.io/v1alpha3
 kind: VirtualService
@@ -433,11 +458,20 @@ spec:
     ]);
     await gw.waitFor(new RegExp(`:${mutualPort}".*gateway listening`), 20_000);
     await gw.waitFor(new RegExp(`:${simplePort}".*gateway listening`), 20_000);
+    await gw.waitFor(new RegExp(`:${passPort}".*gateway listening`), 20_000);
   }, 60_000);
+
+  it('passes TLS through by SNI (tls[] route); an unknown SNI is closed', async () => {
+    const r = await sget(passPort, { servername: 'a.pass.test' });
+    expect(r).toEqual({ body: 'passthrough-backend', cn: 'gen-b-server' });
+    await expect(sget(passPort, { servername: 'b.pass.test' })).rejects.toThrow();
+  });
 
   afterAll(async () => {
     await gw?.stop('SIGTERM');
     await backend?.kill();
+    passBackend?.closeAllConnections();
+    passBackend?.close();
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
