@@ -85,12 +85,21 @@ describe('edgemesh gateway (loopback)', () => {
   let b1: HttpBackend;
   let b2: HttpBackend;
   let who: HttpBackend;
+  let slow: HttpBackend;
+  let failing: http.Server | undefined;
 
   beforeAll(async () => {
     b1 = await startHttpBackend('hostname-1', '127.0.0.11');
     b2 = await startHttpBackend('hostname-2', '127.0.0.12');
     who = await startHttpBackend('who-1', '127.0.0.13');
-    backends.push(b1, b2, who);
+    slow = await startHttpBackend('slow-1', '127.0.0.16', 3000);
+    backends.push(b1, b2, who, slow);
+    // Answers 503 to everything: retries must move on to the healthy endpoint.
+    failing = http.createServer((req, res) => {
+      req.resume();
+      res.writeHead(503).end('failing\n');
+    });
+    await new Promise<void>((r) => failing!.listen(0, '127.0.0.17', () => r()));
     seedPort = await freePort();
     routePort = await freePort();
     // A port someone else holds: the Gateway that wants it is reported, the others keep serving.
@@ -148,6 +157,32 @@ spec:
         - { destination: { host: hostname-lb-svc }, weight: 80 }
         - { destination: { host: who-svc }, weight: 20 }`,
         gateway('conflict', busyPort),
+        service('slow-svc', [slow]),
+        service('flaky-svc', [{ ip: '127.0.0.17', port: (failing.address() as net.AddressInfo).port }, b1]),
+        service('hash-svc', [b1, b2]),
+        `
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: { name: hash-svc, namespace: ${NS} }
+spec:
+  host: hash-svc
+  trafficPolicy: { loadBalancer: { consistentHash: { httpHeaderName: x-user } } }`,
+        `
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: { name: ops, namespace: ${NS} }
+spec:
+  hosts: [ops.split.test]
+  gateways: [routing]
+  http:
+    - match: [{ uri: { prefix: /slow } }]
+      timeout: 300ms
+      route: [{ destination: { host: slow-svc } }]
+    - match: [{ uri: { prefix: /flaky } }]
+      retries: { attempts: 2 }
+      route: [{ destination: { host: flaky-svc } }]
+    - match: [{ uri: { prefix: /hash } }]
+      route: [{ destination: { host: hash-svc } }]`,
       ].join('\n---\n'),
     );
     gw = startCli([
@@ -168,6 +203,8 @@ spec:
   afterAll(async () => {
     await gw?.stop('SIGTERM');
     busy?.close();
+    failing?.closeAllConnections();
+    failing?.close();
     await Promise.all(backends.map((b) => b.kill()));
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
@@ -220,6 +257,28 @@ spec:
     const lb = counts.get('lb') ?? 0;
     expect(lb + (counts.get('who-1') ?? 0)).toBe(2000);
     expect(Math.abs(lb / 2000 - 0.8)).toBeLessThanOrEqual(0.05);
+  });
+
+  it('route timeout answers 504; retries move past a 503 endpoint', async () => {
+    const t0 = Date.now();
+    expect((await get(routePort, '/slow', { host: 'ops.split.test' })).status).toBe(504);
+    expect(Date.now() - t0).toBeLessThan(2500);
+    for (let i = 0; i < 10; i++) {
+      const r = await get(routePort, '/flaky', { host: 'ops.split.test' });
+      expect(r).toEqual({ status: 200, body: 'hostname-1' });
+    }
+  });
+
+  it('applies DestinationRules: consistentHash on a header pins each user to one backend', async () => {
+    const seenBy = new Map<string, Set<string>>();
+    for (let i = 0; i < 40; i++) {
+      const user = `user-${i % 8}`;
+      const r = await get(routePort, '/hash', { host: 'ops.split.test', 'x-user': user });
+      if (!seenBy.has(user)) seenBy.set(user, new Set());
+      seenBy.get(user)!.add(r.body);
+    }
+    for (const backendsSeen of seenBy.values()) expect(backendsSeen.size).toBe(1);
+    expect(new Set([...seenBy.values()].map((v) => [...v][0])).size).toBe(2);
   });
 
   it('refuses CONNECT (no open relay)', async () => {
