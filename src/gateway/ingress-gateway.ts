@@ -204,7 +204,15 @@ export class IngressGateway implements Service, SnapshotConsumer {
         continue;
       }
       const address = key.slice(0, key.lastIndexOf(':'));
-      await this.open(key, address, plan);
+      try {
+        await this.open(key, address, plan);
+      } catch (err) {
+        // One bad server must not stop the others from being served.
+        this.opts.log.error(
+          { err, listener: key, gateway: plan.gateways.join(',') },
+          'gateway listener failed',
+        );
+      }
     }
   }
 
@@ -234,6 +242,7 @@ export class IngressGateway implements Service, SnapshotConsumer {
       httpServer.on('request', (req, res) => this.onRequest(plan.port, req, res, plan.protocol === 'HTTPS'));
       // No open relay: CONNECT is never tunnelled.
       httpServer.on('connect', (_req, socket: net.Socket) => {
+        socket.on('error', () => socket.destroy());
         this.requests.inc({ code: '405' });
         socket.end('HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
       });
@@ -314,15 +323,26 @@ export class IngressGateway implements Service, SnapshotConsumer {
       if (t.cipherSuites) options.ciphers = t.cipherSuites.join(':');
       contexts.push({ hosts: server.hosts, options });
     }
-    const first = contexts[0];
-    if (!first) return undefined;
-    const secure = contexts.map((c) => {
+    // A Secret whose PEM does not parse is reported and left out, never thrown into apply().
+    const secure: Array<SniContext & { options: tls.SecureContextOptions }> = [];
+    for (const c of contexts) {
       try {
-        return { hosts: c.hosts, ctx: tls.createSecureContext(c.options) };
-      } catch {
-        return undefined;
+        secure.push({ hosts: c.hosts, ctx: tls.createSecureContext(c.options), options: c.options });
+      } catch (err) {
+        for (const g of plan.gateways) this.listenErrors.inc({ gateway: g, port: String(plan.port) });
+        this.opts.log.error(
+          {
+            code: ErrorCode.LISTEN,
+            gateway: plan.gateways.join(','),
+            port: plan.port,
+            err: (err as Error).message,
+          },
+          `gateway ${plan.gateways.join(',')}: TLS credentials for port ${plan.port} are unusable`,
+        );
       }
-    });
+    }
+    const first = secure[0];
+    if (!first) return undefined;
     const options: tls.TlsOptions = {
       ...first.options,
       // Verified against ca.crt; a MUTUAL port without a client certificate fails the handshake.
@@ -333,14 +353,19 @@ export class IngressGateway implements Service, SnapshotConsumer {
       contexts.map((c) => [c.hosts, c.options]),
       (_k, v) => (v?.type === 'Buffer' ? Buffer.from(v.data).toString('base64') : v),
     );
-    return { options, contexts: secure.filter((c) => c !== undefined), signature };
+    return { options, contexts: secure.map(({ hosts, ctx }) => ({ hosts, ctx })), signature };
   }
 
   /** Swaps an HTTPS listener's contexts when its Secrets or TLS settings changed (new handshakes only). */
   private refreshTls(l: Listener, plan: PortPlan): void {
     const next = this.tlsOptions(plan);
     if (!next || next.signature === l.tlsSignature) return;
-    (l.server as tls.Server).setSecureContext(next.options);
+    try {
+      (l.server as tls.Server).setSecureContext(next.options);
+    } catch (err) {
+      this.opts.log.error({ listener: l.key, err }, 'gateway: new TLS credentials rejected; old ones kept');
+      return;
+    }
     // setSecureContext() leaves the client-certificate switches alone (SIMPLE ↔ MUTUAL changes).
     Object.assign(l.server, {
       requestCert: next.options.requestCert,

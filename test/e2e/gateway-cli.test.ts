@@ -402,6 +402,7 @@ describe('edgemesh gateway TLS (loopback)', () => {
   let simplePort = 0;
   let mutualPort = 0;
   let passPort = 0;
+  let brokenPort = 0;
   let passBackend: https.Server | undefined;
 
   const secret = (name: string, d: string, withCa: boolean) => `
@@ -460,6 +461,7 @@ ${withCa ? `  ca.crt: ${b64(path.join(d, 'ca.crt'))}` : ''}
     simplePort = await freePort();
     mutualPort = await freePort();
     passPort = await freePort();
+    brokenPort = await freePort();
     // The passthrough target terminates TLS itself (certs-b, so its CN tells it apart).
     passBackend = https.createServer(
       {
@@ -479,6 +481,13 @@ ${withCa ? `  ca.crt: ${b64(path.join(d, 'ca.crt'))}` : ''}
         service('hostname-lb-svc', [backend]),
         gateway('gw-simple', simplePort, 'HTTPS', tls('SIMPLE', 'gw-secret')),
         gateway('gw-mutual', mutualPort, 'HTTPS', tls('MUTUAL', 'gw-mutual')),
+        gateway('gw-broken', brokenPort, 'HTTPS', tls('SIMPLE', 'gw-broken')),
+        `
+apiVersion: v1
+kind: Secret
+type: kubernetes.io/tls
+metadata: { name: gw-broken, namespace: ${NS} }
+data: { tls.crt: ${Buffer.from('not a certificate').toString('base64')}, tls.key: ${Buffer.from('nope').toString('base64')} }`,
         service('pass-svc', [{ ip: '127.0.0.15', port: passAddr.port }]),
         gateway('gw-pass', passPort, 'TLS', '      tls: { mode: PASSTHROUGH }', '"*.pass.test"'),
         `
@@ -519,6 +528,12 @@ spec:
     await gw.waitFor(new RegExp(`:${simplePort}".*gateway listening`), 20_000);
     await gw.waitFor(new RegExp(`:${passPort}".*gateway listening`), 20_000);
   }, 60_000);
+
+  it('reports a Secret that does not parse and serves the other Gateways', async () => {
+    await gw!.waitFor(new RegExp(`gw-broken: TLS credentials for port ${brokenPort} are unusable`));
+    expect(gw!.output()).not.toMatch(new RegExp(`:${brokenPort}".*gateway listening`));
+    expect((await sget(simplePort)).body).toBe('tls-backend');
+  });
 
   it('passes TLS through by SNI (tls[] route); an unknown SNI is closed', async () => {
     const r = await sget(passPort, { servername: 'a.pass.test' });
