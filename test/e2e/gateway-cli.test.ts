@@ -309,7 +309,7 @@ spec:
     );
   });
 
-  it('serves a Gateway added while running, without dropping an open connection', async () => {
+  it('serves a Gateway added while running and follows VirtualService changes, keeping open connections', async () => {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     expect((await get(seedPort, '/', {}, agent)).status).toBe(200);
     const newPort = await freePort();
@@ -332,6 +332,19 @@ spec:
     expect((await get(seedPort, '/', {}, agent)).status).toBe(200);
     expect(Object.values(agent.freeSockets).flat()[0]).toBe(sockets[0]);
     agent.destroy();
+    // A changed VirtualService reroutes the next request on an already-open connection.
+    const lateAgent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    expect((await get(newPort, '/', {}, lateAgent)).body).toBe('who-1');
+    const lateSocket = Object.values(lateAgent.freeSockets).flat()[0];
+    const lateYaml = fs.readFileSync(path.join(dir, 'manifests/late.yaml'), 'utf8');
+    fs.writeFileSync(
+      path.join(dir, 'manifests/late.yaml'),
+      lateYaml.replace('host: who-svc', 'host: slow-svc'),
+    );
+    slow.delayMs = 0;
+    await eventually(async () => (await get(newPort, '/', {}, lateAgent)).body === 'slow-1');
+    expect(Object.values(lateAgent.freeSockets).flat()[0]).toBe(lateSocket);
+    lateAgent.destroy();
     fs.rmSync(path.join(dir, 'manifests/late.yaml'));
     await eventually(async () => {
       try {
