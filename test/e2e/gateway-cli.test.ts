@@ -299,6 +299,7 @@ spec:
   it('reports a port it cannot bind with the Gateway name and a metric, and keeps serving', async () => {
     await gw!.waitFor(new RegExp(`gateway ${NS}/conflict: cannot listen on 127\\.0\\.0\\.1:${busyPort}`));
     expect((await get(seedPort, '/')).status).toBe(200);
+    expect((await get(routePort, '/', { host: 'unknown.example' })).status).toBe(404);
     const cfg = fs.readFileSync(path.join(dir, 'gw.yaml'), 'utf8');
     const metricsPort = Number(/127\.0\.0\.1:(\d+)/.exec(cfg)![1]);
     const metrics = await get(metricsPort, '/metrics');
@@ -307,6 +308,9 @@ spec:
         `edgemesh_gateway_listen_errors_total\\{gateway="${NS}/conflict",port="${busyPort}"\\} [1-9]`,
       ),
     );
+    expect(metrics.body).toMatch(/edgemesh_gateway_requests_total\{code="200"\} [1-9]/);
+    expect(metrics.body).toMatch(/edgemesh_gateway_requests_total\{code="404"\} [1-9]/);
+    expect(metrics.body).toMatch(/edgemesh_gateway_listeners [1-9]/);
   });
 
   it('serves a Gateway added while running and follows VirtualService changes, keeping open connections', async () => {
