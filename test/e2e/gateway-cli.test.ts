@@ -420,6 +420,7 @@ describe('edgemesh gateway TLS (loopback)', () => {
   let mutualPort = 0;
   let passPort = 0;
   let brokenPort = 0;
+  let cipherPort = 0;
   let passBackend: https.Server | undefined;
 
   const secret = (name: string, d: string, withCa: boolean) => `
@@ -479,6 +480,7 @@ ${withCa ? `  ca.crt: ${b64(path.join(d, 'ca.crt'))}` : ''}
     mutualPort = await freePort();
     passPort = await freePort();
     brokenPort = await freePort();
+    cipherPort = await freePort();
     // The passthrough target terminates TLS itself (certs-b, so its CN tells it apart).
     passBackend = https.createServer(
       {
@@ -498,6 +500,12 @@ ${withCa ? `  ca.crt: ${b64(path.join(d, 'ca.crt'))}` : ''}
         service('hostname-lb-svc', [backend]),
         gateway('gw-simple', simplePort, 'HTTPS', tls('SIMPLE', 'gw-secret')),
         gateway('gw-mutual', mutualPort, 'HTTPS', tls('MUTUAL', 'gw-mutual')),
+        gateway(
+          'gw-cipher',
+          cipherPort,
+          'HTTPS',
+          '      tls: { mode: SIMPLE, credentialName: gw-secret, maxProtocolVersion: TLSV1_2, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256] }',
+        ),
         gateway('gw-broken', brokenPort, 'HTTPS', tls('SIMPLE', 'gw-broken')),
         `
 apiVersion: v1
@@ -523,7 +531,7 @@ kind: VirtualService
 metadata: { name: tls-vs, namespace: ${NS} }
 spec:
   hosts: ["*"]
-  gateways: [gw-simple, gw-mutual]
+  gateways: [gw-simple, gw-mutual, gw-cipher]
   http: [{ route: [{ destination: { host: hostname-lb-svc, port: { number: 12345 } } }] }]`,
       ].join('\n---\n'),
     );
@@ -545,6 +553,14 @@ spec:
     await gw.waitFor(new RegExp(`:${simplePort}".*gateway listening`), 20_000);
     await gw.waitFor(new RegExp(`:${passPort}".*gateway listening`), 20_000);
   }, 60_000);
+
+  it('honours maxProtocolVersion and cipherSuites', async () => {
+    await gw!.waitFor(new RegExp(`:${cipherPort}".*gateway listening`));
+    const ok = await sget(cipherPort, { ciphers: 'ECDHE-RSA-AES128-GCM-SHA256' });
+    expect(ok.body).toBe('tls-backend');
+    await expect(sget(cipherPort, { ciphers: 'ECDHE-RSA-AES256-GCM-SHA384' })).rejects.toThrow();
+    await expect(sget(cipherPort, { minVersion: 'TLSv1.3' })).rejects.toThrow();
+  });
 
   it('reports a Secret that does not parse and serves the other Gateways', async () => {
     await gw!.waitFor(new RegExp(`gw-broken: TLS credentials for port ${brokenPort} are unusable`));
