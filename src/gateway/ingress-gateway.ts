@@ -22,6 +22,7 @@ import { EMPTY_TABLE } from '../controller/types.ts';
 import { ErrorCode } from '../errors.ts';
 import { CONNECT_FAILURE, endpointKey, type PickContext } from '../lb/index.ts';
 import { BalancerRegistry } from '../protocols/balancer-registry.ts';
+import { CONNECT_ERRORS, HOP_BY_HOP, RESPONSE_HOP_BY_HOP } from '../protocols/http-headers.ts';
 import { peek } from '../protocols/peek.ts';
 import { PEEK_TIMEOUT_MS } from '../protocols/stream-handlers.ts';
 import { clientIp, connectUpstream, tunnel } from '../protocols/tcp.ts';
@@ -67,25 +68,8 @@ interface Listener {
   tlsSignature?: string;
 }
 
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'transfer-encoding',
-  'te',
-  'trailer',
-  'upgrade',
-  'expect',
-  'host',
-]);
-const RESPONSE_HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding']);
-const CONNECT_ERRORS = new Set([
-  'ECONNREFUSED',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'EADDRNOTAVAIL',
-  'UND_ERR_CONNECT_TIMEOUT',
-]);
+/** Request headers not forwarded: the hop-by-hop ones, and Host (the gateway sets it itself). */
+const REQUEST_DROPPED = new Set([...HOP_BY_HOP, 'host']);
 const DEFAULT_TIMEOUT_MS = 30_000;
 
 /** Decodes one key of a Secret's base64 `data`. */
@@ -447,7 +431,7 @@ export class IngressGateway implements Service, SnapshotConsumer {
     const raw = req.rawHeaders;
     for (let i = 0; i < raw.length; i += 2) {
       const name = raw[i]!.toLowerCase();
-      if (!HOP_BY_HOP.has(name) && name !== 'x-forwarded-for' && name !== 'x-forwarded-proto')
+      if (!REQUEST_DROPPED.has(name) && name !== 'x-forwarded-for' && name !== 'x-forwarded-proto')
         headers.push(raw[i]!, raw[i + 1]!);
     }
     const xff = req.headers['x-forwarded-for'];

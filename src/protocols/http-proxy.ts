@@ -18,6 +18,7 @@ import {
   type PickContext,
 } from '../lb/index.ts';
 import type { Logger } from '../util/log.ts';
+import { CONNECT_ERRORS, HOP_BY_HOP, RESPONSE_HOP_BY_HOP } from './http-headers.ts';
 import { clientIp, connectUpstream, tunnel } from './tcp.ts';
 
 /** Limits of the HTTP engine. */
@@ -52,31 +53,6 @@ interface Route {
   balancer: Balancer;
   clientIp: string;
 }
-
-/** Request headers that describe this hop only (RFC 9110 §7.6.1) or that undici sets itself. */
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'transfer-encoding',
-  'te',
-  'trailer',
-  'upgrade',
-  'expect',
-]);
-
-/** Response headers not passed back to the client (Node frames the response itself). */
-const RESPONSE_HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding']);
-
-/** Connect-phase failures: the request never reached the endpoint, so another may be tried. */
-const CONNECT_ERRORS = new Set([
-  'ECONNREFUSED',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'EHOSTDOWN',
-  'EADDRNOTAVAIL',
-  'UND_ERR_CONNECT_TIMEOUT',
-]);
 
 /** The value a consistent-hash policy hashes for this request (undefined: no key present). */
 export function hashKeyOf(req: http.IncomingMessage, source: HashSource | undefined): string | undefined {
