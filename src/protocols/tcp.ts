@@ -69,15 +69,18 @@ export async function connectUpstream(
 
 /**
  * Joins two connected sockets (both allowHalfOpen): bytes both ways with backpressure, FIN passed
- * on, an error on either side destroys both. `onClose` runs once when both are closed.
+ * on, an error on either side destroys both. `onClose` runs once when both are closed. Returns the
+ * function that destroys both (for callers that close the pair themselves, e.g. on idle).
  */
-export function tunnel(client: net.Socket, upstream: net.Socket, onClose?: () => void): void {
+export function tunnel(client: net.Socket, upstream: net.Socket, onClose?: () => void): () => void {
   const destroyBoth = () => {
     client.destroy();
     upstream.destroy();
   };
   client.on('error', destroyBoth);
   upstream.on('error', destroyBoth);
+  // With half-open allowed, pipe() ends the other side's writable when one side sends FIN, and a
+  // socket closes only when both directions are done.
   client.pipe(upstream);
   upstream.pipe(client);
   let closed = 0;
@@ -88,4 +91,5 @@ export function tunnel(client: net.Socket, upstream: net.Socket, onClose?: () =>
   client.once('close', onOneClosed);
   upstream.once('close', onOneClosed);
   client.resume();
+  return destroyBoth;
 }

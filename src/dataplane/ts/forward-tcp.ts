@@ -4,14 +4,9 @@
 import net from 'node:net';
 import type { Endpoint } from '../../controller/types.ts';
 import { type Balancer, CONNECT_FAILURE } from '../../lb/index.ts';
+import { clientIp, tunnel } from '../../protocols/tcp.ts';
 import type { CounterRow } from './counters.ts';
 import type { WorkerSettings } from './messages.ts';
-
-/** The client's IP without the IPv4-mapped prefix (what balancers hash and affinity keys use). */
-export function clientIpOf(socket: net.Socket): string {
-  const ip = socket.remoteAddress ?? '';
-  return ip.startsWith('::ffff:') ? ip.slice(7) : ip;
-}
 
 /**
  * Connects to an endpoint chosen by `balancer`, trying up to `maxAttempts` different endpoints
@@ -68,16 +63,7 @@ export function splice(
     counters?.add('bytes_from_clients', client.bytesRead);
     counters?.add('bytes_to_clients', client.bytesWritten);
   };
-  const destroyBoth = () => {
-    client.destroy();
-    upstream.destroy();
-  };
-  client.on('error', destroyBoth);
-  upstream.on('error', destroyBoth);
-  // Both sockets allow half-open: pipe() ends the other side's writable when one side sends FIN,
-  // and a socket closes only when both directions are done.
-  client.pipe(upstream);
-  upstream.pipe(client);
+  const destroyBoth = tunnel(client, upstream);
   // A clean close means both directions finished on both sockets (the other one closes by itself);
   // resets and errors reach destroyBoth through 'error'.
   client.on('close', finish);
@@ -99,7 +85,6 @@ export function splice(
     client.on('data', onActive);
     upstream.on('data', onActive);
   }
-  client.resume();
 }
 
 /** Forwards one accepted client connection (paused on accept) to an endpoint of `balancer`. */
@@ -112,7 +97,7 @@ export async function forwardTcp(
   counters?.add('connections_total');
   counters?.add('connections_active');
   client.on('error', () => {});
-  const up = await connectUpstream(balancer, clientIpOf(client), settings, counters);
+  const up = await connectUpstream(balancer, clientIp(client), settings, counters);
   if (!up || client.destroyed) {
     if (!up) counters?.add('no_endpoint');
     up?.socket.destroy();
