@@ -4,8 +4,6 @@ import type { Logger } from '../util/log.ts';
 import type { Interceptor, InterceptTarget } from './interceptor.ts';
 import {
   inSync,
-  type KeyedTargets,
-  keyTargets,
   parseSave,
   type RuleOptions,
   renderCleanup,
@@ -13,6 +11,7 @@ import {
   renderFull,
   type SavedNat,
 } from './iptables-render.ts';
+import { RuleSetSync } from './rule-set-sync.ts';
 import { type CommandPrefix, mustRun, runCommand } from './run-command.ts';
 
 /** Which binaries: `iptables` (whatever the system's alternative is), or an explicit backend. */
@@ -29,10 +28,12 @@ export interface IptablesInterceptorOptions extends RuleOptions {
 export class IptablesInterceptor implements Interceptor {
   readonly name = 'interceptor';
   readonly mode = 'iptables' as const;
-  private applied: InterceptTarget[] | undefined;
-  /** `applied` keyed, kept so a one-service change diffs against it without re-keying. */
-  private appliedKeys: KeyedTargets = new Map();
-  private fullNext = true;
+  private readonly state = new RuleSetSync({
+    applyFull: async (targets) => this.restore(renderFull(targets, this.options, await this.save())),
+    renderDelta,
+    applyDelta: (payload) => this.restore(payload),
+    installed: async (targets) => inSync(await this.save(), targets, this.options),
+  });
   /** Whether the binaries are the nf_tables-backed ones (known after the first check). */
   private nfTables: boolean | undefined;
 
@@ -55,46 +56,22 @@ export class IptablesInterceptor implements Interceptor {
       await this.restore(cleanup);
       await this.dropEmptyNftChains();
     }
-    this.applied = undefined;
-    this.fullNext = true;
+    this.state.reset();
   }
 
-  async sync(targets: readonly InterceptTarget[]): Promise<void> {
-    const next = [...targets];
-    try {
-      if (this.fullNext || !this.applied) {
-        const saved = await this.save();
-        await this.restore(renderFull(next, this.options, saved));
-        this.fullNext = false;
-        this.appliedKeys = keyTargets(next);
-      } else {
-        const nextKeys = keyTargets(next);
-        const delta = renderDelta(this.appliedKeys, nextKeys);
-        this.appliedKeys = nextKeys;
-        if (delta) await this.restore(delta);
-      }
-      this.applied = next;
-    } catch (err) {
-      // State unknown now: the next sync renders everything from what is really installed.
-      this.fullNext = true;
-      throw err;
-    }
+  sync(targets: readonly InterceptTarget[]): Promise<void> {
+    return this.state.sync(targets);
   }
 
   /** Drift check: when someone changed our rules or jumps, re-installs them; true when it repaired. */
-  async repair(): Promise<boolean> {
-    if (!this.applied) return false;
-    const saved = await this.save();
-    if (inSync(saved, this.applied, this.options)) return false;
-    this.fullNext = true;
-    await this.sync(this.applied);
-    return true;
+  repair(): Promise<boolean> {
+    return this.state.repair();
   }
 
   async stop(): Promise<void> {
     const cleanup = renderCleanup(await this.save());
     if (cleanup) await this.restore(cleanup);
-    this.applied = undefined;
+    this.state.reset();
     await this.dropEmptyNftChains();
   }
 

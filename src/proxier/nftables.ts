@@ -2,8 +2,9 @@
 // replaced atomically with one `nft -f` per sync.
 import type { Logger } from '../util/log.ts';
 import type { Interceptor, InterceptTarget } from './interceptor.ts';
-import { type KeyedTargets, keyTargets, type RuleOptions } from './iptables-render.ts';
+import type { RuleOptions } from './iptables-render.ts';
 import { expectedShape, renderCleanup, renderDelta, renderFull, TABLE } from './nftables-render.ts';
+import { RuleSetSync } from './rule-set-sync.ts';
 import { type CommandPrefix, mustRun, runCommand } from './run-command.ts';
 
 export interface NftablesInterceptorOptions extends RuleOptions {
@@ -24,10 +25,12 @@ interface NftJson {
 export class NftablesInterceptor implements Interceptor {
   readonly name = 'interceptor';
   readonly mode = 'nftables' as const;
-  private applied: InterceptTarget[] | undefined;
-  /** `applied` keyed, kept so a one-service change diffs against it without re-keying. */
-  private appliedKeys: KeyedTargets = new Map();
-  private fullNext = true;
+  private readonly state = new RuleSetSync({
+    applyFull: (targets) => this.nft(renderFull(targets, this.options)),
+    renderDelta,
+    applyDelta: (payload) => this.nft(payload),
+    installed: (targets) => this.matches(targets),
+  });
 
   constructor(private readonly options: NftablesInterceptorOptions) {}
 
@@ -38,42 +41,21 @@ export class NftablesInterceptor implements Interceptor {
       this.options.log.info('removing leftover edgemesh nftables table');
       await this.nft(renderCleanup());
     }
-    this.applied = undefined;
-    this.fullNext = true;
+    this.state.reset();
   }
 
-  async sync(targets: readonly InterceptTarget[]): Promise<void> {
-    const next = [...targets];
-    try {
-      if (this.fullNext || !this.applied) {
-        await this.nft(renderFull(next, this.options));
-        this.fullNext = false;
-        this.appliedKeys = keyTargets(next);
-      } else {
-        const nextKeys = keyTargets(next);
-        const delta = renderDelta(this.appliedKeys, nextKeys);
-        this.appliedKeys = nextKeys;
-        if (delta) await this.nft(delta);
-      }
-      this.applied = next;
-    } catch (err) {
-      this.fullNext = true;
-      throw err;
-    }
+  sync(targets: readonly InterceptTarget[]): Promise<void> {
+    return this.state.sync(targets);
   }
 
   /** Drift check on the table's shape (chains, rule and element counts); re-installs when it differs. */
-  async repair(): Promise<boolean> {
-    if (!this.applied) return false;
-    if (await this.matches(this.applied)) return false;
-    this.fullNext = true;
-    await this.sync(this.applied);
-    return true;
+  repair(): Promise<boolean> {
+    return this.state.repair();
   }
 
   async stop(): Promise<void> {
     await this.nft(renderCleanup());
-    this.applied = undefined;
+    this.state.reset();
   }
 
   private async matches(targets: readonly InterceptTarget[]): Promise<boolean> {
