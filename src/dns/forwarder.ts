@@ -107,6 +107,36 @@ function matches(answer: Buffer, id: number, question: [string, number, number])
   return q !== undefined && q[0] === question[0] && q[1] === question[1] && q[2] === question[2];
 }
 
+/**
+ * The settle-once end of one exchange: the first outcome (answer, socket error, timeout) wins,
+ * clears the timer and releases the socket. `onError` maps a socket error to its failure kind.
+ */
+function settleOnce(
+  timeoutMs: number,
+  release: () => void,
+  resolve: (answer: Buffer) => void,
+  reject: (err: AttemptError) => void,
+): {
+  finish: (err: AttemptError | undefined, answer?: Buffer) => void;
+  onError: (err: NodeJS.ErrnoException) => void;
+  isDone: () => boolean;
+} {
+  let done = false;
+  const finish = (err: AttemptError | undefined, answer?: Buffer) => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    release();
+    if (err) reject(err);
+    else resolve(answer!);
+  };
+  const timer = setTimeout(() => finish(new AttemptError('timeout')), timeoutMs);
+  timer.unref();
+  const onError = (err: NodeJS.ErrnoException) =>
+    finish(new AttemptError(err.code === 'ECONNREFUSED' ? 'refused' : 'error'));
+  return { finish, onError, isDone: () => done };
+}
+
 function udpExchange(
   server: HostPort,
   query: Buffer,
@@ -116,28 +146,16 @@ function udpExchange(
 ): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const socket = dgram.createSocket(net.isIPv6(server.host.split('%')[0]!) ? 'udp6' : 'udp4');
-    let done = false;
-    const finish = (err: AttemptError | undefined, answer?: Buffer) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      socket.close();
-      if (err) reject(err);
-      else resolve(answer!);
-    };
-    const timer = setTimeout(() => finish(new AttemptError('timeout')), timeoutMs);
-    timer.unref();
+    const { finish, onError, isDone } = settleOnce(timeoutMs, () => socket.close(), resolve, reject);
     // A connected socket receives ICMP port-unreachable as ECONNREFUSED: a stopped upstream
     // fails over at once instead of after a timeout.
-    socket.on('error', (err: NodeJS.ErrnoException) =>
-      finish(new AttemptError(err.code === 'ECONNREFUSED' ? 'refused' : 'error')),
-    );
+    socket.on('error', onError);
     socket.on('message', (msg) => {
       // Anything else (late answers to an old id, spoofing attempts) is ignored, not fatal.
       if (matches(msg, id, question)) finish(undefined, msg);
     });
     socket.connect(server.port, server.host, () => {
-      if (!done) socket.send(query, (err) => err && finish(new AttemptError('error')));
+      if (!isDone()) socket.send(query, (err) => err && finish(new AttemptError('error')));
     });
   });
 }
@@ -152,20 +170,8 @@ function tcpExchange(
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: server.host, port: server.port });
     let buffered = Buffer.alloc(0);
-    let done = false;
-    const finish = (err: AttemptError | undefined, answer?: Buffer) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      socket.destroy();
-      if (err) reject(err);
-      else resolve(answer!);
-    };
-    const timer = setTimeout(() => finish(new AttemptError('timeout')), timeoutMs);
-    timer.unref();
-    socket.on('error', (err: NodeJS.ErrnoException) =>
-      finish(new AttemptError(err.code === 'ECONNREFUSED' ? 'refused' : 'error')),
-    );
+    const { finish, onError } = settleOnce(timeoutMs, () => socket.destroy(), resolve, reject);
+    socket.on('error', onError);
     socket.on('close', () => finish(new AttemptError('error')));
     socket.on('connect', () => {
       const frame = Buffer.allocUnsafe(2 + query.length);
