@@ -1,7 +1,7 @@
 // Maglev consistent hashing (Eisenbud et al., NSDI '16): a lookup table of prime size where each
 // member fills slots in its own permutation order, giving near-perfect balance and small remapping.
 import type { Endpoint } from '../controller/types.ts';
-import { endpointKey } from './endpoint-key.ts';
+import { sortedMembers } from './endpoint-key.ts';
 import { murmur3 } from './murmur3.ts';
 
 /** Istio's default Maglev table size (a prime). */
@@ -30,13 +30,8 @@ export class MaglevTable {
   private readonly table: Int32Array;
 
   constructor(endpoints: readonly Endpoint[], tableSize = DEFAULT_MAGLEV_TABLE_SIZE) {
-    const byKey = new Map<string, Endpoint>();
-    for (const ep of endpoints) {
-      const key = endpointKey(ep);
-      if (!byKey.has(key)) byKey.set(key, ep);
-    }
-    const keys = [...byKey.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-    this.members = keys.map((k) => byKey.get(k)!);
+    const { keys, members } = sortedMembers(endpoints);
+    this.members = members;
     const m = nextPrime(Math.max(tableSize, keys.length, 7));
     this.size = m;
     this.table = new Int32Array(m).fill(-1);

@@ -6,7 +6,7 @@
 //   - points are ordered by hash, ties by member order;
 //   - pick(key) = owner of the first point with hash >= murmur3(key), wrapping to the first point.
 import type { Endpoint } from '../controller/types.ts';
-import { endpointKey } from './endpoint-key.ts';
+import { sortedMembers } from './endpoint-key.ts';
 import { murmur3 } from './murmur3.ts';
 
 /** Default number of ring points shared among all members (the L4 contract uses this). */
@@ -20,13 +20,8 @@ export class HashRing {
   private readonly owners: Uint32Array;
 
   constructor(endpoints: readonly Endpoint[], ringSize = DEFAULT_RING_SIZE) {
-    const byKey = new Map<string, Endpoint>();
-    for (const ep of endpoints) {
-      const key = endpointKey(ep);
-      if (!byKey.has(key)) byKey.set(key, ep);
-    }
-    const keys = [...byKey.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-    this.members = keys.map((k) => byKey.get(k)!);
+    const { keys, members } = sortedMembers(endpoints);
+    this.members = members;
     const n = keys.length;
     const vnodes = n === 0 ? 0 : Math.ceil(Math.max(1, ringSize) / n);
     const points: Array<[number, number]> = [];
