@@ -24,6 +24,7 @@ import { CONNECT_FAILURE, endpointKey, type PickContext } from '../lb/index.ts';
 import { BalancerRegistry } from '../protocols/balancer-registry.ts';
 import { CONNECT_ERRORS, HOP_BY_HOP, RESPONSE_HOP_BY_HOP } from '../protocols/http-headers.ts';
 import { peek } from '../protocols/peek.ts';
+import { plainReply } from '../protocols/plain-reply.ts';
 import { PEEK_TIMEOUT_MS } from '../protocols/stream-handlers.ts';
 import { clientIp, connectUpstream, tunnel } from '../protocols/tcp.ts';
 import { MAX_CLIENT_HELLO, parseClientHello } from '../protocols/tls-client-hello.ts';
@@ -379,16 +380,7 @@ export class IngressGateway implements Service, SnapshotConsumer {
 
   private reply(res: http.ServerResponse, status: number, text: string): void {
     this.requests.inc({ code: String(status) });
-    if (res.headersSent) {
-      res.destroy();
-      return;
-    }
-    const body = `${text}\n`;
-    res.writeHead(status, {
-      'content-type': 'text/plain; charset=utf-8',
-      'content-length': Buffer.byteLength(body),
-    });
-    res.end(body);
+    plainReply(res, status, text);
   }
 
   private onRequest(

@@ -19,6 +19,7 @@ import {
 } from '../lb/index.ts';
 import type { Logger } from '../util/log.ts';
 import { CONNECT_ERRORS, HOP_BY_HOP, RESPONSE_HOP_BY_HOP } from './http-headers.ts';
+import { plainReply } from './plain-reply.ts';
 import { clientIp, connectUpstream, tunnel } from './tcp.ts';
 
 /** Limits of the HTTP engine. */
@@ -206,16 +207,7 @@ export class HttpProxy {
 
   private reply(res: http.ServerResponse, status: number, text: string): void {
     if (status >= 500) this.stats.responses5xx++;
-    if (res.headersSent) {
-      res.destroy();
-      return;
-    }
-    const body = `${text}\n`;
-    res.writeHead(status, {
-      'content-type': 'text/plain; charset=utf-8',
-      'content-length': Buffer.byteLength(body),
-    });
-    res.end(body);
+    plainReply(res, status, text);
   }
 
   private onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
