@@ -2,8 +2,8 @@
 // over pooled upstream connections), websocket/ws and https (byte streams after a look at the
 // first bytes), plus the UDP flow proxy. The TS data plane loads this module in each listener
 // worker and calls registerHandlers(); `handlers` is the same table for direct use.
-import type net from 'node:net';
 import type { AppProtocol, ServiceEntry, ServicePortEntry } from '../controller/types.ts';
+import type { ProtocolHandler } from '../dataplane/ts/handlers.ts';
 import type { Balancer, BalancerOptions } from '../lb/index.ts';
 import { BalancerRegistry } from './balancer-registry.ts';
 import { HttpProxy, type HttpProxyOptions } from './http-proxy.ts';
@@ -23,16 +23,8 @@ export { clientIp, connectUpstream, DEFAULT_CONNECT, tunnel } from './tcp.ts';
 export { type ClientHelloResult, parseClientHello } from './tls-client-hello.ts';
 export { UdpProxy, type UdpProxyOptions } from './udp-proxy.ts';
 
-/**
- * Takes over one accepted client connection (the data plane's dispatch signature). `balancer` is
- * the data plane's balancer for this port; without it the handler keeps its own per thread.
- */
-export type ProtocolHandler = (
-  client: net.Socket,
-  service: ServiceEntry,
-  port: ServicePortEntry,
-  balancer?: Balancer,
-) => void;
+// The handler signature is the data plane's dispatch contract; re-exported for handler authors.
+export type { ProtocolHandler };
 
 let registry: BalancerRegistry | undefined;
 let httpProxy: HttpProxy | undefined;
