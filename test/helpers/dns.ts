@@ -170,15 +170,33 @@ export async function startFakeUpstream(
     return dnsPacket.encode({ ...base, flags: base.flags | 3, authorities: [soa(negativeTtl)] });
   };
 
-  const udp = dgram.createSocket('udp4');
-  await new Promise<void>((resolve) => udp.bind(options.port ?? 0, '127.0.0.1', () => resolve()));
-  state.port = udp.address().port;
+  // UDP and TCP must share one port number, and a random free UDP port may be taken for TCP by a
+  // parallel test: retry with a fresh UDP port on EADDRINUSE (an unhandled listen error used to
+  // hang the test's set-up).
+  const sockets = new Set<net.Socket>();
+  let udp!: dgram.Socket;
+  let tcp!: net.Server;
+  for (let attempt = 0; ; attempt++) {
+    udp = dgram.createSocket('udp4');
+    await new Promise<void>((resolve, reject) => {
+      udp.once('error', reject);
+      udp.bind(options.port ?? 0, '127.0.0.1', () => resolve());
+    });
+    state.port = udp.address().port;
+    tcp = net.createServer((socket) => serveTcp(socket));
+    const listened = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+      tcp.once('error', (err: NodeJS.ErrnoException) => resolve(err));
+      tcp.listen(state.port, '127.0.0.1', () => resolve(undefined));
+    });
+    if (!listened) break;
+    await new Promise<void>((resolve) => udp.close(() => resolve()));
+    if (listened.code !== 'EADDRINUSE' || options.port !== undefined || attempt >= 20) throw listened;
+  }
   udp.on('message', (msg, rinfo) => {
     const r = respond(msg, 'udp');
     if (r) udp.send(r, rinfo.port, rinfo.address);
   });
-  const sockets = new Set<net.Socket>();
-  const tcp = net.createServer((socket) => {
+  function serveTcp(socket: net.Socket): void {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => {});
@@ -196,8 +214,7 @@ export async function startFakeUpstream(
         }
       }
     });
-  });
-  await new Promise<void>((resolve) => tcp.listen(state.port, '127.0.0.1', () => resolve()));
+  }
   let closed = false;
   state.close = async () => {
     if (closed) return;
