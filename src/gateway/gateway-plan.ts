@@ -11,8 +11,12 @@ import {
   type RouteDestination,
 } from './http-routes.ts';
 
-/** Protocols a Gateway server can ask for (HTTP2/GRPC are served as HTTP/1.1 here). */
-export type ServerProtocol = 'HTTP' | 'HTTPS' | 'TCP' | 'TLS';
+/**
+ * How a port is served. HTTP2/GRPC are served as HTTP/1.1; TLS is passthrough by SNI (or no tls
+ * settings); TLS_TERMINATED is `protocol: TLS` with tls.mode SIMPLE/MUTUAL: the gateway terminates
+ * TLS and the decrypted stream follows tcp[] routes (as Istio does).
+ */
+export type ServerProtocol = 'HTTP' | 'HTTPS' | 'TCP' | 'TLS' | 'TLS_TERMINATED';
 
 /** TLS settings of one Gateway server. */
 export interface ServerTls {
@@ -173,8 +177,13 @@ export function planGateways(
       }
       const tls = tlsOf(server?.tls);
       if (protocol === 'HTTPS' && tls?.mode === 'PASSTHROUGH') protocol = 'TLS';
-      if (protocol === 'HTTPS' && (!tls || tls.credentialName === '')) {
-        issues.push({ gateway: key, port, message: 'HTTPS server without tls.credentialName skipped' });
+      else if (protocol === 'TLS' && tls && tls.mode !== 'PASSTHROUGH') protocol = 'TLS_TERMINATED';
+      if ((protocol === 'HTTPS' || protocol === 'TLS_TERMINATED') && (!tls || tls.credentialName === '')) {
+        issues.push({
+          gateway: key,
+          port,
+          message: `${protocol === 'HTTPS' ? 'HTTPS' : 'TLS (SIMPLE/MUTUAL)'} server without tls.credentialName skipped`,
+        });
         continue;
       }
       const plan: ServerPlan = {

@@ -1,6 +1,6 @@
 // The ingress gateway: one listener per (address, port) of the current plan. HTTP/HTTPS requests
 // are routed by VirtualService per request (the plan is read at request time, so route changes
-// need no restart); TCP connections follow tcp[] routes. A snapshot only opens listeners for new
+// need no restart); TCP connections and terminated TLS streams follow tcp[] routes. A snapshot only opens listeners for new
 // ports, closes those of removed ports and swaps TLS contexts in place (Secret rotation applies to
 // new handshakes); listeners of unchanged ports and their connections are left alone.
 import http from 'node:http';
@@ -59,13 +59,13 @@ interface SniContext {
 
 interface Listener {
   key: string;
-  /** HTTPS: contexts chosen by SNI (swapped in place on Secret rotation). */
+  /** HTTPS / TLS_TERMINATED: contexts chosen by SNI (swapped in place on Secret rotation). */
   sni: SniContext[];
   port: number;
   protocol: PortPlan['protocol'];
   server: net.Server;
   sockets: Set<net.Socket>;
-  /** Serialized TLS inputs last applied (HTTPS), to swap contexts only on change. */
+  /** Serialized TLS inputs last applied (HTTPS / TLS_TERMINATED), to swap contexts only on change. */
   tlsSignature?: string;
 }
 
@@ -185,7 +185,7 @@ export class IngressGateway implements Service, SnapshotConsumer {
     for (const [key, plan] of wanted) {
       const existing = this.listeners.get(key);
       if (existing) {
-        if (plan.protocol === 'HTTPS') this.refreshTls(existing, plan);
+        if (plan.protocol === 'HTTPS' || plan.protocol === 'TLS_TERMINATED') this.refreshTls(existing, plan);
         continue;
       }
       const address = key.slice(0, key.lastIndexOf(':'));
@@ -205,25 +205,24 @@ export class IngressGateway implements Service, SnapshotConsumer {
     let server: net.Server;
     let tlsSignature: string | undefined;
     let sni: SniContext[] = [];
+    let secure: tls.TlsOptions | undefined;
+    if (plan.protocol === 'HTTPS' || plan.protocol === 'TLS_TERMINATED') {
+      const tlsOpts = this.tlsOptions(plan);
+      if (!tlsOpts) return;
+      tlsSignature = tlsOpts.signature;
+      sni = tlsOpts.contexts;
+      // One callback for the listener's life, reading the current contexts: rotation swaps them.
+      secure = {
+        ...tlsOpts.options,
+        SNICallback: (servername, cb) => {
+          const name = servername.toLowerCase();
+          const current = listener.sni;
+          cb(null, (current.find((c) => c.hosts.some((h) => hostMatches(h, name))) ?? current[0])?.ctx);
+        },
+      };
+    }
     if (plan.protocol === 'HTTP' || plan.protocol === 'HTTPS') {
-      let httpServer: http.Server;
-      if (plan.protocol === 'HTTPS') {
-        const tlsOpts = this.tlsOptions(plan);
-        if (!tlsOpts) return;
-        tlsSignature = tlsOpts.signature;
-        sni = tlsOpts.contexts;
-        // One callback for the listener's life, reading the current contexts: rotation swaps them.
-        httpServer = https.createServer({
-          ...tlsOpts.options,
-          SNICallback: (servername, cb) => {
-            const name = servername.toLowerCase();
-            const current = listener.sni;
-            cb(null, (current.find((c) => c.hosts.some((h) => hostMatches(h, name))) ?? current[0])?.ctx);
-          },
-        });
-      } else {
-        httpServer = http.createServer();
-      }
+      const httpServer = secure ? https.createServer(secure) : http.createServer();
       httpServer.on('request', (req, res) => this.onRequest(plan.port, req, res, plan.protocol === 'HTTPS'));
       // No open relay: CONNECT is never tunnelled.
       httpServer.on('connect', (_req, socket: net.Socket) => {
@@ -233,6 +232,9 @@ export class IngressGateway implements Service, SnapshotConsumer {
       });
       httpServer.on('clientError', (_err, socket: net.Socket) => socket.destroy());
       server = httpServer;
+    } else if (secure) {
+      // Terminated TLS: the decrypted stream follows tcp[] routes like a TCP server's.
+      server = tls.createServer({ ...secure, allowHalfOpen: true }, (s) => this.onTcp(plan.port, s));
     } else {
       server = net.createServer({ allowHalfOpen: true }, (s) => this.onTcp(plan.port, s));
     }
@@ -275,7 +277,7 @@ export class IngressGateway implements Service, SnapshotConsumer {
     });
   }
 
-  /** The TLS server options of an HTTPS port, or undefined (logged) when its Secret is unusable. */
+  /** The TLS server options of an HTTPS or terminated-TLS port, or undefined (logged) when its Secret is unusable. */
   private tlsOptions(
     plan: PortPlan,
   ): { options: tls.TlsOptions; contexts: SniContext[]; signature: string } | undefined {
@@ -341,7 +343,7 @@ export class IngressGateway implements Service, SnapshotConsumer {
     return { options, contexts: secure.map(({ hosts, ctx }) => ({ hosts, ctx })), signature };
   }
 
-  /** Swaps an HTTPS listener's contexts when its Secrets or TLS settings changed (new handshakes only). */
+  /** Swaps an HTTPS / terminated-TLS listener's contexts when its Secrets or TLS settings changed (new handshakes only). */
   private refreshTls(l: Listener, plan: PortPlan): void {
     const next = this.tlsOptions(plan);
     if (!next || next.signature === l.tlsSignature) return;
@@ -594,7 +596,7 @@ export class IngressGateway implements Service, SnapshotConsumer {
     });
   }
 
-  /** TCP servers: the first tcp[] route of a bound VirtualService that covers this port. */
+  /** TCP and terminated-TLS servers: the first tcp[] route of a bound VirtualService covering this port. */
   private onTcp(port: number, socket: net.Socket): void {
     socket.on('error', () => socket.destroy());
     const plan = this.plans.get(port);

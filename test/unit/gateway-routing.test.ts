@@ -163,6 +163,9 @@ describe('gateway plan', () => {
             },
             { port: { number: 9000, protocol: 'TLS' }, tls: { mode: 'PASSTHROUGH' } },
             { port: { number: 8443, protocol: 'HTTPS' } },
+            { port: { number: 9001, protocol: 'TLS' } },
+            { port: { number: 9002, protocol: 'TLS' }, tls: { mode: 'SIMPLE', credentialName: 's' } },
+            { port: { number: 9003, protocol: 'TLS' }, tls: { mode: 'MUTUAL' } },
           ],
         }),
         obj('Gateway', 'ns', 'b', { selector: labels, servers: [{ port: { number: 80, protocol: 'TCP' } }] }),
@@ -179,11 +182,15 @@ describe('gateway plan', () => {
       labels,
       issues,
     );
-    expect([...plans.keys()].sort()).toEqual([443, 80, 9000]);
+    expect([...plans.keys()].sort()).toEqual([443, 80, 9000, 9001, 9002]);
+    // protocol TLS: passthrough without tls or with PASSTHROUGH; SIMPLE/MUTUAL terminate.
+    expect(plans.get(9000)!.protocol).toBe('TLS');
+    expect(plans.get(9001)!.protocol).toBe('TLS');
+    expect(plans.get(9002)!.protocol).toBe('TLS_TERMINATED');
     expect(plans.get(80)).toMatchObject({ protocol: 'HTTP', gateways: ['ns/a'] });
     expect(plans.get(80)!.servers[0]!.virtualServices.map((v) => v.key)).toEqual(['ns/v']);
     expect(plans.get(443)!.servers[0]!.tls).toMatchObject({ mode: 'MUTUAL', credentialName: 's' });
-    expect(issues.map((i) => `${i.gateway}:${i.port}`).sort()).toEqual(['ns/a:8443', 'ns/b:80']);
+    expect(issues.map((i) => `${i.gateway}:${i.port}`).sort()).toEqual(['ns/a:8443', 'ns/a:9003', 'ns/b:80']);
   });
 });
 
