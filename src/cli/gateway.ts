@@ -44,6 +44,9 @@ export class GatewayProcess {
     readonly config: EdgemeshConfig,
     readonly log: Logger,
   ) {
+    // This process is the edge gateway: the kube source watches Secrets (TLS credentials) only
+    // when modules.edgeGateway.enable is set, whatever the config file says for the agent.
+    config.modules.edgeGateway.enable = true;
     this.lifecycle = new Lifecycle(log);
   }
 
