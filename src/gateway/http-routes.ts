@@ -153,6 +153,19 @@ export function hostMatches(pattern: string, host: string): boolean {
   return p === host;
 }
 
+/**
+ * How specifically `pattern` matches `host`: -1 no match, 0 for `*`, the suffix length for
+ * `*.suffix`, and above every wildcard for an exact name. Istio serves a host from the
+ * VirtualServices with its most specific matching host, not from whichever sorts first.
+ */
+export function hostSpecificity(pattern: string, host: string): number {
+  if (!hostMatches(pattern, host)) return -1;
+  const p = (pattern.includes('/') ? pattern.slice(pattern.indexOf('/') + 1) : pattern).toLowerCase();
+  if (p === '*') return 0;
+  if (p.startsWith('*.')) return p.length - 1;
+  return 1_000_000;
+}
+
 /** True when VirtualService `vs` is bound to Gateway `gatewayKey` (`namespace/name`). */
 export function boundTo(vs: KubeObject, gatewayKey: string): boolean {
   const [gwNs, gwName] = gatewayKey.split('/') as [string, string];

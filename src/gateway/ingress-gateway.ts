@@ -35,6 +35,7 @@ import {
   chooseRoute,
   type HttpRoute,
   hostMatches,
+  hostSpecificity,
   pickWeighted,
   type RouteDestination,
 } from './http-routes.ts';
@@ -367,17 +368,28 @@ export class IngressGateway implements Service, SnapshotConsumer {
   private routesFor(port: number, host: string): HttpRoute[] | undefined {
     const plan = this.plans.get(port);
     if (!plan) return undefined;
-    const routes: HttpRoute[] = [];
-    let anyHost = false;
+    // Only the VirtualServices whose best host match is the most specific one serve this host
+    // (an exact `second.test` beats `*.test`, which beats `*`); among those, routes keep their order.
+    let best = -1;
+    const candidates: Array<{ vs: ServerPlan['virtualServices'][number]; score: number }> = [];
     for (const server of plan.servers) {
       if (!server.hosts.some((h) => hostMatches(h, host))) continue;
       for (const vs of server.virtualServices) {
-        if (!vs.hosts.some((h) => hostMatches(h, host))) continue;
-        anyHost = true;
-        routes.push(...vs.http);
+        const score = Math.max(...vs.hosts.map((h) => hostSpecificity(h, host)));
+        if (score < 0) continue;
+        candidates.push({ vs, score });
+        best = Math.max(best, score);
       }
     }
-    return anyHost ? routes : undefined;
+    if (best < 0) return undefined;
+    const seen = new Set<ServerPlan['virtualServices'][number]>();
+    const routes: HttpRoute[] = [];
+    for (const { vs, score } of candidates) {
+      if (score !== best || seen.has(vs)) continue;
+      seen.add(vs);
+      routes.push(...vs.http);
+    }
+    return routes;
   }
 
   private reply(res: http.ServerResponse, status: number, text: string): void {

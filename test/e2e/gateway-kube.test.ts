@@ -149,6 +149,12 @@ describe('edgemesh gateway --kube-api (apiserver fixture)', () => {
     );
     await eventually(async () => (await get(httpPort, 'second.test')).body === 'kube-hostname-2');
     expect((await get(httpPort, 'first.test')).body).toBe('kube-hostname-1');
+    // A catch-all VirtualService whose name sorts first: it serves unknown hosts, but the more
+    // specific VirtualServices keep their hosts (the most specific host wins, as in Istio).
+    api.upsert('virtualservices', virtualService('aaa-catch-all', ['*'], ['edgemesh-gateway'], 'second-svc'));
+    await eventually(async () => (await get(httpPort, 'other.test')).body === 'kube-hostname-2');
+    expect((await get(httpPort, 'first.test')).body).toBe('kube-hostname-1');
+    expect((await get(httpPort, 'second.test')).body).toBe('kube-hostname-2');
     // An HTTPS Gateway whose certificate comes from a Secret that arrives through the watch.
     const b64 = (f: string) => fs.readFileSync(path.join(dir, 'certs', f)).toString('base64');
     api.upsert('secrets', {

@@ -9,6 +9,7 @@ import {
   chooseRoute,
   compileHttpRoutes,
   hostMatches,
+  hostSpecificity,
   parseDestinations,
   pickWeighted,
 } from '../../src/gateway/http-routes.ts';
@@ -36,6 +37,19 @@ describe('gateway routing', () => {
     expect(hostMatches('*.example.com', 'a.example.com')).toBe(true);
     expect(hostMatches('*.example.com', 'example.com')).toBe(false);
     expect(hostMatches('ns/*.Example.com', 'a.example.com')).toBe(true);
+  });
+
+  it('ranks host matches: exact above longer wildcards above shorter ones above *', () => {
+    const host = 'api.shop.example.com';
+    const ranked = ['*', '*.com', '*.example.com', '*.shop.example.com', 'api.shop.example.com'].map((p) =>
+      hostSpecificity(p, host),
+    );
+    expect([...ranked].sort((a, b) => a - b)).toEqual(ranked);
+    expect(new Set(ranked).size).toBe(ranked.length);
+    expect(hostSpecificity('other.example.com', host)).toBe(-1);
+    expect(hostSpecificity('ns/api.shop.example.com', host)).toBe(
+      hostSpecificity('api.shop.example.com', host),
+    );
   });
 
   it('binds VirtualServices to Gateways by short name (same namespace) or ns/name', () => {
