@@ -8,53 +8,20 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startCli } from '../test/helpers/cli.ts';
 import { freePort } from '../test/helpers/ports.ts';
 import { onCleanup } from './lib/cleanup.ts';
-import { delay, exec, haveCommand, waitListening } from './lib/exec.ts';
-import { processTree, treeTicks } from './lib/proc-stats.ts';
+import { exec, haveCommand, waitListening } from './lib/exec.ts';
+import { treeTicks } from './lib/proc-stats.ts';
 import type { BenchModule, BenchRecord } from './lib/record.ts';
+import { type Supervised, superviseTree } from './lib/supervise.ts';
 
 const self = fileURLToPath(import.meta.url);
 
-interface Proc {
-  pid: number;
-  stop(): Promise<void>;
-}
+type Proc = Supervised;
 
 /** Starts `argv` and waits until `port` listens; killed with its children on stop or Ctrl-C. */
-async function spawnListening(argv: string[], port: number): Promise<Proc> {
-  const proc = startCli([], { command: argv });
-  const pid = proc.child.pid!;
-  const kill = (sig: NodeJS.Signals) => {
-    for (const p of processTree(pid).reverse()) {
-      try {
-        process.kill(p, sig);
-      } catch {
-        // already gone
-      }
-    }
-  };
-  const unregister = onCleanup(() => kill('SIGKILL'));
-  const exited = new Promise<void>((resolve) => proc.child.once('close', () => resolve()));
-  const stop = async () => {
-    kill('SIGTERM');
-    if (await Promise.race([exited.then(() => false), delay(3000).then(() => true)])) kill('SIGKILL');
-    await exited;
-    unregister();
-  };
-  try {
-    await Promise.race([
-      waitListening(undefined, port, 60_000),
-      exited.then(() => {
-        throw new Error(`${argv[0]} exited during start-up: ${proc.output().slice(-600)}`);
-      }),
-    ]);
-  } catch (err) {
-    await stop();
-    throw err;
-  }
-  return { pid, stop };
+function spawnListening(argv: string[], port: number): Promise<Proc> {
+  return superviseTree(argv, () => waitListening(undefined, port, 60_000));
 }
 
 interface WrkResult {

@@ -4,11 +4,11 @@
 // stopped (whole process tree) after its turn.
 import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { repoRoot, startCli } from '../../test/helpers/cli.ts';
+import { repoRoot } from '../../test/helpers/cli.ts';
 import { onCleanup } from './cleanup.ts';
 import { delay, exec, haveCommand, inNs, type Where, waitListening } from './exec.ts';
 import { loadgenBinary } from './loadgen.ts';
-import { processTree } from './proc-stats.ts';
+import { type Supervised, superviseTree } from './supervise.ts';
 import type { Topology } from './topology.ts';
 
 /** Host and port a client connects to. */
@@ -55,45 +55,8 @@ export interface Contender {
 }
 
 /** Starts argv inside ns and returns a handle that stops its whole process tree. */
-async function daemon(
-  ns: string,
-  argv: string[],
-  ready: () => Promise<void>,
-): Promise<{ pid: number; output(): string; stop(): Promise<void> }> {
-  const proc = startCli([], { command: inNs(ns, argv) });
-  const pid = proc.child.pid!;
-  const kill = (sig: NodeJS.Signals) => {
-    for (const p of processTree(pid).reverse()) {
-      try {
-        process.kill(p, sig);
-      } catch {
-        // already gone
-      }
-    }
-  };
-  const unregister = onCleanup(() => kill('SIGKILL'));
-  const exited = new Promise<void>((resolve) => proc.child.once('close', () => resolve()));
-  const stop = async () => {
-    kill('SIGTERM');
-    const timedOut = await Promise.race([exited.then(() => false), delay(3_000).then(() => true)]);
-    if (timedOut) kill('SIGKILL');
-    // Children of a forking proxy may outlive the parent for a moment; never leave them behind.
-    kill('SIGKILL');
-    await exited;
-    unregister();
-  };
-  try {
-    await Promise.race([
-      ready(),
-      exited.then(() => {
-        throw new Error(`${argv[0]} exited during start-up: ${proc.output().trim().slice(-800)}`);
-      }),
-    ]);
-  } catch (err) {
-    await stop();
-    throw err;
-  }
-  return { pid, output: proc.output, stop };
+function daemon(ns: string, argv: string[], ready: () => Promise<void>): Promise<Supervised> {
+  return superviseTree(inNs(ns, argv), ready);
 }
 
 /** No proxy: the client connects straight to the backend. */
