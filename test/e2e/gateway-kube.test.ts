@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ApiObject, FakeApiServer } from '../helpers/apiserver.ts';
 import { makeCerts } from '../helpers/certs.ts';
 import { type RunningCli, startCli } from '../helpers/cli.ts';
+import { eventually } from '../helpers/eventually.ts';
 import { type HttpBackend, startHttpBackend } from '../helpers/http-backends.ts';
 import { freePort } from '../helpers/ports.ts';
 
@@ -66,16 +67,6 @@ function get(
     req.on('error', reject);
     req.setTimeout(5000, () => req.destroy(new Error('timeout')));
   });
-}
-
-/** Polls until `check` passes (bounded). */
-async function eventually(check: () => Promise<boolean>, ms = 10_000): Promise<void> {
-  const t0 = Date.now();
-  while (Date.now() - t0 < ms) {
-    if (await check().catch(() => false)) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('condition not met in time');
 }
 
 describe('edgemesh gateway --kube-api (apiserver fixture)', () => {
