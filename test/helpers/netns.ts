@@ -1,10 +1,11 @@
 // THE e2e topology helper: network namespaces acting as a node (agent + clients) and pods
 // (backends behind veth pairs on a bridge), commands run with `ip netns exec`, and a teardown
 // that removes everything even when a test failed. Addresses exist only inside these namespaces.
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { type ChildProcess, execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { type ProcessResult, runProcess } from '../../src/util/run-process.ts';
 import { binPath, type RunningCli, repoRoot, startCli } from './cli.ts';
 
 const execFileP = promisify(execFile);
@@ -17,11 +18,8 @@ export function uniqueName(tag: string): string {
   return name;
 }
 
-export interface ExecResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+/** Exit code (-1 when killed or not started) and output. */
+export type ExecResult = ProcessResult;
 
 /** Runs a command on the host (not inside a namespace); rejects on non-zero exit. */
 export async function sh(cmd: string, args: string[]): Promise<string> {
@@ -41,24 +39,9 @@ export class Netns {
     args: string[],
     options: { input?: string; timeoutMs?: number } = {},
   ): Promise<ExecResult> {
-    return new Promise((resolve, reject) => {
-      const child = spawn('ip', ['netns', 'exec', this.name, cmd, ...args], { stdio: 'pipe' });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (d) => {
-        stdout += d;
-      });
-      child.stderr.on('data', (d) => {
-        stderr += d;
-      });
-      const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 20_000);
-      child.on('error', reject);
-      child.on('close', (code) => {
-        clearTimeout(timer);
-        resolve({ code: code ?? -1, stdout, stderr });
-      });
-      child.stdin.on('error', () => {});
-      child.stdin.end(options.input ?? '');
+    return runProcess(['ip', 'netns', 'exec', this.name, cmd, ...args], {
+      input: options.input ?? '',
+      timeoutMs: options.timeoutMs ?? 20_000,
     });
   }
 

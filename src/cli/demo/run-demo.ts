@@ -8,6 +8,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { type ProcessResult, runProcess } from '../../util/run-process.ts';
 import type { AgentStatus } from '../status.ts';
 import { formatStatus } from '../status.ts';
 import { type DemoPod, demoPods, podManifests } from './pods.ts';
@@ -440,27 +441,8 @@ class Demo {
 }
 
 /** Runs a shell command line; resolves with its exit code and output (never rejects). */
-export function run(
-  cmd: string,
-  timeoutMs = 10_000,
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn('sh', ['-c', cmd], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => {
-      stdout += d;
-    });
-    child.stderr.on('data', (d) => {
-      stderr += d;
-    });
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (err) => resolve({ code: -1, stdout, stderr: err.message }));
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? -1, stdout, stderr });
-    });
-  });
+export function run(cmd: string, timeoutMs = 10_000): Promise<ProcessResult> {
+  return runProcess(['sh', '-c', cmd], { timeoutMs });
 }
 
 /** Runs a printed command once; undefined when it works, else a short reason. */
