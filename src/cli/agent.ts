@@ -10,7 +10,7 @@ import { createRegistry, MetricsServer } from '../metrics/server.ts';
 import { loadNative } from '../native/index.ts';
 import { createProxier } from '../proxier/create-proxier.ts';
 import type { Proxier } from '../proxier/proxier.ts';
-import { Lifecycle } from '../util/lifecycle.ts';
+import { awaitTermination, Lifecycle } from '../util/lifecycle.ts';
 import { createLogger, type Logger } from '../util/log.ts';
 import { helpText, parseFlags } from './args.ts';
 import { agentFlags } from './flags.ts';
@@ -130,16 +130,10 @@ export async function runUntilSignal(
   stop: () => Promise<void>,
   log: Logger,
 ): Promise<number> {
-  let signalled: (sig: string) => void = () => {};
-  const signal = new Promise<string>((resolve) => {
-    signalled = resolve;
-  });
-  const onSignal = (sig: NodeJS.Signals) => signalled(sig);
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const termination = awaitTermination();
   try {
     await start();
-    const sig = await signal;
+    const sig = await termination.signal;
     log.info({ signal: sig }, 'shutting down');
     return 0;
   } catch (err) {
@@ -147,8 +141,7 @@ export async function runUntilSignal(
     return 1;
   } finally {
     await stop();
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    termination.dispose();
   }
 }
 

@@ -38,3 +38,27 @@ export class Lifecycle {
     return this.stopping;
   }
 }
+
+/** The first SIGINT/SIGTERM from now on, and `dispose()` to stop listening for it. */
+export interface TerminationSignal {
+  signal: Promise<NodeJS.Signals>;
+  dispose(): void;
+}
+
+/** Starts listening for SIGINT/SIGTERM (the long-running commands' one shutdown trigger). */
+export function awaitTermination(): TerminationSignal {
+  let signalled: (sig: NodeJS.Signals) => void = () => {};
+  const signal = new Promise<NodeJS.Signals>((resolve) => {
+    signalled = resolve;
+  });
+  const onSignal = (sig: NodeJS.Signals) => signalled(sig);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return {
+    signal,
+    dispose() {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    },
+  };
+}

@@ -8,6 +8,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { awaitTermination } from '../../util/lifecycle.ts';
 import { type ProcessResult, runProcess } from '../../util/run-process.ts';
 import type { AgentStatus } from '../status.ts';
 import { formatStatus } from '../status.ts';
@@ -51,13 +52,8 @@ export interface DemoCommand {
 /** Runs the demo until SIGINT/SIGTERM; resolves with the exit code. */
 export async function runDemo(opts: DemoOptions): Promise<number> {
   const demo = new Demo(opts);
-  let signalled: (sig: string) => void = () => {};
-  const signal = new Promise<string>((resolve) => {
-    signalled = resolve;
-  });
-  const onSignal = (sig: NodeJS.Signals) => signalled(sig);
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const termination = awaitTermination();
+  const signal: Promise<string> = termination.signal;
   try {
     const starting = demo.start();
     const started = await Promise.race([starting.then(() => 'started'), signal]);
@@ -82,8 +78,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     opts.out('\nstopping: agent, pods, namespaces ...\n');
     await demo.stop();
     opts.out('demo stopped; everything it created is removed.\n');
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    termination.dispose();
   }
 }
 
