@@ -11,7 +11,11 @@
         "native/src/core/proxy_plane.cc",
         "native/src/core/proxy_worker.cc",
         "native/src/bpf/bpf_loader.cc",
-        "native/src/bpf/bpf_napi.cc"
+        "native/src/bpf/bpf_napi.cc",
+        "native/src/dns/dns_wire.cc",
+        "native/src/dns/dns_table.cc",
+        "native/src/dns/dns_responder.cc",
+        "native/src/dns/dns_napi.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
@@ -44,7 +48,8 @@
             "native/bpf/sock_connect4.bpf.c",
             "native/bpf/sockops.bpf.c",
             "native/bpf/sockopt.bpf.c",
-            "native/bpf/sk_msg.bpf.c"
+            "native/bpf/sk_msg.bpf.c",
+            "native/bpf/sk_lookup.bpf.c"
           ],
           "outputs": ["<(PRODUCT_DIR)/bpf/.stamp"],
           "action": ["sh", "native/bpf/build.sh", "<(PRODUCT_DIR)/bpf"]

@@ -18,6 +18,7 @@
 #include "core/splice_copy.h"
 #include "bpf/bpf_napi.h"
 #include "bpf/bpf_napi.h"
+#include "dns/dns_napi.h"
 
 namespace {
 
@@ -88,6 +89,7 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
                          });
     edgemesh::bpf::RegisterBpf(env, exports);  // eBPF loader functions (native/src/bpf)
     edgemesh::bpf::RegisterBpf(env, exports);  // eBPF loader functions (native/src/bpf)
+    edgemesh::dns::RegisterDns(env, exports);  // native DNS responder (native/src/dns)
   }
 
  private:
