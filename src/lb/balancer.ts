@@ -281,6 +281,11 @@ export class ServiceBalancer implements Balancer {
     return this.outliers.isEjected(endpointKey(ep));
   }
 
+  /** How many endpoints are ejected right now. */
+  ejectedCount(): number {
+    return this.outliers.ejectedCount();
+  }
+
   /** Ejections so far. */
   get ejections(): number {
     return this.outliers.ejectionsTotal;

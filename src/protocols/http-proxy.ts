@@ -16,10 +16,17 @@ import {
   endpointKey,
   type HashSource,
   type PickContext,
+  ServiceBalancer,
 } from '../lb/index.ts';
 import type { Logger } from '../util/log.ts';
 import { CONNECT_ERRORS, HOP_BY_HOP, RESPONSE_HOP_BY_HOP } from './http-headers.ts';
 import { plainReply } from './plain-reply.ts';
+import {
+  type ProtocolMetrics,
+  type ProxyReplyReason,
+  serviceLabel,
+  threadProtocolMetrics,
+} from './protocol-metrics.ts';
 import { clientIp, connectUpstream, tunnel } from './tcp.ts';
 
 /** Limits of the HTTP engine. */
@@ -36,6 +43,8 @@ export interface HttpProxyOptions {
   /** Pooled idle upstream connections are closed after this long. */
   upstreamIdleMs: number;
   log?: Logger;
+  /** Where requests, latencies and ejections are counted (default: this thread's). */
+  metrics?: ProtocolMetrics;
 }
 
 /** Defaults (Envoy-like: 15 s route timeout would cut long polls, so a more lenient 30 s). */
@@ -53,6 +62,8 @@ interface Route {
   port: ServicePortEntry;
   balancer: Balancer;
   clientIp: string;
+  /** Metrics label: `namespace/name:port`. */
+  label: string;
 }
 
 /** The value a consistent-hash policy hashes for this request (undefined: no key present). */
@@ -122,11 +133,19 @@ export class HttpProxy {
   private readonly pools = new Map<string, { pool: Pool; lastUsed: number }>();
   private readonly sweepTimer: NodeJS.Timeout;
   readonly opts: HttpProxyOptions;
+  private readonly metrics: ProtocolMetrics;
+  private readonly countConnections = (): number => {
+    let n = 0;
+    for (const slot of this.pools.values()) n += slot.pool.stats.connected;
+    return n;
+  };
   /** Counters for status/metrics. */
   readonly stats = { requests: 0, responses5xx: 0, noEndpoint: 0, timeouts: 0, badRequests: 0, upgrades: 0 };
 
   constructor(opts: Partial<HttpProxyOptions> = {}) {
     this.opts = { ...DEFAULT_HTTP_OPTIONS, ...opts };
+    this.metrics = opts.metrics ?? threadProtocolMetrics();
+    this.metrics.addConnectionSource(this.countConnections);
     // Never listens: accepted sockets are handed in (handle()), node:http parses and answers
     // pipelined requests in order.
     this.server = http.createServer({ keepAliveTimeout: this.opts.keepAliveTimeoutMs });
@@ -143,7 +162,9 @@ export class HttpProxy {
 
   /** Takes over an accepted client socket of `service`/`port`, balanced by `balancer`. */
   handle(client: net.Socket, service: ServiceEntry, port: ServicePortEntry, balancer: Balancer): void {
-    this.routes.set(client, { service, port, balancer, clientIp: clientIp(client) });
+    const label = serviceLabel(service, port);
+    this.routes.set(client, { service, port, balancer, clientIp: clientIp(client), label });
+    if (balancer instanceof ServiceBalancer) this.metrics.trackBalancer(label, balancer);
     // node:http sets TCP_NODELAY only on sockets its own listener accepts; without it, a response
     // written as head + body + chunk terminator stalls ~40 ms on Nagle vs delayed ACK.
     client.setNoDelay(true);
@@ -153,6 +174,7 @@ export class HttpProxy {
   /** Closes upstream pools (client sockets belong to the data plane). */
   async close(): Promise<void> {
     clearInterval(this.sweepTimer);
+    this.metrics.removeConnectionSource(this.countConnections);
     const pools = [...this.pools.values()];
     this.pools.clear();
     await Promise.all(pools.map((p) => p.pool.destroy().catch(() => {})));
@@ -196,7 +218,13 @@ export class HttpProxy {
       return;
     }
     this.stats.badRequests++;
-    const status = code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
+    const overflow = code === 'HPE_HEADER_OVERFLOW';
+    const status = overflow ? '431 Request Header Fields Too Large' : '400 Bad Request';
+    this.metrics.proxyReply(
+      this.routes.get(socket)?.label ?? 'unknown',
+      overflow ? 431 : 400,
+      overflow ? 'header_too_large' : 'bad_request',
+    );
     const body = `${status.slice(4)}\n`;
     socket.end(
       `HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
@@ -205,19 +233,26 @@ export class HttpProxy {
     socket.setTimeout(5000, () => socket.destroy());
   }
 
-  private reply(res: http.ServerResponse, status: number, text: string): void {
+  private reply(
+    res: http.ServerResponse,
+    label: string,
+    status: number,
+    reason: ProxyReplyReason,
+    text: string,
+  ): void {
     if (status >= 500) this.stats.responses5xx++;
+    this.metrics.proxyReply(label, status, reason);
     plainReply(res, status, text);
   }
 
   private onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
     const route = this.routes.get(req.socket);
     if (!route) {
-      this.reply(res, 500, 'edgemesh: connection without a route');
+      this.reply(res, 'unknown', 500, 'no_route', 'edgemesh: connection without a route');
       return;
     }
     this.stats.requests++;
-    const { balancer, service, port } = route;
+    const { balancer, service, port, label } = route;
     const ctx: PickContext = { clientIp: route.clientIp };
     const source = balancer.hashSource;
     let setCookie: string | undefined;
@@ -242,7 +277,9 @@ export class HttpProxy {
         this.stats.noEndpoint++;
         this.reply(
           res,
+          label,
           503,
+          tried.size === 0 ? 'no_endpoint' : 'connect_failed',
           tried.size === 0
             ? `no healthy upstream for service ${name}`
             : `upstream connect error for service ${name}`,
@@ -265,6 +302,7 @@ export class HttpProxy {
         if (!res.writableEnded) ac.abort();
       };
       res.once('close', onClientGone);
+      const sentAt = performance.now();
       this.poolFor(ep)
         .request({
           path: req.url ?? '/',
@@ -276,6 +314,7 @@ export class HttpProxy {
         .then(
           (up) => {
             status = up.statusCode;
+            this.metrics.upstreamLatency(label, (performance.now() - sentAt) / 1000);
             if (res.destroyed) {
               up.body.destroy();
               done(status < 500, status);
@@ -290,6 +329,7 @@ export class HttpProxy {
               out['set-cookie'] = prior === undefined ? [setCookie] : [...[prior].flat(), setCookie];
             }
             if (status >= 500) this.stats.responses5xx++;
+            this.metrics.request(label, status);
             res.writeHead(status, out);
             pipeline(up.body, res, (err) => done(!err && status < 500, err ? 502 : status));
           },
@@ -304,20 +344,20 @@ export class HttpProxy {
               done(false, CONNECT_FAILURE);
               if (n + 1 < this.opts.maxAttempts && !req.readableDidRead) return attempt(n + 1);
               this.stats.noEndpoint++;
-              this.reply(res, 503, `upstream connect error for service ${name}`);
+              this.reply(res, label, 503, 'connect_failed', `upstream connect error for service ${name}`);
               return;
             }
             if (code === 'UND_ERR_HEADERS_TIMEOUT') {
               done(false, 504);
               this.stats.timeouts++;
-              this.reply(res, 504, `upstream timeout for service ${name}`);
+              this.reply(res, label, 504, 'timeout', `upstream timeout for service ${name}`);
               return;
             }
             // Reset or closed mid-exchange: the endpoint may have acted on the request, so it is
             // not retried (Istio's default retryOn has no "reset" either).
             done(false, 502);
             this.opts.log?.debug({ err, service: name, endpoint: endpointKey(ep) }, 'upstream error');
-            this.reply(res, 502, `upstream error for service ${name}`);
+            this.reply(res, label, 502, 'upstream_error', `upstream error for service ${name}`);
           },
         );
     };
@@ -346,6 +386,7 @@ export class HttpProxy {
       maxAttempts: this.opts.maxAttempts,
     }).then((up) => {
       if (!up) {
+        this.metrics.proxyReply(route.label, 503, 'no_endpoint');
         const body = `no healthy upstream for service ${route.service.key}:${route.port.port}\n`;
         socket.end(
           `HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,

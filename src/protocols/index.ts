@@ -18,6 +18,13 @@ export {
   hashKeyOf,
 } from './http-proxy.ts';
 export { peek } from './peek.ts';
+export {
+  ProtocolMetrics,
+  type ProxyReplyReason,
+  registerWorkerProtocolMetrics,
+  serviceLabel,
+  threadProtocolMetrics,
+} from './protocol-metrics.ts';
 export { handleTlsPassthrough, handleWebsocket, hashKeyFromHead } from './stream-handlers.ts';
 export { clientIp, connectUpstream, DEFAULT_CONNECT, tunnel } from './tcp.ts';
 export { type ClientHelloResult, parseClientHello } from './tls-client-hello.ts';

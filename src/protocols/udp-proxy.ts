@@ -6,6 +6,7 @@
 import dgram from 'node:dgram';
 import type { Endpoint } from '../controller/types.ts';
 import { type Balancer, CONNECT_FAILURE } from '../lb/index.ts';
+import type { ProtocolMetrics } from './protocol-metrics.ts';
 
 /** Where to listen and how long flows live. */
 export interface UdpProxyOptions {
@@ -15,6 +16,8 @@ export interface UdpProxyOptions {
   idleTimeoutMs: number;
   /** Flows at once; datagrams of new clients beyond it are dropped. */
   maxFlows: number;
+  /** Where flows and bytes are counted, under label `service` (`namespace/name:port`). */
+  metrics?: { metrics: ProtocolMetrics; service: string };
 }
 
 interface Flow {
@@ -31,11 +34,33 @@ export class UdpProxy {
   private socket: dgram.Socket | undefined;
   private readonly flows = new Map<string, Flow>();
   readonly stats = { flows: 0, datagramsIn: 0, datagramsOut: 0, dropped: 0 };
+  // Label children resolved once: the per-datagram path only adds numbers.
+  private readonly m:
+    | {
+        active: { inc(): void; dec(): void };
+        created: { inc(): void };
+        expired: { inc(): void };
+        bytesIn: { inc(n: number): void };
+        bytesOut: { inc(n: number): void };
+      }
+    | undefined;
 
   constructor(
     private balancer: Balancer,
     private readonly opts: UdpProxyOptions,
-  ) {}
+  ) {
+    const pm = opts.metrics;
+    if (pm) {
+      const { metrics, service } = pm;
+      this.m = {
+        active: metrics.udpFlowsActive.labels(service),
+        created: metrics.udpFlowsCreated.labels(service),
+        expired: metrics.udpFlowsExpired.labels(service),
+        bytesIn: metrics.udpBytes.labels(service, 'from_client'),
+        bytesOut: metrics.udpBytes.labels(service, 'to_client'),
+      };
+    }
+  }
 
   /** Binds the listening socket. */
   async start(): Promise<void> {
@@ -80,6 +105,7 @@ export class UdpProxy {
 
   private onClientDatagram(msg: Buffer, rinfo: dgram.RemoteInfo): void {
     this.stats.datagramsIn++;
+    this.m?.bytesIn.inc(msg.length);
     const key = `${rinfo.address}|${rinfo.port}`;
     let flow = this.flows.get(key);
     if (!flow) {
@@ -105,14 +131,20 @@ export class UdpProxy {
       endpoint,
       ready: false,
       queue: [],
-      timer: setTimeout(() => this.endFlow(key, true), this.opts.idleTimeoutMs),
+      timer: setTimeout(() => {
+        this.m?.expired.inc();
+        this.endFlow(key, true);
+      }, this.opts.idleTimeoutMs),
     };
     flow.timer.unref();
     this.flows.set(key, flow);
     this.stats.flows++;
+    this.m?.created.inc();
+    this.m?.active.inc();
     upstream.on('message', (reply) => {
       flow.timer.refresh();
       this.stats.datagramsOut++;
+      this.m?.bytesOut.inc(reply.length);
       this.socket?.send(reply, rinfo.port, rinfo.address);
     });
     // On a connected UDP socket an ICMP port unreachable surfaces as ECONNREFUSED.
@@ -129,6 +161,7 @@ export class UdpProxy {
     const flow = this.flows.get(key);
     if (!flow) return;
     this.flows.delete(key);
+    this.m?.active.dec();
     clearTimeout(flow.timer);
     try {
       flow.upstream.close();

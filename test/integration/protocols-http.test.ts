@@ -16,6 +16,7 @@ import type {
 } from '../../src/controller/types.ts';
 import { type BalancerOptions, createBalancer, type ServiceBalancer } from '../../src/lb/index.ts';
 import { HttpProxy } from '../../src/protocols/index.ts';
+import { eventually } from '../helpers/eventually.ts';
 import { type HttpBackend, startHostnameBackends, startHttpBackend } from '../helpers/http-backends.ts';
 
 function service(
@@ -257,7 +258,9 @@ describe('failures', () => {
     const f = await frontend([backends[0]!, victim], { simple: 'ROUND_ROBIN' });
     // Two requests in flight on the victim (slow), then it dies.
     const inflight = [get(f.port), get(f.port), get(f.port), get(f.port)];
-    await new Promise((r) => setTimeout(r, 100));
+    // Round robin sends two of the four to the victim; kill it only once both arrived (a request
+    // still in its socket buffer would also fail, and on a loaded machine 100 ms is not enough).
+    await eventually(async () => victim.hits >= 2, 5000);
     await victim.kill();
     const reachedVictim = victim.hits;
     const early = await Promise.all(inflight);

@@ -3,6 +3,7 @@
 // worker only forwards. The piscina task runs until the main thread says stop.
 import net from 'node:net';
 import { createBalancer, type ServiceBalancer } from '../../lb/index.ts';
+import { serviceLabel, threadProtocolMetrics } from '../../protocols/protocol-metrics.ts';
 import { UdpProxy } from '../../protocols/udp-proxy.ts';
 import { CounterRow } from './counters.ts';
 import { forwardTcp } from './forward-tcp.ts';
@@ -24,6 +25,8 @@ export default async function runListenerWorker(task: WorkerTask): Promise<{ ind
   const { port, settings } = task;
   const counters = new CounterRow(task.counters, task.index);
   const listeners = new Map<number, Listener>();
+  // Protocol/outlier metrics of this thread; the main thread sums every worker's at scrape time.
+  const metrics = threadProtocolMetrics();
   await loadHandlerModules(settings.handlerModules);
 
   const onConnection = (listener: Listener, client: net.Socket) => {
@@ -54,8 +57,10 @@ export default async function runListenerWorker(task: WorkerTask): Promise<{ ind
       port: route.listenPort,
       idleTimeoutMs: udpIdleMs,
       maxFlows: 65_536,
+      metrics: { metrics, service: serviceLabel(route.service, route.port) },
     });
     await udp.start();
+    metrics.trackBalancer(serviceLabel(route.service, route.port), balancer);
     return { udp, route, balancer, sockets: new Set() };
   };
 
@@ -77,6 +82,7 @@ export default async function runListenerWorker(task: WorkerTask): Promise<{ ind
         server.off('error', reject);
         // Later errors (EMFILE on accept ...) must not kill the worker.
         server.on('error', () => counters.add('handler_errors'));
+        metrics.trackBalancer(serviceLabel(route.service, route.port), listener.balancer);
         resolve(listener);
       });
     });
@@ -85,6 +91,7 @@ export default async function runListenerWorker(task: WorkerTask): Promise<{ ind
     // Established connections keep running (like a removed iptables rule); only new ones stop.
     listener.server?.close();
     void listener.udp?.stop();
+    metrics.untrackBalancer(serviceLabel(listener.route.service, listener.route.port), listener.balancer);
   };
 
   const update = async (msg: Extract<ToWorker, { type: 'update' }>) => {
@@ -126,6 +133,14 @@ export default async function runListenerWorker(task: WorkerTask): Promise<{ ind
           listeners.clear();
           port.close();
           resolve();
+        });
+        return;
+      }
+      if (msg.type === 'metrics') {
+        // Answered at once (not queued behind updates): a scrape must not wait for a sync.
+        void metrics.registry.getMetricsAsJSON().then((values) => {
+          const reply: FromWorker = { type: 'metrics', id: msg.id, metrics: values };
+          port.postMessage(reply);
         });
         return;
       }

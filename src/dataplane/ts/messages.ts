@@ -27,12 +27,15 @@ export interface ListenerRoute {
 /** Main → worker. */
 export type ToWorker =
   | { type: 'update'; id: number; upserts: ListenerRoute[]; removes: number[] }
+  | { type: 'metrics'; id: number }
   | { type: 'stop' };
 
 /** Worker → main. */
 export type FromWorker =
   | { type: 'ready' }
-  | { type: 'updated'; id: number; failed: Array<{ listenPort: number; code: string; message: string }> };
+  | { type: 'updated'; id: number; failed: Array<{ listenPort: number; code: string; message: string }> }
+  /** The worker's protocol metrics (prom-client getMetricsAsJSON()). */
+  | { type: 'metrics'; id: number; metrics: unknown[] };
 
 /** The piscina task argument that makes a worker a listener owner. */
 export interface WorkerTask {

@@ -13,6 +13,7 @@ import type {
   ServiceTableDiff,
 } from '../../controller/types.ts';
 import { ErrorCode } from '../../errors.ts';
+import { registerWorkerProtocolMetrics } from '../../protocols/protocol-metrics.ts';
 import type { InterceptTarget } from '../../proxier/interceptor.ts';
 import type { Logger } from '../../util/log.ts';
 import type { Dataplane } from '../dataplane.ts';
@@ -41,7 +42,7 @@ interface WorkerHandle {
   port: MessagePort;
   done: Promise<unknown>;
   listeners: number;
-  pending: Map<number, (msg: Extract<FromWorker, { type: 'updated' }>) => void>;
+  pending: Map<number, (msg: Exclude<FromWorker, { type: 'ready' }>) => void>;
 }
 
 interface Placement {
@@ -79,7 +80,33 @@ export class TsDataplane implements Dataplane {
     this.allocator = new PortAllocator(first, last);
     this.workerCount = options.workers > 0 ? options.workers : Math.max(1, os.availableParallelism());
     this.counterMem = counterBuffer(this.workerCount);
-    if (options.registry) this.registerMetrics(options.registry);
+    if (options.registry) {
+      this.registerMetrics(options.registry);
+      registerWorkerProtocolMetrics(options.registry, () => this.workerMetrics());
+    }
+  }
+
+  /** Every worker's protocol metrics (getMetricsAsJSON()); a worker that does not answer in 2 s is left out. */
+  private workerMetrics(): Promise<never[][]> {
+    return Promise.all(
+      this.workers.map(
+        (w) =>
+          new Promise<never[]>((resolve) => {
+            const id = this.nextId++;
+            const timer = setTimeout(() => {
+              w.pending.delete(id);
+              resolve([]);
+            }, 2000);
+            w.pending.set(id, (msg) => {
+              w.pending.delete(id);
+              clearTimeout(timer);
+              resolve(msg.type === 'metrics' ? (msg.metrics as never[]) : []);
+            });
+            const msg: ToWorker = { type: 'metrics', id };
+            w.port.postMessage(msg);
+          }),
+      ),
+    );
   }
 
   async start(): Promise<void> {
@@ -289,7 +316,7 @@ export class TsDataplane implements Dataplane {
     return new Promise((resolve) => {
       w.pending.set(id, (msg) => {
         w.pending.delete(id);
-        resolve(msg.failed);
+        resolve(msg.type === 'updated' ? msg.failed : []);
       });
       const msg: ToWorker = { type: 'update', id, upserts, removes };
       w.port.postMessage(msg);
