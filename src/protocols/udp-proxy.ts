@@ -22,6 +22,8 @@ export interface UdpProxyOptions {
 
 interface Flow {
   upstream: dgram.Socket;
+  /** The listening socket the client's datagrams arrive on (replies leave from it). */
+  via: dgram.Socket;
   endpoint: Endpoint;
   timer: NodeJS.Timeout;
   ready: boolean;
@@ -32,6 +34,8 @@ interface Flow {
 /** A UDP proxy for one service port. */
 export class UdpProxy {
   private socket: dgram.Socket | undefined;
+  /** 127.0.0.1 twin of a wildcard listener (see start()). */
+  private loopback: dgram.Socket | undefined;
   private readonly flows = new Map<string, Flow>();
   readonly stats = { flows: 0, datagramsIn: 0, datagramsOut: 0, dropped: 0 };
   // Label children resolved once: the per-datagram path only adds numbers.
@@ -65,18 +69,34 @@ export class UdpProxy {
   /** Binds the listening socket. */
   async start(): Promise<void> {
     const family = this.opts.host.includes(':') ? 'udp6' : 'udp4';
-    const socket = dgram.createSocket({ type: family });
+    // An OUTPUT-chain REDIRECT sends a local client's datagram to 127.0.0.1:port, and conntrack
+    // un-NATs the reply only if it leaves from 127.0.0.1. A wildcard socket's reply takes the
+    // route's source address instead (10.x), so the client never sees it. A second socket bound to
+    // 127.0.0.1 receives exactly those datagrams (the more specific bind wins) and answers from
+    // the right address; SO_REUSEADDR lets both share the port.
+    const wildcard = this.opts.host === '0.0.0.0';
+    this.socket = await this.bind(family, this.opts.port, this.opts.host, wildcard);
+    if (wildcard) this.loopback = await this.bind(family, this.address().port, '127.0.0.1', true);
+  }
+
+  private async bind(
+    type: 'udp4' | 'udp6',
+    port: number,
+    host: string,
+    reuseAddr: boolean,
+  ): Promise<dgram.Socket> {
+    const socket = dgram.createSocket({ type, reuseAddr });
     await new Promise<void>((resolve, reject) => {
       socket.once('error', reject);
-      socket.bind(this.opts.port, this.opts.host, () => {
+      socket.bind(port, host, () => {
         socket.off('error', reject);
         resolve();
       });
     });
     // Errors after bind (e.g. send to a vanished client) must not end the proxy.
     socket.on('error', () => {});
-    socket.on('message', (msg, rinfo) => this.onClientDatagram(msg, rinfo));
-    this.socket = socket;
+    socket.on('message', (msg, rinfo) => this.onClientDatagram(msg, rinfo, socket));
+    return socket;
   }
 
   /** The bound address. */
@@ -98,18 +118,19 @@ export class UdpProxy {
   /** Closes the listener and every flow. */
   async stop(): Promise<void> {
     for (const key of [...this.flows.keys()]) this.endFlow(key, true);
-    const s = this.socket;
+    const sockets = [this.socket, this.loopback];
     this.socket = undefined;
-    if (s) await new Promise<void>((resolve) => s.close(() => resolve()));
+    this.loopback = undefined;
+    for (const s of sockets) if (s) await new Promise<void>((resolve) => s.close(() => resolve()));
   }
 
-  private onClientDatagram(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+  private onClientDatagram(msg: Buffer, rinfo: dgram.RemoteInfo, via: dgram.Socket): void {
     this.stats.datagramsIn++;
     this.m?.bytesIn.inc(msg.length);
     const key = `${rinfo.address}|${rinfo.port}`;
     let flow = this.flows.get(key);
     if (!flow) {
-      flow = this.openFlow(key, rinfo);
+      flow = this.openFlow(key, rinfo, via);
       if (!flow) {
         this.stats.dropped++;
         return;
@@ -120,7 +141,7 @@ export class UdpProxy {
     else flow.upstream.send(msg);
   }
 
-  private openFlow(key: string, rinfo: dgram.RemoteInfo): Flow | undefined {
+  private openFlow(key: string, rinfo: dgram.RemoteInfo, via: dgram.Socket): Flow | undefined {
     if (this.flows.size >= this.opts.maxFlows) return undefined;
     const clientIp = rinfo.address.startsWith('::ffff:') ? rinfo.address.slice(7) : rinfo.address;
     const endpoint = this.balancer.pick({ clientIp });
@@ -128,6 +149,7 @@ export class UdpProxy {
     const upstream = dgram.createSocket({ type: endpoint.ip.includes(':') ? 'udp6' : 'udp4' });
     const flow: Flow = {
       upstream,
+      via,
       endpoint,
       ready: false,
       queue: [],
@@ -145,7 +167,7 @@ export class UdpProxy {
       flow.timer.refresh();
       this.stats.datagramsOut++;
       this.m?.bytesOut.inc(reply.length);
-      this.socket?.send(reply, rinfo.port, rinfo.address);
+      if (this.socket) flow.via.send(reply, rinfo.port, rinfo.address);
     });
     // On a connected UDP socket an ICMP port unreachable surfaces as ECONNREFUSED.
     upstream.on('error', () => this.endFlow(key, false));
