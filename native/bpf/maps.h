@@ -32,7 +32,7 @@
 /* orig value `flags`. */
 #define EM_ORIG_PROXIED 1 /* the socket was sent to the proxy (sockops records its tuple) */
 
-/* Indexes into edgemesh_st_v1 (counters). */
+/* Indexes into edgemesh_st_v2 (counters). */
 #define EM_STAT_LB_CONNECT 0     /* connect() rewritten to an endpoint */
 #define EM_STAT_PROXY_CONNECT 1  /* connect() rewritten to the proxy */
 #define EM_STAT_NO_BACKEND 2     /* service known but no backend: left untouched */
@@ -41,7 +41,9 @@
 #define EM_STAT_ORIGINAL_DST 5   /* getsockopt(SO_ORIGINAL_DST) answered from the maps */
 #define EM_STAT_SOCKMAP 6        /* socket added to the sk_msg sockhash (local<->local shortcut) */
 #define EM_STAT_MSG_REDIRECT 7   /* sendmsg() moved straight onto the peer socket by sk_msg */
-#define EM_STAT_COUNT 8
+#define EM_STAT_SK_LOOKUP 8      /* SYN to a service address from another host/namespace steered to the proxy */
+#define EM_STAT_SK_LOOKUP_MISS 9 /* ... but no proxy listener for its port in edgemesh_lst_v1: left alone */
+#define EM_STAT_COUNT 10
 
 /* Key of edgemesh_svc_v1: one service address. */
 struct em_svc_key {
@@ -58,7 +60,8 @@ struct em_svc_value {
 	__u8 action;      /* EM_ACTION_* */
 	__u8 policy;      /* EM_POLICY_* */
 	__u32 proxy_ip4;  /* EM_ACTION_PROXY: proxy IPv4 address, network byte order */
-	__u16 proxy_port; /* EM_ACTION_PROXY: proxy port, network byte order */
+	__u16 proxy_port; /* proxy port, network byte order: connect4's target for EM_ACTION_PROXY, and
+	                   * (any action) sk_lookup's for clients outside the cgroup; 0 = none */
 	__u16 pad;        /* zero */
 };
 
@@ -171,7 +174,7 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} edgemesh_st_v1 SEC(".maps");
+} edgemesh_st_v2 SEC(".maps");
 /* Sockets of local<->local socket-LB connections: sk_msg moves bytes socket to socket. Readers of
  * these sockets must use read/recvmsg: splice() does not see redirected data. */
 struct {
@@ -190,6 +193,16 @@ struct {
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } edgemesh_lbt_v1 SEC(".maps");
+
+/* Proxy listeners by port (host byte order) for sk_lookup: the agent inserts each listening socket
+ * (value: its fd on update, its cookie on lookup). A closed listener drops out by itself. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} edgemesh_lst_v1 SEC(".maps");
 #endif /* __bpf__ */
 
 #endif /* EDGEMESH_BPF_MAPS_H */

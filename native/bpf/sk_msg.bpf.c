@@ -26,7 +26,7 @@ int edgemesh_sk_msg(struct sk_msg_md *msg)
 	/* On a failed lookup the helper leaves no redirect set, and SK_PASS delivers normally. */
 	if (bpf_msg_redirect_hash(msg, &edgemesh_sh_v1, &peer, BPF_F_INGRESS) == SK_PASS) {
 		__u32 stat = EM_STAT_MSG_REDIRECT;
-		__u64 *v = bpf_map_lookup_elem(&edgemesh_st_v1, &stat);
+		__u64 *v = bpf_map_lookup_elem(&edgemesh_st_v2, &stat);
 		if (v)
 			*v += 1;
 	}

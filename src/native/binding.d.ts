@@ -55,9 +55,10 @@ export interface NativeBinding {
   bpfSupport(): string;
   /**
    * Loads the BPF objects, pins their maps under pinDir (reusing pinned ones) and attaches every
-   * program to the cgroup v2 at cgroupPath through pinned links; returns a handle.
+   * program to the cgroup v2 at cgroupPath (sk_lookup: to the netns at netnsPath, default the
+   * caller's) through pinned links; returns a handle.
    */
-  bpfOpen(objectPaths: string[], pinDir: string, cgroupPath: string): number;
+  bpfOpen(objectPaths: string[], pinDir: string, cgroupPath: string, netnsPath?: string): number;
   /** Closes a handle; unpin=true also detaches the programs and removes every pin. */
   bpfClose(handle: number, unpin: boolean): void;
   /** `program@attach-type` of every attached program. */
@@ -70,4 +71,8 @@ export interface NativeBinding {
   bpfMapLookup(handle: number, map: string, key: Buffer): Buffer | null;
   /** Every key of a map, back to back. */
   bpfMapKeys(handle: number, map: string): Buffer;
+  /** Re-attaches detached links and re-pins unpinned ones; returns what it repaired. */
+  bpfRepair(handle: number): string[];
+  /** Puts socket `fd` of process `pid` into a sockmap/sockhash under `key` (pidfd_getfd). */
+  bpfSockmapAdd(handle: number, map: string, key: Buffer, pid: number, fd: number): void;
 }

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Interceptor, InterceptTarget } from '../../src/proxier/interceptor.ts';
 import type { RuleOptions } from '../../src/proxier/iptables-render.ts';
 import { silentLogger } from '../../src/util/log.ts';
+import { runProcess } from '../../src/util/run-process.ts';
 import { createNetns, type Netns } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 
@@ -20,6 +21,19 @@ export interface InterceptorSuiteImpl {
   snapshot(ns: Netns): Promise<string>;
   /** Deletes part of our installed state the way a careless admin would. */
   sabotage(ns: Netns): Promise<void>;
+  /**
+   * argv prefix that runs a client command in `ns` (default `ip netns exec <ns>`). eBPF: the client
+   * must also sit in the cgroup the programs are attached to (cgroup hooks cover nothing else).
+   */
+  clientPrefix?(ns: Netns): string[];
+  /**
+   * Set (to the reason) when start() deliberately adopts a crashed run's state instead of removing
+   * it (eBPF: pinned maps and links keep the killed agent's flows working across a restart). The
+   * crash case then checks adoption: old services keep working until the first sync removes them.
+   */
+  adoptsLeftovers?: string;
+  /** What a killed agent's process exit does to a crashed interceptor (eBPF: its fds close). */
+  kill?(crashed: Interceptor): Promise<void>;
 }
 
 const BYPASS_GID = 40001;
@@ -56,7 +70,11 @@ export function interceptorSuite(label: string, impl: InterceptorSuiteImpl): voi
     let interceptor: Interceptor;
     const reach = async (ip: string, gid?: number): Promise<string> => {
       const cmd = gid === undefined ? ['socat'] : ['setpriv', `--regid=${gid}`, '--clear-groups', 'socat'];
-      const r = await ns.exec(cmd[0]!, [...cmd.slice(1), '-T', '2', '-', `TCP:${ip}:80`]);
+      const prefix = impl.clientPrefix?.(ns) ?? ['ip', 'netns', 'exec', ns.name];
+      const r = await runProcess([...prefix, ...cmd, '-T', '2', '-', `TCP:${ip}:80`], {
+        input: '',
+        timeoutMs: 20_000,
+      });
       return r.stdout.trim();
     };
 
@@ -113,19 +131,31 @@ export function interceptorSuite(label: string, impl: InterceptorSuiteImpl): voi
       expect(await reach('10.96.0.10')).toBe('direct');
     });
 
-    it('start() removes the leftovers of a crashed run', async () => {
-      const crashed = impl.make(ns, { log: silentLogger, bypassGid: BYPASS_GID });
-      await crashed.start();
-      await crashed.sync([a(21000), b(21001)]);
-      expect(await impl.snapshot(ns)).not.toBe(before);
-      // No stop(): a new agent starts over what the killed one left.
-      interceptor = impl.make(ns, { log: silentLogger, bypassGid: BYPASS_GID });
-      await interceptor.start();
-      expect(await impl.snapshot(ns)).toBe(before);
-      await interceptor.sync([a(21001)]);
-      expect(await reach('10.96.0.10')).toBe('port-b');
-      await interceptor.stop();
-      expect(await impl.snapshot(ns)).toBe(before);
-    });
+    it(
+      impl.adoptsLeftovers
+        ? `start() adopts the state of a crashed run (${impl.adoptsLeftovers}); the first sync drops what is gone`
+        : 'start() removes the leftovers of a crashed run',
+      async () => {
+        const crashed = impl.make(ns, { log: silentLogger, bypassGid: BYPASS_GID });
+        await crashed.start();
+        await crashed.sync([a(21000), b(21001)]);
+        expect(await impl.snapshot(ns)).not.toBe(before);
+        // No stop(): a new agent starts over what the killed one left.
+        await impl.kill?.(crashed);
+        interceptor = impl.make(ns, { log: silentLogger, bypassGid: BYPASS_GID });
+        await interceptor.start();
+        if (impl.adoptsLeftovers) {
+          expect(await reach('10.96.0.10')).toBe('port-a');
+          expect(await reach('10.96.0.11')).toBe('port-b');
+        } else {
+          expect(await impl.snapshot(ns)).toBe(before);
+        }
+        await interceptor.sync([a(21001)]);
+        expect(await reach('10.96.0.10')).toBe('port-b');
+        expect(await reach('10.96.0.11')).toBe('direct');
+        await interceptor.stop();
+        expect(await impl.snapshot(ns)).toBe(before);
+      },
+    );
   });
 }

@@ -1,10 +1,17 @@
-// Runs the shared interceptor suite against iptables (legacy and nf_tables binaries) and nftables.
+// Runs the shared interceptor suite against iptables (legacy and nf_tables binaries), nftables and
+// ebpf (cgroup hooks for the suite's local clients, which it runs inside the programs' cgroup).
+import { existsSync, mkdirSync, readdirSync, rmdirSync } from 'node:fs';
+import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { loadNative } from '../../src/native/index.ts';
 import { createInterceptor } from '../../src/proxier/create-interceptor.ts';
+import { EbpfInterceptor, findBpfObjects } from '../../src/proxier/ebpf/index.ts';
+import { findCgroup2Root } from '../../src/proxier/ebpf/probe.ts';
+import type { Interceptor } from '../../src/proxier/interceptor.ts';
 import { IptablesInterceptor } from '../../src/proxier/iptables.ts';
 import { NftablesInterceptor } from '../../src/proxier/nftables.ts';
 import { silentLogger } from '../../src/util/log.ts';
-import { createNetns, type Netns } from '../helpers/netns.ts';
+import { createNetns, type Netns, sh } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 import { interceptorSuite, normalizeDump } from './interceptor-suite.ts';
 
@@ -42,6 +49,82 @@ interceptorSuite('nftables', {
   sabotage: async (ns) => {
     await ns.run('nft', 'flush', 'chain', 'ip', 'edgemesh', 'output');
   },
+});
+
+// eBPF: programs on a cgroup made for the namespace, pins in a folder of its own, sk_lookup on the
+// namespace. Needs root and a cgroup2 mount (CI has both); elsewhere the suite skips like the others.
+const cgroupRoot = process.getuid?.() === 0 ? await findCgroup2Root().catch(() => undefined) : undefined;
+const cgroupOf = (ns: Netns) => path.join(cgroupRoot ?? '/nonexistent', ns.name);
+const pinDirOf = (ns: Netns) => `/sys/fs/bpf/${ns.name}`;
+const cgroups = new Set<string>();
+/** The namespace's cgroup, created on first use (the suite snapshots before it builds the interceptor). */
+const cgroupFor = (ns: Netns): string => {
+  mkdirSync(cgroupOf(ns), { recursive: true });
+  cgroups.add(cgroupOf(ns));
+  return cgroupOf(ns);
+};
+afterAll(() => {
+  for (const dir of cgroups) if (existsSync(dir)) rmdirSync(dir);
+});
+
+interceptorSuite('ebpf', {
+  make: (ns, options) => {
+    const native = loadNative();
+    const objects = findBpfObjects(native.path);
+    if (!native.binding || !objects || !cgroupRoot)
+      throw new Error(
+        `eBPF must be available for this suite (CI builds it): ${native.reason ?? 'no objects/cgroup2'}`,
+      );
+    return new EbpfInterceptor({
+      ...options,
+      binding: native.binding,
+      objects,
+      cgroupPath: cgroupFor(ns),
+      pinDir: pinDirOf(ns),
+      netnsPath: `/run/netns/${ns.name}`,
+      commandPrefix: prefix(ns),
+      nodeName: 'node-a',
+      localEndpointsOnly: false,
+    });
+  },
+  // Someone else's iptables rule: eBPF interception must neither need nor touch netfilter.
+  addForeignRule: async (ns) => {
+    await ns.run('iptables-nft', '-t', 'nat', '-A', 'OUTPUT', '-d', '192.0.2.1/32', '-j', 'ACCEPT');
+  },
+  snapshot: async (ns) =>
+    normalizeDump(
+      [
+        await sh('bpftool', ['cgroup', 'show', cgroupFor(ns)]),
+        await ns.run('bpftool', 'net', 'show'),
+        existsSync(pinDirOf(ns)) ? `pins: ${readdirSync(pinDirOf(ns)).join(' ')}` : 'no pins',
+        await ns.run('ip', '-4', 'route', 'show', 'table', 'local'),
+        await ns.run('iptables-nft-save'),
+        await ns.run('nft', 'list', 'ruleset'),
+      ].join('\n'),
+    ),
+  // Detach the connect4 link the way an admin with bpftool would (the link and its pin survive).
+  sabotage: async (ns) => {
+    const progs = JSON.parse(await sh('bpftool', ['-j', 'cgroup', 'show', cgroupOf(ns)])) as {
+      id: number;
+      name: string;
+    }[];
+    const prog = progs.find((p) => p.name === 'edgemesh_connect4');
+    const links = JSON.parse(await sh('bpftool', ['-j', 'link', 'show'])) as {
+      id: number;
+      prog_id: number;
+    }[];
+    const link = links.find((l) => l.prog_id === prog?.id);
+    if (!link) throw new Error(`no connect4 link to sabotage in ${JSON.stringify(progs)}`);
+    await sh('bpftool', ['link', 'detach', 'id', String(link.id)]);
+  },
+  clientPrefix: (ns) => [
+    'sh',
+    '-c',
+    `echo $$ > ${cgroupOf(ns)}/cgroup.procs && exec ip netns exec ${ns.name} "$@"`,
+    'sh',
+  ],
+  adoptsLeftovers: 'pinned maps and links keep live flows working across an agent restart',
+  kill: (crashed: Interceptor) => (crashed as EbpfInterceptor).detachKeepPinned(),
 });
 
 describe.skipIf(skipUnlessRoot('interceptor auto probe'))('--intercept auto in a fresh namespace', () => {

@@ -165,7 +165,8 @@ describe('renderSocketLb', () => {
       opts,
     );
     expect(out.map((e) => [e.clusterIP, e.action, e.backends.length, e.proxyPort])).toEqual([
-      ['10.96.0.1', Action.lb, 1, 0],
+      // The LB entry keeps the proxy port: sk_lookup sends clients outside the cgroup there.
+      ['10.96.0.1', Action.lb, 1, 40001],
       ['10.96.0.2', Action.proxy, 0, 40001],
     ]);
   });

@@ -31,8 +31,9 @@ Loaded::~Loaded() = default;
 std::optional<MapInfo> Loaded::Map(const std::string&) const { return std::nullopt; }
 std::vector<std::string> Loaded::Programs() const { return {}; }
 void Loaded::Close(bool) {}
+std::vector<std::string> Loaded::Repair() { return {}; }
 
-OpenResult Open(const std::vector<std::string>&, const std::string&, const std::string&) {
+OpenResult Open(const std::vector<std::string>&, const std::string&, const std::string&, const std::string&) {
   OpenResult r;
   r.error = SyscallError{"bpf", ENOSYS};
   r.detail = Support();
@@ -69,13 +70,22 @@ std::string Parent(const std::string& path) {
 
 }  // namespace
 
+// What one attached program needs to be attached again (drift repair).
+struct LinkSpec {
+  int prog_fd = -1;    // owned by the bpf_object
+  int target_fd = -1;  // cgroup, netns or sockhash fd (owned by Impl / the bpf_object)
+  bpf_attach_type type = BPF_CGROUP_INET4_CONNECT;
+};
+
 struct Loaded::Impl {
   std::string pin_dir;
   std::vector<bpf_object*> objects;
   std::vector<int> link_fds;
   std::vector<std::string> link_pins;
+  std::vector<LinkSpec> link_specs;
   std::vector<std::string> programs;
   int cgroup_fd = -1;
+  int netns_fd = -1;
 
   void Release() {
     for (int fd : link_fds) close(fd);
@@ -84,8 +94,61 @@ struct Loaded::Impl {
     objects.clear();
     if (cgroup_fd >= 0) close(cgroup_fd);
     cgroup_fd = -1;
+    if (netns_fd >= 0) close(netns_fd);
+    netns_fd = -1;
   }
 };
+
+namespace {
+
+// True when the link still has its target: `bpftool link detach` (BPF_LINK_DETACH) clears it while
+// the link object, its fd and its pin live on. The first field of the per-type union is the target
+// (cgroup id, netns inode, sockhash map id), so one read covers every link type we create.
+bool LinkAttached(int link_fd) {
+  bpf_link_info info{};
+  __u32 len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(link_fd, &info, &len) != 0) return false;
+  if (info.type == BPF_LINK_TYPE_CGROUP) return info.cgroup.cgroup_id != 0;
+  return info.netns.netns_ino != 0;
+}
+
+__u32 LinkId(int link_fd) {
+  bpf_link_info info{};
+  __u32 len = sizeof(info);
+  return bpf_obj_get_info_by_fd(link_fd, &info, &len) == 0 ? info.id : 0;
+}
+
+}  // namespace
+
+std::vector<std::string> Loaded::Repair() {
+  std::vector<std::string> repaired;
+  if (!impl_) return repaired;
+  for (size_t i = 0; i < impl_->link_fds.size(); i++) {
+    const std::string& pin = impl_->link_pins[i];
+    if (!LinkAttached(impl_->link_fds[i])) {
+      const LinkSpec& spec = impl_->link_specs[i];
+      int fd = bpf_link_create(spec.prog_fd, spec.target_fd, spec.type, nullptr);
+      if (fd < 0) continue;  // reported again on the next repair
+      unlink(pin.c_str());
+      if (bpf_obj_pin(fd, pin.c_str()) != 0) {
+        close(fd);
+        continue;
+      }
+      close(impl_->link_fds[i]);
+      impl_->link_fds[i] = fd;
+      repaired.push_back(impl_->programs[i] + " (detached)");
+      continue;
+    }
+    int pinned = bpf_obj_get(pin.c_str());
+    bool same = pinned >= 0 && LinkId(pinned) == LinkId(impl_->link_fds[i]);
+    if (pinned >= 0) close(pinned);
+    if (!same) {
+      unlink(pin.c_str());
+      if (bpf_obj_pin(impl_->link_fds[i], pin.c_str()) == 0) repaired.push_back(impl_->programs[i] + " (unpinned)");
+    }
+  }
+  return repaired;
+}
 
 Loaded::~Loaded() {
   if (impl_) impl_->Release();
@@ -125,7 +188,7 @@ void Loaded::Close(bool unpin) {
 }
 
 OpenResult Open(const std::vector<std::string>& objects, const std::string& pin_dir,
-                const std::string& cgroup_path) {
+                const std::string& cgroup_path, const std::string& netns_path) {
   OpenResult r;
   std::string log;
   t_log = &log;
@@ -163,6 +226,9 @@ OpenResult Open(const std::vector<std::string>& objects, const std::string& pin_
 
   impl->cgroup_fd = open(cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (impl->cgroup_fd < 0) return fail("open(cgroup)", errno);
+  std::string netns = netns_path.empty() ? "/proc/self/ns/net" : netns_path;
+  impl->netns_fd = open(netns.c_str(), O_RDONLY | O_CLOEXEC);
+  if (impl->netns_fd < 0) return fail("open(netns)", errno);
 
   for (const auto& path : objects) {
     LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = pin_dir.c_str());
@@ -190,33 +256,32 @@ OpenResult Open(const std::vector<std::string>& objects, const std::string& pin_
           errno = e;
         }
       }
-      if (link_fd < 0 && bpf_program__type(prog) == BPF_PROG_TYPE_SK_MSG) {
-        // sk_msg attaches to the sockhash, not to the cgroup (a bpf_link since kernel 6.10).
+      // Where this program attaches: sk_msg to the sockhash (a bpf_link since kernel 6.10), sk_lookup
+      // to the network namespace, the rest to the cgroup.
+      LinkSpec spec;
+      spec.prog_fd = bpf_program__fd(prog);
+      spec.type = bpf_program__expected_attach_type(prog);
+      if (bpf_program__type(prog) == BPF_PROG_TYPE_SK_MSG) {
         bpf_map* sockhash = bpf_object__find_map_by_name(obj, "edgemesh_sh_v1");
         if (sockhash == nullptr) return fail("bpf_object__find_map_by_name(edgemesh_sh_v1)", ENOENT);
-        link_fd = bpf_link_create(bpf_program__fd(prog), bpf_map__fd(sockhash), BPF_SK_MSG_VERDICT, nullptr);
-        if (link_fd < 0) return fail("bpf_link_create(sk_msg)", errno);
+        spec.target_fd = bpf_map__fd(sockhash);
+        spec.type = BPF_SK_MSG_VERDICT;
+      } else if (bpf_program__type(prog) == BPF_PROG_TYPE_SK_LOOKUP) {
+        spec.target_fd = impl->netns_fd;
+        spec.type = BPF_SK_LOOKUP;
+      } else {
+        spec.target_fd = impl->cgroup_fd;
+      }
+      if (link_fd < 0) {
+        link_fd = bpf_link_create(spec.prog_fd, spec.target_fd, spec.type, nullptr);
+        if (link_fd < 0) return fail("bpf_link_create", errno);
         if (bpf_obj_pin(link_fd, pin.c_str()) != 0) {
           int e = errno;
           close(link_fd);
           return fail("bpf_obj_pin(link)", e);
         }
       }
-      if (link_fd < 0) {
-        bpf_link* link = bpf_program__attach_cgroup(prog, impl->cgroup_fd);
-        if (link == nullptr) return fail("bpf_link_create(cgroup)", errno);
-        if (bpf_link__pin(link, pin.c_str()) != 0) {
-          int e = errno;
-          bpf_link__destroy(link);
-          return fail("bpf_obj_pin(link)", e);
-        }
-        // Take over the link's fd: a disconnected bpf_link__destroy frees the struct but leaves the
-        // fd open, so we must own and close it (a dup would leak the original and keep the program
-        // attached after an unpinning close).
-        link_fd = bpf_link__fd(link);
-        bpf_link__disconnect(link);
-        bpf_link__destroy(link);
-      }
+      impl->link_specs.push_back(spec);
       impl->link_fds.push_back(link_fd);
       impl->link_pins.push_back(pin);
       const char* attach = libbpf_bpf_attach_type_str(bpf_program__expected_attach_type(prog));

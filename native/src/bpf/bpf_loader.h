@@ -30,10 +30,11 @@ struct OpenResult {
   std::string detail;  // libbpf's log (verifier output) when loading failed
 };
 
-// Opens, loads and attaches `objects` (paths of *.bpf.o) to the cgroup at `cgroup_path`, pinning
-// maps and links under `pin_dir` (reusing maps and replacing programs of links already pinned there).
+// Opens, loads and attaches `objects` (paths of *.bpf.o) to the cgroup at `cgroup_path` (sk_lookup
+// programs: to the network namespace at `netns_path`, "" = the caller's), pinning maps and links
+// under `pin_dir` (reusing maps and replacing programs of links already pinned there).
 OpenResult Open(const std::vector<std::string>& objects, const std::string& pin_dir,
-                const std::string& cgroup_path);
+                const std::string& cgroup_path, const std::string& netns_path = "");
 
 class Loaded {
  public:
@@ -44,9 +45,13 @@ class Loaded {
   std::vector<std::string> Programs() const;
   // Closes everything; with unpin, also removes the pins (detaching the programs) and pin_dir.
   void Close(bool unpin);
+  // Drift repair: re-creates every link someone detached (bpftool link detach) and re-pins every link
+  // whose pin was removed. Returns what it repaired ("program@attach-type (detached|unpinned)").
+  std::vector<std::string> Repair();
 
  private:
-  friend OpenResult Open(const std::vector<std::string>&, const std::string&, const std::string&);
+  friend OpenResult Open(const std::vector<std::string>&, const std::string&, const std::string&,
+                         const std::string&);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

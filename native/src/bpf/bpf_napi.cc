@@ -15,6 +15,8 @@
 #ifdef EDGEMESH_HAVE_LIBBPF
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace edgemesh::bpf {
@@ -63,11 +65,14 @@ Napi::Buffer<uint8_t> BufferArg(const Napi::CallbackInfo& info, size_t i, size_t
 
 Napi::Value Support(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), edgemesh::bpf::Support()); }
 
-// bpfOpen(objects, pinDir, cgroupPath) -> handle
+// bpfOpen(objects, pinDir, cgroupPath, netnsPath?) -> handle
 Napi::Value OpenFn(const Napi::CallbackInfo& info) {
-  static constexpr const char* kUsage = "bpfOpen(objectPaths: string[], pinDir: string, cgroupPath: string)";
+  static constexpr const char* kUsage =
+      "bpfOpen(objectPaths: string[], pinDir: string, cgroupPath: string, netnsPath?: string)";
   if (info.Length() < 3 || !info[0].IsArray() || !info[1].IsString() || !info[2].IsString())
     Usage(info.Env(), kUsage);
+  if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsString()) Usage(info.Env(), kUsage);
+  std::string netns = info.Length() > 3 && info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : "";
   auto arr = info[0].As<Napi::Array>();
   std::vector<std::string> objects;
   for (uint32_t i = 0; i < arr.Length(); i++) {
@@ -78,7 +83,7 @@ Napi::Value OpenFn(const Napi::CallbackInfo& info) {
   std::string pin_dir = info[1].As<Napi::String>().Utf8Value();
   std::string cgroup = info[2].As<Napi::String>().Utf8Value();
   if (objects.empty() || pin_dir.empty() || pin_dir[0] != '/' || cgroup.empty()) Usage(info.Env(), kUsage);
-  OpenResult r = Open(objects, pin_dir, cgroup);
+  OpenResult r = Open(objects, pin_dir, cgroup, netns);
   if (r.error) Syscall(info.Env(), r.error->syscall, r.error->err, r.detail);
   BpfState* st = State(info);
   int handle = st->next_handle++;
@@ -189,6 +194,44 @@ Napi::Value MapKeysFn(const Napi::CallbackInfo& info) {
   return Napi::Buffer<uint8_t>::Copy(info.Env(), out.data(), out.size());
 }
 
+// bpfRepair(handle) -> string[] of what was re-attached or re-pinned.
+Napi::Value RepairFn(const Napi::CallbackInfo& info) {
+  Loaded* loaded = HandleArg(info, "bpfRepair(handle: number)");
+  auto fixed = loaded->Repair();
+  Napi::Array out = Napi::Array::New(info.Env(), fixed.size());
+  for (size_t i = 0; i < fixed.size(); i++) out.Set(static_cast<uint32_t>(i), fixed[i]);
+  return out;
+}
+
+// bpfSockmapAdd(handle, map, key, pid, fd): puts socket `fd` of process `pid` (this process too)
+// into a sockmap/sockhash under `key`. The fd is duplicated with pidfd_getfd, so the owner (a data
+// plane worker, another process) keeps its socket and the map only references it.
+Napi::Value SockmapAddFn(const Napi::CallbackInfo& info) {
+  static constexpr const char* kUsage = "bpfSockmapAdd(handle: number, map: string, key: Buffer, pid: number, fd: number)";
+  Loaded* loaded = HandleArg(info, kUsage);
+  MapInfo m = MapArg(info, loaded, kUsage);
+  auto key = BufferArg(info, 2, m.key_size, kUsage);
+  if (key.Length() != m.key_size || info.Length() < 5 || !info[3].IsNumber() || !info[4].IsNumber())
+    Usage(info.Env(), kUsage);
+  int pid = info[3].As<Napi::Number>().Int32Value();
+  int fd = info[4].As<Napi::Number>().Int32Value();
+  if (pid <= 0 || fd < 0 || (m.value_size != 4 && m.value_size != 8)) Usage(info.Env(), kUsage);
+#ifdef EDGEMESH_HAVE_LIBBPF
+  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd < 0) Syscall(info.Env(), "pidfd_open", errno);
+  int sfd = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, fd, 0));
+  int e = errno;
+  close(pidfd);
+  if (sfd < 0) Syscall(info.Env(), "pidfd_getfd", e);
+  uint64_t value = static_cast<uint64_t>(sfd);
+  int rc = bpf_map_update_elem(m.fd, key.Data(), &value, BPF_ANY);
+  e = errno;
+  close(sfd);
+  if (rc != 0) Syscall(info.Env(), "bpf(BPF_MAP_UPDATE_ELEM)", e);
+#endif
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void RegisterBpf(Napi::Env env, Napi::Object exports) {
@@ -207,6 +250,8 @@ void RegisterBpf(Napi::Env env, Napi::Object exports) {
   add("bpfMapDelete", MapDeleteFn);
   add("bpfMapLookup", MapLookupFn);
   add("bpfMapKeys", MapKeysFn);
+  add("bpfRepair", RepairFn);
+  add("bpfSockmapAdd", SockmapAddFn);
 }
 
 }  // namespace edgemesh::bpf

@@ -1,6 +1,7 @@
 // The `ebpf` Interceptor: cgroup/connect4 socket-level LB plus proxy redirection with
-// SO_ORIGINAL_DST from the maps, attached to one cgroup v2. sync()/apply() only record the latest
-// targets/snapshot; one render writes the complete desired map state in one batch.
+// SO_ORIGINAL_DST from the maps for processes in one cgroup v2, and sk_lookup in the network
+// namespace for clients elsewhere (other namespaces, other hosts). sync()/apply() only record the
+// latest targets/snapshot; one render writes the complete desired map state in one batch.
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Registry } from 'prom-client';
@@ -10,6 +11,7 @@ import { EdgemeshError, ErrorCode, errorMessage } from '../../errors.ts';
 import type { NativeBinding } from '../../native/index.ts';
 import type { Logger } from '../../util/log.ts';
 import type { Interceptor, InterceptTarget } from '../interceptor.ts';
+import type { CommandPrefix } from '../run-command.ts';
 import {
   Action,
   ConfigFlag,
@@ -26,6 +28,7 @@ import {
   sumPerCpu,
 } from './map-layout.ts';
 import { type EbpfServiceEntry, renderSocketLb } from './render-socket-lb.ts';
+import { SkLookupSteering } from './sk-lookup-steering.ts';
 
 export interface EbpfInterceptorOptions {
   log: Logger;
@@ -36,6 +39,10 @@ export interface EbpfInterceptorOptions {
   cgroupPath: string;
   /** bpffs folder for pinned maps and links (default /sys/fs/bpf/edgemesh). */
   pinDir: string;
+  /** Network namespace sk_lookup attaches to ('' or absent = this process's), e.g. /run/netns/x. */
+  netnsPath?: string;
+  /** Runs `ip`/`ss` in that namespace (tests: `ip netns exec x`); [] = this process's. */
+  commandPrefix?: CommandPrefix;
   nodeName: string;
   /** Endpoints on other nodes may be in other LANs (tunnel enabled): only local ones are direct. */
   localEndpointsOnly: boolean;
@@ -69,8 +76,14 @@ export class EbpfInterceptor implements Interceptor {
   private backendCounts = new Map<number, number>();
   private rendered: EbpfServiceEntry[] = [];
   private readonly gauge: Gauge | undefined;
+  private readonly steering: SkLookupSteering;
 
   constructor(private readonly opts: EbpfInterceptorOptions) {
+    this.steering = new SkLookupSteering({
+      log: opts.log,
+      binding: opts.binding,
+      commandPrefix: opts.commandPrefix ?? [],
+    });
     if (opts.registry) {
       const self = this;
       this.gauge = new Gauge({
@@ -98,23 +111,18 @@ export class EbpfInterceptor implements Interceptor {
         );
     });
     try {
-      this.handle = binding.bpfOpen([...this.opts.objects], this.opts.pinDir, this.opts.cgroupPath);
+      this.handle = binding.bpfOpen(
+        [...this.opts.objects],
+        this.opts.pinDir,
+        this.opts.cgroupPath,
+        this.opts.netnsPath ?? '',
+      );
     } catch (err) {
       throw new EdgemeshError(ErrorCode.ATTACH, `eBPF load/attach failed: ${errorMessage(err)}`, {
         cause: err,
       });
     }
-    binding.bpfMapUpdate(
-      this.handle,
-      MapName.config,
-      encodeU32(0),
-      encodeConfig({
-        agentTgid: process.pid,
-        bypassMark: this.opts.bypassMark ?? 0,
-        bypassGid: this.opts.bypassGid ?? 0,
-        flags: this.opts.sockmap ? ConfigFlag.sockmap : 0,
-      }),
-    );
+    binding.bpfMapUpdate(this.handle, MapName.config, encodeU32(0), this.config());
     this.adoptPinnedState();
     log.info(
       { cgroup: this.opts.cgroupPath, pinDir: this.opts.pinDir, programs: binding.bpfPrograms(this.handle) },
@@ -128,6 +136,7 @@ export class EbpfInterceptor implements Interceptor {
     const handle = this.handle;
     this.handle = undefined;
     this.opts.binding.bpfClose(handle, true);
+    await this.steering.clear();
     if (this.gauge) this.opts.registry?.removeSingleMetric('edgemesh_ebpf_events');
     this.opts.log.info({ pinDir: this.opts.pinDir }, 'eBPF programs detached and unpinned');
   }
@@ -143,6 +152,7 @@ export class EbpfInterceptor implements Interceptor {
   async sync(targets: readonly InterceptTarget[]): Promise<void> {
     this.targets = targets;
     this.render();
+    await this.steer();
   }
 
   /** Records the snapshot for the next sync() (the proxier calls this before sync). */
@@ -154,10 +164,32 @@ export class EbpfInterceptor implements Interceptor {
   async apply(table: ServiceTable): Promise<void> {
     this.table = table;
     this.render();
+    await this.steer();
   }
 
-  /** The maps are the state: nothing outside edgemesh edits them, so there is nothing to repair. */
+  /**
+   * Drift repair (run on the resync period): re-attaches links someone detached, re-pins removed
+   * pins, rewrites service/backend/config map entries someone changed or deleted, and restores VIP
+   * routes and proxy listeners sk_lookup needs. True when anything was repaired.
+   */
   async repair(): Promise<boolean> {
+    const handle = this.handle;
+    if (handle === undefined) return false;
+    const { binding, log } = this.opts;
+    const links = binding.bpfRepair(handle);
+    const maps = this.mapsDrifted(handle);
+    if (maps) {
+      // Forget what we believe is written: the render then rewrites every entry.
+      this.written = new Map();
+      this.backendCounts = new Map();
+      binding.bpfMapUpdate(handle, MapName.config, encodeU32(0), this.config());
+      this.render();
+    }
+    const steering = await this.steering.reconcile(handle);
+    if (links.length > 0 || maps || steering) {
+      log.warn({ links, maps, steering }, 'eBPF state drifted; repaired');
+      return true;
+    }
     return false;
   }
 
@@ -180,6 +212,43 @@ export class EbpfInterceptor implements Interceptor {
       if (v) out[name] = sumPerCpu(v);
     });
     return out;
+  }
+
+  /** Value of edgemesh_cfg_v1[0] for this agent. */
+  private config(): Buffer {
+    return encodeConfig({
+      agentTgid: process.pid,
+      bypassMark: this.opts.bypassMark ?? 0,
+      bypassGid: this.opts.bypassGid ?? 0,
+      flags: this.opts.sockmap ? ConfigFlag.sockmap : 0,
+    });
+  }
+
+  /** True when the service, backend or config map no longer holds exactly what we wrote. */
+  private mapsDrifted(handle: number): boolean {
+    const { binding } = this.opts;
+    const cfg = binding.bpfMapLookup(handle, MapName.config, encodeU32(0));
+    if (!cfg?.equals(this.config())) return true;
+    const keys = binding.bpfMapKeys(handle, MapName.svc);
+    if (keys.length / Layout.svcKey.size !== this.written.size) return true;
+    for (const [hex, value] of this.written) {
+      if (binding.bpfMapLookup(handle, MapName.svc, Buffer.from(hex, 'hex'))?.toString('hex') !== value)
+        return true;
+    }
+    let slots = 0;
+    for (const n of this.backendCounts.values()) slots += n;
+    return binding.bpfMapKeys(handle, MapName.backend).length / Layout.backendKey.size !== slots;
+  }
+
+  /** Routes and listeners for sk_lookup: every VIP:port with a proxy port. */
+  private async steer(): Promise<void> {
+    if (this.handle === undefined) return;
+    const steered = this.rendered.filter((e) => e.proxyPort > 0);
+    await this.steering.sync(
+      this.handle,
+      new Set(steered.map((e) => e.clusterIP)),
+      new Set(steered.map((e) => e.proxyPort)),
+    );
   }
 
   /** After a restart the pinned maps still hold the old services: keep their ids so slots stay consistent. */
@@ -233,7 +302,7 @@ export class EbpfInterceptor implements Interceptor {
         action: e.action,
         policy: e.policy,
         proxyIp: e.action === Action.proxy ? '127.0.0.1' : undefined,
-        proxyPort: e.action === Action.proxy ? e.proxyPort : undefined,
+        proxyPort: e.proxyPort,
       });
       counts.set(id, e.backends.length);
       e.backends.forEach((b, slot) => {

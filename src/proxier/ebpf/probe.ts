@@ -10,7 +10,13 @@ import { loadNative, type NativeBinding } from '../../native/index.ts';
 import { runCommand } from '../run-command.ts';
 
 /** The BPF objects the interceptor loads, one per hook family (native/bpf/*.bpf.c). */
-export const BPF_OBJECTS = ['sock_connect4.bpf.o', 'sockops.bpf.o', 'sockopt.bpf.o', 'sk_msg.bpf.o'] as const;
+export const BPF_OBJECTS = [
+  'sock_connect4.bpf.o',
+  'sockops.bpf.o',
+  'sockopt.bpf.o',
+  'sk_msg.bpf.o',
+  'sk_lookup.bpf.o',
+] as const;
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 

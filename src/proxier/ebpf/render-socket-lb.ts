@@ -16,7 +16,10 @@ export interface EbpfServiceEntry {
   policy: PolicyValue;
   /** EM_ACTION_LB: endpoints in slot order. */
   backends: readonly { ip: string; port: number }[];
-  /** EM_ACTION_PROXY: the local proxy port. */
+  /**
+   * The local proxy port: connect4's target for EM_ACTION_PROXY, and for any action where sk_lookup
+   * steers clients outside the cgroup (other namespaces/hosts); 0 = none (the service is not proxied).
+   */
   proxyPort: number;
 }
 
@@ -84,6 +87,8 @@ export function renderSocketLb(
       if (direct.length === 0 || direct.length !== eps.length || direct.length > MAX_BACKENDS) continue;
       for (const ip of svc.clusterIPs) {
         if (!net.isIPv4(ip)) continue;
+        // Clients outside the cgroup (sk_lookup) still need the proxy, when the data plane serves it.
+        const proxyPort = out.get(`${ip}:${port.port}`)?.proxyPort ?? 0;
         out.set(`${ip}:${port.port}`, {
           id: `${svc.key}:${port.name || port.port}`,
           clusterIP: ip,
@@ -91,7 +96,7 @@ export function renderSocketLb(
           action: Action.lb,
           policy,
           backends: direct.map((e) => ({ ip: e.ip, port: e.port })),
-          proxyPort: 0,
+          proxyPort,
         });
       }
     }
