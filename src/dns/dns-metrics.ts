@@ -41,6 +41,9 @@ export class DnsMetrics {
   private readonly cacheCounts = { hit: 0, stale: 0, miss: 0 };
   private readonly cachePushed = { hit: 0, stale: 0, miss: 0 };
   readonly upstreamSeconds: Histogram<'transport' | 'outcome'>;
+  /** Reads the native responder's answered-by-(qtype, NOERROR|NXDOMAIN) cells (256 × 2). */
+  private nativeAnswered: (() => Float64Array | undefined) | undefined;
+  private readonly nativeSeen = new Float64Array(512);
 
   constructor(registry?: Registry) {
     const self = this;
@@ -50,6 +53,7 @@ export class DnsMetrics {
       labelNames: ['type', 'rcode', 'source'] as const,
       registers: registry ? [registry] : [],
       collect() {
+        self.pullNative();
         for (let cell = 0; cell < CELLS; cell++) {
           const delta = self.counts[cell]! - self.pushed[cell]!;
           if (delta <= 0) continue;
@@ -103,6 +107,30 @@ export class DnsMetrics {
     this.counts[(type * RCODE_NAMES.length + rc) * SOURCES.length + SOURCE_INDEX[source]]!++;
   }
 
+  /**
+   * Counts the native responder's answers too (source 'cluster'): its counters are read when
+   * Prometheus scrapes or a snapshot is taken, never per packet.
+   */
+  attachNative(read: () => Float64Array | undefined): void {
+    this.pullNative();
+    this.nativeAnswered = read;
+    this.nativeSeen.fill(0);
+  }
+
+  private pullNative(): void {
+    const cells = this.nativeAnswered?.();
+    if (!cells) return;
+    for (let i = 0; i < 512 && i < cells.length; i++) {
+      const delta = cells[i]! - this.nativeSeen[i]!;
+      if (delta <= 0) continue;
+      this.nativeSeen[i] = cells[i]!;
+      const qtype = i >> 1;
+      const rcode = i & 1 ? 3 : 0;
+      const type = TYPE_SLOT[qtype]!;
+      this.counts[(type * RCODE_NAMES.length + rcode) * SOURCES.length + SOURCE_INDEX.cluster]! += delta;
+    }
+  }
+
   /** Counts one packet dropped without a reply. */
   drop(reason: string): void {
     this.dropCounts.set(reason, (this.dropCounts.get(reason) ?? 0) + 1);
@@ -119,6 +147,7 @@ export class DnsMetrics {
     dropped: Record<string, number>;
     cache: Record<string, number>;
   } {
+    this.pullNative();
     return {
       queries: Object.fromEntries(
         [...this.counts.keys()]

@@ -6,15 +6,18 @@ import net from 'node:net';
 import dnsPacket from 'dns-packet';
 import type { Registry } from 'prom-client';
 import { EMPTY_TABLE, type ServiceTable, type SnapshotConsumer } from '../controller/types.ts';
-import { EdgemeshError, ErrorCode } from '../errors.ts';
+import { EdgemeshError, ErrorCode, errorMessage } from '../errors.ts';
+import { loadNative, type NativeBinding } from '../native/index.ts';
 import type { Service } from '../util/lifecycle.ts';
 import type { Logger } from '../util/log.ts';
 import { formatHostPort, type HostPort } from '../util/net.ts';
 import { AnswerCache, type CachedAnswer } from './answer-cache.ts';
+import { compileAnswerTable, emptyAnswerTable } from './answer-table.ts';
 import { type BridgeDevice, ensureBridge, removeBridge } from './bridge-device.ts';
 import { type AnswerSource, DnsMetrics } from './dns-metrics.ts';
 import { Forwarder } from './forwarder.ts';
 import { NameIndex, type OwnAnswer } from './name-index.ts';
+import { type DnsCounterName, NativeResponder } from './native-responder.ts';
 import { encodeRecord } from './records.ts';
 import { UpstreamList } from './upstream-list.ts';
 import {
@@ -63,6 +66,23 @@ export interface DnsServerOptions {
   maxInflight?: number;
   /** Milliseconds clock of the answer cache (tests move time instead of sleeping). */
   now?: () => number;
+  /**
+   * Answer hot cluster-name queries (A/AAAA, NXDOMAIN in the zone) over UDP in the native addon
+   * (default true); false, or no addon, keeps every query on the JS server.
+   */
+  nativeFastPath?: boolean;
+  /** The addon to use (default: loadNative()); tests inject one. */
+  native?: NativeBinding;
+}
+
+/** What /status shows about DNS. */
+export interface DnsStatus {
+  listen: string;
+  /** native: UDP cluster names answered by the addon, the rest by JS; js: everything in JS. */
+  mode: 'native' | 'js' | 'disabled';
+  reason?: string;
+  names: number;
+  counters: Record<string, number>;
 }
 
 /** Largest query we accept over TCP; queries are small, a bigger frame is an attack or garbage. */
@@ -80,6 +100,12 @@ export class DnsServer implements Service, SnapshotConsumer {
   private index: NameIndex;
   private synced = false;
   private udp: dgram.Socket | undefined;
+  private responder: NativeResponder | undefined;
+  /** The services map the current index was built from (an unchanged map keeps the index). */
+  private indexedServices: ServiceTable['services'] | undefined;
+  /** Which UDP path serves, and why not native when it is not. */
+  mode: 'native' | 'js' = 'js';
+  modeReason: string | undefined;
   private tcp: net.Server | undefined;
   private readonly tcpClients = new Set<net.Socket>();
   private readonly cache: AnswerCache;
@@ -130,10 +156,54 @@ export class DnsServer implements Service, SnapshotConsumer {
   }
 
   async apply(table: ServiceTable): Promise<void> {
+    // Snapshots that changed only Istio objects keep the same services map: nothing to rebuild.
+    if (this.synced && table.services === this.indexedServices) return;
     const index = new NameIndex(table, { domain: this.options.domain, ttl: this.options.ttl });
     this.index = index;
+    this.indexedServices = table.services;
     this.synced = true;
+    this.pushAnswerTable();
     this.options.log.debug({ generation: table.generation, names: index.size }, 'dns: name index updated');
+  }
+
+  /** Gives the native responder the current index's answers (after the first snapshot only). */
+  private pushAnswerTable(): void {
+    const responder = this.responder;
+    if (!responder || !this.synced) return;
+    try {
+      responder.setTable(compileAnswerTable(this.index));
+    } catch (err) {
+      // Never leave an old table answering: everything goes to the JS server until the next one.
+      this.options.log.error({ err: errorMessage(err) }, 'dns: native answer table rejected; JS answers all');
+      try {
+        responder.setTable(emptyAnswerTable());
+      } catch {
+        // Closed meanwhile.
+      }
+    }
+  }
+
+  /** Listen address, UDP path and counters, for /status. */
+  status(): DnsStatus {
+    const counters: Record<string, number> = {};
+    const snap = this.metrics.snapshot();
+    for (const [key, n] of Object.entries(snap.queries)) {
+      const source = key.slice(key.lastIndexOf('|') + 1);
+      counters[`queries.${source}`] = (counters[`queries.${source}`] ?? 0) + n;
+    }
+    for (const [k, n] of Object.entries(snap.cache)) counters[`cache.${k}`] = n;
+    for (const [k, n] of Object.entries(snap.dropped)) counters[`dropped.${k}`] = n;
+    if (this.responder) {
+      const native = this.responder.counters();
+      for (const k of Object.keys(native) as DnsCounterName[]) counters[`native.${k}`] = native[k];
+    }
+    return {
+      listen: formatHostPort(this.bound ?? this.options.listen),
+      mode: this.disabledReason ? 'disabled' : this.mode,
+      reason: this.disabledReason ?? this.modeReason,
+      names: this.index.size,
+      counters,
+    };
   }
 
   async start(): Promise<void> {
@@ -166,6 +236,7 @@ export class DnsServer implements Service, SnapshotConsumer {
       log.info(
         {
           listen: formatHostPort(this.bound!),
+          mode: this.mode,
           domain: this.options.domain,
           upstreams: this.upstreams.servers.length,
         },
@@ -179,6 +250,94 @@ export class DnsServer implements Service, SnapshotConsumer {
 
   /** Binds UDP then TCP on the same port (one attempt). */
   private async bindBoth(listen: HostPort): Promise<void> {
+    const { log } = this.options;
+    if (!this.bindNative(listen)) await this.bindUdp(listen);
+    const tcp = net.createServer({ noDelay: true }, (socket) => this.onTcp(socket));
+    tcp.maxConnections = this.options.maxTcpConnections ?? 1000;
+    await new Promise<void>((resolve, reject) => {
+      tcp.once('error', reject);
+      tcp.listen(this.bound!.port, listen.host, () => {
+        tcp.off('error', reject);
+        resolve();
+      });
+    }).catch((err: NodeJS.ErrnoException) => {
+      throw listenError(listen, 'tcp', err);
+    });
+    tcp.on('error', (err) => log.warn({ err: err.message }, 'dns: tcp server error'));
+    this.tcp = tcp;
+  }
+
+  /**
+   * Starts the native UDP responder on `listen` when the addon is there and the fast path is
+   * wanted. False (JS UDP path) when not; address-in-use is an error like on the JS path.
+   */
+  private bindNative(listen: HostPort): boolean {
+    const { log } = this.options;
+    if (this.options.nativeFastPath === false) {
+      this.mode = 'js';
+      this.modeReason = 'native fast path disabled by configuration (modules.edgeDNS.nativeFastPath: false)';
+      return false;
+    }
+    const binding = this.options.native ?? loadNative().binding;
+    if (!binding || typeof binding.dnsListen !== 'function') {
+      this.mode = 'js';
+      this.modeReason = `native addon unavailable: ${loadNative().reason ?? 'built without the DNS responder'}`;
+      log.warn({ reason: this.modeReason }, 'dns: answering every query in JS');
+      return false;
+    }
+    try {
+      const responder = new NativeResponder(binding, listen.host, listen.port, (msg, client) =>
+        this.onNativeMiss(responder, msg, client),
+      );
+      this.responder = responder;
+      this.metrics.attachNative(() => responder.answeredByType());
+      this.bound = { host: listen.host, port: responder.port };
+      this.mode = 'native';
+      this.modeReason = undefined;
+      this.pushAnswerTable();
+      return true;
+    } catch (err) {
+      const e = err as EdgemeshError;
+      if (e.errno === 98 /* EADDRINUSE */ || e.errno === 99 /* EADDRNOTAVAIL */) {
+        const code = e.errno === 98 ? 'EADDRINUSE' : 'EADDRNOTAVAIL';
+        throw listenError(listen, 'udp', Object.assign(new Error(e.message), { code, syscall: e.syscall }));
+      }
+      this.mode = 'js';
+      this.modeReason = `native responder failed to start: ${errorMessage(err)}`;
+      log.warn({ reason: this.modeReason }, 'dns: answering every query in JS');
+      return false;
+    }
+  }
+
+  /** A query the native responder left to us: answered exactly as on the JS UDP path. */
+  private onNativeMiss(responder: NativeResponder, msg: Buffer, client: Buffer): void {
+    let reply: ReturnType<DnsServer['answer']>;
+    try {
+      reply = this.answer(msg, 'udp');
+    } catch (err) {
+      this.internalError(err);
+      return;
+    }
+    if (reply === undefined) return;
+    const send = (r: Buffer) => {
+      try {
+        responder.send(client, r);
+      } catch (err) {
+        this.internalError(err);
+      }
+    };
+    if (Buffer.isBuffer(reply)) send(reply);
+    else
+      reply.then(
+        (r) => {
+          if (r && this.responder === responder) send(r);
+        },
+        (err) => this.internalError(err),
+      );
+  }
+
+  /** The JS UDP path: a dgram socket on `listen`. */
+  private async bindUdp(listen: HostPort): Promise<void> {
     const { log } = this.options;
     const udp = dgram.createSocket({ type: net.isIPv6(listen.host) ? 'udp6' : 'udp4' });
     this.udp = udp;
@@ -200,23 +359,11 @@ export class DnsServer implements Service, SnapshotConsumer {
     udp.on('error', (err) => log.warn({ err: err.message }, 'dns: udp socket error'));
     udp.on('message', (msg, rinfo) => this.onUdp(udp, msg, rinfo));
     this.bound = { host: listen.host, port: udp.address().port };
-
-    const tcp = net.createServer({ noDelay: true }, (socket) => this.onTcp(socket));
-    tcp.maxConnections = this.options.maxTcpConnections ?? 1000;
-    await new Promise<void>((resolve, reject) => {
-      tcp.once('error', reject);
-      tcp.listen(this.bound!.port, listen.host, () => {
-        tcp.off('error', reject);
-        resolve();
-      });
-    }).catch((err: NodeJS.ErrnoException) => {
-      throw listenError(listen, 'tcp', err);
-    });
-    tcp.on('error', (err) => log.warn({ err: err.message }, 'dns: tcp server error'));
-    this.tcp = tcp;
   }
 
   private async closeListeners(): Promise<void> {
+    this.responder?.close();
+    this.responder = undefined;
     const udp = this.udp;
     this.udp = undefined;
     if (udp) await new Promise<void>((resolve) => udp.close(() => resolve()));

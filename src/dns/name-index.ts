@@ -51,6 +51,7 @@ export class NameIndex {
   private readonly nodes = new Map<string, NameNode>();
   private readonly dotDomain: string;
   private readonly collapseMarker: string;
+  private readonly serviceSuffix: string;
   private readonly soaSection: { bytes: Buffer; count: number };
 
   constructor(
@@ -61,9 +62,30 @@ export class NameIndex {
     this.generation = table.generation;
     this.dotDomain = `.${this.domain}`;
     this.collapseMarker = `.svc.${this.domain}.`;
+    this.serviceSuffix = `.svc.${this.domain}`;
     this.soaSection = encodeSection([this.soaRecord(this.domain)]);
     this.node(this.domain).soa = true;
     for (const svc of table.services.values()) this.addService(svc);
+  }
+
+  /** The zone's SOA record, encoded (the authority section of NXDOMAIN and NODATA answers). */
+  get soaBytes(): Buffer {
+    return this.soaSection.bytes;
+  }
+
+  /**
+   * Every name the index answers without forwarding, for the native answer table: the names
+   * inside the zone (including empty non-terminals) and the `<svc>.<ns>` short forms.
+   */
+  *ownedNames(): IterableIterator<string> {
+    for (const [name, node] of this.nodes) {
+      if (!this.inZone(name)) continue;
+      yield name;
+      if (node.service && name.endsWith(this.serviceSuffix)) {
+        const short = name.slice(0, -this.serviceSuffix.length);
+        if (short.indexOf('.') > 0 && short.indexOf('.', short.indexOf('.') + 1) < 0) yield short;
+      }
+    }
   }
 
   /** Number of names (including empty non-terminals), for logs. */

@@ -75,4 +75,25 @@ export interface NativeBinding {
   bpfRepair(handle: number): string[];
   /** Puts socket `fd` of process `pid` into a sockmap/sockhash under `key` (pidfd_getfd). */
   bpfSockmapAdd(handle: number, map: string, key: Buffer, pid: number, fd: number): void;
+  /**
+   * Binds a UDP socket on address:port and starts the native DNS responder thread on it. Packets
+   * the answer table does not cover reach `onMisses` in batches of records (src/dns/native-responder.ts).
+   */
+  dnsListen(
+    address: string,
+    port: number,
+    rcvbuf: number,
+    batch: number,
+    onMisses: (batch: Buffer, count: number) => void,
+  ): number;
+  /** The UDP port the responder bound (resolves port 0). */
+  dnsBoundPort(handle: number): number;
+  /** Decodes and atomically publishes an EMD1 answer table (src/dns/answer-table.ts); returns its generation. */
+  dnsSetTable(handle: number, table: Buffer): number;
+  /** Sends `reply` to the client of a miss record's 19-byte address part. */
+  dnsSend(handle: number, addr: Buffer, reply: Buffer): void;
+  /** Responder counters (DNS_COUNTER_NAMES order), then 256 × 2 answered-by-(qtype, NOERROR|NXDOMAIN). */
+  dnsCounters(handle: number): Float64Array;
+  /** Stops the responder thread and closes its socket; false when the handle was unknown. */
+  dnsClose(handle: number): boolean;
 }

@@ -65,7 +65,8 @@ std::shared_ptr<const AnswerTable> AnswerTable::Decode(const uint8_t* data, size
   table->zone = r.Bytes(zone_len);
   table->soa = r.Bytes(soa_len);
   if (!r.ok) return fail("truncated header");
-  if (!ValidWireName(reinterpret_cast<const uint8_t*>(table->zone.data()), table->zone.size()))
+  // An empty zone means "synthesize no NXDOMAIN" (a table that only answers listed names).
+  if (!table->zone.empty() && !ValidWireName(reinterpret_cast<const uint8_t*>(table->zone.data()), table->zone.size()))
     return fail("bad zone name");
   // Each name takes at least 3 bytes: a count beyond that is a lie, not a reason to reserve memory.
   if (count > (len - r.pos) / 3) return fail("name count larger than the table");
@@ -100,6 +101,7 @@ std::shared_ptr<const AnswerTable> AnswerTable::Decode(const uint8_t* data, size
 bool AnswerTable::InZone(const uint8_t* name, size_t name_len) const {
   // Walk the labels: the zone must be the suffix starting at a label boundary.
   size_t zlen = zone.size();
+  if (zlen == 0) return false;
   size_t pos = 0;
   while (pos < name_len) {
     if (name_len - pos == zlen) return std::memcmp(name + pos, zone.data(), zlen) == 0;

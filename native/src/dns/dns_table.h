@@ -6,6 +6,7 @@
 //   header 16 B: magic u32 = 0x31444d45 ("EMD1"), generation u32, nameCount u32,
 //                zoneLen u16, soaLen u16
 //   zone name   zoneLen bytes (wire form): names under it that are not in the table are NXDOMAIN
+//               (zoneLen 0: no zone, nothing is NXDOMAIN)
 //   soa record  soaLen bytes: the zone's SOA record (authority section of NXDOMAIN / NODATA)
 //   per name:   nameLen u8, name bytes, answerCount u8, then per answer:
 //               qtype u16, flags u8 (bit 0: append the SOA as authority), reserved u8,

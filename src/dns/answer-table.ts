@@ -1,0 +1,81 @@
+// Compiles the native responder's answer table (EMD1, decoded by native/src/dns/dns_table.cc)
+// from a NameIndex: for every name the index owns, the exact answer sections the JS server would
+// send for A and AAAA (taken from NameIndex.lookup itself, so both paths send the same bytes).
+// Everything else — other types, ExternalName chases, search-path collapse — stays with JS.
+import type { NameIndex } from './name-index.ts';
+import { CLASS_IN, EDNS_UDP_LIMIT, QType, Rcode } from './wire.ts';
+
+/** Magic of the answer table layout (native/src/dns/dns_table.h). */
+export const ANSWER_TABLE_MAGIC = 0x31444d45;
+/** Query types answered natively. */
+export const NATIVE_QTYPES: readonly number[] = [QType.A, QType.AAAA];
+
+/** Names in DNS wire form (lower-case labels, terminating zero); undefined when not encodable. */
+export function wireName(name: string): Buffer | undefined {
+  if (name === '') return Buffer.from([0]);
+  const labels = name.split('.');
+  const parts: number[] = [];
+  for (const label of labels) {
+    // Escaped names (a '.' or '\' inside a label) never reach the native path (it leaves them to JS).
+    if (label.length === 0 || label.length > 63 || label.includes('\\')) return undefined;
+    parts.push(label.length);
+    for (let i = 0; i < label.length; i++) {
+      const c = label.charCodeAt(i);
+      if (c > 0xff || (c >= 0x41 && c <= 0x5a)) return undefined;
+      parts.push(c);
+    }
+  }
+  parts.push(0);
+  return parts.length > 255 ? undefined : Buffer.from(parts);
+}
+
+/** One encoded name: its wire bytes plus per-qtype answers. */
+function encodeName(index: NameIndex, name: string, soa: Buffer): Buffer | undefined {
+  const wire = wireName(name);
+  if (!wire) return undefined;
+  const answers: Buffer[] = [];
+  for (const qtype of NATIVE_QTYPES) {
+    const own = index.lookup(name, qtype, CLASS_IN);
+    // Only plain NOERROR answers (records or NODATA+SOA); chases need the upstream.
+    if (!own || own.rcode !== Rcode.NOERROR || own.chase) continue;
+    if (own.nscount > 0 && !(own.nscount === 1 && own.ns.equals(soa))) continue;
+    if (own.an.length > EDNS_UDP_LIMIT) continue; // never fits a UDP reply: JS sets TC
+    const head = Buffer.allocUnsafe(8);
+    head.writeUInt16LE(qtype, 0);
+    head[2] = own.nscount > 0 ? 1 : 0;
+    head[3] = 0;
+    head.writeUInt16LE(own.ancount, 4);
+    head.writeUInt16LE(own.an.length, 6);
+    answers.push(head, own.an);
+  }
+  const lead = Buffer.from([wire.length]);
+  return Buffer.concat([lead, wire, Buffer.from([answers.length / 2]), ...answers]);
+}
+
+/** Encodes the answer table for `index` (generation = the index's snapshot generation). */
+export function compileAnswerTable(index: NameIndex): Buffer {
+  const soa = index.soaBytes;
+  const zone = wireName(index.domain) ?? Buffer.alloc(0);
+  const parts: Buffer[] = [];
+  const seen = new Set<string>();
+  for (const name of index.ownedNames()) {
+    if (seen.has(name)) continue;
+    seen.add(name);
+    const encoded = encodeName(index, name, soa);
+    if (encoded) parts.push(encoded);
+  }
+  const header = Buffer.alloc(16);
+  header.writeUInt32LE(ANSWER_TABLE_MAGIC, 0);
+  header.writeUInt32LE(index.generation >>> 0, 4);
+  header.writeUInt32LE(parts.length, 8);
+  header.writeUInt16LE(zone.length, 12);
+  header.writeUInt16LE(soa.length, 14);
+  return Buffer.concat([header, zone, soa, ...parts]);
+}
+
+/** A table that answers nothing (no names, no zone): everything goes to the JS server. */
+export function emptyAnswerTable(): Buffer {
+  const header = Buffer.alloc(16);
+  header.writeUInt32LE(ANSWER_TABLE_MAGIC, 0);
+  return header;
+}
