@@ -7,5 +7,5 @@ export { DEFAULT_MAGLEV_TABLE_SIZE, MaglevTable, nextPrime } from './maglev.ts';
 export { murmur3 } from './murmur3.ts';
 export type { ResultStatus } from './outlier-detector.ts';
 export { CONNECT_FAILURE, OutlierDetector, outlierSettings } from './outlier-detector.ts';
-export { DEFAULT_RING_SIZE, HashRing, ringHashPick } from './ring-hash.ts';
+export { DEFAULT_RING_SIZE, HashRing, pointsPerEndpoint, ringHashPick } from './ring-hash.ts';
 export { SessionAffinityTable } from './session-affinity.ts';

@@ -1,16 +1,24 @@
 // Consistent-hash ring ("ketama" style) — the L4 hash reference the native data plane mirrors.
 // Spec (agreed with the native engineer; change only together with native/ and the lead):
 //   - members: the ready endpoints, named `ip:port`, de-duplicated, sorted (plain string order);
-//   - each member gets vnodes = ceil(ringSize / n) points murmur3(`${ip}:${port}#${i}`), i < vnodes,
-//     ringSize = 1024 unless a minimum ring size is configured;
+//   - each member gets vnodes = pointsPerEndpoint(ringSize) = ceil(ringSize / 4) points
+//     murmur3(`${ip}:${port}#${i}`), i < vnodes, ringSize = 1024 (256 points) unless a minimum ring
+//     size is configured. The count depends only on ringSize, never on the number of members, so
+//     adding or removing a member moves only the keys that member gains or owned (the ring holds
+//     >= ringSize points from 4 members on);
 //   - points are ordered by hash, ties by member order;
 //   - pick(key) = owner of the first point with hash >= murmur3(key), wrapping to the first point.
 import type { Endpoint } from '../controller/types.ts';
 import { sortedMembers } from './endpoint-key.ts';
 import { murmur3 } from './murmur3.ts';
 
-/** Default number of ring points shared among all members (the L4 contract uses this). */
+/** Default ring size (the L4 contract uses this): 256 points per member. */
 export const DEFAULT_RING_SIZE = 1024;
+
+/** Points each member gets on a ring of `ringSize` (independent of the member count). */
+export function pointsPerEndpoint(ringSize: number): number {
+  return Math.max(1, Math.ceil(ringSize / 4));
+}
 
 /** An immutable ring over a set of endpoints. */
 export class HashRing {
@@ -23,7 +31,7 @@ export class HashRing {
     const { keys, members } = sortedMembers(endpoints);
     this.members = members;
     const n = keys.length;
-    const vnodes = n === 0 ? 0 : Math.ceil(Math.max(1, ringSize) / n);
+    const vnodes = pointsPerEndpoint(ringSize);
     const points: Array<[number, number]> = [];
     for (let m = 0; m < n; m++) {
       for (let i = 0; i < vnodes; i++) points.push([murmur3(`${keys[m]}#${i}`), m]);

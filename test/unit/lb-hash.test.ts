@@ -2,7 +2,14 @@
 // minimal remapping when endpoints come and go.
 import { describe, expect, it } from 'vitest';
 import type { Endpoint } from '../../src/controller/types.ts';
-import { HashRing, MaglevTable, murmur3, nextPrime, ringHashPick } from '../../src/lb/index.ts';
+import {
+  HashRing,
+  MaglevTable,
+  murmur3,
+  nextPrime,
+  pointsPerEndpoint,
+  ringHashPick,
+} from '../../src/lb/index.ts';
 
 function ep(ip: string, port = 80, extra: Partial<Endpoint> = {}): Endpoint {
   return { ip, port, ready: true, serving: true, terminating: false, ...extra };
@@ -13,6 +20,8 @@ function eps(n: number): Endpoint[] {
 }
 
 const keys = Array.from({ length: 20_000 }, (_, i) => `client-${i}`);
+/** murmur3 of every key, computed once (the remapping tests look each up on several rings). */
+const keyHashes = keys.map((k) => murmur3(k));
 
 describe('murmur3 x86_32', () => {
   it('matches the published test vectors (seed 0 unless given)', () => {
@@ -28,13 +37,13 @@ describe('murmur3 x86_32', () => {
 });
 
 describe('ring hash (L4 reference)', () => {
-  it('follows the agreed spec: ceil(1024/n) points per ready endpoint, first point >= hash(key)', () => {
+  it('follows the agreed spec: 256 points per ready endpoint, first point >= hash(key)', () => {
+    expect(pointsPerEndpoint(1024)).toBe(256);
     const endpoints = [ep('10.0.0.3'), ep('10.0.0.1'), ep('10.0.0.2')];
     // Independent re-implementation of the spec, written the naive way.
     const points: Array<{ h: number; key: string }> = [];
     const members = ['10.0.0.1:80', '10.0.0.2:80', '10.0.0.3:80'];
-    for (const m of members)
-      for (let i = 0; i < Math.ceil(1024 / 3); i++) points.push({ h: murmur3(`${m}#${i}`), key: m });
+    for (const m of members) for (let i = 0; i < 256; i++) points.push({ h: murmur3(`${m}#${i}`), key: m });
     points.sort((a, b) => a.h - b.h || members.indexOf(a.key) - members.indexOf(b.key));
     for (const k of keys.slice(0, 2000)) {
       const h = murmur3(k);
@@ -66,40 +75,43 @@ describe('ring hash (L4 reference)', () => {
     }
   });
 
-  it('moves all keys of a removed endpoint and few others; few keys when one is added', () => {
-    // vnodes = ceil(1024 / n) changes with n, so a few keys of surviving members move too (each
-    // member gains or loses a handful of points); the bound below is what the spec delivers.
-    const before = new HashRing(eps(10));
-    const after = new HashRing(eps(10).filter((_, i) => i !== 4));
-    let moved = 0;
-    let disturbed = 0;
-    for (const k of keys) {
-      const a = before.pick(k)!;
-      const b = after.pick(k)!;
-      expect(b.ip).not.toBe('10.0.0.4');
-      if (a.ip === '10.0.0.4') moved++;
-      else if (a.ip !== b.ip) disturbed++;
-    }
-    expect(moved / keys.length).toBeLessThan(0.2);
-    expect(disturbed / keys.length).toBeLessThan(0.08);
-    const grown = new HashRing(eps(11));
-    let changed = 0;
-    for (const k of keys) if (before.pick(k)!.ip !== grown.pick(k)!.ip) changed++;
-    // Ideal is 1/11 ≈ 9 %; allow ring variance and the vnode-count change.
-    expect(changed / keys.length).toBeLessThan(0.22);
-  });
-
-  it("with a fixed point count per member, removal moves only the removed member's keys", () => {
-    // ringSize = n * 100 for both rings gives every member exactly 100 points both times.
-    const before = new HashRing(eps(10), 1000);
-    const after = new HashRing(
-      eps(10).filter((_, i) => i !== 4),
-      900,
-    );
-    for (const k of keys) {
-      const a = before.pick(k)!;
-      const b = after.pick(k)!;
-      if (a.ip !== '10.0.0.4') expect(b.ip).toBe(a.ip);
+  it("removing an endpoint moves only that endpoint's keys; adding one moves keys only to it", () => {
+    // Points per member depend on the ring size alone, so the surviving members' points are the
+    // same on both rings. Checked for small and large services and a configured ring size.
+    for (const [n, ringSize] of [
+      [3, 1024],
+      [10, 1024],
+      [40, 1024],
+      [10, 4096],
+    ] as const) {
+      const all = eps(n);
+      const victim = all[n >> 1]!;
+      const before = new HashRing(all, ringSize);
+      const after = new HashRing(
+        all.filter((e) => e !== victim),
+        ringSize,
+      );
+      // Counted, then asserted once: an expect() per key costs seconds.
+      let moved = 0;
+      let wrong = 0;
+      for (const h of keyHashes) {
+        const a = before.pickHash(h)!;
+        const b = after.pickHash(h)!;
+        if (b === victim) wrong++;
+        if (a === victim) moved++;
+        else if (b !== a) wrong++;
+      }
+      expect(wrong).toBe(0);
+      // The victim owned about 1/n of the keys (all of which moved).
+      expect(moved / keys.length).toBeGreaterThan(0.4 / n);
+      expect(moved / keys.length).toBeLessThan(2 / n);
+      // Adding it back: keys move only to it, and exactly the ones it owned before.
+      let strayed = 0;
+      for (const h of keyHashes) {
+        const c = before.pickHash(h)!;
+        if (c !== victim && c !== after.pickHash(h)) strayed++;
+      }
+      expect(strayed).toBe(0);
     }
   });
 
@@ -127,17 +139,31 @@ describe('maglev', () => {
     for (const c of counts.values()) expect(Math.abs(c / keys.length - 1 / 7)).toBeLessThan(0.03);
   });
 
-  it('moves few keys of surviving endpoints when one is removed', () => {
-    const before = new MaglevTable(eps(10));
-    const after = new MaglevTable(eps(10).filter((_, i) => i !== 2));
-    let disturbed = 0;
-    for (const k of keys) {
-      const a = before.pickHash(murmur3(k))!;
-      const b = after.pickHash(murmur3(k))!;
-      if (a.ip === '10.0.0.2') expect(b.ip).not.toBe('10.0.0.2');
-      else if (a.ip !== b.ip) disturbed++;
+  it("removing one endpoint disturbs < 1 % of the other endpoints' keys (default table)", () => {
+    // Maglev trades strict minimal remapping for balance. Its paper (Eisenbud et al., NSDI '16,
+    // §3.4/§5.3) shows the disruption shrinks as the table grows relative to the endpoint count;
+    // with the 65537-slot default and up to 50 endpoints we measured at most 0.53 %.
+    for (const [n, victims] of [
+      [3, [0, 1, 2]],
+      [10, [0, 3, 9]],
+      [50, [7, 31]],
+    ] as const) {
+      const all = eps(n);
+      const before = new MaglevTable(all);
+      for (const v of victims) {
+        const victim = all[v]!;
+        const after = new MaglevTable(all.filter((e) => e !== victim));
+        let disturbed = 0;
+        let wrong = 0;
+        for (const h of keyHashes) {
+          const a = before.pickHash(h)!;
+          const b = after.pickHash(h)!;
+          if (b === victim) wrong++;
+          if (a !== victim && a !== b) disturbed++;
+        }
+        expect(wrong).toBe(0);
+        expect(disturbed / keys.length).toBeLessThan(0.01);
+      }
     }
-    // Maglev trades a little disruption for balance; the paper reports a few percent.
-    expect(disturbed / keys.length).toBeLessThan(0.05);
   });
 });

@@ -35,7 +35,7 @@ HashRing BuildRing(const std::vector<Endpoint>& sorted_endpoints) {
   HashRing ring;
   const size_t n = sorted_endpoints.size();
   if (n == 0) return ring;
-  const size_t vnodes = (1024 + n - 1) / n;
+  const size_t vnodes = kRingPointsPerEndpoint;
   ring.points.reserve(n * vnodes);
   for (size_t e = 0; e < n; ++e) {
     const std::string base = EndpointString(sorted_endpoints[e]) + "#";

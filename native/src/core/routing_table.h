@@ -37,8 +37,11 @@ struct Endpoint {
 // "a.b.c.d:port", the form the hash ring is built from (and the TS twin uses).
 std::string EndpointString(const Endpoint& e);
 
-// A consistent-hash ring: for n endpoints sorted by their "ip:port" string, ceil(1024/n) points
-// per endpoint at murmur3("ip:port#i"); points ordered by (hash, endpoint index).
+// A consistent-hash ring: for endpoints sorted by their "ip:port" string, kRingPointsPerEndpoint
+// points per endpoint at murmur3("ip:port#i"); points ordered by (hash, endpoint index). The count
+// never depends on how many endpoints there are, so a membership change moves only the keys of the
+// endpoint that came or went (src/lb/ring-hash.ts pointsPerEndpoint(1024) is the TS twin).
+constexpr size_t kRingPointsPerEndpoint = 256;
 struct HashRing {
   std::vector<uint64_t> points;  // (hash << 32) | endpoint index, ascending
   // Index of the endpoint owning the first point >= hash (wrapping to the first point).
