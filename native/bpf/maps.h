@@ -43,7 +43,8 @@
 #define EM_STAT_MSG_REDIRECT 7   /* sendmsg() moved straight onto the peer socket by sk_msg */
 #define EM_STAT_SK_LOOKUP 8      /* SYN to a service address from another host/namespace steered to the proxy */
 #define EM_STAT_SK_LOOKUP_MISS 9 /* ... but no proxy listener for its port in edgemesh_lst_v1: left alone */
-#define EM_STAT_COUNT 10
+#define EM_STAT_OTHER_NETNS 10   /* proxied service connect() from another netns: left to sk_lookup */
+#define EM_STAT_COUNT 11
 
 /* Key of edgemesh_svc_v1: one service address. */
 struct em_svc_key {
@@ -94,7 +95,7 @@ struct em_tuple_key {
 	__u16 pad;  /* zero */
 };
 
-/* Value of edgemesh_cfg_v1[0]: runtime settings the agent writes at start. A map rather than
+/* Value of edgemesh_cfg_v2[0]: runtime settings the agent writes at start. A map rather than
  * `const volatile` data because pinned maps outlive the programs: an agent restarted with a new pid
  * must update the exclusion without a reload window. */
 struct em_config {
@@ -102,6 +103,9 @@ struct em_config {
 	__u32 bypass_mark; /* sockets with this SO_MARK are never rewritten (0 = none) */
 	__u32 bypass_gid;  /* processes running with this gid are never rewritten (0 = none) */
 	__u32 flags;       /* EM_CFG_* */
+	__u64 netns_cookie; /* the agent's network namespace: connect() to a proxied service is sent to
+	                     * 127.0.0.1 only from here (elsewhere, e.g. a pod, 127.0.0.1 is not the
+	                     * proxy; the SYN reaches the node and sk_lookup steers it); 0 = any */
 };
 
 /* em_config.flags */
@@ -165,7 +169,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct em_config);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} edgemesh_cfg_v1 SEC(".maps");
+} edgemesh_cfg_v2 SEC(".maps");
 
 /* Counters (EM_STAT_*), summed over CPUs by the agent. */
 struct {

@@ -30,7 +30,7 @@ static __always_inline int em_connect4(struct bpf_sock_addr *ctx)
 		return -2; /* -ENOENT: not a service address */
 
 	__u32 zero = 0;
-	struct em_config *cfg = bpf_map_lookup_elem(&edgemesh_cfg_v1, &zero);
+	struct em_config *cfg = bpf_map_lookup_elem(&edgemesh_cfg_v2, &zero);
 	__u32 mark = 0;
 	struct bpf_sock *sk = ctx->sk;
 	if (sk)
@@ -45,6 +45,10 @@ static __always_inline int em_connect4(struct bpf_sock_addr *ctx)
 	__u32 new_ip4;
 	__u16 new_port;
 	if (svc->action == EM_ACTION_PROXY) {
+		if (cfg && cfg->netns_cookie != 0 && cfg->netns_cookie != bpf_get_netns_cookie(ctx)) {
+			em_count(EM_STAT_OTHER_NETNS);
+			return -1;
+		}
 		new_ip4 = svc->proxy_ip4;
 		new_port = svc->proxy_port;
 		orig.flags = EM_ORIG_PROXIED;

@@ -59,7 +59,7 @@ static __always_inline struct em_sock_key em_own_key(struct bpf_sock_ops *skops)
 static __always_inline int em_sockmap_enabled(void)
 {
 	__u32 zero = 0;
-	struct em_config *cfg = bpf_map_lookup_elem(&edgemesh_cfg_v1, &zero);
+	struct em_config *cfg = bpf_map_lookup_elem(&edgemesh_cfg_v2, &zero);
 	return cfg && (cfg->flags & EM_CFG_SOCKMAP);
 }
 

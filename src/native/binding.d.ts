@@ -75,6 +75,8 @@ export interface NativeBinding {
   bpfRepair(handle: number): string[];
   /** Puts socket `fd` of process `pid` into a sockmap/sockhash under `key` (pidfd_getfd). */
   bpfSockmapAdd(handle: number, map: string, key: Buffer, pid: number, fd: number): void;
+  /** SO_NETNS_COOKIE of the namespace sk_lookup is attached to (0n if unknown). */
+  bpfNetnsCookie(handle: number): bigint;
   /**
    * Binds a UDP socket on address:port and starts the native DNS responder thread on it. Packets
    * the answer table does not cover reach `onMisses` in batches of records (src/dns/native-responder.ts).

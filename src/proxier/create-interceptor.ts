@@ -1,10 +1,11 @@
 // Chooses and builds the interceptor for `--intercept auto|iptables|nftables|ebpf|none`, probing
 // what the kernel and the installed tools support and saying why it chose what it chose.
+import { stat } from 'node:fs/promises';
 import type { InterceptMode } from '../config/types.ts';
 import { errorMessage } from '../errors.ts';
 import type { Logger } from '../util/log.ts';
 import type { EbpfChoiceOptions } from './ebpf/create-ebpf-interceptor.ts';
-import type { Interceptor } from './interceptor.ts';
+import { type Interceptor, PROXY_MARK } from './interceptor.ts';
 import { type IptablesBinary, IptablesInterceptor } from './iptables.ts';
 import type { RuleOptions } from './iptables-render.ts';
 import { NftablesInterceptor } from './nftables.ts';
@@ -82,6 +83,30 @@ async function chooseIptablesBinary(
   return { binary: 'iptables', why: 'the system default iptables' };
 }
 
+/**
+ * Why eBPF cannot catch all of this node's ClusterIP traffic (undefined = it can). The cgroup hooks
+ * act on every process below the cgroup, whatever its network namespace, and sk_lookup acts on one
+ * namespace: together they cover a node only when they sit on the root cgroup and the agent runs in
+ * the host's namespace (then local processes go through connect4, pods and remote clients through
+ * sk_lookup). An agent in a namespace of its own (tests, the demo) would catch other namespaces'
+ * connects host-wide, so auto leaves it to iptables/nftables.
+ */
+export async function ebpfCoverageGap(options: CreateInterceptorOptions): Promise<string | undefined> {
+  if (options.commandPrefix && options.commandPrefix.length > 0)
+    return 'the rules are for another network namespace (command prefix)';
+  if (options.ebpf?.netnsPath) return 'sk_lookup would attach to another network namespace';
+  if (options.ebpf?.cgroup)
+    return `ebpfCgroup '${options.ebpf.cgroup}' covers only the processes below it, not the whole node`;
+  const [self, init] = await Promise.all([
+    stat('/proc/self/ns/net').catch(() => undefined),
+    stat('/proc/1/ns/net').catch(() => undefined),
+  ]);
+  if (!self || !init) return 'cannot tell whether the agent runs in the host network namespace';
+  if (self.ino !== init.ino)
+    return 'the agent is not in the host network namespace (cgroup hooks would act on every namespace)';
+  return undefined;
+}
+
 /** Builds the interceptor for `options.mode`; auto/ebpf probe and fall back, logging why. */
 export async function createInterceptor(options: CreateInterceptorOptions): Promise<InterceptorChoice> {
   const { log, mode } = options;
@@ -108,8 +133,10 @@ export async function createInterceptor(options: CreateInterceptorOptions): Prom
     case 'ebpf':
     case 'auto': {
       const why: string[] = [];
-      if (mode === 'ebpf') {
-        // Loaded only when asked for: the eBPF feature is optional (src/proxier/ebpf).
+      const gap = mode === 'auto' ? await ebpfCoverageGap(options) : undefined;
+      if (gap) why.push(`auto: ebpf not chosen: ${gap}`);
+      else {
+        // Loaded only when needed: the eBPF feature is optional (src/proxier/ebpf).
         const { createEbpfInterceptor } = await import('./ebpf/index.ts');
         const ebpf = await createEbpfInterceptor({
           nodeName: '',
@@ -118,8 +145,17 @@ export async function createInterceptor(options: CreateInterceptorOptions): Prom
           ...options.ebpf,
           log,
           bypassGid: options.bypassGid,
+          // The native plane marks its upstream sockets: never redirect them back into the proxy.
+          bypassMark: PROXY_MARK,
         });
-        if ('interceptor' in ebpf) return ebpf;
+        if ('interceptor' in ebpf)
+          return {
+            interceptor: ebpf.interceptor,
+            reason:
+              mode === 'auto'
+                ? `auto: eBPF probes pass and cover the node (root cgroup, host network namespace): ${ebpf.reason}`
+                : `--intercept ebpf: ${ebpf.reason}`,
+          };
         why.push(`ebpf unavailable: ${ebpf.reason}`);
       }
       try {

@@ -94,10 +94,16 @@ describe('eBPF map layout', () => {
   it('encodes backend keys, addresses, config and sums per-CPU counters', () => {
     expect(encodeBackendKey(7, 2).toString('hex')).toBe('0700000002000000');
     expect(encodeAddr4('192.168.1.2', 8080).toString('hex')).toBe('c0a80102' + '1f90' + '0000');
-    const c = encodeConfig({ agentTgid: 1234, bypassMark: 0x100, bypassGid: 40001 });
+    const c = encodeConfig({
+      agentTgid: 1234,
+      bypassMark: 0x100,
+      bypassGid: 40001,
+      netnsCookie: 2n ** 40n + 3n,
+    });
     expect([c.readUInt32LE(0), c.readUInt32LE(4), c.readUInt32LE(8), c.readUInt32LE(12)]).toEqual([
       1234, 0x100, 40001, 0,
     ]);
+    expect(c.readBigUInt64LE(16)).toBe(2n ** 40n + 3n);
     const percpu = Buffer.alloc(24);
     percpu.writeBigUInt64LE(5n, 0);
     percpu.writeBigUInt64LE(7n, 16);

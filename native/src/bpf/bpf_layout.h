@@ -36,11 +36,12 @@ static_assert(offsetof(struct em_orig, flags) == 6, "em_orig.flags");
 static_assert(sizeof(struct em_tuple_key) == 8, "em_tuple_key size");
 static_assert(offsetof(struct em_tuple_key, port) == 4, "em_tuple_key.port");
 
-static_assert(sizeof(struct em_config) == 16, "em_config size");
+static_assert(sizeof(struct em_config) == 24, "em_config size");
 static_assert(offsetof(struct em_config, agent_tgid) == 0, "em_config.agent_tgid");
 static_assert(offsetof(struct em_config, bypass_mark) == 4, "em_config.bypass_mark");
 static_assert(offsetof(struct em_config, bypass_gid) == 8, "em_config.bypass_gid");
 static_assert(offsetof(struct em_config, flags) == 12, "em_config.flags");
+static_assert(offsetof(struct em_config, netns_cookie) == 16, "em_config.netns_cookie");
 
 static_assert(sizeof(struct em_sock_key) == 12, "em_sock_key size");
 static_assert(offsetof(struct em_sock_key, remote_ip4) == 4, "em_sock_key.remote_ip4");

@@ -11,6 +11,8 @@
 #include <bpf/libbpf.h>
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <sched.h>
+#include <sys/socket.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
@@ -30,6 +32,7 @@ struct Loaded::Impl {};
 Loaded::~Loaded() = default;
 std::optional<MapInfo> Loaded::Map(const std::string&) const { return std::nullopt; }
 std::vector<std::string> Loaded::Programs() const { return {}; }
+uint64_t Loaded::NetnsCookie() const { return 0; }
 void Loaded::Close(bool) {}
 std::vector<std::string> Loaded::Repair() { return {}; }
 
@@ -171,6 +174,25 @@ std::optional<MapInfo> Loaded::Map(const std::string& name) const {
 }
 
 std::vector<std::string> Loaded::Programs() const { return impl_->programs; }
+
+uint64_t Loaded::NetnsCookie() const {
+  // SO_NETNS_COOKIE answers for the socket's namespace: make the socket inside the target one by
+  // switching this thread there for the socket() call only.
+  int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (self < 0) return 0;
+  uint64_t cookie = 0;
+  if (setns(impl_->netns_fd, CLONE_NEWNET) == 0) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    setns(self, CLONE_NEWNET);
+    if (s >= 0) {
+      socklen_t len = sizeof(cookie);
+      if (getsockopt(s, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) != 0) cookie = 0;
+      close(s);
+    }
+  }
+  close(self);
+  return cookie;
+}
 
 void Loaded::Close(bool unpin) {
   if (!impl_) return;

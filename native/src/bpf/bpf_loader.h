@@ -3,6 +3,7 @@
 // dies), and detaches/unpins all of it on a clean close. Plain C++: no Node-API here.
 #pragma once
 #include <memory>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -43,6 +44,8 @@ class Loaded {
   std::optional<MapInfo> Map(const std::string& name) const;
   // "program@attach-type" for every attached program.
   std::vector<std::string> Programs() const;
+  // Cookie of the network namespace sk_lookup is attached to (SO_NETNS_COOKIE), 0 if unknown.
+  uint64_t NetnsCookie() const;
   // Closes everything; with unpin, also removes the pins (detaching the programs) and pin_dir.
   void Close(bool unpin);
   // Drift repair: re-creates every link someone detached (bpftool link detach) and re-pins every link

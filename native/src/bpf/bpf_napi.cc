@@ -194,6 +194,12 @@ Napi::Value MapKeysFn(const Napi::CallbackInfo& info) {
   return Napi::Buffer<uint8_t>::Copy(info.Env(), out.data(), out.size());
 }
 
+// bpfNetnsCookie(handle) -> bigint: cookie of the namespace sk_lookup is attached to (0n if unknown).
+Napi::Value NetnsCookieFn(const Napi::CallbackInfo& info) {
+  Loaded* loaded = HandleArg(info, "bpfNetnsCookie(handle: number)");
+  return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(loaded->NetnsCookie()));
+}
+
 // bpfRepair(handle) -> string[] of what was re-attached or re-pinned.
 Napi::Value RepairFn(const Napi::CallbackInfo& info) {
   Loaded* loaded = HandleArg(info, "bpfRepair(handle: number)");
@@ -251,6 +257,7 @@ void RegisterBpf(Napi::Env env, Napi::Object exports) {
   add("bpfMapLookup", MapLookupFn);
   add("bpfMapKeys", MapKeysFn);
   add("bpfRepair", RepairFn);
+  add("bpfNetnsCookie", NetnsCookieFn);
   add("bpfSockmapAdd", SockmapAddFn);
 }
 

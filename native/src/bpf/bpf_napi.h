@@ -5,7 +5,7 @@
 namespace edgemesh::bpf {
 
 // Adds bpfSupport, bpfOpen, bpfClose, bpfPrograms, bpfMapUpdate, bpfMapDelete, bpfMapLookup,
-// bpfMapKeys, bpfRepair and bpfSockmapAdd to `exports`; their state lives in per-environment data freed with the environment.
+// bpfMapKeys, bpfRepair, bpfSockmapAdd and bpfNetnsCookie to `exports`; their state lives in per-environment data freed with the environment.
 void RegisterBpf(Napi::Env env, Napi::Object exports);
 
 }  // namespace edgemesh::bpf

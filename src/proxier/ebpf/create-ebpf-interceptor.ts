@@ -2,6 +2,7 @@
 // to iptables/nftables with that reason in the log and /status).
 import type { Registry } from 'prom-client';
 import type { Logger } from '../../util/log.ts';
+import type { CommandPrefix } from '../run-command.ts';
 import {
   DEFAULT_CGROUP_FALLBACK,
   DEFAULT_PIN_DIR,
@@ -19,6 +20,12 @@ export interface EbpfChoiceOptions {
   /** sk_msg socket-to-socket forwarding for local socket-LB connections (opt-in). */
   sockmap?: boolean;
   bypassGid?: number;
+  /** Sockets with this SO_MARK are never redirected (the native plane's PROXY_MARK). */
+  bypassMark?: number;
+  /** Network namespace sk_lookup attaches to ('' = this process's). */
+  netnsPath?: string;
+  /** Runs `ip`/`ss` in that namespace ([] = this process's). */
+  commandPrefix?: CommandPrefix;
   /** True when endpoints on other nodes may be in other LANs (the tunnel is enabled). */
   localEndpointsOnly: boolean;
   registry?: Registry;
@@ -41,12 +48,15 @@ export async function createEbpfInterceptor(
     nodeName: opts.nodeName,
     localEndpointsOnly: opts.localEndpointsOnly,
     bypassGid: opts.bypassGid,
+    bypassMark: opts.bypassMark,
+    netnsPath: opts.netnsPath,
+    commandPrefix: opts.commandPrefix,
     registry: opts.registry,
     sockmap: opts.sockmap,
   });
   return {
     interceptor,
-    reason: `--intercept ebpf: cgroup/connect4 socket-LB + getsockopt SO_ORIGINAL_DST on ${cgroupPath}, pins in ${pinDir}`,
+    reason: `cgroup/connect4 socket-LB + getsockopt SO_ORIGINAL_DST on ${cgroupPath}, sk_lookup on the network namespace, pins in ${pinDir}`,
   };
 }
 

@@ -77,6 +77,8 @@ export class EbpfInterceptor implements Interceptor {
   private rendered: EbpfServiceEntry[] = [];
   private readonly gauge: Gauge | undefined;
   private readonly steering: SkLookupSteering;
+  /** The agent's namespace (where 127.0.0.1 is the proxy); read once the programs are loaded. */
+  private netnsCookie = 0n;
 
   constructor(private readonly opts: EbpfInterceptorOptions) {
     this.steering = new SkLookupSteering({
@@ -122,6 +124,7 @@ export class EbpfInterceptor implements Interceptor {
         cause: err,
       });
     }
+    this.netnsCookie = binding.bpfNetnsCookie(this.handle);
     binding.bpfMapUpdate(this.handle, MapName.config, encodeU32(0), this.config());
     this.adoptPinnedState();
     log.info(
@@ -214,13 +217,14 @@ export class EbpfInterceptor implements Interceptor {
     return out;
   }
 
-  /** Value of edgemesh_cfg_v1[0] for this agent. */
+  /** Value of edgemesh_cfg_v2[0] for this agent. */
   private config(): Buffer {
     return encodeConfig({
       agentTgid: process.pid,
       bypassMark: this.opts.bypassMark ?? 0,
       bypassGid: this.opts.bypassGid ?? 0,
       flags: this.opts.sockmap ? ConfigFlag.sockmap : 0,
+      netnsCookie: this.netnsCookie,
     });
   }
 

@@ -10,7 +10,7 @@ export const MapName = {
   roundRobin: 'edgemesh_rr_v1',
   cookie: 'edgemesh_ck_v1',
   tuple: 'edgemesh_tup_v1',
-  config: 'edgemesh_cfg_v1',
+  config: 'edgemesh_cfg_v2',
   stats: 'edgemesh_st_v2',
   listeners: 'edgemesh_lst_v1',
 } as const;
@@ -21,7 +21,7 @@ export const Layout = {
   svcValue: { size: 16, svcId: 0, count: 4, action: 6, policy: 7, proxyIp4: 8, proxyPort: 12, pad: 14 },
   backendKey: { size: 8, svcId: 0, slot: 4 },
   addr4: { size: 8, ip4: 0, port: 4, pad: 6 },
-  config: { size: 16, agentTgid: 0, bypassMark: 4, bypassGid: 8, flags: 12 },
+  config: { size: 24, agentTgid: 0, bypassMark: 4, bypassGid: 8, flags: 12, netnsCookie: 16 },
 } as const;
 
 /** EM_ACTION_* */
@@ -42,10 +42,11 @@ export const STAT_NAMES = [
   'msgRedirect',
   'skLookup',
   'skLookupMiss',
+  'otherNetns',
 ] as const;
 /** EM_CFG_* bits of em_config.flags. */
 export const ConfigFlag = { sockmap: 1 } as const;
-export const STAT_SLOTS = 10;
+export const STAT_SLOTS = 11;
 
 export type ActionValue = (typeof Action)[keyof typeof Action];
 export type PolicyValue = (typeof Policy)[keyof typeof Policy];
@@ -123,7 +124,7 @@ export function encodeAddr4(ip: string, port: number): Buffer {
   return b;
 }
 
-/** A u32 map key (edgemesh_rr_v1, edgemesh_cfg_v1, edgemesh_st_v2, edgemesh_lst_v1), host-endian. */
+/** A u32 map key (edgemesh_rr_v1, edgemesh_cfg_v2, edgemesh_st_v2, edgemesh_lst_v1), host-endian. */
 export function encodeU32(v: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32LE(v, 0);
@@ -136,12 +137,15 @@ export function encodeConfig(c: {
   bypassMark: number;
   bypassGid: number;
   flags?: number;
+  /** The agent's netns cookie: proxy rewrites only for sockets there (0n = any). */
+  netnsCookie?: bigint;
 }): Buffer {
   const b = Buffer.alloc(Layout.config.size);
   b.writeUInt32LE(c.flags ?? 0, Layout.config.flags);
   b.writeUInt32LE(c.agentTgid, Layout.config.agentTgid);
   b.writeUInt32LE(c.bypassMark, Layout.config.bypassMark);
   b.writeUInt32LE(c.bypassGid, Layout.config.bypassGid);
+  b.writeBigUInt64LE(c.netnsCookie ?? 0n, Layout.config.netnsCookie);
   return b;
 }
 
