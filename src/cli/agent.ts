@@ -5,7 +5,7 @@ import { resolveConfig } from '../config/resolve.ts';
 import type { EdgemeshConfig } from '../config/types.ts';
 import { Controller } from '../controller/controller.ts';
 import { EMPTY_TABLE, type ServiceTable } from '../controller/types.ts';
-import { createDnsServer } from '../dns/index.ts';
+import { createDnsServer, type DnsServer } from '../dns/index.ts';
 import { createRegistry, MetricsServer } from '../metrics/server.ts';
 import { loadNative } from '../native/index.ts';
 import { createProxier } from '../proxier/create-proxier.ts';
@@ -31,6 +31,7 @@ export class Agent {
   controller: Controller | undefined;
   private table: ServiceTable = EMPTY_TABLE;
   private proxier: Proxier | undefined;
+  private dns: DnsServer | undefined;
   private readyFlag = false;
   private readonly statusInfo: Pick<AgentStatus, 'intercept' | 'dataplane'> = {
     intercept: { mode: 'none' },
@@ -77,6 +78,7 @@ export class Agent {
       // the first snapshot, names outside the cluster are forwarded from the first moment.
       const dns = createDnsServer(this.config, this.log, this.registry);
       controller.subscribe(dns);
+      this.dns = dns;
       await this.lifecycle.start(dns);
     }
 
@@ -111,6 +113,7 @@ export class Agent {
       generation: this.table.generation,
       ...this.statusInfo,
       counters: this.proxier?.counters(),
+      dns: this.dns?.status(),
       services: [...this.table.services.values()].map((s) => ({
         key: s.key,
         clusterIPs: [...s.clusterIPs],

@@ -1,4 +1,5 @@
 // `edgemesh status`: prints what a running agent serves, from its /status endpoint.
+import type { DnsStatus } from '../dns/dns-server.ts';
 import { UsageError } from '../errors.ts';
 import { parseHostPort } from '../util/net.ts';
 import { type FlagSpecs, helpText, parseFlags } from './args.ts';
@@ -31,6 +32,8 @@ export interface AgentStatus {
     ports: Array<{ port: number; protocol: string; endpoints: string[] }>;
   }>;
   counters?: Record<string, number>;
+  /** The DNS server: listen address, UDP path (native|js) and its counters; absent when DNS is off. */
+  dns?: DnsStatus;
 }
 
 export async function statusCommand(argv: string[], out: (s: string) => void): Promise<number> {
@@ -65,6 +68,11 @@ export function formatStatus(s: AgentStatus): string {
     `generation: ${s.generation}`,
     `intercept:  ${s.intercept.mode}${s.intercept.reason ? ` (${s.intercept.reason})` : ''}`,
     `dataplane:  ${s.dataplane.mode}${s.dataplane.reason ? ` (${s.dataplane.reason})` : ''}`,
+    ...(s.dns
+      ? [
+          `dns:        ${s.dns.listen} ${s.dns.mode}${s.dns.reason ? ` (${s.dns.reason})` : ''}, ${s.dns.names} names`,
+        ]
+      : []),
     '',
   ];
   const rows = [['SERVICE', 'CLUSTER-IP', 'PORT', 'ENDPOINTS']];
@@ -89,6 +97,10 @@ export function formatStatus(s: AgentStatus): string {
   if (s.counters && Object.keys(s.counters).length > 0) {
     lines.push('');
     for (const [k, v] of Object.entries(s.counters)) lines.push(`${k}: ${v}`);
+  }
+  if (s.dns && Object.keys(s.dns.counters).length > 0) {
+    lines.push('');
+    for (const [k, v] of Object.entries(s.dns.counters)) lines.push(`dns.${k}: ${v}`);
   }
   return `${lines.join('\n')}\n`;
 }

@@ -32,6 +32,7 @@ export function defaultConfig(): EdgemeshConfig {
         ttl: 5,
         cacheSize: 10_000,
         serveStale: true,
+        nativeFastPath: true,
       },
       edgeProxy: {
         enable: true,

@@ -81,6 +81,7 @@ export const configSchema: Schema = obj({
       ttl: int(0, 86400),
       cacheSize: int(0, 10_000_000),
       serveStale: bool,
+      nativeFastPath: bool,
     }),
     edgeProxy: obj({
       enable: bool,

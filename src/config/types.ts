@@ -50,6 +50,8 @@ export interface EdgemeshConfig {
       ttl: number;
       cacheSize: number;
       serveStale: boolean;
+      /** Answer UDP cluster-name queries in the native addon (false: every query in JS). */
+      nativeFastPath: boolean;
     };
     edgeProxy: {
       enable: boolean;

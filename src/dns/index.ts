@@ -25,6 +25,7 @@ export function createDnsServer(config: EdgemeshConfig, log: Logger, registry?: 
     upstreams: dns.upstreams,
     cacheSize: dns.cacheSize,
     serveStale: dns.serveStale,
+    nativeFastPath: dns.nativeFastPath,
     log: log.child({ module: 'dns' }),
     registry,
     bridge:

@@ -93,6 +93,18 @@ describe.skipIf(skip)('edgemesh agent DNS in a network namespace', () => {
         'web.default.svc.cluster.local.',
       );
 
+      // /status shows the DNS path: the native responder answered those UDP cluster names.
+      const status = JSON.parse((await ns.curl('http://127.0.0.1:10551/status')).stdout) as {
+        dns?: { listen: string; mode: string; counters: Record<string, number> };
+      };
+      expect(status.dns?.listen).toBe('169.254.96.16:53');
+      expect(status.dns?.mode).toBe('native');
+      expect(status.dns?.counters['native.answered']).toBeGreaterThanOrEqual(2);
+      const metrics = (await ns.curl('http://127.0.0.1:10551/metrics')).stdout;
+      expect(metrics).toMatch(
+        /edgemesh_dns_queries_total\{type="A",rcode="NOERROR",source="cluster"\} [1-9]/,
+      );
+
       // The upstream in resolv.conf is dead: SERVFAIL, quickly.
       const dead = await ns.run('dig', '@169.254.96.16', '+tries=1', '+time=4', 'host.example.test');
       expect(dead).toContain('status: SERVFAIL');

@@ -17,7 +17,7 @@ describe('config loader: bad configs are reported as file:line: key: expected ..
     [
       'unknown nested key',
       'modules:\n  edgeDNS:\n    enable: true\n    lisenPort: 53\n',
-      `${F}:4: modules.edgeDNS.lisenPort: unknown key; expected one of enable, listenPort, listen, upstreams, ttl, cacheSize, serveStale`,
+      `${F}:4: modules.edgeDNS.lisenPort: unknown key; expected one of enable, listenPort, listen, upstreams, ttl, cacheSize, serveStale, nativeFastPath`,
     ],
     [
       'port out of range',
