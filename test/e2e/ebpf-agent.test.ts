@@ -2,7 +2,9 @@
 // the test creates (config ebpfCgroup) with its own pin folder (ebpfPinDir): an L4 ClusterIP from a
 // client inside that cgroup reaches both backend pods by socket-LB (no proxy: the data plane counts
 // no connection), an L7 (http-named) service goes through the data plane's proxy, /status reports
-// the ebpf interceptor, and SIGTERM detaches and unpins everything.
+// the ebpf interceptor, a client in a pod namespace (outside the cgroup) reaches both services through
+// sk_lookup with no iptables/nftables rule anywhere, and SIGTERM detaches, unpins and removes the
+// VIP routes.
 // Run once with the TS data plane and once with the native one (port 40001, SO_ORIGINAL_DST).
 // Plan: pods 10.244.0.10-11 on the node's bridge; ClusterIPs 10.96.0.110 (tcp) and .111 (http).
 import fs from 'node:fs';
@@ -145,12 +147,32 @@ for (const dataplane of ['ts', 'native'] as const) {
       expect((await metric('proxyConnect')) - before).toBe(1);
     });
 
-    it('SIGTERM detaches the programs', async () => {
+    it('steers a pod namespace client to the proxy with sk_lookup (no NAT: no iptables/nft rules exist)', async () => {
+      const before = await metric('skLookup');
+      const pod = topo.pods[0]!.ns;
+      const l4 = await pod.curl('http://10.96.0.110:12345');
+      expect(l4.stdout.trim()).toMatch(/^pod-[01]$/);
+      expect((await pod.curl('http://10.96.0.111:80')).stdout.trim()).toMatch(/^pod-[01]$/);
+      expect((await metric('skLookup')) - before).toBe(2);
+      // The VIPs are delivered locally through routes the agent added (protocol 228) ...
+      const routes = await topo.node.run('ip', '-4', 'route', 'show', 'table', 'local', 'proto', '228');
+      expect(routes).toContain('10.96.0.110');
+      expect(routes).toContain('10.96.0.111');
+      // ... and netfilter holds nothing at all (no REDIRECT, no edgemesh table or chain).
+      expect((await topo.node.run('nft', 'list', 'ruleset')).trim()).toBe('');
+      expect(await topo.node.run('iptables-legacy-save')).not.toMatch(/EDGEMESH|REDIRECT/);
+    });
+
+    it('SIGTERM detaches the programs and removes the VIP routes', async () => {
       // (Its pins live on the bpffs the agent mounted in its own mount namespace, invisible here;
       // ebpf-socket-lb.test.ts checks that unpinning removes them.)
       expect(await agent!.stop('SIGTERM')).toBe(0);
       agent = undefined;
       expect(await sh('bpftool', ['cgroup', 'show', cgroup])).not.toMatch(/edgemesh/);
+      expect(
+        (await topo.node.run('ip', '-4', 'route', 'show', 'table', 'local', 'proto', '228')).trim(),
+      ).toBe('');
+      expect(await topo.node.run('bpftool', 'net', 'show')).not.toMatch(/edgemesh/);
     });
   });
 }
