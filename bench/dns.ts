@@ -1,7 +1,8 @@
-// DNS suite: dnsperf QPS and latency against the real `edgemesh agent` (DNS module only) and
-// against dnsmasq, with the same query files, interleaved round by round. Two cases: cluster
-// names (our NameIndex vs dnsmasq --host-record) and cached external names (both forward to one
-// upstream dnsmasq on loopback and answer from their caches after a warm-up pass).
+// DNS suite: dnsperf QPS and latency against the real `edgemesh agent` (DNS module only; once
+// with the native UDP responder, once with modules.edgeDNS.nativeFastPath: false) and against
+// dnsmasq, with the same query files, interleaved round by round. Two cases: cluster names (our
+// NameIndex vs dnsmasq --host-record) and cached external names (both forward to one upstream
+// dnsmasq on loopback and answer from their caches after a warm-up pass).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,6 +20,8 @@ const PACED_QPS = 5000;
 
 interface Running {
   port: number;
+  /** How it answers UDP (edgemesh: native|js from its /status). */
+  path?: string;
   /** Root of the server's process tree (its CPU is read from /proc). */
   pid: number;
   stop(): Promise<void>;
@@ -105,9 +108,10 @@ async function startDnsmasq(args: string[], tag: string): Promise<Running> {
   };
 }
 
-async function startEdgemesh(dir: string, upstreamPort: number): Promise<Running> {
+async function startEdgemesh(dir: string, upstreamPort: number, nativeFastPath: boolean): Promise<Running> {
   const port = await freePort();
   const manifests = path.join(dir, 'manifests');
+  const stateDir = path.join(dir, `state-${nativeFastPath ? 'native' : 'js'}`);
   const docs: string[] = [];
   for (let i = 0; i < SERVICES; i++) {
     docs.push(
@@ -117,13 +121,13 @@ async function startEdgemesh(dir: string, upstreamPort: number): Promise<Running
   }
   mkdirSync(manifests, { recursive: true });
   writeFileSync(path.join(manifests, 'services.yaml'), docs.join('---\n'));
-  const config = path.join(dir, 'edgemesh.yaml');
+  const config = path.join(dir, `edgemesh-${nativeFastPath ? 'native' : 'js'}.yaml`);
   writeFileSync(
     config,
     [
       'modules:',
       '  edgeProxy: { enable: false }',
-      `  edgeDNS: { listen: "127.0.0.1:${port}", upstreams: ["127.0.0.1:${upstreamPort}"] }`,
+      `  edgeDNS: { listen: "127.0.0.1:${port}", upstreams: ["127.0.0.1:${upstreamPort}"], nativeFastPath: ${nativeFastPath} }`,
       '',
     ].join('\n'),
   );
@@ -135,7 +139,7 @@ async function startEdgemesh(dir: string, upstreamPort: number): Promise<Running
     '--manifests',
     manifests,
     '--state-dir',
-    path.join(dir, 'state'),
+    stateDir,
     '--metrics-listen',
     `127.0.0.1:${metrics}`,
     '--log-level',
@@ -160,9 +164,14 @@ async function startEdgemesh(dir: string, upstreamPort: number): Promise<Running
       throw new Error(`edgemesh agent did not answer cluster names:\n${proc.output()}`);
     await delay(100);
   }
+  // Which UDP path the agent chose (the native responder, or JS with the reason in /status).
+  const status = (await (await fetch(`http://127.0.0.1:${metrics}/status`)).json()) as {
+    dns?: { mode: string };
+  };
   return {
     port,
     pid: proc.child.pid!,
+    path: `dns-${status.dns?.mode ?? 'unknown'}`,
     async stop() {
       await proc.stop('SIGTERM');
       undo();
@@ -227,8 +236,11 @@ export const run: BenchModule = async (options) => {
       'upstream',
     );
     started.push(upstream);
-    const edgemesh = await startEdgemesh(dir, upstream.port);
+    const edgemesh = await startEdgemesh(dir, upstream.port, true);
     started.push(edgemesh);
+    // The same agent with every query on the JS server: what the native responder buys.
+    const edgemeshJs = await startEdgemesh(dir, upstream.port, false);
+    started.push(edgemeshJs);
     const hostRecords = Array.from(
       { length: SERVICES },
       (_, i) => `--host-record=svc-${i}.default.svc.cluster.local,10.96.${i >> 8}.${(i & 255) + 1}`,
@@ -246,7 +258,7 @@ export const run: BenchModule = async (options) => {
     started.push(peer);
 
     // Warm both caches with every external name, and V8's JIT on both paths.
-    for (const c of [edgemesh, peer]) {
+    for (const c of [edgemesh, edgemeshJs, peer]) {
       // V8 needs a few seconds of traffic before the hot path is optimized (first runs were ~40 % slower).
       await dnsperf(c.port, externalFile, warmup);
       await dnsperf(c.port, clusterFile, warmup);
@@ -256,6 +268,7 @@ export const run: BenchModule = async (options) => {
     started.push(echo);
     const contenders: Array<[string, Running]> = [
       ['edgemesh', edgemesh],
+      ['edgemesh-js', edgemeshJs],
       ['dnsmasq', peer],
       ['node-dgram-echo', echo],
     ];
@@ -290,10 +303,16 @@ export const run: BenchModule = async (options) => {
       }
     }
     const records: BenchRecord[] = [];
+    const paths: Record<string, string> = {
+      edgemesh: edgemesh.path ?? 'unknown',
+      'edgemesh-js': edgemeshJs.path ?? 'unknown',
+      dnsmasq: 'dnsmasq',
+      'node-dgram-echo': 'js-dgram',
+    };
     for (const [key, list] of samples) {
       const [caseName, contender] = key.split('|') as [string, string];
       const extra = {
-        path: contender === 'dnsmasq' ? 'dnsmasq' : 'js-dgram',
+        path: paths[contender] ?? contender,
         loadavg1: Math.round(os.loadavg()[0]! * 10) / 10,
         queries: `${SERVICES} names, dnsperf -c 4 -q 100, ${seconds} s; latency at -Q ${PACED_QPS}`,
         lost: list.reduce((a, r) => a + r.lost, 0),
