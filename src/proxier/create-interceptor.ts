@@ -1,6 +1,6 @@
 // Chooses and builds the interceptor for `--intercept auto|iptables|nftables|ebpf|none`, probing
 // what the kernel and the installed tools support and saying why it chose what it chose.
-import { stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import type { InterceptMode } from '../config/types.ts';
 import { errorMessage } from '../errors.ts';
 import type { Logger } from '../util/log.ts';
@@ -97,13 +97,19 @@ export async function ebpfCoverageGap(options: CreateInterceptorOptions): Promis
   if (options.ebpf?.netnsPath) return 'sk_lookup would attach to another network namespace';
   if (options.ebpf?.cgroup)
     return `ebpfCgroup '${options.ebpf.cgroup}' covers only the processes below it, not the whole node`;
-  const [self, init] = await Promise.all([
-    stat('/proc/self/ns/net').catch(() => undefined),
-    stat('/proc/1/ns/net').catch(() => undefined),
-  ]);
-  if (!self || !init) return 'cannot tell whether the agent runs in the host network namespace';
-  if (self.ino !== init.ino)
-    return 'the agent is not in the host network namespace (cgroup hooks would act on every namespace)';
+  const self = await stat('/proc/self/ns/net').catch(() => undefined);
+  if (!self) return 'cannot tell which network namespace the agent runs in';
+  const notHost =
+    'the agent is not in the host network namespace (cgroup hooks would act on every namespace)';
+  // pid 1's namespace is the host's when it can be read (a hostPID agent, a plain host) ...
+  const init = await stat('/proc/1/ns/net').catch(() => undefined);
+  if (init && init.ino !== self.ino) return notHost;
+  // ... and a namespace made with `ip netns add` (tests, the demo) is never the host's.
+  const named = await readdir('/run/netns').catch(() => [] as string[]);
+  for (const name of named) {
+    const ns = await stat(`/run/netns/${name}`).catch(() => undefined);
+    if (ns && ns.ino === self.ino && ns.dev === self.dev) return `${notHost}: ip netns ${name}`;
+  }
   return undefined;
 }
 
