@@ -7,8 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type net from 'node:net';
-import { pipeline } from 'node:stream';
-import { Pool } from 'undici';
+import { type Dispatcher, Pool } from 'undici';
 import type { Endpoint, ServiceEntry, ServicePortEntry } from '../controller/types.ts';
 import {
   type Balancer,
@@ -126,6 +125,120 @@ function errorCode(err: unknown): string {
   return (err as { code?: string } | null)?.code ?? '';
 }
 
+/** Upstream error codes that mean the endpoint never got the request (Envoy counts these as connect failures). */
+function isConnectError(err: unknown): boolean {
+  return CONNECT_ERRORS.has(errorCode(err));
+}
+
+/**
+ * One request's exchange with one endpoint (an undici dispatch handler): streams the response
+ * into the client's ServerResponse with backpressure and reports the outcome to the balancer once.
+ */
+class Exchange implements Dispatcher.DispatchHandler {
+  private controller: Dispatcher.DispatchController | undefined;
+  private status = 0;
+  private started = false;
+  private finished = false;
+  private clientGone = false;
+  private readonly sentAt = performance.now();
+  private readonly onClose = (): void => {
+    // writableEnded, not writableFinished: at 'close' of a completed response the socket may still
+    // hold unsent bytes; that exchange is complete, not abandoned.
+    if (this.res.writableEnded) return;
+    this.clientGone = true;
+    this.controller?.abort(new Error('client went away'));
+  };
+  private readonly onDrain = (): void => this.controller?.resume();
+
+  constructor(
+    private readonly proxy: HttpProxy,
+    private readonly res: http.ServerResponse,
+    private readonly route: Route,
+    private readonly ep: Endpoint,
+    private readonly setCookie: string | undefined,
+    /** Handles a failure before the response started (maps to 502/503/504 or retries). */
+    private readonly failedEarly: (err: unknown) => void,
+  ) {
+    res.once('close', this.onClose);
+  }
+
+  private done(ok: boolean, status: number): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.res.off('close', this.onClose);
+    this.res.off('drain', this.onDrain);
+    this.route.balancer.onResult?.(this.ep, ok, status);
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.controller = controller;
+    if (this.res.destroyed) {
+      this.clientGone = true;
+      controller.abort(new Error('client went away'));
+    }
+  }
+
+  onResponseStart(
+    controller: Dispatcher.DispatchController,
+    status: number,
+    upHeaders: Record<string, string | string[] | undefined>,
+  ): void {
+    // 1xx informational answers (100 Continue) are not the response; node:http answered the
+    // client's Expect itself.
+    if (status < 200) return;
+    this.started = true;
+    this.status = status;
+    const { proxy, res, route } = this;
+    proxy.recordUpstream(route.label, status, (performance.now() - this.sentAt) / 1000);
+    if (res.destroyed) {
+      this.clientGone = true;
+      controller.abort(new Error('client went away'));
+      return;
+    }
+    const out: Record<string, string | string[]> = {};
+    for (const k in upHeaders) {
+      const v = upHeaders[k];
+      if (v !== undefined && !RESPONSE_HOP_BY_HOP.has(k)) out[k] = v;
+    }
+    if (this.setCookie) {
+      const prior = out['set-cookie'];
+      out['set-cookie'] = prior === undefined ? [this.setCookie] : [...[prior].flat(), this.setCookie];
+    }
+    res.writeHead(status, out);
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.started || this.res.destroyed) return;
+    if (!this.res.write(chunk)) {
+      controller.pause();
+      this.res.once('drain', this.onDrain);
+    }
+  }
+
+  onResponseEnd(): void {
+    if (!this.started) return;
+    this.res.end();
+    this.done(this.status < 500, this.status);
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    if (this.clientGone || (this.res.destroyed && !this.started)) {
+      this.done(true, 200); // the client left; not the endpoint's fault
+      return;
+    }
+    if (this.started) {
+      // Headers already went to the client: all we can do is cut the response.
+      this.done(false, 502);
+      this.res.destroy();
+      return;
+    }
+    const connect = isConnectError(err);
+    const timeout = errorCode(err) === 'UND_ERR_HEADERS_TIMEOUT';
+    this.done(false, connect ? CONNECT_FAILURE : timeout ? 504 : 502);
+    this.failedEarly(err);
+  }
+}
+
 /** The HTTP engine of one thread: takes over accepted client sockets of `http` service ports. */
 export class HttpProxy {
   private readonly server: http.Server;
@@ -233,6 +346,13 @@ export class HttpProxy {
     socket.setTimeout(5000, () => socket.destroy());
   }
 
+  /** Counts an upstream response (called by Exchange). */
+  recordUpstream(label: string, status: number, seconds: number): void {
+    if (status >= 500) this.stats.responses5xx++;
+    this.metrics.upstreamLatency(label, seconds);
+    this.metrics.request(label, status);
+  }
+
   private reply(
     res: http.ServerResponse,
     label: string,
@@ -288,78 +408,36 @@ export class HttpProxy {
         return;
       }
       tried.add(endpointKey(ep));
-      const ac = new AbortController();
-      let finished = false;
-      let status = 0;
-      const done = (ok: boolean, s: number) => {
-        if (finished) return;
-        finished = true;
-        balancer.onResult?.(ep, ok, s);
-      };
-      // writableEnded, not writableFinished: at 'close' of a completed response the socket may
-      // still hold unsent bytes, and aborting a finished exchange costs a DOMException each time.
-      const onClientGone = () => {
-        if (!res.writableEnded) ac.abort();
-      };
-      res.once('close', onClientGone);
-      const sentAt = performance.now();
-      this.poolFor(ep)
-        .request({
+      const exchange = new Exchange(this, res, route, ep, setCookie, (err) => {
+        // Called only for failures before any response byte reached the client.
+        const code = errorCode(err);
+        if (CONNECT_ERRORS.has(code)) {
+          if (n + 1 < this.opts.maxAttempts && !req.readableDidRead) return attempt(n + 1);
+          this.stats.noEndpoint++;
+          this.reply(res, label, 503, 'connect_failed', `upstream connect error for service ${name}`);
+          return;
+        }
+        if (code === 'UND_ERR_HEADERS_TIMEOUT') {
+          this.stats.timeouts++;
+          this.reply(res, label, 504, 'timeout', `upstream timeout for service ${name}`);
+          return;
+        }
+        // Reset or closed mid-exchange: the endpoint may have acted on the request, so it is
+        // not retried (Istio's default retryOn has no "reset" either).
+        this.opts.log?.debug({ err, service: name, endpoint: endpointKey(ep) }, 'upstream error');
+        this.reply(res, label, 502, 'upstream_error', `upstream error for service ${name}`);
+      });
+      // dispatch() with our own handler rather than request(): no Readable per response body, no
+      // pipeline() (which makes and aborts an AbortController per call) — both showed in profiles.
+      this.poolFor(ep).dispatch(
+        {
           path: req.url ?? '/',
           method: (req.method ?? 'GET') as 'GET',
           headers,
           body: hasBody ? req : null,
-          signal: ac.signal,
-        })
-        .then(
-          (up) => {
-            status = up.statusCode;
-            this.metrics.upstreamLatency(label, (performance.now() - sentAt) / 1000);
-            if (res.destroyed) {
-              up.body.destroy();
-              done(status < 500, status);
-              return;
-            }
-            const out: Record<string, string | string[]> = {};
-            for (const [k, v] of Object.entries(up.headers)) {
-              if (v !== undefined && !RESPONSE_HOP_BY_HOP.has(k)) out[k] = v;
-            }
-            if (setCookie) {
-              const prior = out['set-cookie'];
-              out['set-cookie'] = prior === undefined ? [setCookie] : [...[prior].flat(), setCookie];
-            }
-            if (status >= 500) this.stats.responses5xx++;
-            this.metrics.request(label, status);
-            res.writeHead(status, out);
-            pipeline(up.body, res, (err) => done(!err && status < 500, err ? 502 : status));
-          },
-          (err: unknown) => {
-            res.off('close', onClientGone);
-            const code = errorCode(err);
-            if (res.destroyed || ac.signal.aborted) {
-              done(true, 200); // the client left; not the endpoint's fault
-              return;
-            }
-            if (CONNECT_ERRORS.has(code)) {
-              done(false, CONNECT_FAILURE);
-              if (n + 1 < this.opts.maxAttempts && !req.readableDidRead) return attempt(n + 1);
-              this.stats.noEndpoint++;
-              this.reply(res, label, 503, 'connect_failed', `upstream connect error for service ${name}`);
-              return;
-            }
-            if (code === 'UND_ERR_HEADERS_TIMEOUT') {
-              done(false, 504);
-              this.stats.timeouts++;
-              this.reply(res, label, 504, 'timeout', `upstream timeout for service ${name}`);
-              return;
-            }
-            // Reset or closed mid-exchange: the endpoint may have acted on the request, so it is
-            // not retried (Istio's default retryOn has no "reset" either).
-            done(false, 502);
-            this.opts.log?.debug({ err, service: name, endpoint: endpointKey(ep) }, 'upstream error');
-            this.reply(res, label, 502, 'upstream_error', `upstream error for service ${name}`);
-          },
-        );
+        },
+        exchange,
+      );
     };
     attempt(0);
   }
