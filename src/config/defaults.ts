@@ -61,6 +61,7 @@ export function defaultConfig(): EdgemeshConfig {
         enable: false,
         listenPort: 20006,
         relayNodes: [],
+        advertiseAddress: [],
         pskFile: '',
         caFile: '',
         certFile: '',

@@ -117,6 +117,7 @@ export const configSchema: Schema = obj({
       enable: bool,
       listenPort: port,
       relayNodes: arr(obj({ nodeName: str(), advertiseAddress: arr(str()) })),
+      advertiseAddress: arr(str()),
       pskFile: str(),
       caFile: str(),
       certFile: str(),

@@ -91,6 +91,8 @@ export interface EdgemeshConfig {
       enable: boolean;
       listenPort: number;
       relayNodes: RelayNodeConfig[];
+      /** `ip` or `ip:port` where peers may reach this agent's tunnel directly; [] = this host's IPv4 addresses. */
+      advertiseAddress: string[];
       pskFile: string;
       caFile: string;
       certFile: string;

@@ -1,0 +1,536 @@
+// The agent side of the tunnel. It consumes the snapshot to learn which endpoints live on other
+// nodes, gives each such endpoint a loopback port (127.0.0.1:P) it owns, and hands the data plane
+// a snapshot in which that endpoint reads 127.0.0.1:P — so the data planes need no change. A
+// connection to 127.0.0.1:P becomes a stream to the endpoint's node: directly when that node's
+// tunnel listener answers (probed, cached, re-probed), otherwise through a relay. Streams that
+// arrive here are connected only to endpoints of THIS node in the current snapshot.
+import net from 'node:net';
+import os from 'node:os';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import type { EdgemeshConfig } from '../config/types.ts';
+import type {
+  Endpoint,
+  ServiceEntry,
+  ServiceTable,
+  ServiceTableDiff,
+  SnapshotConsumer,
+} from '../controller/types.ts';
+import { EMPTY_TABLE } from '../controller/types.ts';
+import { errorMessage } from '../errors.ts';
+import type { Service } from '../util/lifecycle.ts';
+import type { Logger } from '../util/log.ts';
+import { parseHostPort } from '../util/net.ts';
+import { clientTlsOptions, loadCredentials, type TunnelCredentials } from './credentials.ts';
+import type { OpenTarget } from './frames.ts';
+import { joinStreams } from './join-streams.ts';
+import type { HelloInfo, PeerAnnouncement, Session } from './session.ts';
+import { dialSession, TlsListener } from './tls-listener.ts';
+import type { TunnelStream } from './tunnel-stream.ts';
+
+/** How a peer node is reached right now. */
+export type PeerPath = 'direct' | 'relay' | 'none';
+
+/** /status view of the tunnel. */
+export interface TunnelStatus {
+  listen: string;
+  relays: Array<{ node: string; address: string; connected: boolean }>;
+  peers: Array<{ node: string; path: PeerPath; address?: string }>;
+  endpoints: Array<{ node: string; endpoint: string; local: string }>;
+}
+
+export interface EdgeTunnelOptions {
+  config: EdgemeshConfig;
+  log: Logger;
+  registry?: Registry;
+  /** Test knobs: keepalive period, re-probe period, relay reconnect backoff cap (ms). */
+  pingMs?: number;
+  reprobeMs?: number;
+  probeTimeoutMs?: number;
+}
+
+/** `ip` or `ip:port` → host and port (default port when none is given). */
+export function splitAddress(addr: string, defaultPort: number): { host: string; port: number } {
+  const hp = parseHostPort(addr);
+  if (hp) return { host: hp.host, port: hp.port };
+  return { host: addr.replace(/^\[|\]$/g, ''), port: defaultPort };
+}
+
+/** This host's non-loopback IPv4 addresses (the default advertised addresses). */
+function hostAddresses(): string[] {
+  const out: string[] = [];
+  for (const list of Object.values(os.networkInterfaces()))
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) out.push(a.address);
+  return out;
+}
+
+interface LocalPort {
+  server: net.Server;
+  port: number;
+  node: string;
+  ip: string;
+  targetPort: number;
+}
+
+interface RelayLink {
+  node: string;
+  addrs: string[];
+  session: Session | undefined;
+  address: string;
+  peers: Set<string>;
+  backoffMs: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
+function tunnelMetrics(registry?: Registry) {
+  const registers = registry ? [registry] : [];
+  return {
+    peerPath: new Gauge({
+      name: 'edgemesh_tunnel_peer_path',
+      help: 'How each peer node is reached (1 = current path)',
+      labelNames: ['peer', 'path'] as const,
+      registers,
+    }),
+    relayConnected: new Gauge({
+      name: 'edgemesh_tunnel_relay_connected',
+      help: '1 while the session to this relay is up',
+      labelNames: ['relay'] as const,
+      registers,
+    }),
+    streams: new Counter({
+      name: 'edgemesh_tunnel_streams_total',
+      help: 'Streams opened toward other nodes, by path',
+      labelNames: ['path'] as const,
+      registers,
+    }),
+    inbound: new Counter({
+      name: 'edgemesh_tunnel_inbound_streams_total',
+      help: 'Streams other nodes opened here, by result (connected, refused, rejected)',
+      labelNames: ['result'] as const,
+      registers,
+    }),
+    noPath: new Counter({
+      name: 'edgemesh_tunnel_no_path_total',
+      help: 'Connections dropped because no direct or relay path to the node was up',
+      registers,
+    }),
+    authFailures: new Counter({
+      name: 'edgemesh_tunnel_auth_failures_total',
+      help: 'Tunnel connections rejected for bad credentials (either side)',
+      registers,
+    }),
+    frameErrors: new Counter({
+      name: 'edgemesh_tunnel_frame_errors_total',
+      help: 'Tunnels closed for malformed frames',
+      registers,
+    }),
+  };
+}
+
+/** The agent's tunnel: a Service (listener, relay links) and the snapshot transformer. */
+export class EdgeTunnel implements Service {
+  readonly name = 'tunnel';
+  private creds: TunnelCredentials | undefined;
+  private listener: TlsListener | undefined;
+  private listenAddr = '';
+  private readonly relays: RelayLink[];
+  private readonly direct = new Map<string, Set<Session>>();
+  private readonly peerAddrs = new Map<string, string[]>();
+  private readonly probing = new Set<string>();
+  private readonly lastProbe = new Map<string, number>();
+  private readonly localPorts = new Map<string, LocalPort>();
+  private ownEndpoints = new Set<string>();
+  private remoteNodes = new Set<string>();
+  private readonly metrics;
+  private readonly hello: HelloInfo;
+  private readonly own: string;
+  private readonly cfg: EdgemeshConfig['modules']['edgeTunnel'];
+  private stopped = false;
+  private reprobeTimer: NodeJS.Timeout | undefined;
+  private readonly sessions = new Set<Session>();
+
+  constructor(private readonly o: EdgeTunnelOptions) {
+    this.cfg = o.config.modules.edgeTunnel;
+    this.own = o.config.nodeName;
+    this.metrics = tunnelMetrics(o.registry);
+    const addrs = this.cfg.advertiseAddress.length > 0 ? this.cfg.advertiseAddress : hostAddresses();
+    this.hello = { node: this.own, kind: 'agent', addrs };
+    this.relays = this.cfg.relayNodes.map((r) => ({
+      node: r.nodeName,
+      addrs: r.advertiseAddress,
+      session: undefined,
+      address: '',
+      peers: new Set(),
+      backoffMs: 100,
+      timer: undefined,
+    }));
+  }
+
+  async start(): Promise<void> {
+    this.creds = await loadCredentials(this.cfg);
+    this.listener = new TlsListener({
+      host: '0.0.0.0',
+      port: this.cfg.listenPort,
+      creds: this.creds,
+      hello: this.hello,
+      log: this.o.log,
+      ...(this.o.pingMs !== undefined ? { pingMs: this.o.pingMs } : {}),
+      onAuthFailure: () => this.metrics.authFailures.inc(),
+      onSession: (s) => {
+        this.track(s);
+        s.once('ready', (peer: HelloInfo) => {
+          if (peer.kind === 'agent' && peer.node !== this.own) this.addDirect(peer.node, s);
+          else s.close();
+        });
+      },
+    });
+    const bound = await this.listener.listen();
+    this.listenAddr = `${bound.host}:${bound.port}`;
+    for (const r of this.relays) this.connectRelay(r);
+    const reprobe = this.o.reprobeMs ?? 10_000;
+    this.reprobeTimer = setInterval(() => this.probeAll(), reprobe);
+    this.reprobeTimer.unref();
+    this.o.log.info(
+      {
+        listen: this.listenAddr,
+        relays: this.relays.map((r) => r.node),
+        mode: this.creds.verifyCerts ? 'cert' : 'psk',
+      },
+      'tunnel started',
+    );
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.reprobeTimer) clearInterval(this.reprobeTimer);
+    for (const r of this.relays) if (r.timer) clearTimeout(r.timer);
+    const closing = this.listener?.close();
+    for (const s of this.sessions) s.close();
+    await closing;
+    await Promise.all([...this.localPorts.values()].map((lp) => closeServer(lp.server)));
+    this.localPorts.clear();
+  }
+
+  /**
+   * The consumer to subscribe: it learns the snapshot, then hands `inner` (the proxier) a copy in
+   * which endpoints on other nodes read 127.0.0.1:<tunnel port>.
+   */
+  consumer(inner?: SnapshotConsumer): SnapshotConsumer {
+    return {
+      name: inner ? `tunnel+${inner.name}` : 'tunnel',
+      apply: async (table: ServiceTable, diff: ServiceTableDiff) => {
+        const rewritten = await this.applyTable(table);
+        if (inner) await inner.apply(rewritten, diff);
+      },
+    };
+  }
+
+  /** Learns `table` and returns the data plane's copy (remote TCP endpoints rewritten). */
+  async applyTable(table: ServiceTable): Promise<ServiceTable> {
+    const own = new Set<string>();
+    const wanted = new Map<string, { node: string; ip: string; port: number }>();
+    for (const svc of table.services.values())
+      for (const p of svc.ports)
+        for (const e of p.endpoints) {
+          if (e.nodeName === this.own) own.add(`${e.ip}:${e.port}`);
+          else if (e.nodeName && p.protocol === 'TCP')
+            wanted.set(localKey(e), { node: e.nodeName, ip: e.ip, port: e.port });
+        }
+    this.ownEndpoints = own;
+    this.remoteNodes = new Set([...wanted.values()].map((w) => w.node));
+    for (const [key, w] of wanted) if (!this.localPorts.has(key)) await this.openLocalPort(key, w);
+    for (const [key, lp] of this.localPorts)
+      if (!wanted.has(key)) {
+        this.localPorts.delete(key);
+        void closeServer(lp.server);
+      }
+    this.probeAll();
+    this.updatePathMetrics();
+    if (table === EMPTY_TABLE || wanted.size === 0) return table;
+    const services = new Map<string, ServiceEntry>();
+    for (const [k, svc] of table.services) {
+      const touched = svc.ports.some((p) => p.endpoints.some((e) => this.localPorts.has(localKey(e))));
+      if (!touched) {
+        services.set(k, svc);
+        continue;
+      }
+      services.set(k, {
+        ...svc,
+        ports: svc.ports.map((p) => ({
+          ...p,
+          endpoints: p.endpoints.map((e) => this.rewriteEndpoint(e, p.protocol)),
+        })),
+      });
+    }
+    return { ...table, services };
+  }
+
+  /** Current path to a node. */
+  pathTo(node: string): PeerPath {
+    if (this.directSession(node)) return 'direct';
+    return this.relayFor(node) ? 'relay' : 'none';
+  }
+
+  status(): TunnelStatus {
+    const nodes = new Set([...this.remoteNodes, ...this.direct.keys()]);
+    return {
+      listen: this.listenAddr,
+      relays: this.relays.map((r) => ({ node: r.node, address: r.address, connected: !!r.session?.isReady })),
+      peers: [...nodes].sort().map((node) => {
+        const d = this.directSession(node);
+        return { node, path: this.pathTo(node), ...(d ? { address: d.remote } : {}) };
+      }),
+      endpoints: [...this.localPorts.values()].map((lp) => ({
+        node: lp.node,
+        endpoint: `${lp.ip}:${lp.targetPort}`,
+        local: `127.0.0.1:${lp.port}`,
+      })),
+    };
+  }
+
+  private rewriteEndpoint(e: Endpoint, protocol: string): Endpoint {
+    if (protocol !== 'TCP') return e;
+    const lp = this.localPorts.get(localKey(e));
+    if (!lp) return e;
+    return { ...e, ip: '127.0.0.1', port: lp.port };
+  }
+
+  private async openLocalPort(key: string, w: { node: string; ip: string; port: number }): Promise<void> {
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) =>
+      this.onLocalConnection(socket, lp),
+    );
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => resolve());
+    });
+    server.on('error', (err) => this.o.log.warn({ err: errorMessage(err) }, 'tunnel local port error'));
+    const lp: LocalPort = {
+      server,
+      port: (server.address() as net.AddressInfo).port,
+      node: w.node,
+      ip: w.ip,
+      targetPort: w.port,
+    };
+    this.localPorts.set(key, lp);
+  }
+
+  private onLocalConnection(socket: net.Socket, lp: LocalPort): void {
+    socket.on('error', () => {});
+    const target: OpenTarget = { node: lp.node, src: this.own, ip: lp.ip, port: lp.targetPort };
+    const direct = this.directSession(lp.node);
+    const session = direct ?? this.relayFor(lp.node)?.session;
+    if (!session) {
+      this.metrics.noPath.inc();
+      this.o.log.warn({ node: lp.node, endpoint: `${lp.ip}:${lp.targetPort}` }, 'tunnel: no path to node');
+      socket.destroy();
+      return;
+    }
+    this.metrics.streams.inc({ path: direct ? 'direct' : 'relay' });
+    const stream = session.openStream(target);
+    stream.on('error', () => {});
+    void joinStreams(socket, stream);
+    socket.resume();
+  }
+
+  /** A stream another node opened here: connect it to one of this node's own endpoints only. */
+  private onInbound(stream: TunnelStream, t: OpenTarget): void {
+    stream.on('error', () => {});
+    const key = `${t.ip}:${t.port}`;
+    if (t.node !== this.own || !this.ownEndpoints.has(key)) {
+      this.metrics.inbound.inc({ result: 'rejected' });
+      this.o.log.warn(
+        { from: t.src, target: key, node: t.node },
+        'tunnel: refused a stream to an endpoint not on this node',
+      );
+      stream.reset(`${key} is not an endpoint of node '${this.own}'`);
+      return;
+    }
+    const socket = net.connect({ host: t.ip, port: t.port, allowHalfOpen: true });
+    socket.setNoDelay(true);
+    socket.once('connect', () => {
+      this.metrics.inbound.inc({ result: 'connected' });
+      void joinStreams(stream, socket);
+    });
+    socket.once('error', (err) => {
+      if (socket.connecting || !socket.remoteAddress) {
+        this.metrics.inbound.inc({ result: 'refused' });
+        stream.reset(`connect ${key}: ${errorMessage(err)}`);
+      }
+    });
+  }
+
+  private track(s: Session): void {
+    this.sessions.add(s);
+    s.on('open', (stream: TunnelStream, t: OpenTarget) => this.onInbound(stream, t));
+    s.on('frameError', () => this.metrics.frameErrors.inc());
+    s.on('authFailure', () => this.metrics.authFailures.inc());
+    s.once('close', () => {
+      this.sessions.delete(s);
+      this.updatePathMetrics();
+    });
+  }
+
+  private connectRelay(r: RelayLink): void {
+    if (this.stopped || !this.creds) return;
+    const creds = this.creds;
+    void (async () => {
+      let lastErr: unknown;
+      for (const a of r.addrs) {
+        const { host, port } = splitAddress(a, this.cfg.listenPort);
+        try {
+          const s = await dialSession({
+            host,
+            port,
+            creds,
+            hello: this.hello,
+            expectNode: r.node,
+            log: this.o.log,
+            timeoutMs: 2000,
+            clientOptions: clientTlsOptions(creds),
+            ...(this.o.pingMs !== undefined ? { pingMs: this.o.pingMs } : {}),
+          });
+          if (this.stopped) {
+            s.close();
+            return;
+          }
+          this.onRelaySession(r, s, `${host}:${port}`);
+          return;
+        } catch (err) {
+          lastErr = err;
+        }
+      }
+      // Logged at most once per backoff step; auth failures were already logged by the session.
+      this.o.log.warn(
+        { relay: r.node, err: errorMessage(lastErr), retryMs: r.backoffMs },
+        'tunnel: relay unreachable',
+      );
+      this.metrics.relayConnected.set({ relay: r.node }, 0);
+      r.timer = setTimeout(() => this.connectRelay(r), r.backoffMs);
+      r.timer.unref();
+      r.backoffMs = Math.min(r.backoffMs * 2, 2000);
+    })();
+  }
+
+  private onRelaySession(r: RelayLink, s: Session, address: string): void {
+    r.session = s;
+    r.address = address;
+    r.backoffMs = 100;
+    this.track(s);
+    this.metrics.relayConnected.set({ relay: r.node }, 1);
+    this.o.log.info({ relay: r.node, address }, 'tunnel: connected to relay');
+    s.on('peers', (peers: PeerAnnouncement[]) => {
+      r.peers = new Set(peers.map((p) => p.node));
+      for (const p of peers)
+        if (p.node !== this.own && p.addrs.length > 0) this.peerAddrs.set(p.node, p.addrs);
+      this.probeAll();
+      this.updatePathMetrics();
+    });
+    s.once('close', (err?: Error) => {
+      r.session = undefined;
+      r.peers = new Set();
+      this.metrics.relayConnected.set({ relay: r.node }, 0);
+      this.updatePathMetrics();
+      if (this.stopped) return;
+      this.o.log.warn(
+        { relay: r.node, reason: err ? errorMessage(err) : 'closed' },
+        'tunnel: relay session lost',
+      );
+      r.timer = setTimeout(() => this.connectRelay(r), r.backoffMs);
+      r.timer.unref();
+    });
+  }
+
+  /** The relay to use for `node`: one that announced it, else any connected one. */
+  private relayFor(node: string): RelayLink | undefined {
+    const up = this.relays.filter((r) => r.session?.isReady);
+    return up.find((r) => r.peers.has(node)) ?? up[0];
+  }
+
+  private directSession(node: string): Session | undefined {
+    for (const s of this.direct.get(node) ?? []) if (s.isReady) return s;
+    return undefined;
+  }
+
+  private addDirect(node: string, s: Session): void {
+    let set = this.direct.get(node);
+    if (!set) {
+      set = new Set();
+      this.direct.set(node, set);
+    }
+    set.add(s);
+    if (s.peer?.addrs?.length) this.peerAddrs.set(node, s.peer.addrs);
+    this.o.log.info({ peer: node, remote: s.remote }, 'tunnel: direct path up');
+    this.updatePathMetrics();
+    s.once('close', () => {
+      set.delete(s);
+      if (set.size === 0) this.direct.delete(node);
+      if (!this.stopped) this.o.log.info({ peer: node }, 'tunnel: direct path down');
+      this.lastProbe.delete(node);
+    });
+  }
+
+  /** Probes every remote node in the snapshot that has no direct session and is due. */
+  private probeAll(): void {
+    if (this.stopped || !this.creds) return;
+    const reprobe = this.o.reprobeMs ?? 10_000;
+    for (const node of this.remoteNodes) {
+      if (this.directSession(node) || this.probing.has(node)) continue;
+      const addrs = this.peerAddrs.get(node);
+      if (!addrs || addrs.length === 0) continue;
+      if (Date.now() - (this.lastProbe.get(node) ?? 0) < reprobe) continue;
+      this.lastProbe.set(node, Date.now());
+      void this.probe(node, addrs);
+    }
+  }
+
+  private async probe(node: string, addrs: string[]): Promise<void> {
+    const creds = this.creds!;
+    this.probing.add(node);
+    try {
+      for (const a of addrs) {
+        const { host, port } = splitAddress(a, this.cfg.listenPort);
+        try {
+          const s = await dialSession({
+            host,
+            port,
+            creds,
+            hello: this.hello,
+            expectNode: node,
+            log: this.o.log,
+            timeoutMs: this.o.probeTimeoutMs ?? 1000,
+            clientOptions: clientTlsOptions(creds),
+            ...(this.o.pingMs !== undefined ? { pingMs: this.o.pingMs } : {}),
+          });
+          if (this.stopped) {
+            s.close();
+            return;
+          }
+          this.track(s);
+          this.addDirect(node, s);
+          return;
+        } catch (err) {
+          this.o.log.debug(
+            { peer: node, address: `${host}:${port}`, err: errorMessage(err) },
+            'tunnel: direct probe failed',
+          );
+        }
+      }
+      this.updatePathMetrics();
+    } finally {
+      this.probing.delete(node);
+    }
+  }
+
+  private updatePathMetrics(): void {
+    this.metrics.peerPath.reset();
+    for (const node of new Set([...this.remoteNodes, ...this.direct.keys()]))
+      this.metrics.peerPath.set({ peer: node, path: this.pathTo(node) }, 1);
+  }
+}
+
+function localKey(e: Endpoint): string {
+  return `${e.nodeName ?? ''}|${e.ip}|${e.port}`;
+}
+
+function closeServer(s: net.Server): Promise<void> {
+  return new Promise((resolve) => s.close(() => resolve()));
+}

@@ -1,0 +1,160 @@
+// The relay (`edgemesh relay`): agents dial in and register under their authenticated node name;
+// a stream one agent opens toward node N is forwarded to N's registered session. The relay never
+// connects anywhere itself — an OPEN for a node that is not registered is reset.
+import { Counter, Gauge, type Registry } from 'prom-client';
+import { errorMessage } from '../errors.ts';
+import type { Service } from '../util/lifecycle.ts';
+import type { Logger } from '../util/log.ts';
+import type { TunnelCredentials } from './credentials.ts';
+import type { OpenTarget } from './frames.ts';
+import { joinStreams } from './join-streams.ts';
+import type { Session } from './session.ts';
+import { TlsListener } from './tls-listener.ts';
+import type { TunnelStream } from './tunnel-stream.ts';
+
+export interface RelayServerOptions {
+  nodeName: string;
+  host: string;
+  port: number;
+  creds: TunnelCredentials;
+  log: Logger;
+  registry?: Registry;
+  pingMs?: number;
+}
+
+/** Relay metrics (prefix edgemesh_relay_). */
+function relayMetrics(registry?: Registry) {
+  const registers = registry ? [registry] : [];
+  return {
+    agents: new Gauge({ name: 'edgemesh_relay_agents', help: 'Agents registered at this relay', registers }),
+    streams: new Counter({
+      name: 'edgemesh_relay_streams_total',
+      help: 'Streams forwarded between agents, by source and destination node',
+      labelNames: ['src', 'dst'] as const,
+      registers,
+    }),
+    rejected: new Counter({
+      name: 'edgemesh_relay_streams_rejected_total',
+      help: 'Streams reset because the target node is not registered here',
+      registers,
+    }),
+    bytes: new Counter({
+      name: 'edgemesh_relay_bytes_total',
+      help: 'Bytes forwarded, by node and direction (rx = from that node, tx = to it)',
+      labelNames: ['node', 'direction'] as const,
+      registers,
+    }),
+    authFailures: new Counter({
+      name: 'edgemesh_relay_auth_failures_total',
+      help: 'Connections rejected for bad credentials',
+      registers,
+    }),
+    frameErrors: new Counter({
+      name: 'edgemesh_relay_frame_errors_total',
+      help: 'Tunnels closed for malformed frames',
+      registers,
+    }),
+  };
+}
+
+/** A running relay: a TLS listener and the table node name → session. */
+export class RelayServer implements Service {
+  readonly name = 'relay';
+  private readonly listener: TlsListener;
+  private readonly agents = new Map<string, Session>();
+  private readonly all = new Set<Session>();
+  private readonly metrics;
+  /** Bound address after start(). */
+  address: { host: string; port: number } | undefined;
+
+  constructor(private readonly o: RelayServerOptions) {
+    this.metrics = relayMetrics(o.registry);
+    this.listener = new TlsListener({
+      host: o.host,
+      port: o.port,
+      creds: o.creds,
+      hello: { node: o.nodeName, kind: 'relay' },
+      log: o.log,
+      ...(o.pingMs !== undefined ? { pingMs: o.pingMs } : {}),
+      onAuthFailure: () => this.metrics.authFailures.inc(),
+      onSession: (s) => this.onSession(s),
+    });
+  }
+
+  async start(): Promise<void> {
+    this.address = await this.listener.listen();
+    this.o.log.info(
+      { node: this.o.nodeName, listen: `${this.address.host}:${this.address.port}` },
+      'relay started',
+    );
+  }
+
+  async stop(): Promise<void> {
+    // Sessions first: a server's close() waits for its open connections.
+    const closing = this.listener.close();
+    for (const s of this.all) s.close();
+    await closing;
+  }
+
+  /** Registered agents and their open stream counts (for /status). */
+  status(): { nodeName: string; agents: Array<{ node: string; remote: string; streams: number }> } {
+    return {
+      nodeName: this.o.nodeName,
+      agents: [...this.agents.entries()].map(([node, s]) => ({
+        node,
+        remote: s.remote,
+        streams: s.streamCount,
+      })),
+    };
+  }
+
+  private onSession(s: Session): void {
+    this.all.add(s);
+    s.on('frameError', () => this.metrics.frameErrors.inc());
+    s.on('ready', (peer) => {
+      if (peer.kind !== 'agent') {
+        s.close();
+        return;
+      }
+      const old = this.agents.get(peer.node);
+      this.agents.set(peer.node, s);
+      // A reconnecting agent replaces its old session (the old one may be half-dead behind NAT).
+      if (old && old !== s) old.close();
+      this.o.log.info({ node: peer.node, remote: s.remote }, 'relay: agent registered');
+      this.announce();
+    });
+    s.on('open', (stream: TunnelStream, target: OpenTarget) => this.forward(s, stream, target));
+    s.on('close', (err?: Error) => {
+      this.all.delete(s);
+      const node = s.peer?.node;
+      if (node !== undefined && this.agents.get(node) === s) {
+        this.agents.delete(node);
+        this.o.log.info({ node, reason: err ? errorMessage(err) : 'closed' }, 'relay: agent gone');
+        this.announce();
+      }
+    });
+  }
+
+  private forward(from: Session, inbound: TunnelStream, target: OpenTarget): void {
+    const src = from.peer!.node;
+    const to = this.agents.get(target.node);
+    if (!to?.isReady || target.node === src) {
+      this.metrics.rejected.inc();
+      inbound.reset(`node '${target.node}' is not connected to this relay`);
+      return;
+    }
+    // The source is the authenticated name of the session, never what the OPEN claims.
+    const outbound = to.openStream({ ...target, src });
+    this.metrics.streams.inc({ src, dst: target.node });
+    const rx = this.metrics.bytes.labels(src, 'rx');
+    const tx = this.metrics.bytes.labels(target.node, 'tx');
+    inbound.on('data', (d: Buffer) => rx.inc(d.length));
+    outbound.on('data', (d: Buffer) => tx.inc(d.length));
+    joinStreams(inbound, outbound);
+  }
+
+  private announce(): void {
+    const peers = [...this.agents.entries()].map(([node, s]) => ({ node, addrs: s.peer?.addrs ?? [] }));
+    for (const s of this.agents.values()) s.sendPeers(peers);
+  }
+}

@@ -1,0 +1,313 @@
+// One authenticated tunnel connection (agent↔relay or agent↔agent): the HELLO handshake, then
+// many TunnelStreams multiplexed over it, keepalive PINGs, and relay PEERS announcements.
+// A malformed frame or failed authentication closes this session only.
+import crypto from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type tls from 'node:tls';
+import { EdgemeshError, ErrorCode, errorMessage } from '../errors.ts';
+import type { Logger } from '../util/log.ts';
+import { certificateNames, type TunnelCredentials } from './credentials.ts';
+import {
+  decodeJson,
+  decodeOpen,
+  decodeWindow,
+  encodeFrame,
+  encodeOpen,
+  FrameDecoder,
+  FrameError,
+  FrameType,
+  type FrameTypeValue,
+  type OpenTarget,
+} from './frames.ts';
+import { DEFAULT_WINDOW, type StreamOwner, TunnelStream } from './tunnel-stream.ts';
+
+/** What each end says about itself in HELLO. */
+export interface HelloInfo {
+  node: string;
+  kind: 'agent' | 'relay';
+  /** Addresses (`ip` or `ip:port`) where an agent's own tunnel listener may answer directly. */
+  addrs?: string[];
+}
+
+/** A node a relay can reach, as announced in PEERS. */
+export interface PeerAnnouncement {
+  node: string;
+  addrs: string[];
+}
+
+export interface SessionOptions {
+  socket: tls.TLSSocket;
+  /** `client` dialed, `server` accepted (stream ids: client odd, server even). */
+  role: 'client' | 'server';
+  creds: TunnelCredentials;
+  hello: HelloInfo;
+  /** The node the client expects to reach (checked against the peer's HELLO). */
+  expectNode?: string;
+  log: Logger;
+  handshakeTimeoutMs?: number;
+  /** Keepalive period; the session is dead after 3 periods without a frame. */
+  pingMs?: number;
+  window?: number;
+}
+
+const EXPORTER_LABEL = 'EXPORTER-edgemesh-tunnel-v1';
+
+/** HMAC of the PSK over the TLS exporter value: proves the PSK and binds it to this TLS session. */
+function helloMac(psk: Buffer, ekm: Buffer, role: string, hello: HelloInfo): string {
+  return crypto
+    .createHmac('sha256', psk)
+    .update(`edgemesh-tunnel-v1|${role}|${hello.kind}|${hello.node}|`)
+    .update(ekm)
+    .digest('hex');
+}
+
+/**
+ * A tunnel session. Events: `ready` (peer HelloInfo), `open` (stream, target) for streams the far
+ * end opened, `peers` (PeerAnnouncement[]), `authFailure` (reason), `frameError` (err), `close`.
+ */
+export class Session extends EventEmitter implements StreamOwner {
+  peer: HelloInfo | undefined;
+  readonly remote: string;
+  private readonly decoder = new FrameDecoder();
+  private readonly streams = new Map<number, TunnelStream>();
+  private nextId: number;
+  private state: 'handshake' | 'ready' | 'closed' = 'handshake';
+  private lastFrameAt = Date.now();
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly ekm: Buffer;
+  private readonly window: number;
+  /** Resolves on ready, rejects when the session closes first. */
+  readonly ready: Promise<HelloInfo>;
+
+  constructor(private readonly o: SessionOptions) {
+    super();
+    this.remote = `${o.socket.remoteAddress ?? '?'}:${o.socket.remotePort ?? '?'}`;
+    this.nextId = o.role === 'client' ? 1 : 2;
+    this.window = o.window ?? DEFAULT_WINDOW;
+    this.ekm = o.socket.exportKeyingMaterial(32, EXPORTER_LABEL, Buffer.from('edgemesh'));
+    this.ready = new Promise((resolve, reject) => {
+      this.once('ready', resolve);
+      this.once('close', (err?: Error) =>
+        reject(err ?? new EdgemeshError(ErrorCode.TUNNEL, 'tunnel closed during handshake')),
+      );
+    });
+    this.ready.catch(() => {});
+    o.socket.setNoDelay(true);
+    o.socket.on('data', (d: Buffer) => this.onBytes(d));
+    o.socket.on('error', (err) => this.close(err));
+    o.socket.on('close', () => this.close());
+    // The client speaks first; the server answers with its own HELLO only once the client's
+    // checked out, so an unauthenticated client learns nothing and is never "ready".
+    if (o.role === 'client') this.sendHello();
+    const t = setTimeout(() => {
+      if (this.state === 'handshake') this.authFail('no HELLO within the handshake timeout');
+    }, o.handshakeTimeoutMs ?? 5000);
+    t.unref();
+    this.timers.push(t);
+  }
+
+  /** True while the session can carry streams. */
+  get isReady(): boolean {
+    return this.state === 'ready';
+  }
+
+  /** Number of open streams. */
+  get streamCount(): number {
+    return this.streams.size;
+  }
+
+  /** Opens a stream asking the far end to connect to `target`. */
+  openStream(target: OpenTarget): TunnelStream {
+    if (this.state !== 'ready') throw new EdgemeshError(ErrorCode.TUNNEL, 'tunnel session is not ready');
+    const id = this.nextId;
+    this.nextId += 2;
+    if (this.nextId > 0xfffffff0) this.close(new EdgemeshError(ErrorCode.TUNNEL, 'stream ids exhausted'));
+    const stream = new TunnelStream(this, id, this.window);
+    this.streams.set(id, stream);
+    this.send(FrameType.OPEN, id, encodeOpen(target));
+    return stream;
+  }
+
+  /** Relay → agent: the nodes reachable through this relay. */
+  sendPeers(peers: PeerAnnouncement[]): void {
+    if (this.state === 'ready') this.send(FrameType.PEERS, 0, Buffer.from(JSON.stringify({ peers })));
+  }
+
+  send(type: FrameTypeValue, stream: number, payload?: Buffer): void {
+    if (this.state === 'closed') return;
+    this.o.socket.write(encodeFrame(type, stream, payload));
+  }
+
+  forget(stream: number): void {
+    this.streams.delete(stream);
+  }
+
+  /** Closes the session and every stream on it. */
+  close(err?: Error): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    for (const t of this.timers) clearTimeout(t);
+    const streams = [...this.streams.values()];
+    this.streams.clear();
+    for (const s of streams) s.onReset(err ? errorMessage(err) : 'tunnel closed');
+    this.o.socket.end();
+    // A peer that does not finish the TLS close promptly is cut off.
+    setTimeout(() => this.o.socket.destroy(), 1000).unref();
+    this.emit('close', err);
+  }
+
+  private sendHello(): void {
+    const hello: Record<string, unknown> = { v: 1, ...this.o.hello };
+    if (this.o.creds.psk) hello.mac = helloMac(this.o.creds.psk, this.ekm, this.o.role, this.o.hello);
+    this.send(FrameType.HELLO, 0, Buffer.from(JSON.stringify(hello)));
+  }
+
+  private authFail(reason: string): void {
+    this.o.log.warn(
+      { code: ErrorCode.TUNNEL, peer: this.remote, reason },
+      'tunnel peer rejected: authentication failed',
+    );
+    this.emit('authFailure', reason);
+    this.send(FrameType.AUTH_FAIL, 0, Buffer.from(reason));
+    this.close(new EdgemeshError(ErrorCode.TUNNEL, `authentication failed: ${reason}`));
+  }
+
+  private get closed(): boolean {
+    return this.state === 'closed';
+  }
+
+  private onBytes(data: Buffer): void {
+    if (this.closed) return;
+    this.lastFrameAt = Date.now();
+    try {
+      for (const f of this.decoder.push(data)) {
+        if (this.closed) return;
+        this.onFrame(f.type, f.stream, f.payload);
+      }
+    } catch (err) {
+      if (this.closed) return;
+      this.o.log.warn(
+        { code: ErrorCode.TUNNEL, peer: this.remote, node: this.peer?.node, err: errorMessage(err) },
+        'tunnel closed: protocol error',
+      );
+      this.emit('frameError', err);
+      this.close(err as Error);
+    }
+  }
+
+  private onFrame(type: FrameTypeValue, id: number, payload: Buffer): void {
+    if (this.state === 'handshake') {
+      if (type === FrameType.AUTH_FAIL) {
+        const reason = payload.toString('utf8').slice(0, 200);
+        this.o.log.error(
+          { code: ErrorCode.TUNNEL, peer: this.remote, reason },
+          'tunnel rejected by peer: our credentials were not accepted',
+        );
+        this.emit('authFailure', `rejected by peer: ${reason}`);
+        this.close(new EdgemeshError(ErrorCode.TUNNEL, `rejected by peer: ${reason}`));
+        return;
+      }
+      if (type !== FrameType.HELLO) throw new FrameError(`frame type ${type} before HELLO`);
+      this.onHello(decodeJson(payload));
+      return;
+    }
+    switch (type) {
+      case FrameType.PING:
+        this.send(FrameType.PONG, 0, payload.subarray(0, 8));
+        return;
+      case FrameType.PONG:
+        return;
+      case FrameType.PEERS:
+        this.emit('peers', parsePeers(decodeJson(payload)));
+        return;
+      case FrameType.HELLO:
+      case FrameType.AUTH_FAIL:
+        throw new FrameError(`unexpected frame type ${type} after the handshake`);
+      case FrameType.OPEN: {
+        const target = decodeOpen(payload);
+        const own = this.o.role === 'client' ? 1 : 0;
+        if (id % 2 === own || this.streams.has(id)) throw new FrameError(`OPEN reuses stream id ${id}`);
+        const stream = new TunnelStream(this, id, this.window);
+        this.streams.set(id, stream);
+        if (this.listenerCount('open') === 0) stream.reset('this end accepts no streams');
+        else this.emit('open', stream, target);
+        return;
+      }
+    }
+    const stream = this.streams.get(id);
+    // Frames for a stream already gone (a RESET crossed them on the wire) are dropped.
+    if (!stream) return;
+    if (type === FrameType.DATA) stream.onData(payload);
+    else if (type === FrameType.WINDOW) stream.onWindow(decodeWindow(payload));
+    else if (type === FrameType.CLOSE) stream.onClose();
+    else if (type === FrameType.RESET) stream.onReset(payload.toString('utf8').slice(0, 200));
+  }
+
+  private onHello(h: Record<string, unknown>): void {
+    const node = h.node;
+    const kind = h.kind;
+    if (
+      typeof node !== 'string' ||
+      node === '' ||
+      node.length > 253 ||
+      (kind !== 'agent' && kind !== 'relay')
+    )
+      throw new FrameError('HELLO without a node name or kind');
+    const addrs = Array.isArray(h.addrs) ? h.addrs.filter((a): a is string => typeof a === 'string') : [];
+    const peer: HelloInfo = { node, kind, addrs: addrs.slice(0, 32) };
+    const { creds } = this.o;
+    if (creds.psk) {
+      const peerRole = this.o.role === 'client' ? 'server' : 'client';
+      const want = Buffer.from(helloMac(creds.psk, this.ekm, peerRole, peer), 'hex');
+      const got = typeof h.mac === 'string' ? Buffer.from(h.mac, 'hex') : Buffer.alloc(0);
+      if (got.length !== want.length || !crypto.timingSafeEqual(got, want)) {
+        this.authFail(`pre-shared key mismatch (peer says it is node '${node}')`);
+        return;
+      }
+    }
+    if (creds.verifyCerts) {
+      const names = certificateNames(this.o.socket.getPeerCertificate());
+      if (!this.o.socket.authorized) {
+        this.authFail(`certificate not trusted: ${String(this.o.socket.authorizationError)}`);
+        return;
+      }
+      if (!names.includes(node)) {
+        this.authFail(`node '${node}' is not named in its certificate (${names.join(', ') || 'no names'})`);
+        return;
+      }
+    }
+    if (this.o.expectNode !== undefined && node !== this.o.expectNode) {
+      this.authFail(`expected node '${this.o.expectNode}', peer says '${node}'`);
+      return;
+    }
+    this.peer = peer;
+    if (this.o.role === 'server') this.sendHello();
+    this.state = 'ready';
+    const pingMs = this.o.pingMs ?? 1000;
+    const t = setInterval(() => {
+      if (Date.now() - this.lastFrameAt > 3 * pingMs) {
+        this.close(new EdgemeshError(ErrorCode.TUNNEL, 'tunnel peer stopped answering'));
+        return;
+      }
+      this.send(FrameType.PING, 0, Buffer.alloc(8));
+    }, pingMs);
+    t.unref();
+    this.timers.push(t);
+    this.emit('ready', peer);
+  }
+}
+
+function parsePeers(v: Record<string, unknown>): PeerAnnouncement[] {
+  if (!Array.isArray(v.peers)) throw new FrameError('PEERS without a peers list');
+  const out: PeerAnnouncement[] = [];
+  for (const p of v.peers.slice(0, 10_000)) {
+    if (typeof p !== 'object' || p === null || typeof (p as { node?: unknown }).node !== 'string')
+      throw new FrameError('PEERS entry without a node');
+    const addrs = (p as { addrs?: unknown }).addrs;
+    out.push({
+      node: (p as { node: string }).node,
+      addrs: Array.isArray(addrs) ? addrs.filter((a): a is string => typeof a === 'string').slice(0, 32) : [],
+    });
+  }
+  return out;
+}

@@ -1,0 +1,128 @@
+// Accepts tunnel connections (relay, or an agent's direct listener): TLS 1.3, then a server-side
+// Session per connection. TLS-level rejections (untrusted certificate) are logged here, because
+// they never reach the Session's own handshake.
+import tls from 'node:tls';
+import { EdgemeshError, ErrorCode, errorMessage } from '../errors.ts';
+import type { Logger } from '../util/log.ts';
+import { serverTlsOptions, type TunnelCredentials } from './credentials.ts';
+import { type HelloInfo, Session } from './session.ts';
+
+export interface TlsListenerOptions {
+  host: string;
+  port: number;
+  creds: TunnelCredentials;
+  hello: HelloInfo;
+  log: Logger;
+  /** Called for every accepted session (not yet authenticated: wait for its `ready`). */
+  onSession: (session: Session) => void;
+  /** Called when a peer fails TLS or authentication. */
+  onAuthFailure?: () => void;
+  pingMs?: number;
+}
+
+/** Listens and hands out sessions; close() stops accepting (sessions are closed by their owners). */
+export class TlsListener {
+  private server: tls.Server | undefined;
+
+  constructor(private readonly o: TlsListenerOptions) {}
+
+  /** Binds; rejects with a LISTEN error naming the address. */
+  async listen(): Promise<{ host: string; port: number }> {
+    const server = tls.createServer(serverTlsOptions(this.o.creds), (socket) => {
+      const session = new Session({
+        socket,
+        role: 'server',
+        creds: this.o.creds,
+        hello: this.o.hello,
+        log: this.o.log,
+        ...(this.o.pingMs !== undefined ? { pingMs: this.o.pingMs } : {}),
+      });
+      session.on('authFailure', () => this.o.onAuthFailure?.());
+      this.o.onSession(session);
+    });
+    server.on('tlsClientError', (err, socket) => {
+      this.o.log.warn(
+        {
+          code: ErrorCode.TUNNEL,
+          peer: `${socket.remoteAddress}:${socket.remotePort}`,
+          err: errorMessage(err),
+        },
+        'tunnel peer rejected: TLS handshake failed (certificate not trusted or not TLS 1.3)',
+      );
+      this.o.onAuthFailure?.();
+    });
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) =>
+        reject(
+          new EdgemeshError(ErrorCode.LISTEN, `tunnel: cannot listen on ${this.o.host}:${this.o.port}`, {
+            cause: err,
+          }),
+        ),
+      );
+      server.listen(this.o.port, this.o.host, () => resolve());
+    });
+    server.on('error', (err) => this.o.log.error({ err: errorMessage(err) }, 'tunnel listener error'));
+    const addr = server.address();
+    return typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : this.o;
+  }
+
+  async close(): Promise<void> {
+    const s = this.server;
+    this.server = undefined;
+    if (s) await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+}
+
+/** Dials a tunnel listener and resolves with the ready Session; rejects on timeout or auth failure. */
+export function dialSession(o: {
+  host: string;
+  port: number;
+  creds: TunnelCredentials;
+  hello: HelloInfo;
+  expectNode?: string;
+  log: Logger;
+  timeoutMs: number;
+  pingMs?: number;
+  clientOptions: tls.ConnectionOptions;
+}): Promise<Session> {
+  return new Promise((resolve, reject) => {
+    let session: Session | undefined;
+    const socket = tls.connect({ ...o.clientOptions, host: o.host, port: o.port });
+    const timer = setTimeout(() => {
+      const err = new EdgemeshError(
+        ErrorCode.TUNNEL,
+        `no tunnel answer from ${o.host}:${o.port} in ${o.timeoutMs} ms`,
+      );
+      if (session) session.close(err);
+      else socket.destroy(err);
+      reject(err);
+    }, o.timeoutMs);
+    timer.unref();
+    socket.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    socket.once('secureConnect', () => {
+      session = new Session({
+        socket,
+        role: 'client',
+        creds: o.creds,
+        hello: o.hello,
+        ...(o.expectNode !== undefined ? { expectNode: o.expectNode } : {}),
+        log: o.log,
+        ...(o.pingMs !== undefined ? { pingMs: o.pingMs } : {}),
+      });
+      session.ready.then(
+        () => {
+          clearTimeout(timer);
+          resolve(session!);
+        },
+        (err: unknown) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      );
+    });
+  });
+}

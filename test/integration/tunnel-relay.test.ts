@@ -1,0 +1,339 @@
+// Relay + agent tunnels on loopback (real TLS sockets, real relay, real EdgeTunnel instances):
+// via relay, direct (relay counters still), refusal of endpoints the far node does not own, wrong
+// PSK rejected with a log line on both sides, per-stream flow control, failover between relays,
+// and cert mode (CA-signed node certificates).
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import pino, { type Logger } from 'pino';
+import { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { defaultConfig } from '../../src/config/defaults.ts';
+import type { EdgemeshConfig } from '../../src/config/types.ts';
+import type { Endpoint, ServiceEntry, ServiceTable } from '../../src/controller/types.ts';
+import { EMPTY_TABLE } from '../../src/controller/types.ts';
+import { clientTlsOptions, loadCredentials } from '../../src/tunnel/credentials.ts';
+import { EdgeTunnel } from '../../src/tunnel/edge-tunnel.ts';
+import { RelayServer } from '../../src/tunnel/relay-server.ts';
+import { dialSession } from '../../src/tunnel/tls-listener.ts';
+import { makeCerts } from '../helpers/certs.ts';
+import { eventually } from '../helpers/eventually.ts';
+import { freePort } from '../helpers/ports.ts';
+
+/** A logger whose lines tests can read. */
+function memLogger(): { log: Logger; lines: string[] } {
+  const lines: string[] = [];
+  const log = pino({ level: 'info' }, { write: (s: string) => void lines.push(s) });
+  return { log, lines };
+}
+
+function table(endpoints: Endpoint[], generation = 1): ServiceTable {
+  const svc: ServiceEntry = {
+    namespace: 'default',
+    name: 'echo',
+    key: 'default/echo',
+    clusterIPs: ['10.96.0.10'],
+    headless: false,
+    type: 'ClusterIP',
+    ports: [{ name: 'tcp', port: 7, protocol: 'TCP', appProtocol: 'tcp', targetPort: 7, endpoints }],
+    sessionAffinity: { type: 'None', timeoutSeconds: 0 },
+    labels: {},
+    proxied: true,
+  };
+  return { ...EMPTY_TABLE, generation, services: new Map([[svc.key, svc]]) };
+}
+
+const ep = (port: number, nodeName: string): Endpoint => ({
+  ip: '127.0.0.1',
+  port,
+  ready: true,
+  serving: true,
+  terminating: false,
+  nodeName,
+});
+
+/** Sends `data`, half-closes, resolves with everything read back. */
+function exchange(port: number, data: Buffer | string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+    const chunks: Buffer[] = [];
+    s.on('data', (d) => chunks.push(d));
+    s.on('end', () => {
+      s.end();
+      resolve(Buffer.concat(chunks));
+    });
+    s.on('error', reject);
+    s.end(data);
+  });
+}
+
+async function metric(registry: Registry, name: string): Promise<number> {
+  const m = (await registry.getMetricsAsJSON()).find((x) => x.name === name);
+  return (m?.values ?? []).reduce((a, v) => a + Number(v.value), 0);
+}
+
+describe('tunnel over relays (loopback)', () => {
+  let dir: string;
+  let echo: net.Server;
+  let echoPort: number;
+  const stops: Array<() => Promise<void>> = [];
+
+  beforeAll(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'em-tunnel-'));
+    fs.writeFileSync(path.join(dir, 'psk'), 'correct horse battery staple\n');
+    fs.writeFileSync(path.join(dir, 'bad-psk'), 'wrong horse battery staple!!\n');
+    echo = net.createServer({ allowHalfOpen: true }, (s) => {
+      s.pipe(s);
+      s.on('error', () => {});
+    });
+    await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
+    echoPort = (echo.address() as net.AddressInfo).port;
+  });
+
+  afterAll(async () => {
+    for (const stop of stops.reverse()) await stop().catch(() => {});
+    echo?.close();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function relay(name: string, psk = 'psk') {
+    const registry = new Registry();
+    const mem = memLogger();
+    const creds = await loadCredentials({
+      pskFile: path.join(dir, psk),
+      caFile: '',
+      certFile: '',
+      keyFile: '',
+    });
+    const r = new RelayServer({
+      nodeName: name,
+      host: '127.0.0.1',
+      port: 0,
+      creds,
+      log: mem.log,
+      registry,
+      pingMs: 200,
+    });
+    await r.start();
+    stops.push(() => r.stop());
+    return { r, registry, lines: mem.lines, addr: `127.0.0.1:${r.address!.port}` };
+  }
+
+  async function agent(
+    node: string,
+    relays: Array<{ name: string; addr: string }>,
+    opts: {
+      advertise?: string[];
+      psk?: string;
+      files?: Partial<EdgemeshConfig['modules']['edgeTunnel']>;
+    } = {},
+  ) {
+    const config = defaultConfig();
+    config.nodeName = node;
+    const port = await freePort();
+    Object.assign(config.modules.edgeTunnel, {
+      enable: true,
+      listenPort: port,
+      relayNodes: relays.map((r) => ({ nodeName: r.name, advertiseAddress: [r.addr] })),
+      advertiseAddress: opts.advertise ?? [`127.0.0.1:${port}`],
+      pskFile: path.join(dir, opts.psk ?? 'psk'),
+      ...opts.files,
+    });
+    const registry = new Registry();
+    const mem = memLogger();
+    const t = new EdgeTunnel({
+      config,
+      log: mem.log,
+      registry,
+      pingMs: 200,
+      reprobeMs: 300,
+      probeTimeoutMs: 500,
+    });
+    await t.start();
+    stops.push(() => t.stop());
+    return { t, registry, lines: mem.lines, port };
+  }
+
+  it('reaches an endpoint on another node through the relay, and directly when the peer answers', async () => {
+    const r1 = await relay('relay-1');
+    // b advertises an address nobody answers on: only the relay path exists.
+    const b = await agent('node-b', [{ name: 'relay-1', addr: r1.addr }], { advertise: ['127.0.0.1:1'] });
+    const a = await agent('node-a', [{ name: 'relay-1', addr: r1.addr }]);
+    const snap = table([ep(echoPort, 'node-b')]);
+    await b.t.applyTable(snap);
+    const rewritten = await a.t.applyTable(snap);
+    const remote = rewritten.services.get('default/echo')!.ports[0]!.endpoints[0]!;
+    expect(remote.ip).toBe('127.0.0.1');
+    expect(remote.port).not.toBe(echoPort);
+    expect(remote.nodeName).toBe('node-b');
+    await eventually(async () => a.t.pathTo('node-b') === 'relay');
+    const payload = Buffer.alloc(3 << 20, 7);
+    payload.write('via relay');
+    expect((await exchange(remote.port, payload)).equals(payload)).toBe(true);
+    expect(await metric(r1.registry, 'edgemesh_relay_streams_total')).toBe(1);
+    expect(await metric(r1.registry, 'edgemesh_relay_bytes_total')).toBeGreaterThanOrEqual(
+      2 * payload.length,
+    );
+    expect(a.t.status().peers).toEqual([{ node: 'node-b', path: 'relay' }]);
+
+    // c advertises its real listener: a probes it and goes direct; the relay sees nothing new.
+    const c = await agent('node-c', [{ name: 'relay-1', addr: r1.addr }]);
+    const snap2 = table([ep(echoPort, 'node-c')], 2);
+    await c.t.applyTable(snap2);
+    const rw2 = await a.t.applyTable(snap2);
+    await eventually(async () => a.t.pathTo('node-c') === 'direct');
+    const before = await metric(r1.registry, 'edgemesh_relay_streams_total');
+    const port2 = rw2.services.get('default/echo')!.ports[0]!.endpoints[0]!.port;
+    expect((await exchange(port2, 'direct hop')).toString()).toBe('direct hop');
+    expect(await metric(r1.registry, 'edgemesh_relay_streams_total')).toBe(before);
+    expect(await metric(a.registry, 'edgemesh_tunnel_streams_total')).toBe(2);
+    const metrics = await a.registry.metrics();
+    expect(metrics).toMatch(/edgemesh_tunnel_peer_path\{peer="node-c",path="direct"\} 1/);
+  });
+
+  it('the receiving node connects only to its own endpoints', async () => {
+    const r = await relay('relay-own');
+    const b = await agent('node-b2', [{ name: 'relay-own', addr: r.addr }], { advertise: ['127.0.0.1:1'] });
+    const a = await agent('node-a2', [{ name: 'relay-own', addr: r.addr }]);
+    // a believes the echo runs on node-b2, but b2's snapshot says it is not b2's endpoint.
+    await b.t.applyTable(table([ep(echoPort, 'node-x')]));
+    const rw = await a.t.applyTable(table([ep(echoPort, 'node-b2')]));
+    await eventually(async () => a.t.pathTo('node-b2') === 'relay');
+    const port = rw.services.get('default/echo')!.ports[0]!.endpoints[0]!.port;
+    expect((await exchange(port, 'should not pass')).length).toBe(0);
+    expect(await metric(b.registry, 'edgemesh_tunnel_inbound_streams_total')).toBe(1);
+    expect(b.lines.join('')).toMatch(/refused a stream to an endpoint not on this node/);
+  });
+
+  it('a wrong PSK is rejected with a clear log line on both sides and nothing is proxied', async () => {
+    const r = await relay('relay-psk');
+    const bad = await agent('node-bad', [{ name: 'relay-psk', addr: r.addr }], { psk: 'bad-psk' });
+    const logs = () => `agent log:\n${bad.lines.join('')}\nrelay log:\n${r.lines.join('')}`;
+    await eventually(
+      async () =>
+        r.lines.join('').includes('pre-shared key mismatch') &&
+        /credentials were not accepted/.test(bad.lines.join('')),
+      3000,
+    ).catch(() => {
+      throw new Error(logs());
+    });
+    expect(r.lines.join('')).toMatch(
+      /tunnel peer rejected: authentication failed.*EDGEMESH_ERR_TUNNEL|EDGEMESH_ERR_TUNNEL.*tunnel peer rejected/,
+    );
+    expect(bad.lines.join('')).toMatch(/EDGEMESH_ERR_TUNNEL/);
+    expect(await metric(r.registry, 'edgemesh_relay_auth_failures_total')).toBeGreaterThan(0);
+    expect(r.r.status().agents).toEqual([]);
+    const all = [...r.lines, ...bad.lines].join('');
+    expect(all).not.toContain('correct horse');
+    expect(all).not.toContain('wrong horse');
+  });
+
+  it('one stalled bulk stream does not block another stream on the same session', async () => {
+    const r = await relay('relay-fc');
+    // A sink that accepts but never reads: its stream runs out of credit.
+    const held: net.Socket[] = [];
+    const sink = net.createServer({ pauseOnConnect: true }, (s) => void held.push(s));
+    await new Promise<void>((res) => sink.listen(0, '127.0.0.1', res));
+    stops.push(async () => {
+      for (const s of held) s.destroy();
+      await new Promise<void>((res) => sink.close(() => res()));
+    });
+    const sinkPort = (sink.address() as net.AddressInfo).port;
+    const b = await agent('node-fc-b', [{ name: 'relay-fc', addr: r.addr }], { advertise: ['127.0.0.1:1'] });
+    const a = await agent('node-fc-a', [{ name: 'relay-fc', addr: r.addr }]);
+    const snap = table([ep(echoPort, 'node-fc-b'), ep(sinkPort, 'node-fc-b')]);
+    await b.t.applyTable(snap);
+    const rw = await a.t.applyTable(snap);
+    await eventually(async () => a.t.pathTo('node-fc-b') === 'relay');
+    const ports = rw.services.get('default/echo')!.ports[0]!.endpoints;
+    const sinkLocal = ports.find((e) =>
+      a.t
+        .status()
+        .endpoints.some((x) => x.endpoint === `127.0.0.1:${sinkPort}` && x.local === `127.0.0.1:${e.port}`),
+    )!;
+    const bulk = net.connect({ host: '127.0.0.1', port: sinkLocal.port });
+    bulk.on('error', () => {});
+    let written = 0;
+    const chunk = Buffer.alloc(64 * 1024);
+    const pump = () => {
+      while (written < 64 << 20 && bulk.write(chunk)) written += chunk.length;
+    };
+    bulk.on('drain', pump);
+    bulk.on('connect', pump);
+    await new Promise((res) => setTimeout(res, 300));
+    const echoLocal = ports.find((e) => e.port !== sinkLocal.port)!;
+    const t0 = Date.now();
+    expect((await exchange(echoLocal.port, 'still flowing')).toString()).toBe('still flowing');
+    expect(Date.now() - t0).toBeLessThan(2000);
+    // The stalled stream is bounded by its window plus socket buffers, far from the 64 MiB offered.
+    expect(written).toBeLessThan(32 << 20);
+    bulk.destroy();
+  });
+
+  it('fails over to the second relay within 2 s when the first dies', async () => {
+    const r1 = await relay('relay-fa');
+    const r2 = await relay('relay-fb');
+    const relays = [
+      { name: 'relay-fa', addr: r1.addr },
+      { name: 'relay-fb', addr: r2.addr },
+    ];
+    const b = await agent('node-fo-b', relays, { advertise: ['127.0.0.1:1'] });
+    const a = await agent('node-fo-a', relays, { advertise: ['127.0.0.1:1'] });
+    const snap = table([ep(echoPort, 'node-fo-b')]);
+    await b.t.applyTable(snap);
+    const port = (await a.t.applyTable(snap)).services.get('default/echo')!.ports[0]!.endpoints[0]!.port;
+    await eventually(
+      async () =>
+        a.t.status().relays.every((x) => x.connected) && b.t.status().relays.every((x) => x.connected),
+    );
+    expect((await exchange(port, 'one')).toString()).toBe('one');
+    expect(await metric(r1.registry, 'edgemesh_relay_streams_total')).toBe(1);
+    await r1.r.stop();
+    const t0 = Date.now();
+    await eventually(async () => (await exchange(port, 'two')).toString() === 'two', 2000);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    expect(await metric(r2.registry, 'edgemesh_relay_streams_total')).toBeGreaterThanOrEqual(1);
+  });
+
+  it('cert mode: CA-signed node certificates authenticate; a name mismatch is rejected', async () => {
+    const certDir = path.join(dir, 'certs');
+    fs.mkdirSync(certDir);
+    makeCerts(certDir, 'edge'); // CNs edge-server, edge-client
+    const files = (who: string) => ({
+      pskFile: '',
+      caFile: path.join(certDir, 'ca.crt'),
+      certFile: path.join(certDir, `${who}.crt`),
+      keyFile: path.join(certDir, `${who}.key`),
+    });
+    const relayCreds = await loadCredentials(files('server'));
+    const mem = memLogger();
+    const r = new RelayServer({
+      nodeName: 'edge-server',
+      host: '127.0.0.1',
+      port: 0,
+      creds: relayCreds,
+      log: mem.log,
+    });
+    await r.start();
+    stops.push(() => r.stop());
+    const clientCreds = await loadCredentials(files('client'));
+    const dial = (node: string) =>
+      dialSession({
+        host: '127.0.0.1',
+        port: r.address!.port,
+        creds: clientCreds,
+        hello: { node, kind: 'agent' },
+        expectNode: 'edge-server',
+        log: mem.log,
+        timeoutMs: 2000,
+        clientOptions: clientTlsOptions(clientCreds),
+      });
+    const ok = await dial('edge-client');
+    expect(ok.peer?.node).toBe('edge-server');
+    await eventually(async () => r.status().agents.some((x) => x.node === 'edge-client'));
+    ok.close();
+    await expect(dial('edge-impostor')).rejects.toThrow(/not named in its certificate|rejected/);
+    expect(mem.lines.join('')).toMatch(/node 'edge-impostor' is not named in its certificate/);
+  });
+});

@@ -1,0 +1,146 @@
+// The tunnel frame codec: round trips, every malformed header/payload is a FrameError (never
+// another exception, never a hang), and random or mutated byte streams never crash the parser.
+import crypto from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { ErrorCode } from '../../src/errors.ts';
+import {
+  decodeJson,
+  decodeOpen,
+  decodeWindow,
+  encodeFrame,
+  encodeOpen,
+  encodeWindow,
+  type Frame,
+  FrameDecoder,
+  FrameError,
+  FrameType,
+  MAX_PAYLOAD,
+} from '../../src/tunnel/frames.ts';
+
+/** Deterministic PRNG so a failing fuzz case can be replayed. */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+describe('frame codec', () => {
+  it('round-trips frames split at every byte boundary', () => {
+    const open = encodeOpen({ node: 'node-b', src: 'node-a', ip: '10.2.0.5', port: 8080 });
+    const wire = Buffer.concat([
+      encodeFrame(FrameType.OPEN, 1, open),
+      encodeFrame(FrameType.DATA, 1, Buffer.from('hello')),
+      encodeFrame(FrameType.WINDOW, 1, encodeWindow(4096)),
+      encodeFrame(FrameType.PING, 0, Buffer.alloc(8)),
+      encodeFrame(FrameType.CLOSE, 1),
+    ]);
+    for (let cut = 0; cut <= wire.length; cut++) {
+      const d = new FrameDecoder();
+      const frames = [...d.push(wire.subarray(0, cut)), ...d.push(wire.subarray(cut))];
+      expect(frames.map((f) => f.type)).toEqual([
+        FrameType.OPEN,
+        FrameType.DATA,
+        FrameType.WINDOW,
+        FrameType.PING,
+        FrameType.CLOSE,
+      ]);
+      expect(decodeOpen(frames[0]!.payload)).toEqual({
+        node: 'node-b',
+        src: 'node-a',
+        ip: '10.2.0.5',
+        port: 8080,
+      });
+      expect(frames[1]!.payload.toString()).toBe('hello');
+      expect(decodeWindow(frames[2]!.payload)).toBe(4096);
+    }
+  });
+
+  it('rejects oversized, unknown and misplaced frames with the tunnel error code', () => {
+    const big = Buffer.alloc(9);
+    big.writeUInt32BE(MAX_PAYLOAD + 1, 0);
+    big.writeUInt8(FrameType.DATA, 4);
+    big.writeUInt32BE(1, 5);
+    const cases = [
+      big,
+      encodeFrame(99 as never, 1),
+      encodeFrame(FrameType.DATA, 0, Buffer.from('x')), // DATA on the connection stream
+      encodeFrame(FrameType.HELLO, 3, Buffer.from('{}')), // HELLO on a stream
+    ];
+    for (const c of cases) {
+      const err = (() => {
+        try {
+          new FrameDecoder().push(c);
+        } catch (e) {
+          return e;
+        }
+      })();
+      expect(err).toBeInstanceOf(FrameError);
+      expect((err as FrameError).code).toBe(ErrorCode.TUNNEL);
+    }
+  });
+
+  it('rejects bad OPEN, WINDOW and JSON payloads', () => {
+    const good = encodeOpen({ node: 'n', src: 's', ip: '1.2.3.4', port: 1 });
+    for (const p of [
+      good.subarray(0, good.length - 1),
+      Buffer.concat([good, Buffer.from([0])]),
+      Buffer.alloc(0),
+    ])
+      expect(() => decodeOpen(p)).toThrow(FrameError);
+    expect(() => decodeOpen(encodeOpen({ node: 'n', src: 's', ip: '1.2.3.4', port: 0 }))).toThrow(FrameError);
+    expect(() => decodeWindow(Buffer.alloc(3))).toThrow(FrameError);
+    expect(() => decodeWindow(encodeWindow(0))).toThrow(FrameError);
+    expect(() => decodeJson(Buffer.from('nope'))).toThrow(FrameError);
+    expect(() => decodeJson(Buffer.from('[1]'))).toThrow(FrameError);
+  });
+
+  it('fuzz: random and mutated streams only ever yield frames or a FrameError', () => {
+    const next = rng(12345);
+    const valid = Buffer.concat([
+      encodeFrame(FrameType.OPEN, 1, encodeOpen({ node: 'b', src: 'a', ip: '10.0.0.1', port: 80 })),
+      encodeFrame(FrameType.DATA, 1, crypto.randomBytes(300)),
+      encodeFrame(FrameType.WINDOW, 1, encodeWindow(300)),
+      encodeFrame(FrameType.PEERS, 0, Buffer.from('{"peers":[]}')),
+    ]);
+    let frames = 0;
+    let errors = 0;
+    for (let i = 0; i < 3000; i++) {
+      let input: Buffer;
+      if (i % 2 === 0) {
+        input = Buffer.alloc(Math.floor(next() * 200));
+        for (let j = 0; j < input.length; j++) input[j] = Math.floor(next() * 256);
+      } else {
+        input = Buffer.from(valid);
+        const flips = 1 + Math.floor(next() * 4);
+        for (let j = 0; j < flips; j++) input[Math.floor(next() * input.length)] = Math.floor(next() * 256);
+      }
+      const d = new FrameDecoder();
+      try {
+        let off = 0;
+        while (off < input.length) {
+          const n = 1 + Math.floor(next() * 64);
+          const got: Frame[] = d.push(input.subarray(off, off + n));
+          for (const f of got) {
+            frames++;
+            // Payload decoders must also fail only with FrameError.
+            try {
+              if (f.type === FrameType.OPEN) decodeOpen(f.payload);
+              if (f.type === FrameType.WINDOW) decodeWindow(f.payload);
+              if (f.type === FrameType.PEERS || f.type === FrameType.HELLO) decodeJson(f.payload);
+            } catch (e) {
+              if (!(e instanceof FrameError)) throw e;
+            }
+          }
+          off += n;
+        }
+      } catch (e) {
+        if (!(e instanceof FrameError)) throw e;
+        errors++;
+      }
+    }
+    expect(frames).toBeGreaterThan(100);
+    expect(errors).toBeGreaterThan(100);
+  });
+});
