@@ -8,6 +8,12 @@
 //   loadgen connrate HOST PORT SECONDS THREADS   connect, 1-byte request, wait for close, repeat
 //   loadgen concurrent HOST PORT CONNS SECONDS SIZE  open CONNS connections, then round-robin
 //                                            request/response on all of them for SECONDS
+//                                            (SIZE 0: hold them idle for SECONDS instead)
+//   loadgen burst HOST PORT N CONC MAX_MS    N short connections, CONC in flight (epoll): connect,
+//                                            'C', read the reply and the server's close; stops at MAX_MS
+//   loadgen reset HOST PORT                  read until the connection ends; report EOF or the
+//                                            errno (libuv reports a reset that arrives with the
+//                                            last data as EOF, so tests of resets use this)
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -334,6 +340,16 @@ static int concurrent(const char *host, int port, int conns, double seconds, int
       }
   }
   double connect_ms = (now_us() - t0) / 1e3;
+  if (size == 0) {
+    // Idle hold (memory per idle connection is measured meanwhile by the caller).
+    usleep((useconds_t)(seconds * 1e6));
+    printf("{\"established\":%d,\"failed\":%d,\"connectMs\":%.1f,\"requests\":0,\"errors\":0,"
+           "\"seconds\":%.6f,\"perSecond\":0,\"p50\":0,\"p99\":0}\n",
+           established, failed, connect_ms, seconds);
+    for (int i = 0; i < conns; i++)
+      if (cs[i].fd >= 0) close(cs[i].fd);
+    return 0;
+  }
   // Phase 2: every connection keeps one request in flight.
   long lat_cap = 2000000, lat_n = 0, done = 0, errors = 0;
   double *lat = malloc(sizeof(double) * (size_t)lat_cap);
@@ -381,6 +397,126 @@ static int concurrent(const char *host, int port, int conns, double seconds, int
   return 0;
 }
 
+// ---- burst ------------------------------------------------------------------------------------
+// Each slot: connecting -> 'C' sent -> reply read -> EOF read (the server closes first, so neither
+// TIME_WAIT nor an ephemeral port stays with this client) -> next connection.
+struct burst {
+  struct sockaddr_in addr;
+  int ep;
+  int *fds;
+  int *state;  // 0 connecting, 1 request sent, 2 reply read
+  long total, started, done, failed;
+  double deadline;
+  int open;
+};
+
+// Opens the next connection in slot i, or leaves it empty when all are started or time is up.
+static void burst_next(struct burst *b, int i) {
+  b->fds[i] = -1;
+  while (b->started < b->total && now_us() < b->deadline) {
+    b->started++;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd >= 0 && (connect(fd, (struct sockaddr *)&b->addr, sizeof b->addr) == 0 || errno == EINPROGRESS)) {
+      b->state[i] = 0;
+      b->fds[i] = fd;
+      struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.u32 = (uint32_t)i};
+      epoll_ctl(b->ep, EPOLL_CTL_ADD, fd, &ev);
+      b->open++;
+      return;
+    }
+    if (fd >= 0) close(fd);
+    b->failed++;
+  }
+}
+
+static int burst(const char *host, int port, long total, int conc, double max_ms) {
+  raise_nofile();
+  signal(SIGPIPE, SIG_IGN);
+  struct burst b = {.addr = addr_of(host, port), .ep = epoll_create1(0), .total = total};
+  b.fds = malloc(sizeof(int) * (size_t)conc);
+  b.state = calloc((size_t)conc, sizeof(int));
+  double t0 = now_us();
+  b.deadline = t0 + max_ms * 1e3;
+  for (int i = 0; i < conc; i++) burst_next(&b, i);
+  struct epoll_event evs[256];
+  char buf[64];
+  while (b.open > 0 && now_us() < b.deadline + 10e6) {  // stragglers past that count as failed
+    int n = epoll_wait(b.ep, evs, 256, 100);
+    for (int k = 0; k < n; k++) {
+      int i = (int)evs[k].data.u32;
+      int fd = b.fds[i];
+      if (fd < 0) continue;
+      int finished = 0, ok = 0;
+      if (b.state[i] == 0 && (evs[k].events & EPOLLOUT)) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err || write(fd, "C", 1) != 1) {
+          finished = 1;
+        } else {
+          b.state[i] = 1;
+          struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+          epoll_ctl(b.ep, EPOLL_CTL_MOD, fd, &ev);
+        }
+      } else if (b.state[i] == 0 && (evs[k].events & (EPOLLHUP | EPOLLERR))) {
+        finished = 1;
+      }
+      if (!finished && b.state[i] >= 1) {
+        for (;;) {
+          ssize_t r = read(fd, buf, sizeof buf);
+          if (r > 0) {
+            b.state[i] = 2;
+            continue;
+          }
+          if (r < 0 && errno == EINTR) continue;
+          if (r < 0 && errno == EAGAIN) break;
+          finished = 1;
+          ok = r == 0 && b.state[i] == 2;
+          break;
+        }
+      }
+      if (!finished) continue;
+      close(fd);
+      b.open--;
+      if (ok)
+        b.done++;
+      else
+        b.failed++;
+      burst_next(&b, i);
+    }
+  }
+  for (int i = 0; i < conc; i++)
+    if (b.fds[i] >= 0) {
+      close(b.fds[i]);
+      b.failed++;
+    }
+  printf("{\"done\":%ld,\"failed\":%ld,\"ms\":%.1f}\n", b.done, b.failed, (now_us() - t0) / 1e3);
+  return 0;
+}
+
+// ---- reset ------------------------------------------------------------------------------------
+static int reset_probe(const char *host, int port) {
+  struct sockaddr_in a = addr_of(host, port);
+  int fd = connect_to(&a);
+  if (fd < 0) die("connect");
+  static char buf[65536];
+  long bytes = 0;
+  const char *code = "EOF";
+  for (;;) {
+    ssize_t r = read(fd, buf, sizeof buf);
+    if (r > 0) {
+      bytes += r;
+      continue;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) code = errno == ECONNRESET ? "ECONNRESET" : strerror(errno);
+    break;
+  }
+  close(fd);
+  printf("{\"code\":\"%s\",\"bytes\":%ld}\n", code, bytes);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 3 && strcmp(argv[1], "serve") == 0) return serve(atoi(argv[2]));
   if (argc >= 6 && strcmp(argv[1], "rr") == 0) return rr(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
@@ -388,8 +524,11 @@ int main(int argc, char **argv) {
     return connrate(argv[2], atoi(argv[3]), atof(argv[4]), atoi(argv[5]));
   if (argc >= 7 && strcmp(argv[1], "concurrent") == 0)
     return concurrent(argv[2], atoi(argv[3]), atoi(argv[4]), atof(argv[5]), atoi(argv[6]));
+  if (argc >= 7 && strcmp(argv[1], "burst") == 0)
+    return burst(argv[2], atoi(argv[3]), atol(argv[4]), atoi(argv[5]), atof(argv[6]));
+  if (argc >= 4 && strcmp(argv[1], "reset") == 0) return reset_probe(argv[2], atoi(argv[3]));
   fprintf(stderr,
           "Usage: loadgen serve PORT | rr HOST PORT SIZE COUNT | connrate HOST PORT SECONDS THREADS |"
-          " concurrent HOST PORT CONNS SECONDS SIZE\n");
+          " concurrent HOST PORT CONNS SECONDS SIZE | burst HOST PORT N CONC MAX_MS | reset HOST PORT\n");
   return 2;
 }

@@ -78,7 +78,7 @@ export function connRate(
   );
 }
 
-/** Opens `conns` connections, then keeps one SIZE-byte request in flight on each for `seconds`. */
+/** Opens `conns` connections, then keeps one SIZE-byte request in flight on each for `seconds` (SIZE 0: holds them idle). */
 export function concurrent(
   ns: Where,
   host: string,
