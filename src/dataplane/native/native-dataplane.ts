@@ -47,6 +47,10 @@ export interface NativeDataplaneOptions {
   maxConnectAttempts?: number;
   /** Per-service counter slots (default 16384). */
   serviceSlots?: number;
+  /** Splice pipe size per direction in bytes (default PIPE_SIZE). */
+  pipeSize?: number;
+  /** Read/write buffer per direction in bytes (default RW_BUFFER_SIZE). */
+  bufferSize?: number;
 }
 
 interface WorkerResult {
@@ -113,8 +117,8 @@ export class NativeDataplane implements Dataplane {
       o.connectTimeoutMs,
       o.idleTimeoutMs,
       (o.forwardMode ?? 'splice') === 'splice',
-      PIPE_SIZE,
-      RW_BUFFER_SIZE,
+      o.pipeSize ?? PIPE_SIZE,
+      o.bufferSize ?? RW_BUFFER_SIZE,
       o.maxConnectAttempts ?? 3,
       this.slots.capacity,
     );

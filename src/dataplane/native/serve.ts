@@ -2,6 +2,7 @@
 // benchmarks that install their own interception. Usage:
 //   node --import tsx src/dataplane/native/serve.ts [--port 40001] [--host 0.0.0.0] [--workers N]
 //     [--mode splice|readwrite] [--mark 0x4567|0] [--gid GID] [--drain-ms 2000]
+//     [--pipe-size BYTES] [--buffer-size BYTES]
 //     --route VIP:PORT=IP:PORT[,IP:PORT...][/rr|random|hash|affinity] ...
 // Prints one line `ready {"port":..,"pid":..,"targets":[...]}` when serving; SIGUSR2 prints
 // `counters {...}`; SIGTERM/SIGINT drain and exit 0 after printing the final counters.
@@ -17,6 +18,8 @@ interface Args {
   mark: number;
   gid?: number;
   drainMs: number;
+  pipeSize?: number;
+  bufferSize?: number;
   routes: string[];
 }
 
@@ -39,6 +42,8 @@ function parse(argv: string[]): Args {
     else if (flag === '--mark') a.mark = Number(value);
     else if (flag === '--gid') a.gid = Number(value);
     else if (flag === '--drain-ms') a.drainMs = Number(value);
+    else if (flag === '--pipe-size') a.pipeSize = Number(value);
+    else if (flag === '--buffer-size') a.bufferSize = Number(value);
     else if (flag === '--route') a.routes.push(value);
     else throw new Error(`unknown flag ${flag}`);
   }
@@ -98,6 +103,8 @@ const dp = new NativeDataplane({
   mark: args.mark,
   forwardMode: args.mode,
   drainTimeoutMs: args.drainMs,
+  pipeSize: args.pipeSize,
+  bufferSize: args.bufferSize,
 });
 await dp.start();
 const services = args.routes.map(routeService);
