@@ -1,5 +1,6 @@
-// The L4 suites: bulk transfer (iperf3), 1 KB request/response latency, new-connection rate and
-// many concurrent connections, for every contender in every topology, interleaved round by round
+// The L4 suites: bulk transfer (iperf3), 1 KB request/response latency (and the p99 each proxy
+// adds to direct), new-connection rate, many concurrent connections and the proxy's memory with
+// many idle connections, for every contender in every topology, interleaved round by round
 // (round r visits the contenders in a rotated order), with the proxy's CPU and RSS from /proc.
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -16,9 +17,9 @@ import {
 } from './lib/contenders.ts';
 import { exec, inNs, type Where, waitListening } from './lib/exec.ts';
 import { concurrent, connRate, loadgenBinary, rr } from './lib/loadgen.ts';
-import { ProcessSampler, type ProcUsage } from './lib/proc-stats.ts';
+import { ProcessSampler, type ProcUsage, treeRssMiB } from './lib/proc-stats.ts';
 import type { BenchModule, BenchOptions } from './lib/record.ts';
-import { fmt, percentile } from './lib/stats.ts';
+import { fmt, median, percentile } from './lib/stats.ts';
 import { createTopology, type Topology, type TopologyKind, topologyKinds } from './lib/topology.ts';
 
 const BACKEND: BackendPorts = { bulk: 5201, echo: 7000 };
@@ -34,6 +35,9 @@ interface Plan {
   connThreads: number;
   conns: number;
   concSeconds: number;
+  /** Idle proxied connections held open while the proxy's RSS is sampled. */
+  idleConns: number;
+  idleSeconds: number;
 }
 
 const fullPlan: Plan = {
@@ -45,6 +49,10 @@ const fullPlan: Plan = {
   connThreads: 4,
   conns: 2_000,
   concSeconds: 2,
+  // 10k idle proxied connections are 20k fds in the proxy: over the hard RLIMIT_NOFILE (20,000)
+  // of the project's machines, which their containers may not raise (prlimit: EPERM).
+  idleConns: 9_000,
+  idleSeconds: 2,
 };
 const quickPlan: Plan = {
   rounds: 1,
@@ -55,6 +63,8 @@ const quickPlan: Plan = {
   connThreads: 2,
   conns: 500,
   concSeconds: 0.5,
+  idleConns: 500,
+  idleSeconds: 0.5,
 };
 
 /** A long-running backend process (iperf3 server, load-generator echo server) in the backend namespace. */
@@ -235,7 +245,55 @@ async function visit(
     usage(suite, u, true);
     summary.push(`${plan.conns} conns ${fmt(r.perSecond)} req/s`);
   });
+
+  // Memory per idle proxied connection (socat forks a process per connection: not at this count).
+  if (c.pid && name !== 'socat') {
+    await guard('idle', async () => {
+      const before = treeRssMiB(c.pid!);
+      const { value: r, usage: u } = await measured(c.pid, () =>
+        concurrent(ns, c.echo.host, c.echo.port, plan.idleConns, plan.idleSeconds, 0),
+      );
+      if (r.established < plan.idleConns)
+        throw new Error(`only ${r.established} of ${plan.idleConns} idle connections opened`);
+      if (!u) return;
+      const suite = `tcp-${plan.idleConns}-idle`;
+      col.add(
+        { ...base, suite, metric: 'proxy-rss', unit: 'MiB', higherIsBetter: false },
+        u.rssPeakMiB,
+        extra,
+      );
+      col.add(
+        { ...base, suite, metric: 'rss-per-conn', unit: 'KiB', higherIsBetter: false },
+        ((u.rssPeakMiB - before) * 1024) / plan.idleConns,
+      );
+      summary.push(`${plan.idleConns} idle ${fmt(u.rssPeakMiB)} MiB`);
+    });
+  }
   return summary.join(', ');
+}
+
+/** p99 a proxy adds to the 1 KiB round trip: each round's p99 minus direct's median p99 in that case. */
+function addedLatency(col: Collector): void {
+  const records = col.result();
+  for (const d of records) {
+    if (d.suite !== 'tcp-rr-1k' || d.metric !== 'latency-p99' || d.contender !== 'direct') continue;
+    const base = median(d.samples);
+    for (const r of records) {
+      if (r.suite !== d.suite || r.metric !== d.metric || r.case !== d.case || r.contender === 'direct')
+        continue;
+      col.add(
+        {
+          suite: r.suite,
+          case: r.case,
+          contender: r.contender,
+          metric: 'added-latency-p99',
+          unit: r.unit,
+          higherIsBetter: false,
+        },
+        r.samples.map((v) => v - base),
+      );
+    }
+  }
 }
 
 /** The L4 suites (tcp-bulk, tcp-rr-1k, tcp-connrate, tcp-N-conns). Needs root (network namespaces). */
@@ -323,6 +381,7 @@ export const run: BenchModule = async (options: BenchOptions) => {
   } finally {
     unregisterWork();
   }
+  addedLatency(col);
   return col.result().map((r) => ({
     ...r,
     extra: { ...r.extra, topology: r.case, ...(r.suite === 'tcp-rr-1k' ? { payload: '1024 B' } : {}) },
