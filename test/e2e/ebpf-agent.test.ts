@@ -73,7 +73,7 @@ for (const dataplane of ['ts', 'native'] as const) {
         path.join(dir, 'agent.yaml'),
         // Relative: `ip netns exec` hides the host's cgroup mounts, so the agent mounts cgroup2 itself
         // and finds the same cgroup below that root.
-        `metricsListen: 127.0.0.1:${metricsPort}\nmodules:\n  edgeProxy:\n    ebpfCgroup: ${topo.node.name}\n    ebpfPinDir: ${pinDir}\n    tsPortRange: 22000-22999\n`,
+        `metricsListen: 127.0.0.1:${metricsPort}\nmodules:\n  edgeProxy:\n    ebpfCgroup: ${topo.node.name}\n    ebpfPinDir: ${pinDir}\n    tsPortRange: 22000-22999\n    resyncPeriodMs: 300\n`,
       );
       fs.writeFileSync(
         path.join(dir, 'manifests/all.yaml'),
@@ -147,11 +147,36 @@ for (const dataplane of ['ts', 'native'] as const) {
       expect((await metric('proxyConnect')) - before).toBe(1);
     });
 
+    it('re-attaches a connect4 link detached with bpftool on the next resync (drift repair)', async () => {
+      const progs = JSON.parse(await sh('bpftool', ['-j', 'cgroup', 'show', cgroup])) as {
+        id: number;
+        name: string;
+      }[];
+      const prog = progs.find((p) => p.name === 'edgemesh_connect4');
+      const links = JSON.parse(await sh('bpftool', ['-j', 'link', 'show'])) as {
+        id: number;
+        prog_id: number;
+      }[];
+      const link = links.find((l) => l.prog_id === prog?.id);
+      expect(link).toBeDefined();
+      await sh('bpftool', ['link', 'detach', 'id', String(link!.id)]);
+      // The resync (300 ms here) notices the detached link and attaches the program again.
+      expect(agent!.output()).not.toMatch(/eBPF state drifted; repaired/);
+      await agent!.waitFor(/eBPF state drifted; repaired/, 5000);
+      expect(await sh('bpftool', ['cgroup', 'show', cgroup])).toMatch(/edgemesh_connect4/);
+      const before = await metric('lbConnect');
+      expect(await curl('http://10.96.0.110:12345')).toMatch(/^pod-[01]$/);
+      expect((await metric('lbConnect')) - before).toBe(1);
+    });
+
     it('steers a pod namespace client to the proxy with sk_lookup (no NAT: no iptables/nft rules exist)', async () => {
       const before = await metric('skLookup');
       const pod = topo.pods[0]!.ns;
       const l4 = await pod.curl('http://10.96.0.110:12345');
-      expect(l4.stdout.trim()).toMatch(/^pod-[01]$/);
+      // On failure, show what the agent said (and whether it is still alive).
+      const why = () =>
+        `exit ${agent!.child.exitCode}/${agent!.child.signalCode}\n${agent!.output().slice(-4000)}`;
+      expect(l4.stdout.trim(), why()).toMatch(/^pod-[01]$/);
       expect((await pod.curl('http://10.96.0.111:80')).stdout.trim()).toMatch(/^pod-[01]$/);
       expect((await metric('skLookup')) - before).toBe(2);
       // The VIPs are delivered locally through routes the agent added (protocol 228) ...

@@ -29,8 +29,9 @@ export function parseSsListener(text: string): { pid: number; fd: number } | und
 export function parseLocalRoutes(text: string): Set<string> {
   const out = new Set<string>();
   for (const line of text.split('\n')) {
-    const dst = line.trim().split(/\s+/)[1]?.replace(/\/32$/, '');
-    if (dst && net.isIPv4(dst)) out.add(dst);
+    const [type, dst] = line.trim().split(/\s+/);
+    const ip = dst?.replace(/\/32$/, '');
+    if (type === 'local' && ip && net.isIPv4(ip)) out.add(ip);
   }
   return out;
 }
