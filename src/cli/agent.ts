@@ -10,6 +10,7 @@ import { createRegistry, MetricsServer } from '../metrics/server.ts';
 import { loadNative } from '../native/index.ts';
 import { createProxier } from '../proxier/create-proxier.ts';
 import type { Proxier } from '../proxier/proxier.ts';
+import type { EdgeTunnel } from '../tunnel/index.ts';
 import { awaitTermination, Lifecycle } from '../util/lifecycle.ts';
 import { createLogger, type Logger } from '../util/log.ts';
 import { helpText, parseFlags } from './args.ts';
@@ -31,6 +32,7 @@ export class Agent {
   controller: Controller | undefined;
   private table: ServiceTable = EMPTY_TABLE;
   private proxier: Proxier | undefined;
+  private tunnel: EdgeTunnel | undefined;
   private dns: DnsServer | undefined;
   private readyFlag = false;
   private readonly statusInfo: Pick<AgentStatus, 'intercept' | 'dataplane'> = {
@@ -82,12 +84,21 @@ export class Agent {
       await this.lifecycle.start(dns);
     }
 
+    if (this.config.modules.edgeTunnel.enable) {
+      // Loaded only when enabled; it rewrites endpoints on other nodes to its own loopback ports
+      // in the copy of the snapshot the proxier gets (DNS and the rest see the original).
+      const { EdgeTunnel } = await import('../tunnel/index.ts');
+      this.tunnel = new EdgeTunnel({ config: this.config, log: this.log, registry: this.registry });
+      await this.lifecycle.start(this.tunnel);
+      if (!this.config.modules.edgeProxy.enable) controller.subscribe(this.tunnel.consumer());
+    }
+
     if (this.config.modules.edgeProxy.enable) {
       // Interceptor + data plane; started (leftover rules cleaned) before the first snapshot.
       const assembly = await createProxier({ config: this.config, log: this.log, registry: this.registry });
       Object.assign(this.statusInfo, { intercept: assembly.intercept, dataplane: assembly.dataplane });
       this.proxier = assembly.proxier;
-      controller.subscribe(assembly.proxier);
+      controller.subscribe(this.tunnel ? this.tunnel.consumer(assembly.proxier) : assembly.proxier);
       await this.lifecycle.start(assembly.proxier);
     }
 
@@ -113,6 +124,7 @@ export class Agent {
       generation: this.table.generation,
       ...this.statusInfo,
       counters: this.proxier?.counters(),
+      ...(this.tunnel ? { tunnel: this.tunnel.status() } : {}),
       dns: this.dns?.status(),
       services: [...this.table.services.values()].map((s) => ({
         key: s.key,

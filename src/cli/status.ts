@@ -32,6 +32,12 @@ export interface AgentStatus {
     ports: Array<{ port: number; protocol: string; endpoints: string[] }>;
   }>;
   counters?: Record<string, number>;
+  /** Edge tunnel (modules.edgeTunnel): relay sessions and how each peer node is reached. */
+  tunnel?: {
+    listen: string;
+    relays: Array<{ node: string; address: string; connected: boolean }>;
+    peers: Array<{ node: string; path: string; address?: string }>;
+  };
   /** The DNS server: listen address, UDP path (native|js) and its counters; absent when DNS is off. */
   dns?: DnsStatus;
 }
@@ -97,6 +103,13 @@ export function formatStatus(s: AgentStatus): string {
   if (s.counters && Object.keys(s.counters).length > 0) {
     lines.push('');
     for (const [k, v] of Object.entries(s.counters)) lines.push(`${k}: ${v}`);
+  }
+  if (s.tunnel) {
+    lines.push('', `tunnel:     listening on ${s.tunnel.listen}`);
+    for (const r of s.tunnel.relays)
+      lines.push(`  relay ${r.node} ${r.address || '-'} ${r.connected ? 'connected' : 'down'}`);
+    for (const p of s.tunnel.peers)
+      lines.push(`  peer ${p.node} path=${p.path}${p.address ? ` via ${p.address}` : ''}`);
   }
   if (s.dns && Object.keys(s.dns.counters).length > 0) {
     lines.push('');
