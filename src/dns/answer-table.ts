@@ -2,7 +2,7 @@
 // from a NameIndex: for every name the index owns, the exact answer sections the JS server would
 // send for A and AAAA (taken from NameIndex.lookup itself, so both paths send the same bytes).
 // Everything else — other types, ExternalName chases, search-path collapse — stays with JS.
-import type { NameIndex } from './name-index.ts';
+import type { Fragment, NameIndex } from './name-index.ts';
 import { CLASS_IN, EDNS_UDP_LIMIT, QType, Rcode } from './wire.ts';
 
 /** Magic of the answer table layout (native/src/dns/dns_table.h). */
@@ -52,25 +52,72 @@ function encodeName(index: NameIndex, name: string, soa: Buffer): Buffer | undef
   return Buffer.concat([lead, wire, Buffer.from([answers.length / 2]), ...answers]);
 }
 
-/** Encodes the answer table for `index` (generation = the index's snapshot generation). */
+/**
+ * Encodes the answer table for `index` (generation = the index's snapshot generation). Each
+ * Service's part is encoded once and kept on its fragment: a snapshot re-encodes only the
+ * Services that changed, plus the few names shared between Services.
+ */
 export function compileAnswerTable(index: NameIndex): Buffer {
   const soa = index.soaBytes;
   const zone = wireName(index.domain) ?? Buffer.alloc(0);
   const parts: Buffer[] = [];
   const seen = new Set<string>();
-  for (const name of index.ownedNames()) {
-    if (seen.has(name)) continue;
+  let count = 0;
+  const add = (name: string) => {
+    if (seen.has(name)) return;
     seen.add(name);
     const encoded = encodeName(index, name, soa);
-    if (encoded) parts.push(encoded);
+    if (encoded) {
+      parts.push(encoded);
+      count++;
+    }
+  };
+  if (index.collisions) {
+    // Merged nodes answer differently from their fragments: encode name by name.
+    for (const name of index.ownedNames()) add(name);
+  } else {
+    for (const fragment of index.fragments()) {
+      fragment.encoded ??= encodeFragment(index, fragment, soa);
+      parts.push(fragment.encoded.bytes);
+      count += fragment.encoded.names.length;
+      for (const name of fragment.encoded.names) seen.add(name);
+    }
+    for (const name of index.sharedZoneNames()) add(name);
   }
   const header = Buffer.alloc(16);
   header.writeUInt32LE(ANSWER_TABLE_MAGIC, 0);
   header.writeUInt32LE(index.generation >>> 0, 4);
-  header.writeUInt32LE(parts.length, 8);
+  header.writeUInt32LE(count, 8);
   header.writeUInt16LE(zone.length, 12);
   header.writeUInt16LE(soa.length, 14);
   return Buffer.concat([header, zone, soa, ...parts]);
+}
+
+/** The names of one fragment (and the short form of its Service) encoded, with their list. */
+function encodeFragment(
+  index: NameIndex,
+  fragment: Fragment,
+  soa: Buffer,
+): { bytes: Buffer; names: string[] } {
+  const names: string[] = [];
+  const parts: Buffer[] = [];
+  const all = fragment.nodes.map(([name]) => name);
+  const short = shortForm(fragment.svcName, index.domain);
+  // A short form inside the zone (a Service `cluster` in namespace `local`) is a zone name itself.
+  if (short && short !== index.domain && !short.endsWith(`.${index.domain}`)) all.push(short);
+  for (const name of all) {
+    const encoded = encodeName(index, name, soa);
+    if (!encoded) continue;
+    parts.push(encoded);
+    names.push(name);
+  }
+  return { bytes: Buffer.concat(parts), names };
+}
+
+/** `<svc>.<ns>` of `<svc>.<ns>.svc.<domain>`. */
+function shortForm(svcName: string, domain: string): string | undefined {
+  const suffix = `.svc.${domain}`;
+  return svcName.endsWith(suffix) ? svcName.slice(0, -suffix.length) : undefined;
 }
 
 /** A table that answers nothing (no names, no zone): everything goes to the JS server. */

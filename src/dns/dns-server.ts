@@ -158,7 +158,12 @@ export class DnsServer implements Service, SnapshotConsumer {
   async apply(table: ServiceTable): Promise<void> {
     // Snapshots that changed only Istio objects keep the same services map: nothing to rebuild.
     if (this.synced && table.services === this.indexedServices) return;
-    const index = new NameIndex(table, { domain: this.options.domain, ttl: this.options.ttl });
+    // Built from the previous index: only Services whose entry changed are rebuilt.
+    const index = new NameIndex(
+      table,
+      { domain: this.options.domain, ttl: this.options.ttl },
+      this.synced ? this.index : undefined,
+    );
     this.index = index;
     this.indexedServices = table.services;
     this.synced = true;

@@ -200,20 +200,28 @@ describe('native DNS fast path', () => {
       }
     });
     let compared = 0;
+    const nativePort = native.address()!.port;
+    const jsPort = js.address()!.port;
     for (let i = 0; i < packets.length; i += 150) {
       const chunk = packets.slice(i, i + 150);
       const replies = await Promise.all(
-        chunk.map((p) =>
-          Promise.all([udpExchange(native.address()!.port, p, 300), udpExchange(js.address()!.port, p, 300)]),
-        ),
+        chunk.map((p) => Promise.all([udpExchange(nativePort, p, 300), udpExchange(jsPort, p, 300)])),
       );
-      replies.forEach(([a, b], k) => {
+      for (let k = 0; k < chunk.length; k++) {
+        let [a, b] = replies[k]!;
+        if (a?.toString('hex') !== b?.toString('hex') && (a === undefined || b === undefined)) {
+          // A reply lost to a busy machine (UDP, 300 ms): ask both again, one at a time.
+          [a, b] = [
+            await udpExchange(nativePort, chunk[k]!, 2000),
+            await udpExchange(jsPort, chunk[k]!, 2000),
+          ];
+        }
         if (a?.toString('hex') !== b?.toString('hex'))
           throw new Error(
             `differs for ${chunk[k]!.toString('hex')}: ${a?.toString('hex')} vs ${b?.toString('hex')}`,
           );
         if (a) compared++;
-      });
+      }
     }
     expect(compared).toBeGreaterThan(500);
     const ok = await dig('127.0.0.1', native.address()!.port, ['web.default.svc.cluster.local']);
