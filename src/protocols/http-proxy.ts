@@ -63,6 +63,12 @@ interface Route {
   clientIp: string;
   /** Metrics label: `namespace/name:port`. */
   label: string;
+  /** Requests of this connection whose response is not finished yet. */
+  pending: number;
+  /** The connection's latest request (its body may be what failed to parse). */
+  last?: http.IncomingMessage;
+  /** The 400/431 reply owed after a parse error, sent once `pending` reaches 0. */
+  rejection?: string;
 }
 
 /** The value a consistent-hash policy hashes for this request (undefined: no key present). */
@@ -276,7 +282,7 @@ export class HttpProxy {
   /** Takes over an accepted client socket of `service`/`port`, balanced by `balancer`. */
   handle(client: net.Socket, service: ServiceEntry, port: ServicePortEntry, balancer: Balancer): void {
     const label = serviceLabel(service, port);
-    this.routes.set(client, { service, port, balancer, clientIp: clientIp(client), label });
+    this.routes.set(client, { service, port, balancer, clientIp: clientIp(client), label, pending: 0 });
     if (balancer instanceof ServiceBalancer) this.metrics.trackBalancer(label, balancer);
     // node:http sets TCP_NODELAY only on sockets its own listener accepts; without it, a response
     // written as head + body + chunk terminator stalls ~40 ms on Nagle vs delayed ACK.
@@ -330,20 +336,42 @@ export class HttpProxy {
       socket.destroy();
       return;
     }
+    const route = this.routes.get(socket);
+    // The parser stays failed: more bytes on this connection raise the same error again.
+    if (route?.rejection !== undefined) return;
     this.stats.badRequests++;
     const overflow = code === 'HPE_HEADER_OVERFLOW';
     const status = overflow ? '431 Request Header Fields Too Large' : '400 Bad Request';
     this.metrics.proxyReply(
-      this.routes.get(socket)?.label ?? 'unknown',
+      route?.label ?? 'unknown',
       overflow ? 431 : 400,
       overflow ? 'header_too_large' : 'bad_request',
     );
     const body = `${status.slice(4)}\n`;
-    socket.end(
-      `HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
-    );
+    const text = `HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`;
     // A client that never reads must not hold the socket open.
     socket.setTimeout(5000, () => socket.destroy());
+    if (route && route.pending > 0 && route.last?.complete) {
+      // Valid requests pipelined before the bad one are still being answered: they go out first,
+      // in order, and the 400 follows the last of them. (When the error is inside the latest
+      // request's body, that request can never complete, so the 400 goes out at once.)
+      route.rejection = text;
+      // Not reading on: a FIN read now would make node:http close the connection after the last
+      // answer, before the owed 400.
+      socket.pause();
+      return;
+    }
+    if (route) route.rejection = text;
+    socket.end(text);
+  }
+
+  /** One response of `route`'s connection is done; sends a deferred parse-error reply after the last. */
+  private responseDone(route: Route, socket: net.Socket): void {
+    route.pending--;
+    if (route.pending === 0 && route.rejection !== undefined && socket.writable) {
+      socket.end(route.rejection);
+      socket.resume(); // read the client's FIN so the connection closes now
+    }
   }
 
   /** Counts an upstream response (called by Exchange). */
@@ -372,6 +400,10 @@ export class HttpProxy {
       return;
     }
     this.stats.requests++;
+    route.pending++;
+    route.last = req;
+    const socket = req.socket;
+    res.once('close', () => this.responseDone(route, socket));
     const { balancer, service, port, label } = route;
     const ctx: PickContext = { clientIp: route.clientIp };
     const source = balancer.hashSource;

@@ -130,4 +130,18 @@ describe('HTTP fuzz', () => {
     const after = await exchange(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'));
     expect(after.reply).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*fuzz-backend\n/);
   }, 120_000);
+
+  it('garbage after valid pipelined requests: the valid ones are answered in order, then 400 and close', async () => {
+    const good = 'GET / HTTP/1.1\r\nHost: svc\r\n\r\n';
+    for (const junk of [
+      '\x00\x01\x02',
+      'GET / HTTP/9.9\r\n\r\n',
+      'POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n',
+    ]) {
+      const r = await exchange(Buffer.from(good + good + junk, 'latin1'));
+      expect(r.closed).toBe(true);
+      const statuses = [...r.reply.matchAll(/^HTTP\/1\.1 (\d{3})/gm)].map((m) => m[1]);
+      expect(statuses).toEqual(['200', '200', '400']);
+    }
+  });
 });
