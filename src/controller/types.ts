@@ -24,6 +24,8 @@ export interface Endpoint {
   zone?: string;
   /** `namespace/name` of the backing Pod when known. */
   targetRef?: string;
+  /** Set by the edge tunnel on endpoints of other nodes it carries: how that node is reached now. */
+  tunnelPath?: 'direct' | 'relay';
 }
 
 /**

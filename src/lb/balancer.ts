@@ -102,18 +102,20 @@ export class ServiceBalancer implements Balancer {
     this.serviceKey = service.key;
     const lb = port.trafficPolicy?.loadBalancer;
     this.applyPolicy(lb);
-    // Tiers: ready before serving-but-terminating (kube-proxy's fallback), local node first in each.
+    // Tiers: ready before serving-but-terminating (kube-proxy's fallback); in each, this node
+    // first, then nodes the tunnel reaches directly, then nodes behind a relay.
     const byKey = new Map<string, Endpoint>();
     for (const ep of port.endpoints) {
       const key = endpointKey(ep);
       if (!byKey.has(key)) byKey.set(key, ep);
     }
     const sorted = [...byKey.entries()].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-    const buckets: Endpoint[][] = [[], [], [], []];
+    const buckets: Endpoint[][] = [[], [], [], [], [], []];
     for (const [, ep] of sorted) {
-      const local = this.nodeName !== undefined && ep.nodeName === this.nodeName ? 0 : 1;
-      if (ep.ready) buckets[local]!.push(ep);
-      else if (ep.serving && ep.terminating) buckets[2 + local]!.push(ep);
+      const rank =
+        this.nodeName !== undefined && ep.nodeName === this.nodeName ? 0 : ep.tunnelPath === 'relay' ? 2 : 1;
+      if (ep.ready) buckets[rank]!.push(ep);
+      else if (ep.serving && ep.terminating) buckets[3 + rank]!.push(ep);
     }
     this.tiers = buckets.filter((t) => t.length > 0);
     this.rings = this.tiers.map(() => undefined);

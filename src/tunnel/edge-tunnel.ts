@@ -147,6 +147,12 @@ export class EdgeTunnel implements Service {
   private stopped = false;
   private reprobeTimer: NodeJS.Timeout | undefined;
   private readonly sessions = new Set<Session>();
+  /** The consumer behind us (the proxier) and what it was last given, for path re-renders. */
+  private inner: SnapshotConsumer | undefined;
+  private lastTable: ServiceTable = EMPTY_TABLE;
+  private queue: Promise<void> = Promise.resolve();
+  private renderedPaths = new Map<string, 'direct' | 'relay'>();
+  private renderTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly o: EdgeTunnelOptions) {
     this.cfg = o.config.modules.edgeTunnel;
@@ -202,6 +208,7 @@ export class EdgeTunnel implements Service {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.reprobeTimer) clearInterval(this.reprobeTimer);
+    if (this.renderTimer) clearTimeout(this.renderTimer);
     for (const r of this.relays) if (r.timer) clearTimeout(r.timer);
     const closing = this.listener?.close();
     for (const s of this.sessions) s.close();
@@ -215,13 +222,52 @@ export class EdgeTunnel implements Service {
    * which endpoints on other nodes read 127.0.0.1:<tunnel port>.
    */
   consumer(inner?: SnapshotConsumer): SnapshotConsumer {
+    this.inner = inner;
     return {
       name: inner ? `tunnel+${inner.name}` : 'tunnel',
-      apply: async (table: ServiceTable, diff: ServiceTableDiff) => {
-        const rewritten = await this.applyTable(table);
-        if (inner) await inner.apply(rewritten, diff);
-      },
+      apply: (table: ServiceTable, diff: ServiceTableDiff) =>
+        this.serial(async () => {
+          const rewritten = await this.applyTable(table);
+          this.lastTable = table;
+          if (inner) await inner.apply(rewritten, diff);
+        }),
     };
+  }
+
+  /** Runs `fn` after every earlier apply/re-render: the inner consumer is never called concurrently. */
+  private serial(fn: () => Promise<void>): Promise<void> {
+    const run = this.queue.then(fn);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * A peer's path changed since the data plane's copy was rendered (its endpoints' tunnelPath, and
+   * so the balancer's preference, is stale): one coalesced re-render of the last snapshot.
+   */
+  private scheduleRender(): void {
+    if (!this.inner || this.renderTimer || this.stopped) return;
+    const stale = [...this.renderedPaths].some(([node, p]) => this.tierOf(node) !== p);
+    if (!stale) return;
+    this.renderTimer = setTimeout(() => {
+      this.renderTimer = undefined;
+      const inner = this.inner!;
+      this.serial(async () => {
+        const table = this.lastTable;
+        const rewritten = this.rewrite(table);
+        const updated = [...rewritten.services.keys()].filter(
+          (k) => rewritten.services.get(k) !== table.services.get(k),
+        );
+        await inner.apply(rewritten, { added: [], updated, removed: [], istioChanged: false });
+      }).catch((err: unknown) =>
+        this.o.log.warn({ err: errorMessage(err) }, 'tunnel: re-render after a path change failed'),
+      );
+    }, 300);
+    this.renderTimer.unref();
+  }
+
+  private tierOf(node: string): 'direct' | 'relay' {
+    return this.pathTo(node) === 'direct' ? 'direct' : 'relay';
   }
 
   /** Learns `table` and returns the data plane's copy (remote TCP endpoints rewritten). */
@@ -245,7 +291,13 @@ export class EdgeTunnel implements Service {
       }
     this.probeAll();
     this.updatePathMetrics();
-    if (table === EMPTY_TABLE || wanted.size === 0) return table;
+    return this.rewrite(table);
+  }
+
+  /** The data plane's copy of `table`: endpoints with a tunnel port read 127.0.0.1:<port>. */
+  private rewrite(table: ServiceTable): ServiceTable {
+    this.renderedPaths = new Map([...this.remoteNodes].map((n) => [n, this.tierOf(n)]));
+    if (table === EMPTY_TABLE || this.localPorts.size === 0) return table;
     const services = new Map<string, ServiceEntry>();
     for (const [k, svc] of table.services) {
       const touched = svc.ports.some((p) => p.endpoints.some((e) => this.localPorts.has(localKey(e))));
@@ -291,7 +343,7 @@ export class EdgeTunnel implements Service {
     if (protocol !== 'TCP') return e;
     const lp = this.localPorts.get(localKey(e));
     if (!lp) return e;
-    return { ...e, ip: '127.0.0.1', port: lp.port };
+    return { ...e, ip: '127.0.0.1', port: lp.port, tunnelPath: this.tierOf(lp.node) };
   }
 
   private async openLocalPort(key: string, w: { node: string; ip: string; port: number }): Promise<void> {
@@ -463,6 +515,7 @@ export class EdgeTunnel implements Service {
     s.once('close', () => {
       set.delete(s);
       if (set.size === 0) this.direct.delete(node);
+      this.updatePathMetrics();
       if (!this.stopped) this.o.log.info({ peer: node }, 'tunnel: direct path down');
       this.lastProbe.delete(node);
     });
@@ -524,6 +577,7 @@ export class EdgeTunnel implements Service {
     this.metrics.peerPath.reset();
     for (const node of new Set([...this.remoteNodes, ...this.direct.keys()]))
       this.metrics.peerPath.set({ peer: node, path: this.pathTo(node) }, 1);
+    this.scheduleRender();
   }
 }
 

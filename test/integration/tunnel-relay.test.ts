@@ -192,6 +192,45 @@ describe('tunnel over relays (loopback)', () => {
     expect(metrics).toMatch(/edgemesh_tunnel_peer_path\{peer="node-c",path="direct"\} 1/);
   });
 
+  it('re-renders the data plane copy when a peer goes direct (tunnelPath relay → direct)', async () => {
+    const r = await relay('relay-rr');
+    const dPort = await freePort();
+    // d advertises a listener that is not there yet: the first render says relay.
+    const d = await agent('node-d', [{ name: 'relay-rr', addr: r.addr }], {
+      advertise: [`127.0.0.1:${dPort}`],
+    });
+    const a = await agent('node-a3', [{ name: 'relay-rr', addr: r.addr }]);
+    const seen: Array<string | undefined> = [];
+    const inner = {
+      name: 'recorder',
+      apply: async (t: ServiceTable, diff: { updated: readonly string[] }) => {
+        seen.push(t.services.get('default/echo')?.ports[0]?.endpoints[0]?.tunnelPath);
+        expect(diff.updated.length + t.generation).toBeGreaterThan(0);
+      },
+    };
+    const consumer = a.t.consumer(inner);
+    const snap = table([ep(echoPort, 'node-d')]);
+    await d.t.applyTable(snap);
+    await consumer.apply(snap, { added: ['default/echo'], updated: [], removed: [], istioChanged: false });
+    expect(seen).toEqual(['relay']);
+    // Now a forwarder answers on d's advertised address: the re-probe finds it and goes direct.
+    const conns: net.Socket[] = [];
+    const fwd = net.createServer((c) => {
+      const up = net.connect({ host: '127.0.0.1', port: d.port });
+      conns.push(c, up);
+      c.pipe(up).pipe(c);
+      c.on('error', () => up.destroy());
+      up.on('error', () => c.destroy());
+    });
+    await new Promise<void>((res) => fwd.listen(dPort, '127.0.0.1', res));
+    stops.push(async () => {
+      for (const c of conns) c.destroy();
+      await new Promise<void>((res) => fwd.close(() => res()));
+    });
+    await eventually(async () => seen.at(-1) === 'direct', 5000);
+    expect(a.t.pathTo('node-d')).toBe('direct');
+  });
+
   it('the receiving node connects only to its own endpoints', async () => {
     const r = await relay('relay-own');
     const b = await agent('node-b2', [{ name: 'relay-own', addr: r.addr }], { advertise: ['127.0.0.1:1'] });
