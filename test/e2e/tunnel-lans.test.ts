@@ -11,12 +11,12 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { binPath, type RunningCli } from '../helpers/cli.ts';
 import { eventually } from '../helpers/eventually.ts';
-import { createNetns, type Netns } from '../helpers/netns.ts';
+import { CLOUD_IP, createLans, type Lans } from '../helpers/lans.ts';
+import type { Netns } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 
 const skip = skipUnlessRoot('tunnel e2e (network namespaces, NAT, iptables)');
 
-const CLOUD_IP = '172.16.1.1';
 const RELAY_PORTS = [20007, 20008];
 
 const pod = (name: string, node: string, ip: string, app: string) => `
@@ -59,7 +59,7 @@ modules:
 `;
 
 describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces)', () => {
-  const all: Netns[] = [];
+  let lans: Lans | undefined;
   let dir: string;
   let cloud: Netns;
   let a1: Netns;
@@ -91,57 +91,11 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
     fs.writeFileSync(path.join(dir, 'node.yaml'), agentYaml(psk, false));
     fs.writeFileSync(path.join(dir, 'bad.yaml'), agentYaml(path.join(dir, 'bad-psk'), false, 20016));
 
-    const mk = async (tag: string) => {
-      const ns = await createNetns(tag);
-      all.push(ns);
-      return ns;
-    };
-    cloud = await mk('tc');
-    // Two LANs: gateway namespace with the bridge, uplink veth into the cloud, NAT.
-    const lan = async (n: number, nodes: string[]) => {
-      const gw = await mk(`tg${n}`);
-      const up = `emtup${n}${process.pid % 10000}`;
-      await cloud.run('ip', 'link', 'add', up, 'type', 'veth', 'peer', 'name', 'up0', 'netns', gw.name);
-      await cloud.run('ip', 'addr', 'add', `172.16.${n}.1/30`, 'dev', up);
-      await cloud.run('ip', 'link', 'set', up, 'up');
-      await gw.run('ip', 'addr', 'add', `172.16.${n}.2/30`, 'dev', 'up0');
-      await gw.run('ip', 'link', 'set', 'up0', 'up');
-      await gw.run('ip', 'route', 'add', 'default', 'via', `172.16.${n}.1`);
-      await gw.run('ip', 'link', 'add', 'br0', 'type', 'bridge');
-      await gw.run('ip', 'addr', 'add', `10.${n}.0.1/24`, 'dev', 'br0');
-      await gw.run('ip', 'link', 'set', 'br0', 'up');
-      await gw.run('sysctl', '-q', '-w', 'net.ipv4.ip_forward=1');
-      await gw.run('iptables', '-t', 'nat', '-A', 'POSTROUTING', '-o', 'up0', '-j', 'MASQUERADE');
-      const made: Netns[] = [];
-      for (const [i, _name] of nodes.entries()) {
-        const node = await mk(`t${n}${i}`);
-        await gw.run(
-          'ip',
-          'link',
-          'add',
-          `v${i}`,
-          'type',
-          'veth',
-          'peer',
-          'name',
-          'eth0',
-          'netns',
-          node.name,
-        );
-        await gw.run('ip', 'link', 'set', `v${i}`, 'master', 'br0');
-        await gw.run('ip', 'link', 'set', `v${i}`, 'up');
-        await node.run('ip', 'addr', 'add', `10.${n}.0.${2 + i}/24`, 'dev', 'eth0');
-        await node.run('ip', 'link', 'set', 'eth0', 'up');
-        await node.run('ip', 'route', 'add', 'default', 'via', `10.${n}.0.1`);
-        made.push(node);
-      }
-      return made;
-    };
-    const [na1, a2] = await lan(1, ['a1', 'a2']);
-    const [b1] = await lan(2, ['b1']);
+    lans = await createLans('t', [2, 1]);
+    cloud = lans.cloud;
+    const [na1, a2] = lans.nodes[1]!;
+    const [b1] = lans.nodes[2]!;
     a1 = na1!;
-    // The cloud answers both LANs (their NAT addresses are on its links) but routes between none.
-    await cloud.run('ip', 'addr', 'add', `${CLOUD_IP}/32`, 'dev', 'lo');
 
     await b1!.backend('pod-b', ['--http', '9376', '--echo', '2701']);
     await a2!.backend('pod-a2', ['--http', '9376', '--echo', '2701']);
@@ -192,7 +146,7 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
   }, 120_000);
 
   afterAll(async () => {
-    await Promise.all(all.map((ns) => ns.destroy()));
+    await lans?.destroy();
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
