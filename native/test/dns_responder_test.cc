@@ -274,6 +274,46 @@ TEST(dns_table_lookup_answer_nxdomain_punt) {
   CHECK(table->Lookup(reinterpret_cast<const uint8_t*>(ext.data()), ext.size(), 1, &ans) == Verdict::kPunt);
 }
 
+TEST(dns_table_collapse_uses_the_first_zone_marker) {
+  TableBuilder t("cluster.local", kSoa);
+  // bit 1: the collapse answer (a CNAME record here stands in for any bytes).
+  std::string w = Wire("web.default.svc.cluster.local");
+  t.U8(static_cast<uint8_t>(w.size()));
+  t.Bytes(w);
+  t.U8(2);
+  t.U16(1);
+  t.U8(0);
+  t.U8(0);
+  t.U16(1);
+  t.U16(static_cast<uint16_t>(kARecord.size()));
+  t.Bytes(kARecord);
+  t.U16(1);
+  t.U8(kAnswerFlagCollapsed);
+  t.U8(0);
+  t.U16(2);
+  t.U16(4);
+  t.Bytes("cnam");
+  ++t.names;
+  auto bytes = t.Finish();
+  std::string error;
+  auto table = AnswerTable::Decode(bytes.data(), bytes.size(), &error);
+  CHECK(table != nullptr);
+  const TableAnswer* ans = nullptr;
+  auto hit = Wire("web.default.svc.cluster.local.corp.example");
+  CHECK(table->Lookup(reinterpret_cast<const uint8_t*>(hit.data()), hit.size(), 1, &ans) == Verdict::kAnswer);
+  CHECK(ans->collapsed);
+  CHECK_EQ(ans->ancount, 2);
+  // The plain name still gets the plain answer; AAAA has no collapse answer: JS decides.
+  CHECK(table->Lookup(reinterpret_cast<const uint8_t*>(w.data()), w.size(), 1, &ans) == Verdict::kAnswer);
+  CHECK(!ans->collapsed);
+  CHECK(table->Lookup(reinterpret_cast<const uint8_t*>(hit.data()), hit.size(), 28, &ans) == Verdict::kPunt);
+  // Nothing after the zone, or nothing before `svc`: not a collapse.
+  auto bare = Wire("svc.cluster.local.corp");
+  CHECK(table->Lookup(reinterpret_cast<const uint8_t*>(bare.data()), bare.size(), 1, &ans) == Verdict::kPunt);
+  auto other = Wire("other.default.svc.cluster.local.corp");
+  CHECK(table->Lookup(reinterpret_cast<const uint8_t*>(other.data()), other.size(), 1, &ans) == Verdict::kPunt);
+}
+
 TEST(dns_responder_answers_on_a_real_socket_and_hands_misses_over) {
   std::mutex mu;
   std::condition_variable cv;

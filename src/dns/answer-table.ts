@@ -48,6 +48,18 @@ function encodeName(index: NameIndex, name: string, soa: Buffer): Buffer | undef
     head.writeUInt16LE(own.an.length, 6);
     answers.push(head, own.an);
   }
+  for (const qtype of NATIVE_QTYPES) {
+    // `<name>.<host search domain>`: the CNAME-plus-records answer of the search-path collapse.
+    const own = index.collapsedAnswer(name, qtype);
+    if (!own || own.an.length > EDNS_UDP_LIMIT) continue;
+    const head = Buffer.allocUnsafe(8);
+    head.writeUInt16LE(qtype, 0);
+    head[2] = 2;
+    head[3] = 0;
+    head.writeUInt16LE(own.ancount, 4);
+    head.writeUInt16LE(own.an.length, 6);
+    answers.push(head, own.an);
+  }
   const lead = Buffer.from([wire.length]);
   return Buffer.concat([lead, wire, Buffer.from([answers.length / 2]), ...answers]);
 }

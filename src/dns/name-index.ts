@@ -235,6 +235,17 @@ export class NameIndex {
     return undefined;
   }
 
+  /**
+   * What `lookup` answers for `<name>.<a name outside the zone>` (the search-path collapse), when
+   * `name` is a cluster name it would collapse into; undefined otherwise.
+   */
+  collapsedAnswer(name: string, qtype: number): OwnAnswer | undefined {
+    if (!name.endsWith(this.collapseMarker.slice(0, -1)) || name.indexOf(this.collapseMarker) >= 0)
+      return undefined;
+    const node = this.nodes.get(name);
+    return node && hasRecords(node) ? this.collapsed(node, name, qtype) : undefined;
+  }
+
   private answer(node: NameNode, qtype: number, name: string): OwnAnswer {
     node.memo ??= new Map();
     let cached = node.memo.get(qtype);

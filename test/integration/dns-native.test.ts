@@ -106,8 +106,14 @@ describe('native DNS fast path', () => {
     expect(short.answers).toEqual([['WEB.default.', 5, 'AAAA', 'fd00:96::10']]);
     const nx = await dig('127.0.0.1', native.address()!.port, ['nope.default.svc.cluster.local']);
     expect(nx.status).toBe('NXDOMAIN');
+    // Search-path collapse: CNAME to the cluster name plus its records.
+    const collapsed = await dig('127.0.0.1', native.address()!.port, ['web.default.svc.cluster.local.corp']);
+    expect(collapsed.answers).toEqual([
+      ['web.default.svc.cluster.local.corp.', 5, 'CNAME', 'web.default.svc.cluster.local.'],
+      ['web.default.svc.cluster.local.', 5, 'A', '10.96.0.10'],
+    ]);
     const after = native.status().counters;
-    expect(after['native.answered']! - before['native.answered']!).toBe(3);
+    expect(after['native.answered']! - before['native.answered']!).toBe(4);
     expect(after['native.nxdomain']! - before['native.nxdomain']!).toBe(1);
     expect(after['native.punted']).toBe(before['native.punted']);
     // Metrics count native answers (pulled from native counters), by type and rcode.
@@ -149,6 +155,14 @@ describe('native DNS fast path', () => {
       query('ext.default.svc.cluster.local', 'TXT'),
       query('wide.default.svc.cluster.local'),
       query('web.default.svc.cluster.local.corp.example'),
+      query('WEB.default.svc.cluster.local.corp.example', 'AAAA'),
+      query('v4only.default.svc.cluster.local.corp', 'AAAA'),
+      query('pg-0.pg.db.svc.cluster.local.corp'),
+      query('ext.default.svc.cluster.local.corp'),
+      query('nope.default.svc.cluster.local.corp'),
+      query('db.svc.cluster.local.corp'),
+      query('a.web.default.svc.cluster.local.svc.cluster.local.x'),
+      query('svc.cluster.local.corp'),
       query('_postgres._tcp.pg.db.svc.cluster.local', 'SRV'),
       query('_postgres._tcp.pg.db.svc.cluster.local'),
       query('unknown.example'),

@@ -85,6 +85,7 @@ std::shared_ptr<const AnswerTable> AnswerTable::Decode(const uint8_t* data, size
       uint8_t flags = r.U8();
       r.U8();
       ans.soa = (flags & kAnswerFlagSoa) != 0;
+      ans.collapsed = (flags & kAnswerFlagCollapsed) != 0;
       ans.ancount = r.U16();
       uint16_t an_len = r.U16();
       ans.an = r.Bytes(an_len);
@@ -95,6 +96,7 @@ std::shared_ptr<const AnswerTable> AnswerTable::Decode(const uint8_t* data, size
     if (!table->names_.emplace(std::move(name), std::move(list)).second) return fail("duplicate name");
   }
   if (r.pos != len) return fail("trailing bytes");
+  if (!table->zone.empty()) table->marker_ = std::string("\x03svc", 4) + table->zone.substr(0, table->zone.size() - 1);
   return table;
 }
 
@@ -111,6 +113,14 @@ bool AnswerTable::InZone(const uint8_t* name, size_t name_len) const {
   return false;
 }
 
+const TableAnswer* AnswerTable::Find(const std::string& key, uint16_t qtype, bool collapsed) const {
+  auto it = names_.find(key);
+  if (it == names_.end()) return nullptr;
+  for (const auto& a : it->second)
+    if (a.qtype == qtype && a.collapsed == collapsed) return &a;
+  return nullptr;
+}
+
 Verdict AnswerTable::Lookup(const uint8_t* name, size_t name_len, uint16_t qtype, const TableAnswer** answer) const {
   // One key string per thread: its buffer is reused, so a lookup does not allocate.
   thread_local std::string key;
@@ -118,14 +128,35 @@ Verdict AnswerTable::Lookup(const uint8_t* name, size_t name_len, uint16_t qtype
   auto it = names_.find(key);
   if (it != names_.end()) {
     for (const auto& a : it->second) {
-      if (a.qtype == qtype) {
+      if (a.qtype == qtype && !a.collapsed) {
         *answer = &a;
         return Verdict::kAnswer;
       }
     }
     return Verdict::kPunt;
   }
-  return InZone(name, name_len) ? Verdict::kNxdomain : Verdict::kPunt;
+  if (InZone(name, name_len)) return Verdict::kNxdomain;
+  return Collapse(name, name_len, qtype, answer);
+}
+
+Verdict AnswerTable::Collapse(const uint8_t* name, size_t name_len, uint16_t qtype, const TableAnswer** answer) const {
+  // `<x>.svc.<zone>.<more>`: the first `.svc.<zone>.` after at least one label (as the JS index).
+  size_t mlen = marker_.size();
+  if (mlen == 0) return Verdict::kPunt;
+  size_t pos = name[0] + 1u;
+  while (pos < name_len && name[pos] != 0) {
+    if (name_len - pos > mlen + 1 && std::memcmp(name + pos, marker_.data(), mlen) == 0 && name[pos + mlen] != 0) {
+      thread_local std::string canonical;
+      canonical.assign(reinterpret_cast<const char*>(name), pos + mlen);
+      canonical.push_back('\0');
+      const TableAnswer* a = Find(canonical, qtype, true);
+      if (a == nullptr) return Verdict::kPunt;
+      *answer = a;
+      return Verdict::kAnswer;
+    }
+    pos += 1u + name[pos];
+  }
+  return Verdict::kPunt;
 }
 
 }  // namespace edgemesh::dns

@@ -9,9 +9,12 @@
 //               (zoneLen 0: no zone, nothing is NXDOMAIN)
 //   soa record  soaLen bytes: the zone's SOA record (authority section of NXDOMAIN / NODATA)
 //   per name:   nameLen u8, name bytes, answerCount u8, then per answer:
-//               qtype u16, flags u8 (bit 0: append the SOA as authority), reserved u8,
+//               qtype u16, flags u8 (bit 0: append the SOA as authority; bit 1: the answer to
+//               `<name>.<anything>` outside the zone, the search-path collapse), reserved u8,
 //               ancount u16, anLen u16, an bytes (records; owner pointers point at offset 12)
-// A name in the table with no answer for the asked type is left to the JS server.
+// A name in the table with no answer for the asked type is left to the JS server. A name outside
+// the zone containing `.svc.<zone>.` is looked up as its prefix up to the zone (first occurrence),
+// among the collapse answers.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -25,10 +28,12 @@ namespace edgemesh::dns {
 constexpr uint32_t kTableMagic = 0x31444d45u;
 constexpr size_t kTableHeaderSize = 16;
 constexpr uint8_t kAnswerFlagSoa = 1;
+constexpr uint8_t kAnswerFlagCollapsed = 2;
 
 struct TableAnswer {
   uint16_t qtype = 0;
   bool soa = false;
+  bool collapsed = false;
   uint16_t ancount = 0;
   std::string an;
 };
@@ -54,6 +59,9 @@ class AnswerTable {
 
  private:
   bool InZone(const uint8_t* name, size_t name_len) const;
+  const TableAnswer* Find(const std::string& key, uint16_t qtype, bool collapsed) const;
+  Verdict Collapse(const uint8_t* name, size_t name_len, uint16_t qtype, const TableAnswer** answer) const;
+  std::string marker_;  // wire labels `svc` + zone, without the final zero
   std::unordered_map<std::string, std::vector<TableAnswer>> names_;
 };
 
