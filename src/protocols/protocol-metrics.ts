@@ -6,7 +6,6 @@ import {
   AggregatorRegistry,
   Counter,
   Gauge,
-  Histogram,
   type MetricObjectWithValues,
   type MetricValue,
   Registry,
@@ -23,7 +22,13 @@ export type ProxyReplyReason =
   | 'timeout'
   | 'upstream_error';
 
-type Child<T extends { labels: (...a: never[]) => unknown }> = ReturnType<T['labels']>;
+/** One service's latency histogram, kept as plain numbers (see LatencyHistogram). */
+interface LatencyCells {
+  /** Observations per bucket (not cumulative); the last cell is +Inf. */
+  counts: Float64Array;
+  sum: number;
+  count: number;
+}
 
 /** Upstream latency buckets (seconds): sub-millisecond LAN hops up to the 30 s request timeout. */
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
@@ -32,7 +37,6 @@ const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 export class ProtocolMetrics {
   readonly registry: Registry;
   readonly httpRequests: Counter<'service' | 'code'>;
-  readonly httpUpstreamLatency: Histogram<'service'>;
   readonly httpProxyReplies: Counter<'service' | 'code' | 'reason'>;
   readonly udpFlowsActive: Gauge<'service'>;
   readonly udpFlowsCreated: Counter<'service'>;
@@ -42,26 +46,26 @@ export class ProtocolMetrics {
   private readonly connectionSources = new Set<() => number>();
   /** Balancers by service label, with the ejection total already counted. */
   private readonly balancers = new Map<string, { balancer: ServiceBalancer; counted: number }>();
-  // Children are cached: labels() hashes its arguments on every call, too slow per request.
-  private readonly requestChildren = new Map<string, Child<Counter<'service' | 'code'>>>();
-  private readonly latencyChildren = new Map<string, Child<Histogram<'service'>>>();
+  // Per-request counts live in plain maps and reach prom-client at scrape time: its labels()
+  // children still hash the label set on every inc()/observe(), which showed in HTTP profiles.
+  private readonly requestCounts = new Map<string, { service: string; code: string; n: number }>();
+  private readonly latency = new Map<string, LatencyCells>();
 
   constructor(registry: Registry = new Registry()) {
     this.registry = registry;
     const registers = [registry];
+    const requestCounts = this.requestCounts;
     this.httpRequests = new Counter({
       name: 'edgemesh_http_requests_total',
       help: 'HTTP requests answered by the HTTP engine, by service port and status code sent to the client',
       labelNames: ['service', 'code'],
       registers,
+      collect() {
+        this.reset();
+        for (const c of requestCounts.values()) this.inc({ service: c.service, code: c.code }, c.n);
+      },
     });
-    this.httpUpstreamLatency = new Histogram({
-      name: 'edgemesh_http_upstream_latency_seconds',
-      help: 'Time from sending a request upstream to its response headers',
-      labelNames: ['service'],
-      buckets: LATENCY_BUCKETS,
-      registers,
-    });
+    registry.registerMetric(latencyHistogram(this.latency) as never);
     this.httpProxyReplies = new Counter({
       name: 'edgemesh_http_proxy_replies_total',
       help: 'Error replies the HTTP engine produced itself (not the upstream), by reason',
@@ -133,22 +137,23 @@ export class ProtocolMetrics {
   /** Counts one request answered with `code` (whoever produced it). */
   request(service: string, code: number): void {
     const key = `${service}\0${code}`;
-    let child = this.requestChildren.get(key);
-    if (!child) {
-      child = this.httpRequests.labels(service, String(code));
-      this.requestChildren.set(key, child);
-    }
-    child.inc();
+    const c = this.requestCounts.get(key);
+    if (c) c.n++;
+    else this.requestCounts.set(key, { service, code: String(code), n: 1 });
   }
 
   /** Records the time to upstream response headers. */
   upstreamLatency(service: string, seconds: number): void {
-    let child = this.latencyChildren.get(service);
-    if (!child) {
-      child = this.httpUpstreamLatency.labels(service);
-      this.latencyChildren.set(service, child);
+    let cells = this.latency.get(service);
+    if (!cells) {
+      cells = { counts: new Float64Array(LATENCY_BUCKETS.length + 1), sum: 0, count: 0 };
+      this.latency.set(service, cells);
     }
-    child.observe(seconds);
+    let i = 0;
+    while (i < LATENCY_BUCKETS.length && seconds > LATENCY_BUCKETS[i]!) i++;
+    cells.counts[i]!++;
+    cells.sum += seconds;
+    cells.count++;
   }
 
   /** Counts an error reply the proxy produced itself (and the request it answered). */
@@ -178,6 +183,38 @@ export class ProtocolMetrics {
   untrackBalancer(service: string, balancer: ServiceBalancer): void {
     if (this.balancers.get(service)?.balancer === balancer) this.balancers.delete(service);
   }
+}
+
+/**
+ * edgemesh_http_upstream_latency_seconds as a registry metric object (the shape prom-client's
+ * Registry and AggregatorRegistry read), rendered from plain per-service cells at scrape time.
+ */
+function latencyHistogram(cells: Map<string, LatencyCells>) {
+  const name = 'edgemesh_http_upstream_latency_seconds';
+  return {
+    name,
+    help: 'Time from sending a request upstream to its response headers',
+    type: 'histogram',
+    aggregator: 'sum',
+    get() {
+      const values: Array<{ labels: Record<string, string | number>; value: number; metricName: string }> =
+        [];
+      for (const [service, c] of cells) {
+        let cumulative = 0;
+        LATENCY_BUCKETS.forEach((le, i) => {
+          cumulative += c.counts[i]!;
+          values.push({ labels: { le, service }, value: cumulative, metricName: `${name}_bucket` });
+        });
+        values.push({ labels: { le: '+Inf', service }, value: c.count, metricName: `${name}_bucket` });
+        values.push({ labels: { service }, value: c.sum, metricName: `${name}_sum` });
+        values.push({ labels: { service }, value: c.count, metricName: `${name}_count` });
+      }
+      return { name, help: this.help, type: 'histogram', aggregator: 'sum', values };
+    },
+    reset() {
+      cells.clear();
+    },
+  };
 }
 
 /** The label value for a service port: `namespace/name:port`. */

@@ -152,6 +152,8 @@ describe('protocol metrics through the TS data plane workers', () => {
     expect(sample(text, 'edgemesh_http_requests_total', { ...web, code: '200' })).toBe(6);
     expect(sample(text, 'edgemesh_http_upstream_latency_seconds_count', web)).toBe(6);
     expect(sample(text, 'edgemesh_http_upstream_latency_seconds_sum', web)).toBeGreaterThan(0);
+    expect(sample(text, 'edgemesh_http_upstream_latency_seconds_bucket', { ...web, le: '+Inf' })).toBe(6);
+    expect(text).toMatch(/^# TYPE edgemesh_http_upstream_latency_seconds histogram$/m);
     expect(
       sample(text, 'edgemesh_http_proxy_replies_total', { ...web, code: '400', reason: 'bad_request' }),
     ).toBe(1);
