@@ -51,7 +51,7 @@ const fullPlan: Plan = {
   concSeconds: 2,
   // 10k idle proxied connections are 20k fds in the proxy: over the hard RLIMIT_NOFILE (20,000)
   // of the project's machines, which their containers may not raise (prlimit: EPERM).
-  idleConns: 9_000,
+  idleConns: 8_000,
   idleSeconds: 2,
 };
 const quickPlan: Plan = {

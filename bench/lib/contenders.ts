@@ -83,12 +83,13 @@ export const haproxy: Contender = {
       cfg,
       [
         'global',
-        // About 2 fds per connection must fit the hard RLIMIT_NOFILE (20,000 on the project's
-        // machines, not raisable in their containers): 9,000 holds the idle-connections suite.
-        '  maxconn 9500',
+        // 2 fds per connection plus 2 per splice pipe must fit the hard RLIMIT_NOFILE (20,000 on
+        // the project's machines, not raisable in their containers): 8,500 holds the idle suite.
+        '  maxconn 8500',
+        '  maxpipes 500',
         'defaults',
         '  mode tcp',
-        '  maxconn 9500',
+        '  maxconn 8500',
         '  timeout connect 5s',
         '  timeout client 120s',
         '  timeout server 120s',
