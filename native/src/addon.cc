@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
 #include <string>
 
 #include "core/murmur3.h"
@@ -86,6 +87,8 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
                              InstanceMethod("planeCounters", &EdgemeshAddon::PlaneCounters),
                              InstanceMethod("planeServiceCounters", &EdgemeshAddon::PlaneServiceCounters),
                              InstanceMethod("planeDestroy", &EdgemeshAddon::PlaneDestroy),
+                             InstanceMethod("planeSetHandoff", &EdgemeshAddon::PlaneSetHandoff),
+                             InstanceMethod("planeTakeHandoffs", &EdgemeshAddon::PlaneTakeHandoffs),
                          });
     edgemesh::bpf::RegisterBpf(env, exports);  // eBPF loader functions (native/src/bpf)
     edgemesh::bpf::RegisterBpf(env, exports);  // eBPF loader functions (native/src/bpf)
@@ -254,8 +257,52 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
   // planeDestroy(id) -> whether it existed. Running workers keep their plane until they return.
   Napi::Value PlaneDestroy(const Napi::CallbackInfo& info) {
     uint32_t id = U32Arg(info, 0, "planeDestroy(id: number)");
+    if (auto plane = edgemesh::FindPlane(id)) ReleaseHandoff(id, *plane);
     return Napi::Boolean::New(info.Env(), edgemesh::UnregisterPlane(id));
   }
+
+  // planeSetHandoff(id, callback | null): accepted connections on L7 routes are queued for this
+  // environment and `callback()` runs (on this thread, once per batch) to take them with
+  // planeTakeHandoffs. null: no consumer (L7 routes are served as L4). Does not keep Node alive.
+  Napi::Value PlaneSetHandoff(const Napi::CallbackInfo& info) {
+    static constexpr const char* kUsage = "planeSetHandoff(id: number, callback: (() => void) | null)";
+    auto plane = PlaneArg(info, kUsage);
+    if (info.Length() < 2 || !(info[1].IsFunction() || info[1].IsNull())) ThrowUsage(info.Env(), kUsage);
+    uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+    ReleaseHandoff(id, *plane);
+    if (info[1].IsNull()) return info.Env().Undefined();
+    auto tsfn = Napi::ThreadSafeFunction::New(info.Env(), info[1].As<Napi::Function>(), "edgemeshHandoff", 0, 1);
+    tsfn.Unref(info.Env());
+    handoff_fns_.emplace(id, tsfn);
+    plane->SetHandoffNotify([tsfn]() { tsfn.NonBlockingCall(); });
+    return info.Env().Undefined();
+  }
+
+  // planeTakeHandoffs(id) -> [fd, originalDstIPv4 (u32, network order as read), port, ...]; the
+  // caller owns the fds.
+  Napi::Value PlaneTakeHandoffs(const Napi::CallbackInfo& info) {
+    auto plane = PlaneArg(info, "planeTakeHandoffs(id: number)");
+    auto list = plane->TakeHandoffs();
+    auto out = Napi::Array::New(info.Env(), list.size() * 3);
+    for (size_t i = 0; i < list.size(); ++i) {
+      out.Set(static_cast<uint32_t>(i * 3), Napi::Number::New(info.Env(), list[i].fd));
+      out.Set(static_cast<uint32_t>(i * 3 + 1), Napi::Number::New(info.Env(), ntohl(list[i].vip_be)));
+      out.Set(static_cast<uint32_t>(i * 3 + 2), Napi::Number::New(info.Env(), list[i].port));
+    }
+    return out;
+  }
+
+ private:
+  // Workers stop calling the old function before it is released.
+  void ReleaseHandoff(uint32_t id, edgemesh::Plane& plane) {
+    auto it = handoff_fns_.find(id);
+    if (it == handoff_fns_.end()) return;
+    plane.SetHandoffNotify(nullptr);
+    it->second.Release();
+    handoff_fns_.erase(it);
+  }
+
+  std::map<uint32_t, Napi::ThreadSafeFunction> handoff_fns_;
 };
 
 }  // namespace

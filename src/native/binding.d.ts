@@ -51,6 +51,13 @@ export interface NativeBinding {
   planeServiceCounters(id: number, slots: number): Float64Array;
   /** Drops the plane from the registry (running workers keep it until they return). */
   planeDestroy(id: number): boolean;
+  /**
+   * Accepted connections on hand-off (L7) routes are queued for this thread: `callback()` runs once
+   * per batch and takes them with planeTakeHandoffs. null: no consumer (those routes run as L4).
+   */
+  planeSetHandoff(id: number, callback: (() => void) | null): void;
+  /** Queued hand-offs as [fd, original destination IPv4 as u32, port, ...]; the caller owns the fds. */
+  planeTakeHandoffs(id: number): number[];
   /** '' when the addon was built with libbpf; otherwise why eBPF is unavailable. */
   bpfSupport(): string;
   /**

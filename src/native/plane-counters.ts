@@ -20,6 +20,7 @@ export const PLANE_COUNTER_NAMES = [
   'idle_closed',
   'drain_forced',
   'workers_running',
+  'handed_off',
 ] as const;
 
 export type PlaneCounterName = (typeof PLANE_COUNTER_NAMES)[number];

@@ -14,6 +14,8 @@ export interface DataplaneSuiteImpl {
   make(options: { connectTimeoutMs: number; idleTimeoutMs: number; handlerModules: string[] }): Dataplane;
   /** Opens a client connection to `target` as an intercepted client would. */
   connect(target: InterceptTarget): net.Socket;
+  /** Handler ports reach the handler by fd hand-off (the `handed_off` counter must move). */
+  handoff?: boolean;
 }
 
 /** A ServiceEntry for tests (one TCP port). */
@@ -228,6 +230,7 @@ export function dataplaneSuite(label: string, impl: DataplaneSuiteImpl): void {
       );
       const got = await roundTrip(impl.connect(targetOf(targets, '10.96.1.6')), '');
       expect(got.toString()).toBe('handled suite/web:8080\n');
+      if (impl.handoff) expect(dp.counters().handed_off).toBeGreaterThan(0);
     });
   });
 }

@@ -111,6 +111,9 @@ for (const mode of ['iptables', 'nftables'] as const) {
       const accepted = /^edgemesh_native_accepted_total (\d+)/m.exec(metrics);
       expect(Number(accepted?.[1])).toBeGreaterThanOrEqual(8);
       expect(metrics).toMatch(/edgemesh_native_service_connections_total\{service="nat\/web"\} [1-9]/);
+      // The http port (appProtocol http) reaches the TS HTTP engine by fd hand-off.
+      const handedOff = /^edgemesh_native_handed_off_total (\d+)/m.exec(metrics);
+      expect(Number(handedOff?.[1])).toBeGreaterThanOrEqual(7);
     });
 
     it('SIGTERM drains, exits 0 and leaves the ruleset exactly as before', async () => {

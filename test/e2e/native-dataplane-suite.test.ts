@@ -2,12 +2,14 @@
 // whose protocol handler needs L7), in-process and without NAT: the adapter moves each ClusterIP
 // a.b.c.d to 127.b.c.d on the plane's port, so a client connecting there reaches the plane with
 // the socket's own address as the "original destination" — the same lookup REDIRECT feeds via
-// SO_ORIGINAL_DST (the netns e2e in native-dataplane.test.ts covers real REDIRECT).
+// SO_ORIGINAL_DST (the netns e2e in native-dataplane.test.ts covers real REDIRECT). Runs twice:
+// L7 connections handed from the native plane to the TS plane (fd hand-off, the default) and
+// redirected to TS listener ports by rule (the fallback).
 import net from 'node:net';
 import type { ServiceTable, ServiceTableDiff } from '../../src/controller/types.ts';
 import type { Dataplane } from '../../src/dataplane/dataplane.ts';
-import { NativeDataplane } from '../../src/dataplane/native/native-dataplane.ts';
-import { SplitDataplane } from '../../src/dataplane/native/split-dataplane.ts';
+import { type HandoffTarget, NativeDataplane } from '../../src/dataplane/native/native-dataplane.ts';
+import { type L7Path, SplitDataplane } from '../../src/dataplane/native/split-dataplane.ts';
 import { TsDataplane } from '../../src/dataplane/ts/ts-dataplane.ts';
 import type { InterceptTarget } from '../../src/proxier/interceptor.ts';
 import { silentLogger } from '../../src/util/log.ts';
@@ -19,7 +21,19 @@ const loopbackOf = (ip: string) => `127.${ip.split('.').slice(1).join('.')}`;
 class LoopbackVips implements Dataplane {
   readonly name = 'dataplane';
   readonly mode = 'native' as const;
+  /** 127.x.y.z → the ClusterIP and port it stands for. */
+  private original = new Map<string, { ip: string; port: number }>();
   constructor(readonly plane: NativeDataplane) {}
+  /** Hand-offs arrive with the loopback stand-in as original destination: report the ClusterIP. */
+  enableHandoff(target: HandoffTarget): void {
+    this.plane.enableHandoff({
+      ports: target.ports,
+      take: (fd, ip, port) => {
+        const o = this.original.get(ip);
+        target.take(fd, o?.ip ?? ip, o?.port ?? port);
+      },
+    });
+  }
   start() {
     return this.plane.start();
   }
@@ -31,6 +45,7 @@ class LoopbackVips implements Dataplane {
   }
   async apply(table: ServiceTable, diff: ServiceTableDiff): Promise<readonly InterceptTarget[]> {
     const original = new Map<string, { ip: string; port: number }>();
+    this.original = original;
     const services = new Map(
       [...table.services].map(([key, svc]) => {
         const ip = svc.clusterIPs[0]!;
@@ -54,37 +69,42 @@ class LoopbackVips implements Dataplane {
   }
 }
 
-let nativePort = 0;
-dataplaneSuite('native (L4) + ts (L7 handlers)', {
-  make: (o) => {
-    const plane = new NativeDataplane({
-      log: silentLogger,
-      proxyPort: 0,
-      listenHost: '0.0.0.0',
-      workers: 2,
-      connectTimeoutMs: o.connectTimeoutMs,
-      idleTimeoutMs: o.idleTimeoutMs,
-      mark: 0,
-      drainTimeoutMs: 500,
-    });
-    const l4 = new LoopbackVips(plane);
-    const startL4 = l4.start.bind(l4);
-    l4.start = async () => {
-      await startL4();
-      nativePort = plane.port;
-    };
-    const l7 = new TsDataplane({
-      log: silentLogger,
-      workers: 1,
-      portRange: '39300-39399',
-      listenHost: '127.0.0.1',
-      nodeName: 'suite-node',
-      ...o,
-    });
-    return new SplitDataplane(l4, l7, (_svc, port) => port.appProtocol === 'http');
-  },
-  connect: (t) =>
-    t.toPort === nativePort
-      ? net.connect({ host: loopbackOf(t.clusterIP), port: nativePort, allowHalfOpen: true })
-      : net.connect({ host: '127.0.0.1', port: t.toPort, allowHalfOpen: true }),
-});
+for (const path of ['handoff', 'rule'] as L7Path[]) {
+  let nativePort = 0;
+  dataplaneSuite(`native (L4) + ts (L7 handlers, ${path === 'handoff' ? 'fd hand-off' : 'by rule'})`, {
+    make: (o) => {
+      const plane = new NativeDataplane({
+        log: silentLogger,
+        proxyPort: 0,
+        listenHost: '0.0.0.0',
+        workers: 2,
+        connectTimeoutMs: o.connectTimeoutMs,
+        idleTimeoutMs: o.idleTimeoutMs,
+        mark: 0,
+        drainTimeoutMs: 500,
+      });
+      const l4 = new LoopbackVips(plane);
+      const startL4 = l4.start.bind(l4);
+      l4.start = async () => {
+        await startL4();
+        nativePort = plane.port;
+      };
+      const l7 = new TsDataplane({
+        log: silentLogger,
+        workers: 1,
+        portRange: path === 'handoff' ? '39300-39349' : '39350-39399',
+        listenHost: '127.0.0.1',
+        nodeName: 'suite-node',
+        ...o,
+      });
+      const split = new SplitDataplane(l4, l7, (_svc, port) => port.appProtocol === 'http', path);
+      if (split.l7Path !== path) throw new Error(`asked for the ${path} path, got ${split.l7Path}`);
+      return split;
+    },
+    handoff: path === 'handoff',
+    connect: (t) =>
+      t.toPort === nativePort
+        ? net.connect({ host: loopbackOf(t.clusterIP), port: nativePort, allowHalfOpen: true })
+        : net.connect({ host: '127.0.0.1', port: t.toPort, allowHalfOpen: true }),
+  });
+}

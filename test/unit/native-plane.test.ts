@@ -11,7 +11,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Endpoint, ServicePortEntry } from '../../src/controller/types.ts';
+import type { Endpoint, ServiceEntry, ServicePortEntry } from '../../src/controller/types.ts';
 import { NativeDataplane } from '../../src/dataplane/native/native-dataplane.ts';
 import {
   encodeRoutes,
@@ -19,13 +19,17 @@ import {
   type NativeRoute,
   nativePolicy,
   ROUTE_ENTRY_SIZE,
+  ROUTE_FLAG_AFFINITY,
+  ROUTE_FLAG_HANDOFF,
   ROUTE_HEADER_SIZE,
   ServiceSlots,
   tableRoutes,
 } from '../../src/dataplane/native/route-encoder.ts';
+import { HANDLED_APP_PROTOCOLS, needsL7Policy } from '../../src/dataplane/native/split-dataplane.ts';
 import { ErrorCode } from '../../src/errors.ts';
 import { murmur3, ringHashPick } from '../../src/lb/index.ts';
 import { requireNative } from '../../src/native/index.ts';
+import { handlers } from '../../src/protocols/index.ts';
 import { repoRoot } from '../helpers/cli.ts';
 import { svc, table } from '../helpers/dns.ts';
 
@@ -43,6 +47,7 @@ function route(fields: Partial<NativeRoute> & Pick<NativeRoute, 'endpoints'>): N
     slot: 0,
     connectTimeoutMs: 0,
     needsL7: false,
+    handoff: false,
     ...fields,
   };
 }
@@ -133,6 +138,22 @@ describe('route encoder', () => {
     expect(slots.assign('ns/web')).toBe(web[0]!.slot);
     tableRoutes(table([]), slots);
     expect([...slots.entries()]).toEqual([]);
+  });
+});
+
+describe('L7 split', () => {
+  it('hands off exactly the ports with a TS protocol handler or a request-reading hash', () => {
+    expect([...HANDLED_APP_PROTOCOLS].sort()).toEqual(Object.keys(handlers).sort());
+    const port = (fields: object) => ({ appProtocol: 'tcp', ...fields }) as unknown as ServicePortEntry;
+    const s = {} as ServiceEntry;
+    expect(needsL7Policy(s, port({ appProtocol: 'http' }))).toBe(true);
+    expect(needsL7Policy(s, port({ appProtocol: 'https' }))).toBe(true);
+    expect(needsL7Policy(s, port({}))).toBe(false);
+    const cookie = { loadBalancer: { consistentHash: { httpCookie: { name: 'c' } } } };
+    expect(needsL7Policy(s, port({ trafficPolicy: cookie }))).toBe(true);
+    // The hand-off flag is bit 1 of the route's flags byte, beside affinity (bit 0).
+    const buf = encodeRoutes(1, [route({ endpoints: [], handoff: true, affinityTimeoutS: 5 })]);
+    expect(buf.readUInt8(ROUTE_HEADER_SIZE + 7)).toBe(ROUTE_FLAG_AFFINITY | ROUTE_FLAG_HANDOFF);
   });
 });
 

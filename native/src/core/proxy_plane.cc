@@ -64,6 +64,29 @@ Plane::~Plane() {
     if (fd >= 0) close(fd);
   }
   if (stop_fd_ >= 0) close(stop_fd_);
+  // Hand-offs TS never took: nobody else will close them.
+  for (const Handoff& h : handoffs_) close(h.fd);
+}
+
+void Plane::SetHandoffNotify(std::function<void()> notify) {
+  std::lock_guard<std::mutex> lock(handoff_mu_);
+  handoff_notify_ = std::move(notify);
+}
+
+bool Plane::PushHandoff(const Handoff& h) {
+  std::lock_guard<std::mutex> lock(handoff_mu_);
+  if (!handoff_notify_) return false;
+  handoffs_.push_back(h);
+  // One wake-up per batch: TS drains the whole queue each time it runs.
+  if (handoffs_.size() == 1) handoff_notify_();
+  return true;
+}
+
+std::vector<Handoff> Plane::TakeHandoffs() {
+  std::lock_guard<std::mutex> lock(handoff_mu_);
+  std::vector<Handoff> out;
+  out.swap(handoffs_);
+  return out;
 }
 
 std::optional<SyscallError> Plane::Listen(const std::string& address, uint16_t port, uint32_t count) {

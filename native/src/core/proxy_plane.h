@@ -6,6 +6,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -48,6 +49,7 @@ enum PlaneCounter : int {
   kIdleClosed,        // closed by the idle timeout
   kDrainForced,       // still open at the drain deadline, reset
   kWorkersRunning,    // workers inside their epoll loop now
+  kHandedOff,         // accepted connections handed to TS (L7 routes)
   kCounterCount
 };
 
@@ -76,6 +78,13 @@ class AffinityCache {
   std::mutex mu_;
   std::unordered_map<uint64_t, std::unordered_map<uint32_t, Entry>> by_route_;
   uint64_t puts_ = 0;
+};
+
+// An accepted connection on an L7 route, waiting for TS to take its fd.
+struct Handoff {
+  int fd = -1;
+  uint32_t vip_be = 0;  // original destination
+  uint16_t port = 0;    // host order
 };
 
 class Plane {
@@ -115,6 +124,14 @@ class Plane {
   // Takes listener `index` out of the plane (the worker closes it when it stops accepting).
   int TakeListener(uint32_t index);
 
+  // The hand-off consumer (the addon's thread-safe function): called from worker threads when the
+  // queue turns non-empty. Empty = no consumer: L7 routes are then served as L4.
+  void SetHandoffNotify(std::function<void()> notify);
+  // Queues an accepted fd for TS; false (fd untouched) when there is no consumer.
+  bool PushHandoff(const Handoff& h);
+  // Everything queued; the caller owns the fds.
+  std::vector<Handoff> TakeHandoffs();
+
  private:
   std::shared_ptr<const RoutingTable> table_;
   std::unique_ptr<std::atomic<int>[]> listeners_;
@@ -125,6 +142,9 @@ class Plane {
   std::vector<std::unique_ptr<WorkerCounters>> worker_counters_;
   std::unique_ptr<std::atomic<uint64_t>[]> services_;
   AffinityCache affinity_;
+  std::mutex handoff_mu_;
+  std::function<void()> handoff_notify_;
+  std::vector<Handoff> handoffs_;
 };
 
 int64_t MonotonicMs();

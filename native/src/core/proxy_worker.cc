@@ -281,6 +281,14 @@ void Worker::OnAccepted(int fd, const sockaddr_in& peer) {
   }
   auto table = plane_.table();
   const Route* route = table ? table->Lookup(vip_be, vport) : nullptr;
+  if (route != nullptr && (route->flags & kRouteFlagHandoff) &&
+      plane_.PushHandoff(Handoff{fd, vip_be, vport})) {
+    // L7 (HTTP routing, header hashing ...): TS runs the protocol handler on this fd, including
+    // the answer when the route has no endpoint. Without a consumer the route is served as L4.
+    c_.Add(kHandedOff);
+    if (auto* svc = plane_.service(route->service_slot)) svc[kSvcConnections].fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   if (route == nullptr || route->endpoints.empty()) {
     c_.Add(route == nullptr ? kNoRoute : kNoEndpoint);
     if (route != nullptr) {

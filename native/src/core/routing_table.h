@@ -27,6 +27,7 @@ constexpr uint32_t kNoServiceSlot = 0xffffffffu;
 // L4 endpoint choice of one service port.
 enum class LbPolicy : uint8_t { kRoundRobin = 0, kRandom = 1, kSourceIpHash = 2 };
 constexpr uint8_t kRouteFlagAffinity = 1;  // sessionAffinity: ClientIP
+constexpr uint8_t kRouteFlagHandoff = 2;   // needs L7: the accepted fd goes to TS (Plane::PushHandoff)
 
 struct Endpoint {
   uint32_t addr_be = 0;

@@ -1,10 +1,16 @@
 // The native data plane: a C++ proxy plane listening on the proxy port (one SO_REUSEPORT listener
 // per worker), each worker an epoll loop that blocks its own piscina thread. TS only pushes a new
 // routing table per snapshot and reads counters; no per-connection work crosses into JS.
+import fs from 'node:fs';
 import os from 'node:os';
 import { Piscina } from 'piscina';
 import { Counter, Gauge, type Registry } from 'prom-client';
-import type { ServiceTable, ServiceTableDiff } from '../../controller/types.ts';
+import type {
+  ServiceEntry,
+  ServicePortEntry,
+  ServiceTable,
+  ServiceTableDiff,
+} from '../../controller/types.ts';
 import { EdgemeshError, ErrorCode, errorMessage } from '../../errors.ts';
 import {
   loadNative,
@@ -53,6 +59,14 @@ export interface NativeDataplaneOptions {
   bufferSize?: number;
 }
 
+/** Where accepted connections on hand-off ports go: `take` owns the fd from then on. */
+export interface HandoffTarget {
+  /** Which service ports are handed off (the rest is forwarded natively). */
+  ports: (service: ServiceEntry, port: ServicePortEntry) => boolean;
+  /** Called on the main thread with the accepted socket's fd and its original destination. */
+  take: (fd: number, clusterIP: string, port: number) => void;
+}
+
 interface WorkerResult {
   ok: boolean;
   message?: string;
@@ -79,6 +93,7 @@ export class NativeDataplane implements Dataplane {
   /** Counter values of freed service slots at the time they were freed (subtracted on reuse). */
   private readonly slotBaseline = new Map<number, Float64Array>();
   private exitHook: (() => void) | undefined;
+  private handoff: HandoffTarget | undefined;
 
   constructor(private readonly options: NativeDataplaneOptions) {
     this.workerCount = options.workers > 0 ? options.workers : Math.max(1, os.availableParallelism());
@@ -89,6 +104,15 @@ export class NativeDataplane implements Dataplane {
   /** The port the listeners are bound to (resolves proxyPort 0). */
   get port(): number {
     return this.boundPort;
+  }
+
+  /**
+   * Hands the connections of the ports `target.ports` selects to `target.take` (the issue's L7 path:
+   * the worker accepts, reads the original destination, TS runs the protocol handler on the fd).
+   * Call before start(); applies from the next apply().
+   */
+  enableHandoff(target: HandoffTarget): void {
+    this.handoff = target;
   }
 
   /** The routes of the last applied snapshot (for /status and tests). */
@@ -140,6 +164,7 @@ export class NativeDataplane implements Dataplane {
     }
     this.binding = native;
     this.planeId = id;
+    if (this.handoff) native.planeSetHandoff(id, () => this.takeHandoffs());
     // A worker blocked in native code cannot be terminated, and Node joins worker threads at exit:
     // without this, process.exit() (or a crash) would hang until someone called stop().
     this.exitHook = () => native.planeStop(id, 0);
@@ -192,7 +217,7 @@ export class NativeDataplane implements Dataplane {
   async apply(table: ServiceTable, _diff: ServiceTableDiff): Promise<readonly InterceptTarget[]> {
     const native = this.requireStarted();
     const before = new Set(this.slots.entries());
-    const routes = tableRoutes(table, this.slots);
+    const routes = tableRoutes(table, this.slots, this.handoff?.ports);
     // Slots freed by this snapshot restart from their current native values.
     const live = new Set([...this.slots.entries()].map(([, s]) => s));
     const freed = [...before].map(([, s]) => s).filter((s) => !live.has(s));
@@ -208,7 +233,7 @@ export class NativeDataplane implements Dataplane {
     }
     this.routes = routes;
     for (const r of routes) {
-      if (r.needsL7 && !this.warnedL7.has(r.id)) {
+      if (r.needsL7 && !r.handoff && !this.warnedL7.has(r.id)) {
         this.warnedL7.add(r.id);
         this.options.log.warn(
           { route: r.id },
@@ -266,12 +291,40 @@ export class NativeDataplane implements Dataplane {
     this.pool = undefined;
     const final = this.counters();
     const id = this.planeId;
+    if (this.handoff) {
+      native.planeSetHandoff(id, null);
+      this.takeHandoffs();
+    }
     if (this.exitHook) process.off('exit', this.exitHook);
     this.exitHook = undefined;
     this.planeId = 0;
     this.binding = undefined;
     native.planeDestroy(id);
     this.options.log.info(final, 'native data plane stopped');
+  }
+
+  /** Runs on the main thread once per batch the workers queued. */
+  private takeHandoffs(): void {
+    const native = this.binding;
+    const take = this.handoff?.take;
+    if (!native || this.planeId === 0 || !take) return;
+    const list = native.planeTakeHandoffs(this.planeId);
+    for (let i = 0; i + 2 < list.length; i += 3) {
+      const fd = list[i]!;
+      const ip = list[i + 1]!;
+      const vip = `${ip >>> 24}.${(ip >>> 16) & 255}.${(ip >>> 8) & 255}.${ip & 255}`;
+      try {
+        take(fd, vip, list[i + 2]!);
+      } catch (err) {
+        // The taker failed before owning the fd: close it so the client is not left hanging.
+        this.options.log.warn({ err: errorMessage(err), clusterIP: vip }, 'hand-off to TS failed');
+        try {
+          fs.closeSync(fd);
+        } catch {
+          // already closed by the taker
+        }
+      }
+    }
   }
 
   private requireStarted(): NativeBinding {

@@ -17,6 +17,8 @@ export const DEFAULT_AFFINITY_TIMEOUT_S = 10_800;
 /** L4 policies the native plane implements (routing_table.h LbPolicy). */
 export const LbPolicyCode = { ROUND_ROBIN: 0, RANDOM: 1, SOURCE_IP_HASH: 2 } as const;
 export const ROUTE_FLAG_AFFINITY = 1;
+/** The plane hands the accepted fd to TS instead of connecting (routing_table.h kRouteFlagHandoff). */
+export const ROUTE_FLAG_HANDOFF = 2;
 
 /** One route as encoded (also what tests and /status read back). */
 export interface NativeRoute {
@@ -35,6 +37,8 @@ export interface NativeRoute {
    * plane cannot see, or uses Maglev / a non-default ring size the native ring does not implement.
    */
   needsL7: boolean;
+  /** Connections are handed to TS (which runs the protocol handlers) instead of forwarded natively. */
+  handoff: boolean;
 }
 
 /** Stable per-service counter slots: a service keeps its slot while it exists; freed slots are reused. */
@@ -111,8 +115,15 @@ export function nativePolicy(port: ServicePortEntry): { policy: number; needsL7:
   return { policy: LbPolicyCode.ROUND_ROBIN, needsL7: false };
 }
 
-/** The routes of a table: every TCP port of every proxied service on each of its IPv4 ClusterIPs. */
-export function tableRoutes(table: ServiceTable, slots: ServiceSlots): NativeRoute[] {
+/**
+ * The routes of a table: every TCP port of every proxied service on each of its IPv4 ClusterIPs;
+ * ports `handoff` selects are marked for hand-off to TS.
+ */
+export function tableRoutes(
+  table: ServiceTable,
+  slots: ServiceSlots,
+  handoff?: (service: ServiceEntry, port: ServicePortEntry) => boolean,
+): NativeRoute[] {
   const routes: NativeRoute[] = [];
   const keep = new Set<string>();
   const taken = new Set<string>();
@@ -123,6 +134,7 @@ export function tableRoutes(table: ServiceTable, slots: ServiceSlots): NativeRou
     for (const port of svc.ports) {
       if (port.protocol !== 'TCP') continue;
       const { policy, needsL7 } = nativePolicy(port);
+      const handedOff = handoff?.(svc, port) ?? false;
       for (const vip of svc.clusterIPs) {
         // One route per ClusterIP:port (the native table rejects duplicates): the first service wins.
         if (!net.isIPv4(vip) || taken.has(`${vip}:${port.port}`)) continue;
@@ -141,6 +153,7 @@ export function tableRoutes(table: ServiceTable, slots: ServiceSlots): NativeRou
           connectTimeoutMs: port.trafficPolicy?.connectTimeoutMs ?? 0,
           endpoints: routableEndpoints(port),
           needsL7,
+          handoff: handedOff,
         });
       }
     }
@@ -166,7 +179,10 @@ export function encodeRoutes(generation: number, routes: readonly NativeRoute[])
     writeAddr(buf, off, r.vip);
     buf.writeUInt16LE(r.port, off + 4);
     buf.writeUInt8(r.policy, off + 6);
-    buf.writeUInt8(r.affinityTimeoutS > 0 ? ROUTE_FLAG_AFFINITY : 0, off + 7);
+    buf.writeUInt8(
+      (r.affinityTimeoutS > 0 ? ROUTE_FLAG_AFFINITY : 0) | (r.handoff ? ROUTE_FLAG_HANDOFF : 0),
+      off + 7,
+    );
     buf.writeUInt32LE(r.affinityTimeoutS >>> 0, off + 8);
     buf.writeUInt32LE(r.slot >>> 0, off + 12);
     buf.writeUInt32LE(Math.max(0, Math.min(0xffffffff, Math.round(r.connectTimeoutMs))), off + 16);

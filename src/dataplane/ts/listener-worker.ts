@@ -1,6 +1,7 @@
 // A listener worker (one piscina thread): owns a set of per-service-port listeners and their
 // connections. The main thread tells it which ports to listen on and what they route to; the
 // worker only forwards. The piscina task runs until the main thread says stop.
+import fs from 'node:fs';
 import net from 'node:net';
 import { createBalancer, type ServiceBalancer } from '../../lb/index.ts';
 import { serviceLabel, threadProtocolMetrics } from '../../protocols/protocol-metrics.ts';
@@ -121,6 +122,19 @@ export default async function runListenerWorker(task: WorkerTask): Promise<{ ind
     port.postMessage(reply);
   };
 
+  // The same path as a connection accepted here (handlers, forwarding, counters).
+  const adopt = (listenPort: number, fd: number) => {
+    const listener = listeners.get(listenPort);
+    if (!listener?.server) {
+      fs.closeSync(fd);
+      return;
+    }
+    // pauseOnCreate (untyped, what net.Server's pauseOnConnect uses): paused like an accepted socket.
+    const opts = { fd, allowHalfOpen: true, readable: true, writable: true, pauseOnCreate: true };
+    const client = new net.Socket(opts as net.SocketConstructorOpts);
+    listener.server.emit('connection', client);
+  };
+
   await new Promise<void>((resolve) => {
     let queue = Promise.resolve();
     port.on('message', (msg: ToWorker) => {
@@ -142,6 +156,11 @@ export default async function runListenerWorker(task: WorkerTask): Promise<{ ind
           const reply: FromWorker = { type: 'metrics', id: msg.id, metrics: values };
           port.postMessage(reply);
         });
+        return;
+      }
+      if (msg.type === 'adopt') {
+        // After the updates before it: the listener it names may be in one of them.
+        queue = queue.then(() => adopt(msg.listenPort, msg.fd));
         return;
       }
       // Updates apply in order, one at a time.

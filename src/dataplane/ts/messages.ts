@@ -28,6 +28,8 @@ export interface ListenerRoute {
 export type ToWorker =
   | { type: 'update'; id: number; upserts: ListenerRoute[]; removes: number[] }
   | { type: 'metrics'; id: number }
+  /** An accepted socket handed over by the native plane: serve it as accepted on listenPort. */
+  | { type: 'adopt'; listenPort: number; fd: number }
   | { type: 'stop' };
 
 /** Worker → main. */

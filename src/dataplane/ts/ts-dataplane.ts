@@ -203,6 +203,19 @@ export class TsDataplane implements Dataplane {
     return this.targets();
   }
 
+  /**
+   * Serves `fd` (a connection the native plane accepted and handed over) as if accepted on
+   * `listenPort`; false (fd untouched) when no listener has that port.
+   */
+  adopt(listenPort: number, fd: number): boolean {
+    const p = this.findPlacement(listenPort);
+    const w = p ? this.workers[p.worker] : undefined;
+    if (!w) return false;
+    const msg: ToWorker = { type: 'adopt', listenPort, fd };
+    w.port.postMessage(msg);
+    return true;
+  }
+
   /** Every ClusterIP:port → listener port, for the interceptor. */
   targets(): InterceptTarget[] {
     const out: InterceptTarget[] = [];
