@@ -13,10 +13,10 @@ import { markdownReport, type RunMeta, type RunResult, svgChart } from './lib/re
 const benchDir = path.dirname(fileURLToPath(import.meta.url));
 
 /** Every suite, in run order: each is bench/<name>.ts exporting `run: BenchModule`. */
-export const suiteNames = ['tcp', 'dns', 'http', 'proxier', 'controller', 'micro'] as const;
+export const suiteNames = ['tcp', 'dns', 'http', 'proxier', 'controller', 'micro', 'tunnel'] as const;
 
 /** Suites that create network namespaces and so need root. */
-const rootSuites = new Set(['tcp']);
+const rootSuites = new Set(['tcp', 'tunnel']);
 
 const help = `Usage: edgemesh bench [options]      (npm run bench -- [options])
 

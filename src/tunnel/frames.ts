@@ -97,10 +97,15 @@ export class FrameDecoder {
     return frames;
   }
 
+  /** The first chunk, merged with just enough following chunks to hold `n` bytes. */
   private peek(n: number): Buffer {
     if (this.chunks[0]!.length >= n) return this.chunks[0]!;
-    const joined = Buffer.concat(this.chunks);
-    this.chunks = [joined];
+    // Joining only what is needed keeps decoding linear when many chunks are buffered.
+    let count = 0;
+    let have = 0;
+    while (have < n) have += this.chunks[count++]!.length;
+    const joined = Buffer.concat(this.chunks.slice(0, count), have);
+    this.chunks.splice(0, count, joined);
     return joined;
   }
 

@@ -231,6 +231,36 @@ describe('tunnel over relays (loopback)', () => {
     expect(a.t.pathTo('node-d')).toBe('direct');
   });
 
+  it('a malformed frame closes only that tunnel and is counted', async () => {
+    const r = await relay('relay-bad-frame');
+    const good = await agent('node-good', [{ name: 'relay-bad-frame', addr: r.addr }]);
+    await eventually(async () => good.t.status().relays[0]!.connected);
+    const creds = await loadCredentials({
+      pskFile: path.join(dir, 'psk'),
+      caFile: '',
+      certFile: '',
+      keyFile: '',
+    });
+    const evil = await dialSession({
+      host: '127.0.0.1',
+      port: Number(r.addr.split(':')[1]),
+      creds,
+      hello: { node: 'node-evil', kind: 'agent' },
+      log: memLogger().log,
+      timeoutMs: 2000,
+      clientOptions: clientTlsOptions(creds),
+    });
+    const closed = new Promise((res) => evil.once('close', res));
+    evil.send(42 as never, 7, Buffer.from('garbage'));
+    await closed;
+    await eventually(async () => (await metric(r.registry, 'edgemesh_relay_frame_errors_total')) === 1);
+    const line = r.lines.find((l) => l.includes('tunnel closed: protocol error')) ?? '';
+    expect(line).toMatch(/unknown frame type 42/);
+    expect(line).toMatch(/EDGEMESH_ERR_TUNNEL/);
+    expect(r.r.status().agents.map((x) => x.node)).toEqual(['node-good']);
+    expect(good.t.status().relays[0]!.connected).toBe(true);
+  });
+
   it('the receiving node connects only to its own endpoints', async () => {
     const r = await relay('relay-own');
     const b = await agent('node-b2', [{ name: 'relay-own', addr: r.addr }], { advertise: ['127.0.0.1:1'] });
