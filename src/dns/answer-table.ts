@@ -2,11 +2,14 @@
 // from a NameIndex: for every name the index owns, the exact answer sections the JS server would
 // send for A and AAAA (taken from NameIndex.lookup itself, so both paths send the same bytes).
 // Everything else — other types, ExternalName chases, search-path collapse — stays with JS.
-import type { Fragment, NameIndex } from './name-index.ts';
+import type { Fragment, NameIndex, OwnAnswer } from './name-index.ts';
 import { CLASS_IN, EDNS_UDP_LIMIT, QType, Rcode } from './wire.ts';
 
 /** Magic of the answer table layout (native/src/dns/dns_table.h). */
 export const ANSWER_TABLE_MAGIC = 0x31444d45;
+/** Answer flags (native/src/dns/dns_table.h): append the SOA; the search-path collapse answer. */
+const FLAG_SOA = 1;
+const FLAG_COLLAPSED = 2;
 /** Query types answered natively. */
 export const NATIVE_QTYPES: readonly number[] = [QType.A, QType.AAAA];
 
@@ -33,35 +36,38 @@ export function wireName(name: string): Buffer | undefined {
 function encodeName(index: NameIndex, name: string, soa: Buffer): Buffer | undefined {
   const wire = wireName(name);
   if (!wire) return undefined;
-  const answers: Buffer[] = [];
+  // [qtype, flags, answer] triples; written into one buffer at the end (big tables: few allocations).
+  const picked: Array<[number, number, OwnAnswer]> = [];
   for (const qtype of NATIVE_QTYPES) {
     const own = index.lookup(name, qtype, CLASS_IN);
     // Only plain NOERROR answers (records or NODATA+SOA); chases need the upstream.
     if (!own || own.rcode !== Rcode.NOERROR || own.chase) continue;
     if (own.nscount > 0 && !(own.nscount === 1 && own.ns.equals(soa))) continue;
     if (own.an.length > EDNS_UDP_LIMIT) continue; // never fits a UDP reply: JS sets TC
-    const head = Buffer.allocUnsafe(8);
-    head.writeUInt16LE(qtype, 0);
-    head[2] = own.nscount > 0 ? 1 : 0;
-    head[3] = 0;
-    head.writeUInt16LE(own.ancount, 4);
-    head.writeUInt16LE(own.an.length, 6);
-    answers.push(head, own.an);
+    picked.push([qtype, own.nscount > 0 ? FLAG_SOA : 0, own]);
   }
   for (const qtype of NATIVE_QTYPES) {
     // `<name>.<host search domain>`: the CNAME-plus-records answer of the search-path collapse.
     const own = index.collapsedAnswer(name, qtype);
-    if (!own || own.an.length > EDNS_UDP_LIMIT) continue;
-    const head = Buffer.allocUnsafe(8);
-    head.writeUInt16LE(qtype, 0);
-    head[2] = 2;
-    head[3] = 0;
-    head.writeUInt16LE(own.ancount, 4);
-    head.writeUInt16LE(own.an.length, 6);
-    answers.push(head, own.an);
+    if (own && own.an.length <= EDNS_UDP_LIMIT) picked.push([qtype, FLAG_COLLAPSED, own]);
   }
-  const lead = Buffer.from([wire.length]);
-  return Buffer.concat([lead, wire, Buffer.from([answers.length / 2]), ...answers]);
+  let len = 2 + wire.length;
+  for (const [, , own] of picked) len += 8 + own.an.length;
+  const out = Buffer.allocUnsafe(len);
+  out[0] = wire.length;
+  wire.copy(out, 1);
+  let pos = 1 + wire.length;
+  out[pos++] = picked.length;
+  for (const [qtype, flags, own] of picked) {
+    out.writeUInt16LE(qtype, pos);
+    out[pos + 2] = flags;
+    out[pos + 3] = 0;
+    out.writeUInt16LE(own.ancount, pos + 4);
+    out.writeUInt16LE(own.an.length, pos + 6);
+    pos += 8;
+    pos += own.an.copy(out, pos);
+  }
+  return out;
 }
 
 /**
