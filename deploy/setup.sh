@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 #   interception: iptables nftables iproute2 kmod procps
 #   eBPF:         clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
 #   tests:        dnsutils (dig) curl dnsmasq-base (an upstream DNS for the forwarding tests)
+#   tunnel:       openssl (the throwaway TLS certificate of the PSK mode, and test certificates)
 #   benchmarks:   iperf3 haproxy socat dnsperf wrk nginx libnginx-mod-stream (peers measured side by
 #                 side; nginx is used as a TCP proxy through its stream module)
 packages=(
@@ -16,6 +17,7 @@ packages=(
   iptables nftables iproute2 kmod procps
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
   dnsutils curl dnsmasq-base
+  openssl
   iperf3 haproxy socat dnsperf wrk nginx libnginx-mod-stream
 )
 
