@@ -309,3 +309,49 @@ TEST(plane_session_affinity_sticks_to_one_endpoint) {
   }
   CHECK((hits_a == 6 && hits_b == 0) || (hits_a == 0 && hits_b == 6));
 }
+
+TEST(plane_hands_l7_routes_to_the_consumer_with_their_original_destination) {
+  RunningPlane p;
+  std::atomic<int> notified{0};
+  p.plane->SetHandoffNotify([&] { notified++; });
+  p.Routes({TestRoute{"127.0.0.1", p.port(), 0, edgemesh::kRouteFlagHandoff, 0, 3, 0, {}}});
+  p.Start();
+  int c = Connect(p.port());
+  CHECK(c >= 0);
+  std::vector<edgemesh::Handoff> got;
+  for (int i = 0; i < 200 && got.empty(); ++i) {
+    got = p.plane->TakeHandoffs();
+    if (got.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  CHECK_EQ(got.size(), 1u);
+  CHECK(notified.load() >= 1);
+  CHECK_EQ(got[0].vip_be, htonl(INADDR_LOOPBACK));
+  CHECK_EQ(got[0].port, p.port());
+  // The consumer owns a live connection: bytes written on it reach the client.
+  CHECK_EQ(write(got[0].fd, "l7", 2), 2);
+  close(got[0].fd);
+  std::string echo;
+  CHECK_EQ(ReadAll(c, &echo), 2L);
+  CHECK(echo == "l7");
+  close(c);
+  CHECK_EQ(p.Counter(edgemesh::kHandedOff), 1u);
+  CHECK_EQ(p.Counter(edgemesh::kActive), 0u);
+  CHECK_EQ(p.plane->service(3)[edgemesh::kSvcConnections].load(), 1u);
+  p.plane->SetHandoffNotify(nullptr);  // `notified` goes out of scope before the plane
+}
+
+TEST(plane_serves_hand_off_routes_as_l4_without_a_consumer) {
+  Backend backend(Echo);
+  RunningPlane p;
+  p.Routes({TestRoute{"127.0.0.1", p.port(), 0, edgemesh::kRouteFlagHandoff, 0, 0, 0, {{"127.0.0.1", backend.port}}}});
+  p.Start();
+  int c = Connect(p.port());
+  CHECK(c >= 0);
+  CHECK_EQ(write(c, "ping", 4), 4);
+  shutdown(c, SHUT_WR);
+  std::string got;
+  CHECK_EQ(ReadAll(c, &got), 4L);
+  close(c);
+  CHECK_EQ(p.Counter(edgemesh::kHandedOff), 0u);
+  CHECK_EQ(p.Counter(edgemesh::kEstablished), 1u);
+}
