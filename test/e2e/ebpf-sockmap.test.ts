@@ -34,6 +34,9 @@ describe.skipIf(skip)('ebpf interceptor: sk_msg socket-to-socket forwarding', ()
       objects: probe.objects,
       cgroupPath: cgroup,
       pinDir: `/sys/fs/bpf/${ns.name}`,
+      // sk_lookup belongs in the test namespace, never the host's.
+      netnsPath: `/run/netns/${ns.name}`,
+      commandPrefix: ['ip', 'netns', 'exec', ns.name],
       nodeName: 'n',
       localEndpointsOnly: false,
       sockmap: true,
