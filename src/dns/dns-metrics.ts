@@ -44,6 +44,9 @@ export class DnsMetrics {
   /** Reads the native responder's answered-by-(qtype, NOERROR|NXDOMAIN) cells (256 × 2). */
   private nativeAnswered: (() => Float64Array | undefined) | undefined;
   private readonly nativeSeen = new Float64Array(512);
+  /** Reads the native count of queries dropped because the JS hand-over queue was full. */
+  private nativeDropped: (() => number) | undefined;
+  private nativeDroppedSeen = 0;
 
   constructor(registry?: Registry) {
     const self = this;
@@ -68,6 +71,7 @@ export class DnsMetrics {
       labelNames: ['reason'] as const,
       registers: registry ? [registry] : [],
       collect() {
+        self.pullNative();
         for (const [reason, value] of self.dropCounts) {
           const delta = value - (self.droppedPushed.get(reason) ?? 0);
           if (delta > 0) this.inc({ reason }, delta);
@@ -111,13 +115,21 @@ export class DnsMetrics {
    * Counts the native responder's answers too (source 'cluster'): its counters are read when
    * Prometheus scrapes or a snapshot is taken, never per packet.
    */
-  attachNative(read: () => Float64Array | undefined): void {
+  attachNative(read: () => Float64Array | undefined, dropped?: () => number): void {
     this.pullNative();
     this.nativeAnswered = read;
     this.nativeSeen.fill(0);
+    this.nativeDropped = dropped;
+    this.nativeDroppedSeen = 0;
   }
 
   private pullNative(): void {
+    const dropped = this.nativeDropped?.() ?? 0;
+    if (dropped > this.nativeDroppedSeen) {
+      const reason = 'native-queue-full';
+      this.dropCounts.set(reason, (this.dropCounts.get(reason) ?? 0) + dropped - this.nativeDroppedSeen);
+      this.nativeDroppedSeen = dropped;
+    }
     const cells = this.nativeAnswered?.();
     if (!cells) return;
     for (let i = 0; i < 512 && i < cells.length; i++) {

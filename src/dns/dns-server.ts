@@ -295,7 +295,10 @@ export class DnsServer implements Service, SnapshotConsumer {
         this.onNativeMiss(responder, msg, client),
       );
       this.responder = responder;
-      this.metrics.attachNative(() => responder.answeredByType());
+      this.metrics.attachNative(
+        () => responder.answeredByType(),
+        () => responder.counters().puntDropped,
+      );
       this.bound = { host: listen.host, port: responder.port };
       this.mode = 'native';
       this.modeReason = undefined;

@@ -4,6 +4,7 @@
 // same queries — including mutated garbage — and falls back to JS with a reason when it cannot run.
 import dnsPacket from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { formatStatus } from '../../src/cli/status.ts';
 import { compileAnswerTable, wireName } from '../../src/dns/answer-table.ts';
 import { DnsServer, type DnsServerOptions } from '../../src/dns/dns-server.ts';
 import { NameIndex } from '../../src/dns/name-index.ts';
@@ -91,9 +92,19 @@ function withEdns(name: string, type: dnsPacket.RecordType, dnssec: boolean, siz
 }
 
 describe('native DNS fast path', () => {
-  it('serves UDP natively and says so', () => {
+  it('serves UDP natively and says so (also in `edgemesh status`)', () => {
     expect(native.mode).toBe('native');
     expect(native.status().mode).toBe('native');
+    const text = formatStatus({
+      nodeName: 'n',
+      generation: 1,
+      intercept: { mode: 'none' },
+      dataplane: { mode: 'none' },
+      services: [],
+      dns: native.status(),
+    });
+    expect(text).toMatch(/^dns: +127\.0\.0\.1:\d+ native, \d+ names$/m);
+    expect(text).toMatch(/^dns\.native\.answered: \d+$/m);
     expect(js.mode).toBe('js');
     expect(js.status().reason).toMatch(/nativeFastPath/);
   });
