@@ -158,15 +158,15 @@ describe.skipIf(skip)('native data plane e2e (netns, REDIRECT to the native plan
     });
 
     it('returns to its baseline fd count after 100k short connections', async () => {
-      // 16 in flight measured faster than 64 on 2 cores; ~15-20 s on a quiet machine, ~40 s at load
-      // average 10. The 90 s cap only bounds a machine that is slower still.
-      const r = await lg(['burst', SHORT, '80', '100000', '16', '90000'], 120_000);
+      // 16 in flight measured faster than 64 on 2 cores; 52-59 s at load average 10 (direct, with no
+      // proxy, runs at about twice that rate there). The 110 s cap only bounds a slower machine.
+      const r = await lg(['burst', SHORT, '80', '100000', '16', '110000'], 140_000);
       console.log(`native short connections: ${r.done} in ${r.ms} ms (${r.failed} failed)`);
       expect(r.failed).toBe(0);
       expect(r.done).toBe(100_000);
       await idle();
       await expect.poll(fdCount, { timeout: 10_000, interval: 250 }).toBe(baselineFds);
-    }, 150_000);
+    }, 170_000);
   });
 
   describe('nftables', () => {
