@@ -115,6 +115,25 @@ describe.skipIf(skip)('agent: HTTP per-request load balancing', () => {
     expect(spread.size).toBeGreaterThanOrEqual(2);
   });
 
+  it('/metrics counts the HTTP requests the workers answered, by service and code', async () => {
+    const scrape = async () => {
+      const metrics = await topo.node.run('curl', '-s', `http://127.0.0.1:${metricsPort}/metrics`);
+      const ok = /^edgemesh_http_requests_total\{service="em\/rr-svc:12345",code="200"\} (\d+)$/m.exec(
+        metrics,
+      );
+      return { metrics, ok: Number(ok?.[1] ?? 0) };
+    };
+    const before = await scrape();
+    const url = 'http://10.96.0.120:12345/';
+    expect(await curl(url, url, url)).toHaveLength(3);
+    const after = await scrape();
+    // Every request is counted once, whichever worker served it (the main thread sums them).
+    expect(after.ok - before.ok).toBe(3);
+    expect(after.metrics).toMatch(
+      /^edgemesh_http_upstream_latency_seconds_count\{service="em\/rr-svc:12345"\} [1-9]\d*$/m,
+    );
+  });
+
   it('pods reach the http service too (PREROUTING path)', async () => {
     const r = await topo.pods[0]!.ns.curl('http://10.96.0.120:12345/');
     expect(r.stdout).toMatch(/^pod-[012]\n$/);
