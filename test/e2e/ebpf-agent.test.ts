@@ -73,7 +73,7 @@ for (const dataplane of ['ts', 'native'] as const) {
         path.join(dir, 'agent.yaml'),
         // Relative: `ip netns exec` hides the host's cgroup mounts, so the agent mounts cgroup2 itself
         // and finds the same cgroup below that root.
-        `metricsListen: 127.0.0.1:${metricsPort}\nmodules:\n  edgeProxy:\n    ebpfCgroup: ${topo.node.name}\n    ebpfPinDir: ${pinDir}\n    tsPortRange: 22000-22999\n    resyncPeriodMs: 300\n`,
+        `metricsListen: 127.0.0.1:${metricsPort}\nmodules:\n  edgeProxy:\n    ebpfCgroup: ${topo.node.name}\n    ebpfPinDir: ${pinDir}\n    tsPortRange: 22000-22999\n    resyncPeriodMs: 1000\n`,
       );
       fs.writeFileSync(
         path.join(dir, 'manifests/all.yaml'),
@@ -131,6 +131,28 @@ for (const dataplane of ['ts', 'native'] as const) {
       expect(status.intercept.mode).toBe('ebpf');
     });
 
+    it('re-attaches a connect4 link detached with bpftool on the next resync (drift repair)', async () => {
+      const progs = JSON.parse(await sh('bpftool', ['-j', 'cgroup', 'show', cgroup])) as {
+        id: number;
+        name: string;
+      }[];
+      const prog = progs.find((p) => p.name === 'edgemesh_connect4');
+      const links = JSON.parse(await sh('bpftool', ['-j', 'link', 'show'])) as {
+        id: number;
+        prog_id: number;
+      }[];
+      const link = links.find((l) => l.prog_id === prog?.id);
+      expect(link).toBeDefined();
+      await sh('bpftool', ['link', 'detach', 'id', String(link!.id)]);
+      // The resync (1 s here) notices the detached link and attaches the program again.
+      expect(agent!.output()).not.toMatch(/eBPF state drifted; repaired/);
+      await agent!.waitFor(/eBPF state drifted; repaired/, 5000);
+      expect(await sh('bpftool', ['cgroup', 'show', cgroup])).toMatch(/edgemesh_connect4/);
+      const before = await metric('lbConnect');
+      expect(await curl('http://10.96.0.110:12345')).toMatch(/^pod-[01]$/);
+      expect((await metric('lbConnect')) - before).toBe(1);
+    });
+
     it('sends L4 ClusterIP connects straight to both pods (socket-LB, nothing through the proxy)', async () => {
       const before = await metric('lbConnect');
       const proxiedBefore = await metric('proxyConnect');
@@ -145,28 +167,6 @@ for (const dataplane of ['ts', 'native'] as const) {
       const before = await metric('proxyConnect');
       expect(await curl('http://10.96.0.111:80')).toMatch(/^pod-[01]$/);
       expect((await metric('proxyConnect')) - before).toBe(1);
-    });
-
-    it('re-attaches a connect4 link detached with bpftool on the next resync (drift repair)', async () => {
-      const progs = JSON.parse(await sh('bpftool', ['-j', 'cgroup', 'show', cgroup])) as {
-        id: number;
-        name: string;
-      }[];
-      const prog = progs.find((p) => p.name === 'edgemesh_connect4');
-      const links = JSON.parse(await sh('bpftool', ['-j', 'link', 'show'])) as {
-        id: number;
-        prog_id: number;
-      }[];
-      const link = links.find((l) => l.prog_id === prog?.id);
-      expect(link).toBeDefined();
-      await sh('bpftool', ['link', 'detach', 'id', String(link!.id)]);
-      // The resync (300 ms here) notices the detached link and attaches the program again.
-      expect(agent!.output()).not.toMatch(/eBPF state drifted; repaired/);
-      await agent!.waitFor(/eBPF state drifted; repaired/, 5000);
-      expect(await sh('bpftool', ['cgroup', 'show', cgroup])).toMatch(/edgemesh_connect4/);
-      const before = await metric('lbConnect');
-      expect(await curl('http://10.96.0.110:12345')).toMatch(/^pod-[01]$/);
-      expect((await metric('lbConnect')) - before).toBe(1);
     });
 
     it('steers a pod namespace client to the proxy with sk_lookup (no NAT: no iptables/nft rules exist)', async () => {

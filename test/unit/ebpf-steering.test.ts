@@ -16,11 +16,13 @@ describe('sk_lookup steering parsers', () => {
     const text = [
       'local 10.96.0.10 dev lo proto kernel scope host src 10.96.0.10 ',
       `local 10.96.0.12 dev lo proto ${ROUTE_PROTO} scope host `,
-      'local 10.96.0.13 dev lo scope host ',
+      'local 10.96.0.13 dev lo proto 2280 scope host ',
       'local 127.0.0.0/8 dev lo proto kernel scope host src 127.0.0.1 ',
       'broadcast 10.244.0.255 dev br0 proto kernel scope link src 10.244.0.1 ',
       '',
     ].join('\n');
-    expect([...parseLocalRoutes(text)].sort()).toEqual(['10.96.0.10', '10.96.0.12', '10.96.0.13']);
+    const { all, ours } = parseLocalRoutes(text);
+    expect([...all].sort()).toEqual(['10.96.0.10', '10.96.0.12', '10.96.0.13']);
+    expect([...ours]).toEqual(['10.96.0.12']);
   });
 });

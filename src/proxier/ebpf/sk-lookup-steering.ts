@@ -25,15 +25,22 @@ export function parseSsListener(text: string): { pid: number; fd: number } | und
   return m ? { pid: Number(m[1]), fd: Number(m[2]) } : undefined;
 }
 
-/** VIPs (dotted quads) that have a `local` route in table local, from `ip -4 route show table local type local`. */
-export function parseLocalRoutes(text: string): Set<string> {
-  const out = new Set<string>();
+/**
+ * Addresses with a `local` /32 route in `ip -4 route show table local` output: all of them, and
+ * those edgemesh added (protocol ROUTE_PROTO).
+ */
+export function parseLocalRoutes(text: string): { all: Set<string>; ours: Set<string> } {
+  const all = new Set<string>();
+  const ours = new Set<string>();
   for (const line of text.split('\n')) {
-    const [type, dst] = line.trim().split(/\s+/);
-    const ip = dst?.replace(/\/32$/, '');
-    if (type === 'local' && ip && net.isIPv4(ip)) out.add(ip);
+    const words = line.trim().split(/\s+/);
+    const ip = words[1]?.replace(/\/32$/, '');
+    if (words[0] !== 'local' || !ip || !net.isIPv4(ip)) continue;
+    all.add(ip);
+    const proto = words.indexOf('proto');
+    if (proto > 0 && words[proto + 1] === String(ROUTE_PROTO)) ours.add(ip);
   }
-  return out;
+  return { all, ours };
 }
 
 /** Keeps VIP routes and proxy listeners in line with what the BPF service map steers. */
@@ -71,12 +78,9 @@ export class SkLookupSteering {
 
   private async reconcileRoutes(): Promise<boolean> {
     const { commandPrefix: prefix, log } = this.opts;
-    const [all, ours] = await Promise.all([
-      runCommand(prefix, 'ip', ['-4', 'route', 'show', 'table', 'local', 'type', 'local']),
-      runCommand(prefix, 'ip', ['-4', 'route', 'show', 'table', 'local', 'proto', String(ROUTE_PROTO)]),
-    ]);
-    const present = parseLocalRoutes(all.stdout);
-    const mine = parseLocalRoutes(ours.stdout);
+    // One process per check: the agent forks this on every drift check.
+    const shown = await runCommand(prefix, 'ip', ['-4', 'route', 'show', 'table', 'local']);
+    const { all: present, ours: mine } = parseLocalRoutes(shown.stdout);
     // A VIP that is already local (an address on lo, someone else's route) needs nothing from us.
     const add = [...this.vips].filter((v) => !present.has(v));
     const del = [...mine].filter((v) => !this.vips.has(v));
