@@ -60,9 +60,15 @@ const connectionTypes = new Set<number>([
 ]);
 
 /** Encodes one frame (header + payload) into a single buffer. */
-export function encodeFrame(type: FrameTypeValue, stream: number, payload: Buffer = EMPTY): Buffer {
+export function encodeFrame(
+  type: FrameTypeValue,
+  stream: number,
+  payload: Buffer = EMPTY,
+  /** With no payload given: write only the header of a frame whose payload has this length. */
+  headerOnlyLength?: number,
+): Buffer {
   const out = Buffer.allocUnsafe(HEADER_SIZE + payload.length);
-  out.writeUInt32BE(payload.length, 0);
+  out.writeUInt32BE(headerOnlyLength ?? payload.length, 0);
   out.writeUInt8(type, 4);
   out.writeUInt32BE(stream >>> 0, 5);
   payload.copy(out, HEADER_SIZE);

@@ -135,6 +135,15 @@ export class Session extends EventEmitter implements StreamOwner {
 
   send(type: FrameTypeValue, stream: number, payload?: Buffer): void {
     if (this.state === 'closed') return;
+    if (payload && payload.length > 1024) {
+      // Header and payload as one writev: no copy of bulk DATA into a fresh frame buffer.
+      const socket = this.o.socket;
+      socket.cork();
+      socket.write(encodeFrame(type, stream, undefined, payload.length));
+      socket.write(payload);
+      process.nextTick(() => socket.uncork());
+      return;
+    }
     this.o.socket.write(encodeFrame(type, stream, payload));
   }
 
