@@ -291,8 +291,12 @@ export class DnsServer implements Service, SnapshotConsumer {
       return false;
     }
     try {
-      const responder = new NativeResponder(binding, listen.host, listen.port, (msg, client) =>
-        this.onNativeMiss(responder, msg, client),
+      const responder = new NativeResponder(
+        binding,
+        listen.host,
+        listen.port,
+        (msg, client) => this.onNativeMiss(responder, msg, client),
+        (err) => this.internalError(err),
       );
       this.responder = responder;
       this.metrics.attachNative(

@@ -42,6 +42,7 @@ export class NativeResponder {
     host: string,
     port: number,
     onMiss: MissHandler,
+    onError?: (err: unknown) => void,
   ) {
     const handle = binding.dnsListen(host, port, RCVBUF, BATCH, (batch, count) => {
       // Records: addr[19], len u16 BE, packet. Subarrays share the batch (no copies).
@@ -52,7 +53,12 @@ export class NativeResponder {
         const start = pos + ADDR_SIZE + 2;
         pos = start + len;
         if (pos > batch.length) break;
-        onMiss(batch.subarray(start, pos), client);
+        try {
+          onMiss(batch.subarray(start, pos), client);
+        } catch (err) {
+          // One bad query must not lose the rest of the batch.
+          onError?.(err);
+        }
       }
     });
     this.handle = handle;

@@ -2,6 +2,8 @@
 // answers cluster names itself (its counters move), hands everything else to the JS server (which
 // answers exactly as before), sends byte-identical replies to those of the JS-only server for the
 // same queries — including mutated garbage — and falls back to JS with a reason when it cannot run.
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import dnsPacket from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatStatus } from '../../src/cli/status.ts';
@@ -9,9 +11,11 @@ import { compileAnswerTable, wireName } from '../../src/dns/answer-table.ts';
 import { DnsServer, type DnsServerOptions } from '../../src/dns/dns-server.ts';
 import { NameIndex } from '../../src/dns/name-index.ts';
 import { ErrorCode } from '../../src/errors.ts';
-import { type NativeBinding, requireNative } from '../../src/native/index.ts';
+import { loadNative, type NativeBinding, requireNative } from '../../src/native/index.ts';
 import { silentLogger } from '../../src/util/log.ts';
 import { dig, query, svc, table, udpExchange } from '../helpers/dns.ts';
+
+const exec = promisify(execFile);
 
 const services = [
   svc('default', 'web', {
@@ -306,6 +310,31 @@ describe('fallback to the JS UDP path', () => {
   it('a port in use is a listen error, not a silent fallback', async () => {
     const s = new DnsServer(options({ listen: { host: '127.0.0.1', port: native.address()!.port } }));
     await expect(s.start()).rejects.toMatchObject({ code: ErrorCode.LISTEN });
+  });
+});
+
+describe('miss hand-over', () => {
+  it('a throwing miss handler neither crashes the process nor stops the responder', async () => {
+    const addon = loadNative().path!;
+    // Node 20 reports an exception thrown in an N-API callback as a warning (or, with
+    // --force-node-api-uncaught-exceptions-policy, as uncaughtException); it must not abort.
+    const script = `
+      const b = require(${JSON.stringify(addon)});
+      const dgram = require('node:dgram');
+      let calls = 0;
+      const c = dgram.createSocket('udp4');
+      const send = () => c.send(Buffer.from('not dns'), b.dnsBoundPort(h), '127.0.0.1');
+      const h = b.dnsListen('127.0.0.1', 0, 0, 8, () => {
+        calls++;
+        if (calls === 2) { console.log('alive after a throw'); b.dnsClose(h); process.exit(0); }
+        setTimeout(send, 10);
+        throw new Error('handler bug');
+      });
+      send();
+      setTimeout(() => { console.log('stuck at ' + calls); process.exit(3); }, 5000);
+    `;
+    const r = await exec(process.execPath, ['-e', script], { timeout: 20_000 });
+    expect(r.stdout.trim()).toBe('alive after a throw');
   });
 });
 

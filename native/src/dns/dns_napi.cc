@@ -23,8 +23,14 @@ struct MissBatch {
 void CallJs(Napi::Env env, Napi::Function callback, std::nullptr_t*, MissBatch* batch) {
   std::unique_ptr<MissBatch> owned(batch);
   if (env == nullptr || callback.IsEmpty()) return;  // environment going away: drop
-  callback.Call({Napi::Buffer<uint8_t>::Copy(env, owned->bytes.data(), owned->bytes.size()),
-                 Napi::Number::New(env, owned->count)});
+  try {
+    callback.Call({Napi::Buffer<uint8_t>::Copy(env, owned->bytes.data(), owned->bytes.size()),
+                   Napi::Number::New(env, owned->count)});
+  } catch (const Napi::Error& e) {
+    // A throwing handler must not take the process down from a libuv callback: report it as an
+    // uncaught JS exception (the agent logs those) instead of letting it escape into C++.
+    e.ThrowAsJavaScriptException();
+  }
 }
 
 using MissFn = Napi::TypedThreadSafeFunction<std::nullptr_t, MissBatch, CallJs>;
