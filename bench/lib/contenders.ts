@@ -71,52 +71,104 @@ export const direct: Contender = {
   }),
 };
 
-/** HAProxy in TCP mode with kernel splicing forced on in both directions. */
-export const haproxy: Contender = {
-  name: 'haproxy',
-  unavailable: async () => ((await haveCommand('haproxy')) ? undefined : 'haproxy is not installed'),
-  async start({ topo, backend, workDir }) {
-    const dir = path.join(workDir, 'haproxy');
-    mkdirSync(dir, { recursive: true });
-    const cfg = path.join(dir, 'haproxy.cfg');
-    writeFileSync(
-      cfg,
-      [
-        'global',
-        // 2 fds per connection plus 2 per splice pipe must fit the hard RLIMIT_NOFILE (20,000 on
-        // the project's machines, not raisable in their containers): 8,500 holds the idle suite.
-        '  maxconn 8500',
-        '  maxpipes 500',
-        'defaults',
-        '  mode tcp',
-        '  maxconn 8500',
-        '  timeout connect 5s',
-        '  timeout client 120s',
-        '  timeout server 120s',
-        '  option splice-request',
-        '  option splice-response',
-        'listen bulk',
-        '  bind 127.0.0.1:11000',
-        `  server b ${topo.backendIP}:${backend.bulk}`,
-        'listen echo',
-        '  bind 127.0.0.1:11001',
-        `  server b ${topo.backendIP}:${backend.echo}`,
-        '',
-      ].join('\n'),
-    );
-    const d = await daemon(topo.nodeNs, ['haproxy', '-db', '-f', cfg], async () => {
-      await waitListening(topo.nodeNs, 11000);
-      await waitListening(topo.nodeNs, 11001);
-    });
-    return {
-      bulk: { host: '127.0.0.1', port: 11000 },
-      echo: { host: '127.0.0.1', port: 11001 },
-      pid: d.pid,
-      path: 'splice',
-      stop: d.stop,
-    };
-  },
-};
+/**
+ * HAProxy in TCP mode with kernel splicing forced on in both directions. `redirect`: clients use
+ * the ClusterIP and an iptables REDIRECT sends them to HAProxy, so it pays the same NAT and
+ * conntrack as the edgemesh planes (plain `haproxy` is reached on 127.0.0.1 with no netfilter
+ * state in the namespace at all).
+ */
+function haproxyContender(redirect: boolean): Contender {
+  return {
+    name: redirect ? 'haproxy-redirect' : 'haproxy',
+    unavailable: async () => ((await haveCommand('haproxy')) ? undefined : 'haproxy is not installed'),
+    async start({ topo, backend, workDir }) {
+      const dir = path.join(workDir, 'haproxy');
+      mkdirSync(dir, { recursive: true });
+      const cfg = path.join(dir, 'haproxy.cfg');
+      writeFileSync(
+        cfg,
+        [
+          'global',
+          // 2 fds per connection plus 2 per splice pipe must fit the hard RLIMIT_NOFILE (20,000 on
+          // the project's machines, not raisable in their containers): 8,500 holds the idle suite.
+          '  maxconn 8500',
+          '  maxpipes 500',
+          'defaults',
+          '  mode tcp',
+          '  maxconn 8500',
+          '  timeout connect 5s',
+          '  timeout client 120s',
+          '  timeout server 120s',
+          '  option splice-request',
+          '  option splice-response',
+          'listen bulk',
+          '  bind 127.0.0.1:11000',
+          `  server b ${topo.backendIP}:${backend.bulk}`,
+          'listen echo',
+          '  bind 127.0.0.1:11001',
+          `  server b ${topo.backendIP}:${backend.echo}`,
+          '',
+        ].join('\n'),
+      );
+      const d = await daemon(topo.nodeNs, ['haproxy', '-db', '-f', cfg], async () => {
+        await waitListening(topo.nodeNs, 11000);
+        await waitListening(topo.nodeNs, 11001);
+      });
+      if (!redirect) {
+        return {
+          bulk: { host: '127.0.0.1', port: 11000 },
+          echo: { host: '127.0.0.1', port: 11001 },
+          pid: d.pid,
+          path: 'splice',
+          stop: d.stop,
+        };
+      }
+      const rules = [
+        [String(backend.bulk), '11000'],
+        [String(backend.echo), '11001'],
+      ].map(([port, to]) => [
+        '-p',
+        'tcp',
+        '-d',
+        BENCH_VIP,
+        '--dport',
+        port!,
+        '-j',
+        'REDIRECT',
+        '--to-ports',
+        to!,
+      ]);
+      const iptables = (op: string, rule: string[]) =>
+        exec(['iptables', '-t', 'nat', op, 'OUTPUT', ...rule], { ns: topo.nodeNs });
+      try {
+        for (const rule of rules) {
+          const r = await iptables('-A', rule);
+          if (r.code !== 0) throw new Error(`iptables: ${r.stderr.trim()}`);
+        }
+      } catch (err) {
+        await d.stop();
+        throw err;
+      }
+      return {
+        bulk: { host: BENCH_VIP, port: backend.bulk },
+        echo: { host: BENCH_VIP, port: backend.echo },
+        pid: d.pid,
+        path: 'splice, iptables REDIRECT from the ClusterIP',
+        stop: async () => {
+          for (const rule of rules) await iptables('-D', rule);
+          // Leave no nat table behind: the next contender must not pay for conntrack it did not ask for.
+          await exec(['nft', 'delete', 'table', 'ip', 'nat'], { ns: topo.nodeNs });
+          await d.stop();
+        },
+      };
+    },
+  };
+}
+
+/** HAProxy reached directly on 127.0.0.1. */
+export const haproxy = haproxyContender(false);
+/** HAProxy behind the same REDIRECT interception as the edgemesh planes. */
+export const haproxyRedirect = haproxyContender(true);
 
 /** socat: one forked process per connection, 128 KiB copy buffer. */
 export const socat: Contender = {
@@ -402,5 +454,14 @@ export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptab
 
 /** Every contender, in report column order. */
 export function allContenders(): Contender[] {
-  return [direct, edgemesh('ebpf'), edgemesh('native'), edgemesh('ts'), haproxy, nginx, socat];
+  return [
+    direct,
+    edgemesh('ebpf'),
+    edgemesh('native'),
+    edgemesh('ts'),
+    haproxy,
+    haproxyRedirect,
+    nginx,
+    socat,
+  ];
 }

@@ -37,6 +37,7 @@ const columnOrder = [
   'edgemesh-native',
   'edgemesh-ts',
   'haproxy',
+  'haproxy-redirect',
   'nginx',
   'socat',
   'edgemesh',
@@ -178,6 +179,7 @@ const palette: Record<string, string> = {
   'edgemesh-native': '#2166ac',
   'edgemesh-ts': '#67a9cf',
   haproxy: '#d6604d',
+  'haproxy-redirect': '#b2182b',
   nginx: '#f4a582',
   socat: '#b2abd2',
 };

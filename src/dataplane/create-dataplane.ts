@@ -52,8 +52,9 @@ export async function createDataplane(options: CreateDataplaneOptions): Promise<
       idleTimeoutMs: proxy.idleTimeoutMs,
       mark: NATIVE_PROXY_MARK,
     });
-    // Ports whose policy needs the request (header/cookie/query hashing) go to the TS plane,
-    // started only when such a port exists.
+    // Ports with a TS protocol handler (http, websocket, https) or a hash that reads the request
+    // go to the TS plane (started only when such a port exists) by fd hand-off from the native
+    // workers (split-dataplane.ts).
     return {
       dataplane: new SplitDataplane(dataplane, createTsDataplane(options)),
       reason: `--dataplane ${mode}: native addon loaded and probes passed`,
