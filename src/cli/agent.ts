@@ -167,6 +167,9 @@ export async function agentCommand(argv: string[], out: (s: string) => void): Pr
     return 0;
   }
   const config = resolveConfig(flags);
+  // Missing or unreadable tunnel credentials are a config error (exit 2), found before anything starts.
+  if (config.modules.edgeTunnel.enable)
+    await (await import('../tunnel/credentials.ts')).loadCredentials(config.modules.edgeTunnel);
   const log = createLogger(config.logLevel);
   const agent = new Agent(config, log);
   return runUntilSignal(

@@ -32,6 +32,13 @@ describe('edgemesh relay (CLI)', () => {
     expect(short.stderr).not.toContain('tiny');
   });
 
+  it('an agent with the tunnel enabled but no credentials exits 2 before starting anything', async () => {
+    fs.writeFileSync(path.join(dir, 'agent.yaml'), 'modules:\n  edgeTunnel:\n    enable: true\n');
+    const r = await runCli(['agent', '--config', path.join(dir, 'agent.yaml'), '--no-dns']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/edgemesh agent: modules\.edgeTunnel: set pskFile/);
+  });
+
   it('runs with a PSK, serves /status, and exits 0 on SIGTERM', async () => {
     fs.writeFileSync(path.join(dir, 'psk'), 'a long enough pre-shared key\n');
     const metrics = `127.0.0.1:${await freePort()}`;
