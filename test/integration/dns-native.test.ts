@@ -3,7 +3,9 @@
 // answers exactly as before), sends byte-identical replies to those of the JS-only server for the
 // same queries — including mutated garbage — and falls back to JS with a reason when it cannot run.
 import { execFile } from 'node:child_process';
+import dgram from 'node:dgram';
 import { promisify } from 'node:util';
+import { Worker } from 'node:worker_threads';
 import dnsPacket from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatStatus } from '../../src/cli/status.ts';
@@ -335,6 +337,36 @@ describe('miss hand-over', () => {
     `;
     const r = await exec(process.execPath, ['-e', script], { timeout: 20_000 });
     expect(r.stdout.trim()).toBe('alive after a throw');
+  });
+});
+
+describe('per-environment state', () => {
+  it('a worker thread runs its own responder; terminating the worker stops it and frees the port', async () => {
+    const addon = loadNative().path!;
+    const code = `
+      const { parentPort } = require('node:worker_threads');
+      const b = require(${JSON.stringify(addon)});
+      const h = b.dnsListen('127.0.0.1', 0, 0, 8, () => {});
+      parentPort.postMessage(b.dnsBoundPort(h));
+    `;
+    const worker = new Worker(code, { eval: true });
+    const port = await new Promise<number>((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+    });
+    // The main thread's responders are unaffected, and the worker's answers nothing (empty table:
+    // everything is a miss, handed to the worker's no-op handler).
+    expect(native.mode).toBe('native');
+    await worker.terminate();
+    // The environment cleanup stopped the thread and closed the socket: the port binds again.
+    const sock = dgram.createSocket('udp4');
+    await new Promise<void>((resolve, reject) => {
+      sock.once('error', reject);
+      sock.bind(port, '127.0.0.1', () => resolve());
+    });
+    sock.close();
+    const ok = await dig('127.0.0.1', native.address()!.port, ['web.default.svc.cluster.local']);
+    expect(ok.answers[0]?.[3]).toBe('10.96.0.10');
   });
 });
 
