@@ -104,6 +104,13 @@ export async function ebpfCoverageGap(options: CreateInterceptorOptions): Promis
   // pid 1's namespace is the host's when it can be read (a hostPID agent, a plain host) ...
   const init = await stat('/proc/1/ns/net').catch(() => undefined);
   if (init && init.ino !== self.ino) return notHost;
+  // A cgroup namespace of its own makes "the root cgroup" the agent's subtree, not the node's.
+  const [cgSelf, cgInit] = await Promise.all([
+    stat('/proc/self/ns/cgroup').catch(() => undefined),
+    stat('/proc/1/ns/cgroup').catch(() => undefined),
+  ]);
+  if (cgSelf && cgInit && cgSelf.ino !== cgInit.ino)
+    return 'the agent has a cgroup namespace of its own (its root cgroup is not the node root)';
   // ... and a namespace made with `ip netns add` (tests, the demo) is never the host's.
   const named = await readdir('/run/netns').catch(() => [] as string[]);
   for (const name of named) {
