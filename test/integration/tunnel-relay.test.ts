@@ -113,7 +113,7 @@ describe('tunnel over relays (loopback)', () => {
       creds,
       log: mem.log,
       registry,
-      pingMs: 200,
+      pingMs: 500,
     });
     await r.start();
     stops.push(() => r.stop());
@@ -146,7 +146,7 @@ describe('tunnel over relays (loopback)', () => {
       config,
       log: mem.log,
       registry,
-      pingMs: 200,
+      pingMs: 500,
       reprobeMs: 300,
       probeTimeoutMs: 500,
     });
@@ -250,6 +250,16 @@ describe('tunnel over relays (loopback)', () => {
       timeoutMs: 2000,
       clientOptions: clientTlsOptions(creds),
     });
+    // A stream toward a node the relay does not know is reset; the relay dials nothing.
+    const nowhere = evil.openStream({
+      node: 'node-nowhere',
+      src: 'node-evil',
+      ip: '127.0.0.1',
+      port: echoPort,
+    });
+    const resetErr = await new Promise<Error>((res) => nowhere.once('error', res));
+    expect(resetErr.message).toMatch(/node 'node-nowhere' is not connected to this relay/);
+    expect(await metric(r.registry, 'edgemesh_relay_streams_rejected_total')).toBe(1);
     const closed = new Promise((res) => evil.once('close', res));
     evil.send(42 as never, 7, Buffer.from('garbage'));
     await closed;
