@@ -110,7 +110,7 @@ function tunnelMetrics(registry?: Registry) {
     }),
     noPath: new Counter({
       name: 'edgemesh_tunnel_no_path_total',
-      help: 'Connections dropped because no direct or relay path to the node was up',
+      help: 'Connections with no direct or relay path to the node (tried on the endpoint itself)',
       registers,
     }),
     authFailures: new Counter({
@@ -371,9 +371,19 @@ export class EdgeTunnel implements Service {
     const direct = this.directSession(lp.node);
     const session = direct ?? this.relayFor(lp.node)?.session;
     if (!session) {
+      // No tunnel path: the endpoint may still be routable from here (a flat network), so try
+      // it the way the data plane would have without the tunnel, bounded by the connect timeout.
       this.metrics.noPath.inc();
-      this.o.log.warn({ node: lp.node, endpoint: `${lp.ip}:${lp.targetPort}` }, 'tunnel: no path to node');
-      socket.destroy();
+      this.o.log.warn(
+        { node: lp.node, endpoint: `${lp.ip}:${lp.targetPort}` },
+        'tunnel: no direct or relay path to node; trying the endpoint itself',
+      );
+      const plain = net.connect({ host: lp.ip, port: lp.targetPort, allowHalfOpen: true });
+      plain.setTimeout(this.o.config.modules.edgeProxy.connectTimeoutMs || 5000, () => plain.destroy());
+      plain.once('connect', () => plain.setTimeout(0));
+      plain.on('error', () => {});
+      void joinStreams(socket, plain);
+      socket.resume();
       return;
     }
     this.metrics.streams.inc({ path: direct ? 'direct' : 'relay' });

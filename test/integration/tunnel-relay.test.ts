@@ -271,6 +271,15 @@ describe('tunnel over relays (loopback)', () => {
     expect(good.t.status().relays[0]!.connected).toBe(true);
   });
 
+  it('with no tunnel path at all, the endpoint itself is tried (flat networks keep working)', async () => {
+    const lone = await agent('node-lone', []);
+    const rw = await lone.t.applyTable(table([ep(echoPort, 'node-unknown')]));
+    const port = rw.services.get('default/echo')!.ports[0]!.endpoints[0]!.port;
+    expect(lone.t.pathTo('node-unknown')).toBe('none');
+    expect((await exchange(port, 'plain fallback')).toString()).toBe('plain fallback');
+    expect(await metric(lone.registry, 'edgemesh_tunnel_no_path_total')).toBe(1);
+  });
+
   it('the receiving node connects only to its own endpoints', async () => {
     const r = await relay('relay-own');
     const b = await agent('node-b2', [{ name: 'relay-own', addr: r.addr }], { advertise: ['127.0.0.1:1'] });
