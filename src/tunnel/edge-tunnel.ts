@@ -4,8 +4,10 @@
 // connection to 127.0.0.1:P becomes a stream to the endpoint's node: directly when that node's
 // tunnel listener answers (probed, cached, re-probed), otherwise through a relay. Streams that
 // arrive here are connected only to endpoints of THIS node in the current snapshot.
+import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
+import path from 'node:path';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { EdgemeshConfig } from '../config/types.ts';
 import type {
@@ -153,6 +155,7 @@ export class EdgeTunnel implements Service {
   private queue: Promise<void> = Promise.resolve();
   private renderedPaths = new Map<string, 'direct' | 'relay'>();
   private renderTimer: NodeJS.Timeout | undefined;
+  private saveTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly o: EdgeTunnelOptions) {
     this.cfg = o.config.modules.edgeTunnel;
@@ -173,6 +176,7 @@ export class EdgeTunnel implements Service {
 
   async start(): Promise<void> {
     this.creds = await loadCredentials(this.cfg);
+    this.loadPeers();
     this.listener = new TlsListener({
       host: '0.0.0.0',
       port: this.cfg.listenPort,
@@ -209,6 +213,10 @@ export class EdgeTunnel implements Service {
     this.stopped = true;
     if (this.reprobeTimer) clearInterval(this.reprobeTimer);
     if (this.renderTimer) clearTimeout(this.renderTimer);
+    if (this.saveTimer) {
+      clearTimeout(this.saveTimer);
+      this.savePeers();
+    }
     for (const r of this.relays) if (r.timer) clearTimeout(r.timer);
     const closing = this.listener?.close();
     for (const s of this.sessions) s.close();
@@ -481,8 +489,7 @@ export class EdgeTunnel implements Service {
     this.o.log.info({ relay: r.node, address }, 'tunnel: connected to relay');
     s.on('peers', (peers: PeerAnnouncement[]) => {
       r.peers = new Set(peers.map((p) => p.node));
-      for (const p of peers)
-        if (p.node !== this.own && p.addrs.length > 0) this.peerAddrs.set(p.node, p.addrs);
+      for (const p of peers) if (p.node !== this.own && p.addrs.length > 0) this.learnAddrs(p.node, p.addrs);
       this.probeAll();
       this.updatePathMetrics();
     });
@@ -519,7 +526,7 @@ export class EdgeTunnel implements Service {
       this.direct.set(node, set);
     }
     set.add(s);
-    if (s.peer?.addrs?.length) this.peerAddrs.set(node, s.peer.addrs);
+    if (s.peer?.addrs?.length) this.learnAddrs(node, s.peer.addrs);
     this.o.log.info({ peer: node, remote: s.remote }, 'tunnel: direct path up');
     this.updatePathMetrics();
     s.once('close', () => {
@@ -529,6 +536,61 @@ export class EdgeTunnel implements Service {
       if (!this.stopped) this.o.log.info({ peer: node }, 'tunnel: direct path down');
       this.lastProbe.delete(node);
     });
+  }
+
+  /** The file where learned peer addresses survive a restart (so a LAN works with no relay up). */
+  private get peersFile(): string {
+    return path.join(this.o.config.stateDir, 'tunnel-peers.json');
+  }
+
+  private loadPeers(): void {
+    let text: string;
+    try {
+      text = fs.readFileSync(this.peersFile, 'utf8');
+    } catch {
+      return; // first start
+    }
+    try {
+      const doc = JSON.parse(text) as { version?: unknown; peers?: Record<string, unknown> };
+      if (doc.version !== 1 || typeof doc.peers !== 'object' || doc.peers === null)
+        throw new Error('unknown format');
+      for (const [node, addrs] of Object.entries(doc.peers))
+        if (Array.isArray(addrs) && node !== this.own)
+          this.peerAddrs.set(node, addrs.filter((a): a is string => typeof a === 'string').slice(0, 32));
+      this.o.log.info(
+        { file: this.peersFile, peers: this.peerAddrs.size },
+        'tunnel: peer addresses restored',
+      );
+    } catch (err) {
+      this.o.log.warn(
+        { file: this.peersFile, err: errorMessage(err) },
+        'tunnel: ignoring unreadable peer address file',
+      );
+    }
+  }
+
+  private learnAddrs(node: string, addrs: string[]): void {
+    const old = this.peerAddrs.get(node);
+    if (old && old.length === addrs.length && old.every((a, i) => a === addrs[i])) return;
+    this.peerAddrs.set(node, addrs);
+    if (this.saveTimer || this.stopped) return;
+    this.saveTimer = setTimeout(() => {
+      this.saveTimer = undefined;
+      this.savePeers();
+    }, 1000);
+    this.saveTimer.unref();
+  }
+
+  private savePeers(): void {
+    this.saveTimer = undefined;
+    try {
+      fs.mkdirSync(this.o.config.stateDir, { recursive: true });
+      const tmp = `${this.peersFile}.${process.pid}.tmp`;
+      fs.writeFileSync(tmp, `${JSON.stringify({ version: 1, peers: Object.fromEntries(this.peerAddrs) })}\n`);
+      fs.renameSync(tmp, this.peersFile);
+    } catch (err) {
+      this.o.log.warn({ file: this.peersFile, err: errorMessage(err) }, 'tunnel: cannot save peer addresses');
+    }
   }
 
   /** Probes every remote node in the snapshot that has no direct session and is due. */

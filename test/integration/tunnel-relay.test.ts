@@ -127,11 +127,14 @@ describe('tunnel over relays (loopback)', () => {
       advertise?: string[];
       psk?: string;
       files?: Partial<EdgemeshConfig['modules']['edgeTunnel']>;
+      stateDir?: string;
+      port?: number;
     } = {},
   ) {
     const config = defaultConfig();
     config.nodeName = node;
-    const port = await freePort();
+    config.stateDir = opts.stateDir ?? path.join(dir, `state-${node}`);
+    const port = opts.port ?? (await freePort());
     Object.assign(config.modules.edgeTunnel, {
       enable: true,
       listenPort: port,
@@ -152,7 +155,7 @@ describe('tunnel over relays (loopback)', () => {
     });
     await t.start();
     stops.push(() => t.stop());
-    return { t, registry, lines: mem.lines, port };
+    return { t, registry, lines: mem.lines, port, stateDir: config.stateDir };
   }
 
   it('reaches an endpoint on another node through the relay, and directly when the peer answers', async () => {
@@ -278,6 +281,28 @@ describe('tunnel over relays (loopback)', () => {
     expect(lone.t.pathTo('node-unknown')).toBe('none');
     expect((await exchange(port, 'plain fallback')).toString()).toBe('plain fallback');
     expect(await metric(lone.registry, 'edgemesh_tunnel_no_path_total')).toBe(1);
+  });
+
+  it('learned peer addresses survive a restart: a LAN peer is reached with no relay at all', async () => {
+    const r = await relay('relay-persist');
+    const e = await agent('node-e', [{ name: 'relay-persist', addr: r.addr }]);
+    const f = await agent('node-f', [{ name: 'relay-persist', addr: r.addr }]);
+    const snap = table([ep(echoPort, 'node-e')]);
+    await e.t.applyTable(snap);
+    await f.t.applyTable(snap);
+    await eventually(async () => f.t.pathTo('node-e') === 'direct');
+    await f.t.stop();
+    const saved = JSON.parse(fs.readFileSync(path.join(f.stateDir, 'tunnel-peers.json'), 'utf8'));
+    expect(saved.peers['node-e']).toEqual([`127.0.0.1:${e.port}`]);
+    await r.r.stop();
+    // f again, same state dir, no relay configured (the cloud is gone): it probes e directly.
+    const f2 = await agent('node-f', [], { stateDir: f.stateDir });
+    expect(f2.lines.join('')).toMatch(/peer addresses restored/);
+    const rw = await f2.t.applyTable(snap);
+    await eventually(async () => f2.t.pathTo('node-e') === 'direct');
+    const port = rw.services.get('default/echo')!.ports[0]!.endpoints[0]!.port;
+    expect((await exchange(port, 'after restart')).toString()).toBe('after restart');
+    expect(await metric(f2.registry, 'edgemesh_tunnel_streams_total')).toBe(1);
   });
 
   it('the receiving node connects only to its own endpoints', async () => {
