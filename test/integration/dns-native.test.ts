@@ -278,6 +278,28 @@ describe('native DNS fast path', () => {
   });
 });
 
+describe('IPv6', () => {
+  it('listens on ::1: cluster names answered natively, misses answered by JS to the IPv6 client', async () => {
+    const s6 = new DnsServer(options({ listen: { host: '::1', port: 0 } }));
+    await s6.start();
+    try {
+      await s6.apply(table(services));
+      const port = s6.address()!.port;
+      expect(s6.mode).toBe('native');
+      const a = await dig('::1', port, ['web.default.svc.cluster.local', 'AAAA']);
+      expect(a.answers[0]?.[3]).toBe('fd00:96::10');
+      const srv = await dig('::1', port, ['_http._tcp.web.default.svc.cluster.local', 'SRV']);
+      expect(srv.answers[0]?.[3]).toBe('0 100 80 web.default.svc.cluster.local.');
+      const c = s6.status().counters;
+      expect(c['native.answered']).toBe(1);
+      expect(c['native.punted']).toBe(1);
+      expect(c['native.sent']).toBe(2);
+    } finally {
+      await s6.stop();
+    }
+  });
+});
+
 describe('fallback to the JS UDP path', () => {
   it('runs on JS with the reason when the addon lacks the responder or it fails to start', async () => {
     const real = requireNative();
@@ -337,6 +359,24 @@ describe('miss hand-over', () => {
     `;
     const r = await exec(process.execPath, ['-e', script], { timeout: 20_000 });
     expect(r.stdout.trim()).toBe('alive after a throw');
+  });
+});
+
+describe('shutdown', () => {
+  it('a miss still queued when the responder closes and the process exits does not abort it', async () => {
+    const addon = loadNative().path!;
+    // dig runs synchronously, so the miss it causes waits in the queue until after dnsClose; the
+    // handler then throws (closed handle) while the environment shuts down. That used to abort.
+    const script = `
+      const b = require(${JSON.stringify(addon)});
+      const { spawnSync } = require('node:child_process');
+      const h = b.dnsListen('127.0.0.1', 0, 0, 8, (batch) => b.dnsSend(h, batch.subarray(0, 19), Buffer.alloc(12)));
+      spawnSync('dig', ['@127.0.0.1', '-p', String(b.dnsBoundPort(h)), '+tries=1', '+time=1', 'example.org']);
+      b.dnsClose(h);
+      console.log('closed');
+    `;
+    const r = await exec(process.execPath, ['-e', script], { timeout: 20_000 });
+    expect(r.stdout.trim()).toBe('closed');
   });
 });
 

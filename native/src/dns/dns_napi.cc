@@ -27,9 +27,12 @@ void CallJs(Napi::Env env, Napi::Function callback, std::nullptr_t*, MissBatch* 
     callback.Call({Napi::Buffer<uint8_t>::Copy(env, owned->bytes.data(), owned->bytes.size()),
                    Napi::Number::New(env, owned->count)});
   } catch (const Napi::Error& e) {
-    // A throwing handler must not take the process down from a libuv callback: report it as an
-    // uncaught JS exception (the agent logs those) instead of letting it escape into C++.
-    e.ThrowAsJavaScriptException();
+    // A throwing handler must not take the process down from a libuv callback: hand the error
+    // back to JS as a pending exception (reported as uncaught). The plain C call never throws
+    // in C++: while the environment shuts down it fails, and there is nobody left to tell.
+    napi_throw(env, e.Value());
+  } catch (...) {
+    // Nothing else may cross into libuv either.
   }
 }
 
