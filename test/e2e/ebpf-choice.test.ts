@@ -1,7 +1,8 @@
 // How the agent's interceptor factory treats eBPF: `--intercept auto` picks it only where its hooks
 // cover the node (root cgroup, agent in the host network namespace) and otherwise says why it fell
 // back; `--intercept ebpf` gets PROXY_MARK as its bypass mark, so a socket carrying the native
-// plane's mark is never redirected (proved with a real marked connect from inside the cgroup).
+// plane's mark is never redirected (proved with a real marked connect from inside the cgroup), and a
+// service entry deleted from the pinned map behind the agent's back is restored by repair().
 import { mkdirSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -111,6 +112,15 @@ s.settimeout(3); s.connect(("10.96.0.10",80)); print(s.recv(100).decode().strip(
     expect(await reach(PROXY_MARK)).toBe('direct');
     expect(await reach(0x1)).toBe('proxied');
     expect(interceptor.counters().bypass - before).toBe(1);
+
+    // Drift in the maps: an entry deleted behind the agent's back is rewritten by repair().
+    expect(await interceptor.repair()).toBe(false);
+    const pin = `/sys/fs/bpf/${ns.name}/edgemesh_svc_v1`;
+    // struct em_svc_key of 10.96.0.10:80/TCP: address and port in network order, protocol 6, pad.
+    await runProcess(['bpftool', 'map', 'delete', 'pinned', pin, 'key', ...'10 96 0 10 0 80 6 0'.split(' ')]);
+    expect(await reach()).toBe('direct');
+    expect(await interceptor.repair()).toBe(true);
+    expect(await reach()).toBe('proxied');
     await interceptor.stop();
     interceptor = undefined;
     expect(await reach()).toBe('direct');
