@@ -156,6 +156,8 @@ export class EdgeTunnel implements Service {
   private renderedPaths = new Map<string, 'direct' | 'relay'>();
   private renderTimer: NodeJS.Timeout | undefined;
   private saveTimer: NodeJS.Timeout | undefined;
+  /** Accepted loopback connections, destroyed on stop (a server's close() waits for them). */
+  private readonly accepted = new Set<net.Socket>();
 
   constructor(private readonly o: EdgeTunnelOptions) {
     this.cfg = o.config.modules.edgeTunnel;
@@ -220,6 +222,7 @@ export class EdgeTunnel implements Service {
     for (const r of this.relays) if (r.timer) clearTimeout(r.timer);
     const closing = this.listener?.close();
     for (const s of this.sessions) s.close();
+    for (const c of this.accepted) c.destroy();
     await closing;
     await Promise.all([...this.localPorts.values()].map((lp) => closeServer(lp.server)));
     this.localPorts.clear();
@@ -375,6 +378,8 @@ export class EdgeTunnel implements Service {
 
   private onLocalConnection(socket: net.Socket, lp: LocalPort): void {
     socket.on('error', () => {});
+    this.accepted.add(socket);
+    socket.once('close', () => this.accepted.delete(socket));
     const target: OpenTarget = { node: lp.node, src: this.own, ip: lp.ip, port: lp.targetPort };
     const direct = this.directSession(lp.node);
     const session = direct ?? this.relayFor(lp.node)?.session;
