@@ -18,7 +18,6 @@
 #include "core/routing_table.h"
 #include "core/splice_copy.h"
 #include "bpf/bpf_napi.h"
-#include "bpf/bpf_napi.h"
 #include "dns/dns_napi.h"
 
 namespace {
@@ -90,7 +89,6 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
                              InstanceMethod("planeSetHandoff", &EdgemeshAddon::PlaneSetHandoff),
                              InstanceMethod("planeTakeHandoffs", &EdgemeshAddon::PlaneTakeHandoffs),
                          });
-    edgemesh::bpf::RegisterBpf(env, exports);  // eBPF loader functions (native/src/bpf)
     edgemesh::bpf::RegisterBpf(env, exports);  // eBPF loader functions (native/src/bpf)
     edgemesh::dns::RegisterDns(env, exports);  // native DNS responder (native/src/dns)
   }
