@@ -4,8 +4,8 @@
 //   - `curl --resolve` with SNI gets a pod's own certificate (TLS passes through, never terminated:
 //     the certificate's subject names the pod that answered);
 //   - a UDP datagram to the ClusterIP comes back from a pod, and /metrics counts the flow.
-// The native plane does not serve UDP ports (src/dataplane/native/route-encoder.ts keeps TCP only),
-// so the UDP case runs on the TS plane.
+// The native plane forwards TCP only; with --dataplane native its split sends UDP ports to the TS
+// plane's UDP flows, so the UDP case runs on both.
 // Plan: pods 10.244.0.10-11; ClusterIPs 10.96.0.140 ws :12348, .141 https :443, .142 udp :5353.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -194,27 +194,25 @@ for (const dataplane of ['ts', 'native'] as const) {
       expect(seen.size).toBe(2);
     });
 
-    if (dataplane === 'ts') {
-      it('UDP echo through udp-svc:5353, counted as a flow in /metrics', async () => {
-        const r = await topo.node.exec('socat', ['-t', '1', '-T', '3', '-', 'UDP:10.96.0.142:5353'], {
-          input: 'ping',
-        });
-        expect(r.stdout).toMatch(/^pod-[01]:ping$/);
-        // A pod client too (PREROUTING: the datagram arrives on the bridge address, not loopback).
-        const fromPod = await topo.pods[0]!.ns.exec(
-          'socat',
-          ['-t', '1', '-T', '3', '-', 'UDP:10.96.0.142:5353'],
-          {
-            input: 'pong',
-          },
-        );
-        expect(fromPod.stdout).toMatch(/^pod-[01]:pong$/);
-        const metrics = await topo.node.run('curl', '-s', `http://127.0.0.1:${metricsPort}/metrics`);
-        expect(metrics).toMatch(/^edgemesh_udp_flows_created_total\{service="em\/udp-svc:5353"\} [1-9]/m);
-        expect(metrics).toMatch(
-          /^edgemesh_udp_bytes_total\{service="em\/udp-svc:5353",direction="from_client"\} 8$/m,
-        );
+    it('UDP echo through udp-svc:5353, counted as a flow in /metrics', async () => {
+      const r = await topo.node.exec('socat', ['-t', '1', '-T', '3', '-', 'UDP:10.96.0.142:5353'], {
+        input: 'ping',
       });
-    }
+      expect(r.stdout).toMatch(/^pod-[01]:ping$/);
+      // A pod client too (PREROUTING: the datagram arrives on the bridge address, not loopback).
+      const fromPod = await topo.pods[0]!.ns.exec(
+        'socat',
+        ['-t', '1', '-T', '3', '-', 'UDP:10.96.0.142:5353'],
+        {
+          input: 'pong',
+        },
+      );
+      expect(fromPod.stdout).toMatch(/^pod-[01]:pong$/);
+      const metrics = await topo.node.run('curl', '-s', `http://127.0.0.1:${metricsPort}/metrics`);
+      expect(metrics).toMatch(/^edgemesh_udp_flows_created_total\{service="em\/udp-svc:5353"\} [1-9]/m);
+      expect(metrics).toMatch(
+        /^edgemesh_udp_bytes_total\{service="em\/udp-svc:5353",direction="from_client"\} 8$/m,
+      );
+    });
   });
 }

@@ -28,11 +28,12 @@ export const HANDLED_APP_PROTOCOLS: ReadonlySet<string> = new Set(['http', 'webs
 
 /**
  * Default split: ports with a TS protocol handler (HTTP routing, retries, websocket, TLS
- * passthrough: what the TS plane does for them) and ports whose consistentHash reads the request
- * (header, cookie, query) or is not the default ring.
+ * passthrough: what the TS plane does for them), ports whose consistentHash reads the request
+ * (header, cookie, query) or is not the default ring, and UDP ports (the native plane forwards TCP
+ * only; the TS plane's UDP flows serve them).
  */
 export const needsL7Policy: NeedsL7 = (_svc, port) =>
-  HANDLED_APP_PROTOCOLS.has(port.appProtocol) || nativePolicy(port).needsL7;
+  port.protocol === 'UDP' || HANDLED_APP_PROTOCOLS.has(port.appProtocol) || nativePolicy(port).needsL7;
 
 /** A plane that can give accepted connections away (NativeDataplane). */
 export interface HandoffSource extends Dataplane {
@@ -102,8 +103,10 @@ export class SplitDataplane implements Dataplane {
     const l7Targets = this.l7Started ? await this.l7.apply({ ...table, services: l7 }, diff) : [];
     if (this.l7Path === 'handoff') {
       this.l7Ports = new Map(l7Targets.map((t) => [`${t.clusterIP}:${t.port}`, t.toPort]));
-      // The native plane routes every port (L7 ones marked for hand-off); its targets are all.
-      return this.l4.apply(table, diff);
+      // The native plane routes every TCP port (L7 ones marked for hand-off). Datagrams cannot be
+      // handed off, so UDP ports keep their redirect to the TS plane's UDP listener.
+      const udpTargets = l7Targets.filter((t) => t.protocol === 'UDP');
+      return [...(await this.l4.apply(table, diff)), ...udpTargets];
     }
     return [...(await this.l4.apply({ ...table, services: l4 }, diff)), ...l7Targets];
   }
