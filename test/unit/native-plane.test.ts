@@ -142,13 +142,15 @@ describe('route encoder', () => {
 });
 
 describe('L7 split', () => {
-  it('hands off exactly the ports with a TS protocol handler or a request-reading hash', () => {
+  it('sends to TS exactly the ports with a TS protocol handler, a request-reading hash, or UDP', () => {
     expect([...HANDLED_APP_PROTOCOLS].sort()).toEqual(Object.keys(handlers).sort());
     const port = (fields: object) => ({ appProtocol: 'tcp', ...fields }) as unknown as ServicePortEntry;
     const s = {} as ServiceEntry;
     expect(needsL7Policy(s, port({ appProtocol: 'http' }))).toBe(true);
     expect(needsL7Policy(s, port({ appProtocol: 'https' }))).toBe(true);
     expect(needsL7Policy(s, port({}))).toBe(false);
+    expect(needsL7Policy(s, port({ protocol: 'TCP' }))).toBe(false);
+    expect(needsL7Policy(s, port({ protocol: 'UDP' }))).toBe(true);
     const cookie = { loadBalancer: { consistentHash: { httpCookie: { name: 'c' } } } };
     expect(needsL7Policy(s, port({ trafficPolicy: cookie }))).toBe(true);
     // The hand-off flag is bit 1 of the route's flags byte, beside affinity (bit 0).
