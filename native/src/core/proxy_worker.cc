@@ -415,7 +415,11 @@ void Worker::OnConnectResult(Conn* c) {
 void Worker::FailAttempt(Conn* c, PlaneCounter why) {
   c_.Add(why);
   RemoveConnecting(c);
-  close(c->upstream);  // also leaves the epoll set
+  // Leave the epoll set explicitly: close() removes the registration only when this was the last
+  // reference to the socket, and a child forked by the agent (ip, ss, iptables-save ...) can hold
+  // one between fork and exec; a later event would then point at a Conn that is gone.
+  epoll_ctl(ep_, EPOLL_CTL_DEL, c->upstream, nullptr);
+  close(c->upstream);
   c->upstream = -1;
   ++c->attempt;
   StartConnect(c);
@@ -570,6 +574,7 @@ void Worker::CloseConn(Conn* c, bool reset) {
   for (int fd : {c->client, c->upstream}) {
     if (fd < 0) continue;
     if (reset) SetResetOnClose(fd);
+    epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);  // see FailAttempt: a forked child may share the socket
     close(fd);
   }
   for (Direction* d : {&c->up, &c->down}) {
