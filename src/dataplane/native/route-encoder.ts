@@ -81,11 +81,30 @@ export class ServiceSlots {
   }
 }
 
-/** Endpoints the native plane may use: ready IPv4 ones (serving+terminating when none is ready), de-duplicated. */
+/**
+ * Tunnel tier of an endpoint, as the TS balancer orders them: not carried by the tunnel (this
+ * node's own pods once the tunnel rewrote the snapshot) first, then direct peers, then relayed.
+ */
+function tunnelRank(e: Endpoint): number {
+  return e.tunnelPath === 'relay' ? 2 : e.tunnelPath === 'direct' ? 1 : 0;
+}
+
+/** The endpoints of the best non-empty tunnel tier (all of them when the tunnel tags none). */
+function bestTier(eps: readonly Endpoint[]): readonly Endpoint[] {
+  if (eps.length === 0) return eps;
+  let best = 2;
+  for (const e of eps) best = Math.min(best, tunnelRank(e));
+  return eps.filter((e) => tunnelRank(e) === best);
+}
+
+/**
+ * Endpoints the native plane may use: ready IPv4 ones (serving+terminating when none is ready),
+ * of the best tunnel tier only (same node, then direct, then relayed), de-duplicated.
+ */
 export function routableEndpoints(port: ServicePortEntry): { ip: string; port: number }[] {
   const v4 = port.endpoints.filter((e) => net.isIPv4(e.ip));
-  let chosen: readonly Endpoint[] = v4.filter((e) => e.ready);
-  if (chosen.length === 0) chosen = v4.filter((e) => e.serving);
+  let chosen: readonly Endpoint[] = bestTier(v4.filter((e) => e.ready));
+  if (chosen.length === 0) chosen = bestTier(v4.filter((e) => e.serving));
   const seen = new Set<string>();
   const out: { ip: string; port: number }[] = [];
   for (const e of chosen) {
