@@ -354,10 +354,6 @@ class Demo {
     }
     const inNode = `ip netns exec ${topo.nodeNs}`;
     const inPod = `ip netns exec ${topo.podNs('websocket-edge-0')}`;
-    // eBPF cgroup hooks only see processes in the node's cgroup, not packets arriving over veth.
-    const podNote = status?.intercept.mode.startsWith('ebpf')
-      ? '; not covered by --intercept ebpf (cgroup hooks), use iptables or nftables'
-      : '';
     const lb = pod('hostname-lb-edge-1');
     return [
       {
@@ -391,12 +387,13 @@ class Demo {
         expect: 'hello edgemesh',
       },
       {
-        title: `from another pod (traffic enters the node through PREROUTING${podNote})`,
+        title:
+          'from another pod (traffic enters the node over veth: PREROUTING redirect, or sk_lookup with ebpf)',
         cmd: `${inPod} curl -s --max-time 5 ${clusterIP('hostname-svc')}:12345`,
         expect: 'hostname-edge-0',
       },
       {
-        title: `from another pod by name (pods use the agent as their DNS server${podNote})`,
+        title: 'from another pod by name (pods use the agent as their DNS server)',
         cmd: `${inPod} curl -s --max-time 5 hostname-svc.edgemesh-test:12345`,
         expect: 'hostname-edge-0',
       },
