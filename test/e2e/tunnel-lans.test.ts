@@ -1,4 +1,5 @@
-// Edge connectivity across LANs with the real `edgemesh agent` and `edgemesh relay` processes.
+// Edge connectivity across LANs with the real `edgemesh agent` and `edgemesh relay` processes
+// (the client agent on the native data plane, the default).
 // Topology (all in throwaway network namespaces): a cloud namespace, and two LANs (bridges in their
 // gateway namespaces, MASQUERADE toward the cloud) whose nodes cannot route to each other. Agents on
 // a1 + a2 (LAN A), b1 (LAN B) and the cloud; two relays in the cloud. A client on a1 reaches
@@ -77,6 +78,12 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
     }
     return sum;
   }
+  /** Connections a1's native plane forwarded for `service` so far. */
+  async function nativeConnections(service: string): Promise<number> {
+    const m = await a1.run('curl', '-s', 'http://127.0.0.1:10551/metrics');
+    const re = new RegExp(`^edgemesh_native_service_connections_total\\{service="${service}"\\} (\\d+)`, 'm');
+    return Number(re.exec(m)?.[1] ?? 0);
+  }
   const http = async (vip: string) => (await a1.curl(`http://${vip}:80/`, 3)).stdout.trim();
   const echo = async (vip: string, text: string) => (await a1.tcp(vip, 2701, text)).stdout;
 
@@ -133,7 +140,7 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
       agents.set(node, a);
       return a;
     };
-    start(a1, 'a1', 'client.yaml', ['--intercept', 'iptables', '--dataplane', 'ts']);
+    start(a1, 'a1', 'client.yaml', ['--intercept', 'iptables', '--dataplane', 'native']);
     start(a2!, 'a2', 'node.yaml');
     start(b1!, 'b1', 'node.yaml');
     start(cloud, 'cloud', 'node.yaml');
@@ -157,11 +164,15 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
 
   it('reaches pods only in LAN B through the relay (HTTP and TCP echo)', async () => {
     const before = await relayStreams();
+    const nativeBefore = await nativeConnections('edge/lanb');
     expect(await http('10.96.0.21')).toBe('pod-b');
     expect(await echo('10.96.0.21', 'across the relay\n')).toBe('across the relay\n');
     // The HTTP engine may reuse a pooled upstream connection; the echo is always a new stream.
     expect(await relayStreams()).toBeGreaterThanOrEqual(before + 1);
+    // The echo port was forwarded by the native plane (HTTP ports go to the TS handlers).
+    expect(await nativeConnections('edge/lanb')).toBeGreaterThanOrEqual(nativeBefore + 1);
     const status = JSON.parse(await a1.run('curl', '-s', 'http://127.0.0.1:10551/status'));
+    expect(status.dataplane.mode).toMatch(/native/);
     expect(status.tunnel.peers).toContainEqual({ node: 'b1', path: 'relay' });
     const metrics = await a1.run('curl', '-s', 'http://127.0.0.1:10551/metrics');
     expect(metrics).toMatch(/edgemesh_tunnel_peer_path\{peer="b1",path="relay"\} 1/);
