@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -88,6 +89,7 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
                              InstanceMethod("planeDestroy", &EdgemeshAddon::PlaneDestroy),
                              InstanceMethod("planeSetHandoff", &EdgemeshAddon::PlaneSetHandoff),
                              InstanceMethod("planeTakeHandoffs", &EdgemeshAddon::PlaneTakeHandoffs),
+                             InstanceMethod("planeSplicePair", &EdgemeshAddon::PlaneSplicePair),
                          });
     edgemesh::bpf::RegisterBpf(env, exports);  // eBPF loader functions (native/src/bpf)
     edgemesh::dns::RegisterDns(env, exports);  // native DNS responder (native/src/dns)
@@ -288,6 +290,38 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
       out.Set(static_cast<uint32_t>(i * 3 + 2), Napi::Number::New(info.Env(), list[i].port));
     }
     return out;
+  }
+
+  // planeSplicePair(id, clientFd, upstreamFd, toUpstream?, toClient?) -> whether a worker took the
+  // pair. The plane forwards dup()s of both fds (the caller closes its own without a FIN reaching
+  // anyone); the buffers are bytes already read that go out first. false: nothing was kept.
+  Napi::Value PlaneSplicePair(const Napi::CallbackInfo& info) {
+    static constexpr const char* kUsage =
+        "planeSplicePair(id: number, clientFd: number, upstreamFd: number, toUpstream?: Buffer, toClient?: Buffer)";
+    auto plane = PlaneArg(info, kUsage);
+    const int client = FdArg(info, 1, kUsage);
+    const int upstream = FdArg(info, 2, kUsage);
+    edgemesh::AdoptedPair pair;
+    for (size_t i : {3, 4}) {
+      if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) continue;
+      auto b = BufferArg(info, i, kUsage);
+      (i == 3 ? pair.to_upstream : pair.to_client).assign(reinterpret_cast<const char*>(b.Data()), b.Length());
+    }
+    pair.client = fcntl(client, F_DUPFD_CLOEXEC, 3);
+    if (pair.client < 0) ThrowSyscall(info.Env(), edgemesh::SyscallError{"fcntl(F_DUPFD_CLOEXEC)", errno});
+    pair.upstream = fcntl(upstream, F_DUPFD_CLOEXEC, 3);
+    if (pair.upstream < 0) {
+      const int err = errno;
+      close(pair.client);
+      ThrowSyscall(info.Env(), edgemesh::SyscallError{"fcntl(F_DUPFD_CLOEXEC)", err});
+    }
+    const int dup_client = pair.client, dup_upstream = pair.upstream;
+    if (!plane->PushAdopted(std::move(pair))) {
+      close(dup_client);
+      close(dup_upstream);
+      return Napi::Boolean::New(info.Env(), false);
+    }
+    return Napi::Boolean::New(info.Env(), true);
   }
 
  private:

@@ -2,6 +2,7 @@
 // accepted socket's own address is the "original destination", so the route is 127.0.0.1:<proxy>.
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -354,4 +355,101 @@ TEST(plane_serves_hand_off_routes_as_l4_without_a_consumer) {
   close(c);
   CHECK_EQ(p.Counter(edgemesh::kHandedOff), 0u);
   CHECK_EQ(p.Counter(edgemesh::kEstablished), 1u);
+}
+
+namespace {
+
+// A connected loopback pair: *a is the connecting side, *b the accepted side.
+void LoopbackPair(int* a, int* b) {
+  uint16_t port = 0;
+  int l = ListenLoopback(&port);
+  *a = Connect(port);
+  *b = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+  close(l);
+}
+
+size_t OpenFds() {
+  size_t n = 0;
+  for (int fd = 0; fd < 4096; ++fd) n += fcntl(fd, F_GETFD) >= 0 ? 1 : 0;
+  return n;
+}
+
+// What TS does on the way back: both sides established elsewhere (here: plain socket pairs), some
+// bytes already read by "TS", then the pair is given to the plane mid-stream.
+void AdoptRoundTrip(bool use_splice) {
+  edgemesh::PlaneOptions o;
+  o.use_splice = use_splice;
+  RunningPlane p(o);
+  p.Routes({});
+  p.Start();
+  for (int i = 0; i < 200 && p.Counter(edgemesh::kWorkersRunning) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const size_t fds_before = OpenFds();
+  int client = -1, proxy_client = -1, backend = -1, proxy_upstream = -1;
+  LoopbackPair(&client, &proxy_client);
+  LoopbackPair(&proxy_upstream, &backend);
+  // Bytes in flight on both sides before the hand-back stay in the sockets and are forwarded.
+  CHECK_EQ(write(client, "early-up|", 9), 9);
+  CHECK_EQ(write(backend, "early-down|", 11), 11);
+  edgemesh::AdoptedPair pair;
+  pair.client = dup(proxy_client);
+  pair.upstream = dup(proxy_upstream);
+  pair.to_upstream = "read-by-ts-up|";
+  pair.to_client = "read-by-ts-down|";
+  CHECK(p.plane->PushAdopted(std::move(pair)));
+  // The caller's own fds close without a FIN: the plane holds the sockets.
+  close(proxy_client);
+  close(proxy_upstream);
+
+  const std::string payload = Payload(4 << 20);
+  std::thread echo([&] { Echo(backend); });
+  std::thread writer([&] {
+    for (size_t off = 0; off < payload.size();) {
+      ssize_t w = write(client, payload.data() + off, payload.size() - off);
+      if (w <= 0) break;
+      off += static_cast<size_t>(w);
+    }
+    shutdown(client, SHUT_WR);
+  });
+  std::string got;
+  long r = ReadAll(client, &got);
+  writer.join();
+  echo.join();
+  close(client);
+  // The backend sent "early-down|" before echoing; the echo returns what reached it, in order.
+  const std::string want = std::string("read-by-ts-down|early-down|") + "read-by-ts-up|early-up|" + payload;
+  CHECK_EQ(r, static_cast<long>(want.size()));
+  CHECK(got == want);
+  for (int i = 0; i < 200 && p.Counter(edgemesh::kActive) != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK_EQ(p.Counter(edgemesh::kActive), 0u);
+  CHECK_EQ(p.Counter(edgemesh::kSplicedBack), 1u);
+  CHECK_EQ(p.Counter(edgemesh::kBytesUp), static_cast<uint64_t>(14 + 9 + payload.size()));
+  // Both dups closed, pipes back to the pool then trimmed after an idle second.
+  for (int i = 0; i < 300 && OpenFds() != fds_before; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK_EQ(OpenFds(), fds_before);
+}
+
+}  // namespace
+
+TEST(plane_adopts_an_established_pair_mid_stream_splice) { AdoptRoundTrip(true); }
+TEST(plane_adopts_an_established_pair_mid_stream_read_write) { AdoptRoundTrip(false); }
+
+TEST(plane_refuses_pairs_when_stopping) {
+  RunningPlane p;
+  p.Routes({});
+  p.Start();
+  for (int i = 0; i < 200 && p.Counter(edgemesh::kWorkersRunning) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  p.plane->Stop(0);
+  p.worker.join();
+  int a = -1, b = -1;
+  LoopbackPair(&a, &b);
+  edgemesh::AdoptedPair pair;
+  pair.client = a;
+  pair.upstream = b;
+  CHECK(!p.plane->PushAdopted(std::move(pair)));
+  CHECK(fcntl(a, F_GETFD) >= 0);  // still the caller's
+  close(a);
+  close(b);
 }

@@ -58,6 +58,12 @@ export interface NativeBinding {
   planeSetHandoff(id: number, callback: (() => void) | null): void;
   /** Queued hand-offs as [fd, original destination IPv4 as u32, port, ...]; the caller owns the fds. */
   planeTakeHandoffs(id: number): number[];
+  /**
+   * Gives an established client/upstream pair to the plane's workers (from any thread): dup()s both
+   * fds (the caller then closes its own without a FIN), sends toUpstream/toClient (bytes already
+   * read) first, then forwards natively. false: plane stopping or no worker; nothing was kept.
+   */
+  planeSplicePair(id: number, clientFd: number, upstreamFd: number, toUpstream?: Buffer, toClient?: Buffer): boolean;
   /** '' when the addon was built with libbpf; otherwise why eBPF is unavailable. */
   bpfSupport(): string;
   /**

@@ -21,6 +21,7 @@ export const PLANE_COUNTER_NAMES = [
   'drain_forced',
   'workers_running',
   'handed_off',
+  'spliced_back',
 ] as const;
 
 export type PlaneCounterName = (typeof PLANE_COUNTER_NAMES)[number];

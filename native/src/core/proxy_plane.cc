@@ -56,6 +56,7 @@ Plane::Plane(const PlaneOptions& opts)
   for (size_t i = 0; i < static_cast<size_t>(opts.service_slots) * kSvcCounterCount; ++i) services_[i] = 0;
   // One eventfd for all workers: written once at Stop(), it stays readable and wakes every epoll.
   stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  adopt_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
 
 Plane::~Plane() {
@@ -66,6 +67,35 @@ Plane::~Plane() {
   if (stop_fd_ >= 0) close(stop_fd_);
   // Hand-offs TS never took: nobody else will close them.
   for (const Handoff& h : handoffs_) close(h.fd);
+  if (adopt_fd_ >= 0) close(adopt_fd_);
+  // Pairs pushed while the last worker was leaving: nobody else will close them.
+  for (const AdoptedPair& a : adopted_) {
+    close(a.client);
+    close(a.upstream);
+  }
+}
+
+bool Plane::PushAdopted(AdoptedPair&& pair) {
+  if (adopt_fd_ < 0 || stopping() || Counter(kWorkersRunning) == 0) return false;
+  {
+    std::lock_guard<std::mutex> lock(adopt_mu_);
+    adopted_.push_back(std::move(pair));
+  }
+  uint64_t one = 1;
+  ssize_t w = write(adopt_fd_, &one, sizeof(one));
+  (void)w;
+  return true;
+}
+
+std::vector<AdoptedPair> Plane::TakeAdopted() {
+  uint64_t count = 0;
+  // Reset the eventfd before taking: a push after this read re-arms it, so nothing is missed.
+  ssize_t r = read(adopt_fd_, &count, sizeof(count));
+  (void)r;
+  std::lock_guard<std::mutex> lock(adopt_mu_);
+  std::vector<AdoptedPair> out;
+  out.swap(adopted_);
+  return out;
 }
 
 void Plane::SetHandoffNotify(std::function<void()> notify) {

@@ -50,6 +50,7 @@ enum PlaneCounter : int {
   kDrainForced,       // still open at the drain deadline, reset
   kWorkersRunning,    // workers inside their epoll loop now
   kHandedOff,         // accepted connections handed to TS (L7 routes)
+  kSplicedBack,       // established pairs TS gave back after its L7 decision (AdoptPair)
   kCounterCount
 };
 
@@ -85,6 +86,15 @@ struct Handoff {
   int fd = -1;
   uint32_t vip_be = 0;  // original destination
   uint16_t port = 0;    // host order
+};
+
+// An established client/upstream pair TS gives back once its L7 decision is made: the plane owns
+// both fds from PushAdopted on. Bytes TS had already read but not yet sent go out first.
+struct AdoptedPair {
+  int client = -1;
+  int upstream = -1;
+  std::string to_upstream;  // read from the client by TS, not yet written upstream
+  std::string to_client;    // read from the upstream by TS, not yet written to the client
 };
 
 class Plane {
@@ -132,6 +142,14 @@ class Plane {
   // Everything queued; the caller owns the fds.
   std::vector<Handoff> TakeHandoffs();
 
+  // Queues an established pair for a worker (any thread); false (fds untouched, still the
+  // caller's) when the plane is stopping or no worker runs.
+  bool PushAdopted(AdoptedPair&& pair);
+  // Everything queued (workers call this when adopt_fd() turns readable); the caller owns the fds.
+  std::vector<AdoptedPair> TakeAdopted();
+  // Readable while adopted pairs wait; every worker watches it.
+  int adopt_fd() const { return adopt_fd_; }
+
  private:
   std::shared_ptr<const RoutingTable> table_;
   std::unique_ptr<std::atomic<int>[]> listeners_;
@@ -145,6 +163,9 @@ class Plane {
   std::mutex handoff_mu_;
   std::function<void()> handoff_notify_;
   std::vector<Handoff> handoffs_;
+  int adopt_fd_ = -1;
+  std::mutex adopt_mu_;
+  std::vector<AdoptedPair> adopted_;
 };
 
 int64_t MonotonicMs();

@@ -37,9 +37,11 @@ struct Direction {
   size_t in_pipe = 0;  // bytes in the pipe (splice mode)
   char* buf = nullptr;
   size_t off = 0, len = 0;  // unsent bytes are buf[off, len) (read/write mode)
+  std::string pre;          // bytes TS read before giving the pair back: sent before anything else
+  size_t pre_off = 0;
   bool eof = false;         // source reached EOF
   bool shut = false;        // EOF passed on (shutdown(SHUT_WR) on the destination)
-  size_t pending() const { return in_pipe + (len - off); }
+  size_t pending() const { return in_pipe + (len - off) + (pre.size() - pre_off); }
 };
 
 struct Conn {
@@ -81,6 +83,8 @@ class Worker {
  private:
   void AcceptAll();
   void OnAccepted(int fd, const sockaddr_in& peer);
+  void AdoptAll();
+  void Adopt(AdoptedPair& a);
   void StartConnect(Conn* c);
   void OnConnectResult(Conn* c);
   void FailAttempt(Conn* c, PlaneCounter why);
@@ -116,6 +120,7 @@ class Worker {
   bool draining_ = false;
   Tag listen_tag_{nullptr, false};
   Tag stop_tag_{nullptr, true};
+  Tag adopt_tag_{nullptr, true};
   Conn* head_ = nullptr;
   size_t conns_ = 0;
   std::vector<Conn*> connecting_;
@@ -141,6 +146,10 @@ std::optional<SyscallError> Worker::Run() {
   epoll_ctl(ep_, EPOLL_CTL_ADD, listener_, &ev);
   ev.data.ptr = &stop_tag_;
   epoll_ctl(ep_, EPOLL_CTL_ADD, plane_.stop_fd(), &ev);
+  // Pairs TS gives back: one worker wakes per push (EPOLLEXCLUSIVE) and takes the whole queue.
+  ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+  ev.data.ptr = &adopt_tag_;
+  epoll_ctl(ep_, EPOLL_CTL_ADD, plane_.adopt_fd(), &ev);
 
   epoll_event events[256];
   c_.Add(kWorkersRunning);
@@ -181,6 +190,8 @@ std::optional<SyscallError> Worker::Run() {
         AcceptAll();
       } else if (tag == &stop_tag_) {
         BeginDrain();
+      } else if (tag == &adopt_tag_) {
+        AdoptAll();
       } else {
         Conn* c = tag->conn;
         if (c->closed) continue;
@@ -208,6 +219,15 @@ std::optional<SyscallError> Worker::Run() {
   if (listener_ >= 0) close(listener_);
   close(ep_);
   c_.Sub(kWorkersRunning);
+  // The last worker out takes pairs pushed before the stop was seen (nobody would serve them).
+  if (plane_.Counter(kWorkersRunning) == 0) {
+    for (AdoptedPair& a : plane_.TakeAdopted()) {
+      SetResetOnClose(a.client);
+      SetResetOnClose(a.upstream);
+      close(a.client);
+      close(a.upstream);
+    }
+  }
   return std::nullopt;
 }
 
@@ -332,6 +352,58 @@ void Worker::OnAccepted(int fd, const sockaddr_in& peer) {
     }
   }
   StartConnect(c);
+}
+
+void Worker::AdoptAll() {
+  for (AdoptedPair& a : plane_.TakeAdopted()) Adopt(a);
+}
+
+// An established pair back from TS: forwarded like a connection this worker connected itself.
+void Worker::Adopt(AdoptedPair& a) {
+  Conn* c = new Conn();
+  c->client = a.client;
+  c->upstream = a.upstream;
+  c->ctag = Tag{c, false};
+  c->utag = Tag{c, true};
+  c->established = true;
+  // Per-service counters: the route of the client's original destination (REDIRECT) or, without
+  // NAT, of its local address; none when the route is gone (the pair is still served).
+  uint32_t vip_be = 0;
+  uint16_t vport = 0;
+  auto od = GetOriginalDst(a.client);
+  if (od.dst) {
+    vip_be = od.dst->addr_be;
+    vport = od.dst->port;
+  } else {
+    sockaddr_in local{};
+    socklen_t len = sizeof(local);
+    if (getsockname(a.client, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
+      vip_be = local.sin_addr.s_addr;
+      vport = ntohs(local.sin_port);
+    }
+  }
+  if (auto table = plane_.table()) {
+    if (const Route* route = table->Lookup(vip_be, vport)) c->svc = plane_.service(route->service_slot);
+  }
+  c->up.pre = std::move(a.to_upstream);
+  c->down.pre = std::move(a.to_client);
+  c->last_active_ms = MonotonicMs();
+  c->next = head_;
+  if (head_) head_->prev = c;
+  head_ = c;
+  ++conns_;
+  c_.Add(kActive);
+  c_.Add(kSplicedBack);
+  SvcAdd(c, kSvcActive, 1);
+  SetNoDelay(c->client);
+  SetNoDelay(c->upstream);
+  for (auto [fd, tag] : {std::pair<int, Tag*>{c->client, &c->ctag}, {c->upstream, &c->utag}}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.ptr = tag;
+    epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
+  }
+  Pump(c);
 }
 
 void Worker::StartConnect(Conn* c) {
@@ -529,7 +601,17 @@ bool Worker::PumpDir(Conn* c, Direction& d, int src, int dst, bool up) {
     }
     if (d.pending() > 0) {
       ssize_t n;
-      if (splice_mode) {
+      if (d.pre_off < d.pre.size()) {
+        n = send(dst, d.pre.data() + d.pre_off, d.pre.size() - d.pre_off, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0) {
+          d.pre_off += static_cast<size_t>(n);
+          if (d.pre_off == d.pre.size()) {
+            d.pre.clear();
+            d.pre.shrink_to_fit();
+            d.pre_off = 0;
+          }
+        }
+      } else if (splice_mode) {
         n = splice(d.pipe_r, nullptr, dst, nullptr, d.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (n > 0) d.in_pipe -= static_cast<size_t>(n);
       } else {
