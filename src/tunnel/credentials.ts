@@ -112,10 +112,18 @@ export async function loadCredentials(files: CredentialFiles): Promise<TunnelCre
   return { verifyCerts: false, ...(psk ? { psk } : {}), ...own };
 }
 
+/**
+ * TLS 1.3 suites, AES-128-GCM first: with AES-NI it is the cheapest per byte (openssl speed on the
+ * build host, 16 KiB blocks: 2.3 GB/s vs 1.8 for ChaCha20-Poly1305 and less for AES-256-GCM), and
+ * the tunnel's throughput is bound by the CPU of the TLS ends.
+ */
+const CIPHER_SUITES = 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256';
+
 /** TLS server options: TLS 1.3 only, client certificate requested (verified in cert mode). */
 export function serverTlsOptions(c: TunnelCredentials): tls.TlsOptions {
   return {
     minVersion: 'TLSv1.3',
+    ciphers: CIPHER_SUITES,
     key: c.key,
     cert: c.cert,
     ...(c.ca ? { ca: c.ca } : {}),
@@ -128,6 +136,7 @@ export function serverTlsOptions(c: TunnelCredentials): tls.TlsOptions {
 export function clientTlsOptions(c: TunnelCredentials): tls.ConnectionOptions {
   return {
     minVersion: 'TLSv1.3',
+    ciphers: CIPHER_SUITES,
     key: c.key,
     cert: c.cert,
     ...(c.ca ? { ca: c.ca } : {}),

@@ -21,10 +21,10 @@ export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];
 
 /** Header bytes before every payload. */
 export const HEADER_SIZE = 9;
-/** Largest DATA payload a sender produces. */
-export const MAX_DATA = 32 * 1024;
 /** Largest payload a receiver accepts (control frames are small; DATA at most MAX_DATA). */
 export const MAX_PAYLOAD = 64 * 1024;
+/** Largest DATA payload a sender produces: as large as receivers accept, fewer frames per byte. */
+export const MAX_DATA = MAX_PAYLOAD;
 
 /** One decoded frame. */
 export interface Frame {

@@ -13,6 +13,7 @@ import {
   decodeWindow,
   encodeFrame,
   encodeOpen,
+  type Frame,
   FrameDecoder,
   FrameError,
   FrameType,
@@ -76,6 +77,11 @@ export class Session extends EventEmitter implements StreamOwner {
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly ekm: Buffer;
   private readonly window: number;
+  /** Frames queued this tick (flushOut writes them together). */
+  private out: Buffer[] = [];
+  private flushQueued = false;
+  /** Decoded frames held back while `ready` listeners attach (see dispatch). */
+  private backlog: Frame[] | undefined;
   /** Resolves on ready, rejects when the session closes first. */
   readonly ready: Promise<HelloInfo>;
 
@@ -135,16 +141,30 @@ export class Session extends EventEmitter implements StreamOwner {
 
   send(type: FrameTypeValue, stream: number, payload?: Buffer): void {
     if (this.state === 'closed') return;
-    if (payload && payload.length > 1024) {
-      // Header and payload as one writev: no copy of bulk DATA into a fresh frame buffer.
-      const socket = this.o.socket;
-      socket.cork();
-      socket.write(encodeFrame(type, stream, undefined, payload.length));
-      socket.write(payload);
-      process.nextTick(() => socket.uncork());
-      return;
+    // Bulk DATA goes as header + payload (no copy into a frame buffer); small frames are encoded whole.
+    if (payload && payload.length > 1024)
+      this.out.push(encodeFrame(type, stream, undefined, payload.length), payload);
+    else this.out.push(encodeFrame(type, stream, payload));
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      process.nextTick(() => this.flushOut());
     }
-    this.o.socket.write(encodeFrame(type, stream, payload));
+  }
+
+  /**
+   * Writes every frame queued this tick as one corked batch: one writev, so TLS seals few large
+   * records and the kernel sees one send instead of a record + syscall per small frame.
+   */
+  private flushOut(): void {
+    this.flushQueued = false;
+    const out = this.out;
+    if (out.length === 0) return;
+    this.out = [];
+    const socket = this.o.socket;
+    if (socket.destroyed) return;
+    socket.cork();
+    for (const b of out) socket.write(b);
+    socket.uncork();
   }
 
   forget(stream: number): void {
@@ -159,6 +179,8 @@ export class Session extends EventEmitter implements StreamOwner {
     const streams = [...this.streams.values()];
     this.streams.clear();
     for (const s of streams) s.onReset(err ? errorMessage(err) : 'tunnel closed');
+    // Frames queued before the close (a RESET, AUTH_FAIL) still go out ahead of the TLS close.
+    this.flushOut();
     this.o.socket.end();
     // A peer that does not finish the TLS close promptly is cut off.
     setTimeout(() => this.o.socket.destroy(), 1000).unref();
@@ -188,11 +210,17 @@ export class Session extends EventEmitter implements StreamOwner {
   private onBytes(data: Buffer): void {
     if (this.closed) return;
     this.lastFrameAt = Date.now();
+    this.guarded(() => {
+      const frames = this.decoder.push(data);
+      if (this.backlog) this.backlog.push(...frames);
+      else this.dispatch(frames);
+    });
+  }
+
+  /** Runs `fn`; a FrameError (or any throw) closes this session only, logged and counted. */
+  private guarded(fn: () => void): void {
     try {
-      for (const f of this.decoder.push(data)) {
-        if (this.closed) return;
-        this.onFrame(f.type, f.stream, f.payload);
-      }
+      fn();
     } catch (err) {
       if (this.closed) return;
       this.o.log.warn(
@@ -201,6 +229,26 @@ export class Session extends EventEmitter implements StreamOwner {
       );
       this.emit('frameError', err);
       this.close(err as Error);
+    }
+  }
+
+  private dispatch(frames: Frame[]): void {
+    for (let i = 0; i < frames.length; i++) {
+      if (this.closed) return;
+      const f = frames[i]!;
+      const handshaking = this.state === 'handshake';
+      this.onFrame(f.type, f.stream, f.payload);
+      if (handshaking && this.state === 'ready' && i + 1 < frames.length) {
+        // Frames batched right behind the HELLO (PEERS, OPEN) wait until whoever awaits `ready`
+        // has attached its listeners (promise callbacks run before setImmediate).
+        this.backlog = frames.slice(i + 1);
+        setImmediate(() => {
+          const held = this.backlog ?? [];
+          this.backlog = undefined;
+          this.guarded(() => this.dispatch(held));
+        });
+        return;
+      }
     }
   }
 

@@ -12,8 +12,13 @@ export interface StreamOwner {
   forget(stream: number): void;
 }
 
-/** Per-stream credit in bytes (both directions). */
-export const DEFAULT_WINDOW = 256 * 1024;
+/**
+ * Per-stream credit in bytes (both directions). It must cover the path's bandwidth × credit round
+ * trip (through a relay and two busy event loops, a millisecond or more at Gbit/s rates).
+ */
+export const DEFAULT_WINDOW = 1024 * 1024;
+/** Stream buffers: large enough that a pipe does not stall between 64 KiB frames. */
+const STREAM_HWM = 256 * 1024;
 
 /** A tunnel stream: write to send DATA, read what the far end sent; end() half-closes. */
 export class TunnelStream extends Duplex {
@@ -30,7 +35,7 @@ export class TunnelStream extends Duplex {
     readonly id: number,
     private readonly window: number = DEFAULT_WINDOW,
   ) {
-    super({ allowHalfOpen: true });
+    super({ allowHalfOpen: true, highWaterMark: STREAM_HWM });
     this.sendCredit = window;
     this.recvAllowed = window;
   }
