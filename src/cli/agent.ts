@@ -67,12 +67,6 @@ export class Agent {
 
     const controller = new Controller({ config: this.config, log: this.log, registry: this.registry });
     this.controller = controller;
-    controller.subscribe({
-      name: 'status',
-      apply: async (table) => {
-        this.table = table;
-      },
-    });
     // Consumers (DNS, proxier, data plane, gateway, tunnel) subscribe here, before the controller
     // starts: controller.subscribe(consumer). They are applied serially in this order.
     if (this.config.modules.edgeDNS.enable) {
@@ -102,6 +96,14 @@ export class Agent {
       await this.lifecycle.start(assembly.proxier);
     }
 
+    // Last: /status shows a snapshot only once every consumer above serves it (rules installed,
+    // DNS answering), so whoever waits for a service in /status can use it at once.
+    controller.subscribe({
+      name: 'status',
+      apply: async (table) => {
+        this.table = table;
+      },
+    });
     await this.lifecycle.start(controller);
     // Ready once the first snapshot has been applied by every consumer (not before: an agent
     // with no services known yet must not take traffic).
