@@ -63,7 +63,13 @@ export interface NativeBinding {
    * fds (the caller then closes its own without a FIN), sends toUpstream/toClient (bytes already
    * read) first, then forwards natively. false: plane stopping or no worker; nothing was kept.
    */
-  planeSplicePair(id: number, clientFd: number, upstreamFd: number, toUpstream?: Buffer, toClient?: Buffer): boolean;
+  planeSplicePair(
+    id: number,
+    clientFd: number,
+    upstreamFd: number,
+    toUpstream?: Buffer,
+    toClient?: Buffer,
+  ): boolean;
   /** '' when the addon was built with libbpf; otherwise why eBPF is unavailable. */
   bpfSupport(): string;
   /**

@@ -79,6 +79,35 @@ export function tunnel(client: net.Socket, upstream: net.Socket, onClose?: () =>
   };
   client.on('error', destroyBoth);
   upstream.on('error', destroyBoth);
+  if (tunnelOffload) {
+    // The data plane may forward the pair itself (native splice); it joins them here if it cannot.
+    tunnelOffload(client, upstream, () => joinSockets(client, upstream, onClose), onClose);
+    return destroyBoth;
+  }
+  joinSockets(client, upstream, onClose);
+  return destroyBoth;
+}
+
+/**
+ * Takes a joined pair out of JS (the data plane's way back to native forwarding). It owns both
+ * sockets: either it forwards them elsewhere and calls `onClose` once they left JS, or it calls
+ * `join` (the plain JS tunnel) when it cannot.
+ */
+export type TunnelOffload = (
+  client: net.Socket,
+  upstream: net.Socket,
+  join: () => void,
+  onClose?: () => void,
+) => void;
+
+let tunnelOffload: TunnelOffload | undefined;
+
+/** Installs (or with undefined removes) this thread's tunnel offload. */
+export function setTunnelOffload(offload: TunnelOffload | undefined): void {
+  tunnelOffload = offload;
+}
+
+function joinSockets(client: net.Socket, upstream: net.Socket, onClose?: () => void): void {
   // With half-open allowed, pipe() ends the other side's writable when one side sends FIN, and a
   // socket closes only when both directions are done.
   client.pipe(upstream);
@@ -91,5 +120,4 @@ export function tunnel(client: net.Socket, upstream: net.Socket, onClose?: () =>
   client.once('close', onOneClosed);
   upstream.once('close', onOneClosed);
   client.resume();
-  return destroyBoth;
 }

@@ -101,6 +101,11 @@ export class NativeDataplane implements Dataplane {
     if (options.registry) this.registerMetrics(options.registry);
   }
 
+  /** The plane's id in the process-wide registry while started (0 otherwise): TS gives tunnels back to it. */
+  get nativePlaneId(): number {
+    return this.planeId;
+  }
+
   /** The port the listeners are bound to (resolves proxyPort 0). */
   get port(): number {
     return this.boundPort;

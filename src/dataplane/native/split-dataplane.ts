@@ -46,6 +46,16 @@ export interface SocketAdopter extends Dataplane {
   adopt(listenPort: number, fd: number): boolean;
 }
 
+/** A plane that forwards tunnels TS gives back (NativeDataplane). */
+export interface SpliceBackSource extends Dataplane {
+  readonly nativePlaneId: number;
+}
+
+/** A plane whose byte tunnels can go back to a native plane (TsDataplane). */
+export interface SpliceBackTarget extends Dataplane {
+  spliceBackTo(planeId: number): void;
+}
+
 /** How L7 connections reach the TS plane. */
 export type L7Path = 'handoff' | 'rule';
 
@@ -71,6 +81,8 @@ export class SplitDataplane implements Dataplane {
     private readonly l7: Dataplane,
     private readonly needsL7: NeedsL7 = needsL7Policy,
     path: L7Path = 'handoff',
+    /** Whether byte tunnels go back to the native plane after the L7 decision. */
+    private readonly spliceBack = true,
   ) {
     this.l7Path = path === 'handoff' && canHandoff(l4, l7) ? 'handoff' : 'rule';
     if (this.l7Path === 'handoff') {
@@ -96,6 +108,9 @@ export class SplitDataplane implements Dataplane {
       if (l7Ports.length > 0) l7.set(key, { ...svc, ports: l7Ports });
     }
     if (l7.size > 0 && !this.l7Started) {
+      // The way back: tunnels the TS handlers open after their decision return to the native splice.
+      const planeId = (this.l4 as Partial<SpliceBackSource>).nativePlaneId ?? 0;
+      if (this.spliceBack && planeId > 0) (this.l7 as Partial<SpliceBackTarget>).spliceBackTo?.(planeId);
       await this.l7.start();
       this.l7Started = true;
     }

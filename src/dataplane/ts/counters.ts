@@ -13,6 +13,10 @@ export const COUNTER_NAMES = [
   'idle_timeouts',
   'no_endpoint',
   'handler_errors',
+  /** Tunnels given back to the native plane (splice-back.ts). */
+  'handed_back',
+  /** Tunnels that stayed in JS although a native plane was there. */
+  'hand_back_fallbacks',
 ] as const;
 
 export type CounterName = (typeof COUNTER_NAMES)[number];

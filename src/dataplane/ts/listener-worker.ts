@@ -5,11 +5,13 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { createBalancer, type ServiceBalancer } from '../../lb/index.ts';
 import { serviceLabel, threadProtocolMetrics } from '../../protocols/protocol-metrics.ts';
+import { setTunnelOffload } from '../../protocols/tcp.ts';
 import { UdpProxy } from '../../protocols/udp-proxy.ts';
 import { CounterRow } from './counters.ts';
 import { forwardTcp } from './forward-tcp.ts';
 import { handlerFor, loadHandlerModules } from './handlers.ts';
 import type { FromWorker, ListenerRoute, ToWorker, WorkerTask } from './messages.ts';
+import { installSpliceBack } from './splice-back.ts';
 
 interface Listener {
   /** TCP ports: the listening server. */
@@ -29,6 +31,8 @@ export default async function runListenerWorker(task: WorkerTask): Promise<{ ind
   // Protocol/outlier metrics of this thread; the main thread sums every worker's at scrape time.
   const metrics = threadProtocolMetrics();
   await loadHandlerModules(settings.handlerModules);
+  // Byte tunnels the handlers start go back to the native plane when there is one.
+  if (settings.nativePlaneId) installSpliceBack(settings.nativePlaneId, counters);
 
   const onConnection = (listener: Listener, client: net.Socket) => {
     listener.sockets.add(client);
@@ -145,6 +149,7 @@ export default async function runListenerWorker(task: WorkerTask): Promise<{ ind
             for (const s of l.sockets) s.destroy();
           }
           listeners.clear();
+          setTunnelOffload(undefined);
           port.close();
           resolve();
         });

@@ -15,6 +15,8 @@ export interface WorkerSettings {
   maxConnectAttempts: number;
   /** Handler modules to import (see handlers.ts). */
   handlerModules: readonly string[];
+  /** Native plane that takes byte tunnels back after the L7 decision (splice-back.ts); 0 = none. */
+  nativePlaneId?: number;
 }
 
 /** One listener's route: what its connections are for. */

@@ -36,6 +36,8 @@ export interface TsDataplaneOptions {
   maxConnectAttempts?: number;
   /** Protocol handler modules each worker loads (default: PROTOCOL_HANDLER_MODULES). */
   handlerModules?: readonly string[];
+  /** Native plane id that takes tunnels back (set by SplitDataplane via spliceBackTo); 0 = none. */
+  nativePlaneId?: number;
 }
 
 interface WorkerHandle {
@@ -68,6 +70,7 @@ export class TsDataplane implements Dataplane {
   readonly mode = 'ts' as const;
   private pool: Piscina | undefined;
   private workers: WorkerHandle[] = [];
+  private spliceBackPlane = 0;
   private readonly counterMem: SharedArrayBuffer;
   private readonly allocator: PortAllocator;
   /** Placement per `namespace/name` → per `port/protocol`. */
@@ -78,6 +81,7 @@ export class TsDataplane implements Dataplane {
   constructor(private readonly options: TsDataplaneOptions) {
     const { first, last } = parsePortRange(options.portRange);
     this.allocator = new PortAllocator(first, last);
+    this.spliceBackPlane = options.nativePlaneId ?? 0;
     this.workerCount = options.workers > 0 ? options.workers : Math.max(1, os.availableParallelism());
     this.counterMem = counterBuffer(this.workerCount);
     if (options.registry) {
@@ -109,6 +113,11 @@ export class TsDataplane implements Dataplane {
     );
   }
 
+  /** Tunnels go back to native plane `planeId` (0 = stay in JS); takes effect at the next start(). */
+  spliceBackTo(planeId: number): void {
+    this.spliceBackPlane = planeId;
+  }
+
   async start(): Promise<void> {
     const settings: WorkerSettings = {
       listenHost: this.options.listenHost ?? '0.0.0.0',
@@ -117,6 +126,7 @@ export class TsDataplane implements Dataplane {
       nodeName: this.options.nodeName,
       maxConnectAttempts: this.options.maxConnectAttempts ?? 3,
       handlerModules: this.options.handlerModules ?? PROTOCOL_HANDLER_MODULES,
+      nativePlaneId: this.spliceBackPlane,
     };
     const n = this.workerCount;
     // One long-running task per thread makes each thread the owner of its listeners; atomics off
