@@ -41,6 +41,14 @@ spec:
   clusterIP: 10.96.0.101
   selector: { app: web }
   ports: [{ name: tcp-echo, port: 2701, targetPort: 2701, protocol: TCP }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: wsecho, namespace: nat }
+spec:
+  clusterIP: 10.96.0.102
+  selector: { app: web }
+  ports: [{ name: websocket-echo, port: 2702, targetPort: 2701, protocol: TCP }]
 `;
 
 for (const mode of ['iptables', 'nftables'] as const) {
@@ -114,6 +122,16 @@ for (const mode of ['iptables', 'nftables'] as const) {
       // The http port (appProtocol http) reaches the TS HTTP engine by fd hand-off.
       const handedOff = /^edgemesh_native_handed_off_total (\d+)/m.exec(metrics);
       expect(Number(handedOff?.[1])).toBeGreaterThanOrEqual(7);
+    });
+
+    it('a websocket port goes to the TS handler, then back to the native splice (REDIRECT)', async () => {
+      const echo = await topo.node.tcp('10.96.0.102', 2702, 'back to native\n');
+      expect(echo.stdout).toBe('back to native\n');
+      const metrics = await topo.node.run('curl', '-s', 'http://127.0.0.1:10551/metrics');
+      const back = /^edgemesh_native_spliced_back_total (\d+)/m.exec(metrics);
+      expect(Number(back?.[1])).toBeGreaterThanOrEqual(1);
+      // Counted for its service: the worker found the route from SO_ORIGINAL_DST.
+      expect(metrics).toMatch(/edgemesh_native_service_bytes_up_total\{service="nat\/wsecho"\} [1-9]/);
     });
 
     it('SIGTERM drains, exits 0 and leaves the ruleset exactly as before', async () => {
