@@ -7,10 +7,9 @@ import type { Service } from '../util/lifecycle.ts';
 import type { Logger } from '../util/log.ts';
 import type { TunnelCredentials } from './credentials.ts';
 import type { OpenTarget } from './frames.ts';
-import { joinStreams } from './join-streams.ts';
+import { SpliceEnd, spliceStreams } from './relay-splice.ts';
 import type { Session } from './session.ts';
 import { TlsListener } from './tls-listener.ts';
-import type { TunnelStream } from './tunnel-stream.ts';
 
 export interface RelayServerOptions {
   nodeName: string;
@@ -123,7 +122,7 @@ export class RelayServer implements Service {
       this.o.log.info({ node: peer.node, remote: s.remote }, 'relay: agent registered');
       this.announce();
     });
-    s.on('open', (stream: TunnelStream, target: OpenTarget) => this.forward(s, stream, target));
+    s.opener = (id, target) => this.forward(s, id, target);
     s.on('close', (err?: Error) => {
       this.all.delete(s);
       const node = s.peer?.node;
@@ -135,22 +134,33 @@ export class RelayServer implements Service {
     });
   }
 
-  private forward(from: Session, inbound: TunnelStream, target: OpenTarget): void {
+  /** Splices a stream `from` opened toward `target.node` onto a new stream on that node's session. */
+  private forward(from: Session, id: number, target: OpenTarget): SpliceEnd | { reject: string } {
     const src = from.peer!.node;
     const to = this.agents.get(target.node);
     if (!to?.isReady || target.node === src) {
       this.metrics.rejected.inc();
-      inbound.reset(`node '${target.node}' is not connected to this relay`);
-      return;
+      return { reject: `node '${target.node}' is not connected to this relay` };
     }
-    // The source is the authenticated name of the session, never what the OPEN claims.
-    const outbound = to.openStream({ ...target, src });
     this.metrics.streams.inc({ src, dst: target.node });
     const rx = this.metrics.bytes.labels(src, 'rx');
     const tx = this.metrics.bytes.labels(target.node, 'tx');
-    inbound.on('data', (d: Buffer) => rx.inc(d.length));
-    outbound.on('data', (d: Buffer) => tx.inc(d.length));
-    joinStreams(inbound, outbound);
+    const rxBack = this.metrics.bytes.labels(target.node, 'rx');
+    const txBack = this.metrics.bytes.labels(src, 'tx');
+    const inbound = new SpliceEnd(from, id, (n) => {
+      rx.inc(n);
+      tx.inc(n);
+    });
+    // The source is the authenticated name of the session, never what the OPEN claims.
+    to.openSink({ ...target, src }, (outId) => {
+      const outbound = new SpliceEnd(to, outId, (n) => {
+        rxBack.inc(n);
+        txBack.inc(n);
+      });
+      spliceStreams(inbound, outbound);
+      return outbound;
+    });
+    return inbound;
   }
 
   private announce(): void {

@@ -36,6 +36,20 @@ export interface PeerAnnouncement {
   addrs: string[];
 }
 
+/** What receives the frames of one stream: a TunnelStream, or one end of a relay splice. */
+export interface StreamSink {
+  onData(payload: Buffer): void;
+  onWindow(increment: number): void;
+  onClose(): void;
+  onReset(reason: string): void;
+}
+
+/**
+ * Takes over a stream the far end opened (instead of a TunnelStream and the `open` event): returns
+ * its sink, or a reason to reset it.
+ */
+export type StreamOpener = (id: number, target: OpenTarget) => StreamSink | { reject: string };
+
 export interface SessionOptions {
   socket: tls.TLSSocket;
   /** `client` dialed, `server` accepted (stream ids: client odd, server even). */
@@ -70,7 +84,9 @@ export class Session extends EventEmitter implements StreamOwner {
   peer: HelloInfo | undefined;
   readonly remote: string;
   private readonly decoder = new FrameDecoder();
-  private readonly streams = new Map<number, TunnelStream>();
+  private readonly streams = new Map<number, StreamSink>();
+  /** Set by the relay: streams the far end opens are spliced, not terminated here. */
+  opener: StreamOpener | undefined;
   private nextId: number;
   private state: 'handshake' | 'ready' | 'closed' = 'handshake';
   private lastFrameAt = Date.now();
@@ -125,13 +141,19 @@ export class Session extends EventEmitter implements StreamOwner {
   /** Opens a stream asking the far end to connect to `target`. */
   openStream(target: OpenTarget): TunnelStream {
     if (this.state !== 'ready') throw new EdgemeshError(ErrorCode.TUNNEL, 'tunnel session is not ready');
+    return this.openSink(target, (id) => new TunnelStream(this, id, this.window)) as TunnelStream;
+  }
+
+  /** Opens a stream toward `target` whose frames go to the sink `make` returns (relay splices). */
+  openSink(target: OpenTarget, make: (id: number) => StreamSink): StreamSink {
+    if (this.state !== 'ready') throw new EdgemeshError(ErrorCode.TUNNEL, 'tunnel session is not ready');
     const id = this.nextId;
     this.nextId += 2;
     if (this.nextId > 0xfffffff0) this.close(new EdgemeshError(ErrorCode.TUNNEL, 'stream ids exhausted'));
-    const stream = new TunnelStream(this, id, this.window);
-    this.streams.set(id, stream);
+    const sink = make(id);
+    this.streams.set(id, sink);
     this.send(FrameType.OPEN, id, encodeOpen(target));
-    return stream;
+    return sink;
   }
 
   /** Relay → agent: the nodes reachable through this relay. */
@@ -284,6 +306,12 @@ export class Session extends EventEmitter implements StreamOwner {
         const target = decodeOpen(payload);
         const own = this.o.role === 'client' ? 1 : 0;
         if (id % 2 === own || this.streams.has(id)) throw new FrameError(`OPEN reuses stream id ${id}`);
+        if (this.opener) {
+          const sink = this.opener(id, target);
+          if ('reject' in sink) this.send(FrameType.RESET, id, Buffer.from(sink.reject.slice(0, 200)));
+          else this.streams.set(id, sink);
+          return;
+        }
         const stream = new TunnelStream(this, id, this.window);
         this.streams.set(id, stream);
         if (this.listenerCount('open') === 0) stream.reset('this end accepts no streams');
