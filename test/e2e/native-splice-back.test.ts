@@ -111,6 +111,7 @@ describe.skipIf(skip)('native plane: L7 tunnels go back to the native splice', (
       ...tables.next([
         testService('ws', '127.0.0.41', native.port, [{ ip: '127.0.0.1', port: backend.port }], 'websocket'),
         testService('tls', '127.0.0.42', native.port, [{ ip: '127.0.0.1', port: tlsPort }], 'https'),
+        testService('web', '127.0.0.43', native.port, [{ ip: '127.0.0.1', port: backend.port }], 'http'),
       ]),
     );
   }, 30_000);
@@ -137,6 +138,18 @@ describe.skipIf(skip)('native plane: L7 tunnels go back to the native splice', (
     expect(after.bytes_up! - before.bytes_up!).toBeGreaterThanOrEqual(64 << 20);
     expect(after.bytes_down! - before.bytes_down!).toBeGreaterThanOrEqual(64 << 20);
   }, 60_000);
+
+  it('http port: plain requests stay in the HTTP engine, a websocket upgrade goes back to native', async () => {
+    const before = dp.counters().spliced_back!;
+    const res = await fetch(`http://127.0.0.43:${native.port}/`);
+    expect(await res.text()).toBe('ws-0\n');
+    expect(dp.counters().spliced_back).toBe(before);
+    const ws = await wsOpen(`ws://127.0.0.43:${native.port}/chat`);
+    const { sent, got } = await wsEchoDigest(ws, 4 << 20);
+    expect(got).toBe(sent);
+    await wsClose(ws);
+    expect(dp.counters().spliced_back! - before).toBe(1);
+  }, 30_000);
 
   it('https passthrough: after the ClientHello the TLS session runs over the native splice', async () => {
     const before = dp.counters().spliced_back!;

@@ -21,6 +21,7 @@ interface StreamHandle {
   fd?: number;
   reading?: boolean;
   readStop?: () => number;
+  readStart?: () => number;
 }
 
 function handleOf(socket: net.Socket): StreamHandle | undefined {
@@ -39,6 +40,17 @@ function stopReading(socket: net.Socket): void {
   if (!h?.readStop) return;
   h.reading = false;
   h.readStop();
+}
+
+/**
+ * Undoes stopReading for the JS tunnel. Needed: read() may have left the stream waiting for a push
+ * from libuv (its own `reading` flag set), and it would wait forever with libuv stopped.
+ */
+function resumeReading(socket: net.Socket): void {
+  const h = handleOf(socket);
+  if (!h?.readStart || h.reading || socket.destroyed) return;
+  h.reading = true;
+  h.readStart();
 }
 
 /** Everything JS has read from `socket` and not yet handed on. */
@@ -133,6 +145,8 @@ export function createSpliceBack(
         // The bytes taken out go first, in order, then the JS tunnel carries on.
         if (toUpstream.length > 0) upstream.write(toUpstream);
         if (toClient.length > 0) client.write(toClient);
+        resumeReading(client);
+        resumeReading(upstream);
         stay(reason);
         return;
       }
