@@ -45,6 +45,7 @@ export function defaultConfig(): EdgemeshConfig {
         resyncPeriodMs: 30_000,
         bypassGid: 40001,
         tsPortRange: '21000-29999',
+        spliceBack: true,
         iptablesBackend: 'auto',
         ebpfCgroup: '',
         ebpfPinDir: '/sys/fs/bpf/edgemesh',

@@ -71,6 +71,8 @@ export interface EdgemeshConfig {
       bypassGid: number;
       /** `FIRST-LAST` local ports the pure-TS data plane allocates its per-service listeners from. */
       tsPortRange: string;
+      /** `--dataplane native`: byte tunnels go back to the native splice after the TS handler's L7 decision. */
+      spliceBack: boolean;
       /** Which iptables binaries `--intercept iptables` uses; auto = the one already holding rules. */
       iptablesBackend: 'auto' | 'legacy' | 'nft';
       /** `--intercept ebpf`: cgroup v2 the programs attach to ('' = the unified root; relative = below it). */

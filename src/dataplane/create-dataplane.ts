@@ -56,7 +56,13 @@ export async function createDataplane(options: CreateDataplaneOptions): Promise<
     // go to the TS plane (started only when such a port exists) by fd hand-off from the native
     // workers (split-dataplane.ts).
     return {
-      dataplane: new SplitDataplane(dataplane, createTsDataplane(options)),
+      dataplane: new SplitDataplane(
+        dataplane,
+        createTsDataplane(options),
+        undefined,
+        'handoff',
+        proxy.spliceBack,
+      ),
       reason: `--dataplane ${mode}: native addon loaded and probes passed`,
     };
   }

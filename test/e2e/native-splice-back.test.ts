@@ -203,3 +203,51 @@ describe.skipIf(skip)('native plane: L7 tunnels go back to the native splice', (
     expect(await settle(baseline)).toBeLessThanOrEqual(baseline);
   }, 60_000);
 });
+
+describe.skipIf(skip)('native plane with spliceBack off', () => {
+  it('keeps the websocket tunnel in TS (handed off, never spliced back)', async () => {
+    const backend = await startHttpBackend('ws-1', '127.0.0.1');
+    const native = new NativeDataplane({
+      log: silentLogger,
+      proxyPort: 0,
+      workers: 1,
+      connectTimeoutMs: 1000,
+      idleTimeoutMs: 0,
+      mark: 0,
+    });
+    const ts = new TsDataplane({
+      log: silentLogger,
+      workers: 1,
+      portRange: '42200-42299',
+      connectTimeoutMs: 1000,
+      idleTimeoutMs: 0,
+      nodeName: 'node-a',
+      listenHost: '127.0.0.1',
+    });
+    const dp = new SplitDataplane(native, ts, undefined, 'handoff', false);
+    try {
+      await dp.start();
+      await dp.apply(
+        ...new TableBuilder().next([
+          testService(
+            'ws',
+            '127.0.0.44',
+            native.port,
+            [{ ip: '127.0.0.1', port: backend.port }],
+            'websocket',
+          ),
+        ]),
+      );
+      const ws = await wsOpen(`ws://127.0.0.44:${native.port}/`);
+      const { sent, got } = await wsEchoDigest(ws, 1 << 20);
+      expect(got).toBe(sent);
+      await wsClose(ws);
+      expect(dp.counters().handed_off).toBe(1);
+      expect(dp.counters().spliced_back).toBe(0);
+      expect(dp.counters().handed_back).toBe(0);
+    } finally {
+      await dp.stop();
+      await backend.kill();
+    }
+  }, 30_000);
+});
