@@ -77,18 +77,37 @@ export function encodeFrame(
 
 const EMPTY = Buffer.alloc(0);
 
-/** Incremental decoder: feed it bytes as they arrive, get whole frames out; throws FrameError. */
+/**
+ * Incremental decoder: feed it bytes as they arrive, get frames out; throws FrameError. A DATA
+ * frame's payload is handed out in pieces as its bytes arrive (slices of the input, never copied:
+ * a 64 KiB frame spans several TLS records); every other frame comes out whole.
+ */
 export class FrameDecoder {
   private chunks: Buffer[] = [];
   private buffered = 0;
+  /** Payload bytes still to come of the DATA frame being passed through, and its stream. */
+  private dataLeft = 0;
+  private dataStream = 0;
 
-  /** Appends `data` and returns every frame now complete (in order). */
+  /** Appends `data` and returns every frame (or DATA piece) now available, in order. */
   push(data: Buffer): Frame[] {
-    this.chunks.push(data);
-    this.buffered += data.length;
+    if (data.length > 0) {
+      this.chunks.push(data);
+      this.buffered += data.length;
+    }
     const frames: Frame[] = [];
-    while (this.buffered >= HEADER_SIZE) {
-      const head = this.peek(HEADER_SIZE);
+    for (;;) {
+      if (this.dataLeft > 0) {
+        if (this.buffered === 0) break;
+        const first = this.chunks[0]!;
+        const n = Math.min(this.dataLeft, first.length);
+        frames.push({ type: FrameType.DATA, stream: this.dataStream, payload: first.subarray(0, n) });
+        this.consume(n);
+        this.dataLeft -= n;
+        continue;
+      }
+      if (this.buffered < HEADER_SIZE) break;
+      const head = this.header();
       const length = head.readUInt32BE(0);
       const type = head.readUInt8(4);
       const stream = head.readUInt32BE(5);
@@ -96,31 +115,57 @@ export class FrameDecoder {
       if (!validTypes.has(type)) throw new FrameError(`unknown frame type ${type}`);
       if (connectionTypes.has(type) !== (stream === 0))
         throw new FrameError(`frame type ${type} on stream ${stream}`);
+      if (type === FrameType.DATA && length > 0) {
+        this.consume(HEADER_SIZE);
+        this.dataLeft = length;
+        this.dataStream = stream;
+        continue;
+      }
       if (this.buffered < HEADER_SIZE + length) break;
-      const whole = this.take(HEADER_SIZE + length);
-      frames.push({ type: type as FrameTypeValue, stream, payload: whole.subarray(HEADER_SIZE) });
+      this.consume(HEADER_SIZE);
+      frames.push({ type: type as FrameTypeValue, stream, payload: this.take(length) });
     }
     return frames;
   }
 
-  /** The first chunk, merged with just enough following chunks to hold `n` bytes. */
-  private peek(n: number): Buffer {
-    if (this.chunks[0]!.length >= n) return this.chunks[0]!;
-    // Joining only what is needed keeps decoding linear when many chunks are buffered.
-    let count = 0;
+  /** The next 9 bytes (copied only when they span chunks). */
+  private header(): Buffer {
+    const first = this.chunks[0]!;
+    if (first.length >= HEADER_SIZE) return first;
+    const out = Buffer.allocUnsafe(HEADER_SIZE);
     let have = 0;
-    while (have < n) have += this.chunks[count++]!.length;
-    const joined = Buffer.concat(this.chunks.slice(0, count), have);
-    this.chunks.splice(0, count, joined);
-    return joined;
+    for (let i = 0; have < HEADER_SIZE; i++) have += this.chunks[i]!.copy(out, have, 0);
+    return out;
   }
 
-  private take(n: number): Buffer {
-    const first = this.peek(n);
-    const out = first.subarray(0, n);
-    if (first.length === n) this.chunks.shift();
-    else this.chunks[0] = first.subarray(n);
+  /** Drops `n` buffered bytes. */
+  private consume(n: number): void {
     this.buffered -= n;
+    while (n > 0) {
+      const first = this.chunks[0]!;
+      if (first.length <= n) {
+        n -= first.length;
+        this.chunks.shift();
+      } else {
+        this.chunks[0] = first.subarray(n);
+        n = 0;
+      }
+    }
+  }
+
+  /** The next `n` bytes as one buffer (control frames: small), consumed. */
+  private take(n: number): Buffer {
+    if (n === 0) return EMPTY;
+    const first = this.chunks[0]!;
+    let out: Buffer;
+    if (first.length >= n) out = first.subarray(0, n);
+    else {
+      out = Buffer.allocUnsafe(n);
+      let have = 0;
+      for (let i = 0; have < n; i++)
+        have += this.chunks[i]!.copy(out, have, 0, Math.min(this.chunks[i]!.length, n - have));
+    }
+    this.consume(n);
     return out;
   }
 }
