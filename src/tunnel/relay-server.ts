@@ -24,7 +24,18 @@ export interface RelayServerOptions {
 /** Relay metrics (prefix edgemesh_relay_). */
 function relayMetrics(registry?: Registry) {
   const registers = registry ? [registry] : [];
+  /** Bytes per node: rx = sent by that node, tx = delivered to it. */
+  const bytes = new Map<string, { rx: number; tx: number }>();
   return {
+    /** The tally of `node` (created on first use). */
+    byteTally(node: string): { rx: number; tx: number } {
+      let t = bytes.get(node);
+      if (!t) {
+        t = { rx: 0, tx: 0 };
+        bytes.set(node, t);
+      }
+      return t;
+    },
     agents: new Gauge({ name: 'edgemesh_relay_agents', help: 'Agents registered at this relay', registers }),
     streams: new Counter({
       name: 'edgemesh_relay_streams_total',
@@ -42,6 +53,15 @@ function relayMetrics(registry?: Registry) {
       help: 'Bytes forwarded, by node and direction (rx = from that node, tx = to it)',
       labelNames: ['node', 'direction'] as const,
       registers,
+      // Read from plain per-node tallies at scrape time: a labelled inc() per DATA frame (label
+      // hashing) cost the relay ~4% of its CPU.
+      collect() {
+        this.reset();
+        for (const [node, t] of bytes) {
+          this.inc({ node, direction: 'rx' }, t.rx);
+          this.inc({ node, direction: 'tx' }, t.tx);
+        }
+      },
     }),
     authFailures: new Counter({
       name: 'edgemesh_relay_auth_failures_total',
@@ -143,19 +163,17 @@ export class RelayServer implements Service {
       return { reject: `node '${target.node}' is not connected to this relay` };
     }
     this.metrics.streams.inc({ src, dst: target.node });
-    const rx = this.metrics.bytes.labels(src, 'rx');
-    const tx = this.metrics.bytes.labels(target.node, 'tx');
-    const rxBack = this.metrics.bytes.labels(target.node, 'rx');
-    const txBack = this.metrics.bytes.labels(src, 'tx');
+    const srcBytes = this.metrics.byteTally(src);
+    const dstBytes = this.metrics.byteTally(target.node);
     const inbound = new SpliceEnd(from, id, (n) => {
-      rx.inc(n);
-      tx.inc(n);
+      srcBytes.rx += n;
+      dstBytes.tx += n;
     });
     // The source is the authenticated name of the session, never what the OPEN claims.
     to.openSink({ ...target, src }, (outId) => {
       const outbound = new SpliceEnd(to, outId, (n) => {
-        rxBack.inc(n);
-        txBack.inc(n);
+        dstBytes.rx += n;
+        srcBytes.tx += n;
       });
       spliceStreams(inbound, outbound);
       return outbound;
