@@ -2,6 +2,7 @@
 // via relay, direct (relay counters still), refusal of endpoints the far node does not own, wrong
 // PSK rejected with a log line on both sides, per-stream flow control, failover between relays,
 // and cert mode (CA-signed node certificates).
+import { once } from 'node:events';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -15,8 +16,10 @@ import type { Endpoint, ServiceEntry, ServiceTable } from '../../src/controller/
 import { EMPTY_TABLE } from '../../src/controller/types.ts';
 import { clientTlsOptions, loadCredentials } from '../../src/tunnel/credentials.ts';
 import { EdgeTunnel } from '../../src/tunnel/edge-tunnel.ts';
+import { FrameType } from '../../src/tunnel/frames.ts';
 import { RelayServer } from '../../src/tunnel/relay-server.ts';
 import { dialSession } from '../../src/tunnel/tls-listener.ts';
+import { DEFAULT_WINDOW, type TunnelStream } from '../../src/tunnel/tunnel-stream.ts';
 import { makeCerts } from '../helpers/certs.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { freePort } from '../helpers/ports.ts';
@@ -382,6 +385,63 @@ describe('tunnel over relays (loopback)', () => {
     // The stalled stream is bounded by its window plus socket buffers, far from the 64 MiB offered.
     expect(written).toBeLessThan(32 << 20);
     bulk.destroy();
+  });
+
+  it('the relay splices frames with rewritten ids; a sender overrunning its credit loses only its own tunnel', async () => {
+    const r = await relay('relay-splice');
+    const creds = await loadCredentials({
+      pskFile: path.join(dir, 'psk'),
+      caFile: '',
+      certFile: '',
+      keyFile: '',
+    });
+    const dial = (node: string) =>
+      dialSession({
+        host: '127.0.0.1',
+        port: Number(r.addr.split(':')[1]),
+        creds,
+        hello: { node, kind: 'agent' },
+        log: memLogger().log,
+        timeoutMs: 2000,
+        clientOptions: clientTlsOptions(creds),
+      });
+    const y = await dial('node-y');
+    const x = await dial('node-x');
+    stops.push(async () => {
+      x.close();
+      y.close();
+    });
+    await eventually(async () => r.r.status().agents.length === 2);
+    // y accepts and never reads, so it returns no credit.
+    const opened = new Promise<TunnelStream>((res) =>
+      y.on('open', (st: TunnelStream) => {
+        st.on('error', () => {});
+        res(st);
+      }),
+    );
+    const first = x.openStream({ node: 'node-y', src: 'node-x', ip: '127.0.0.1', port: echoPort });
+    first.on('error', () => {});
+    first.write('spliced');
+    const inbound = await opened;
+    // The relay opened its own stream on y's session (a server-side, even id) and passed the bytes.
+    expect(inbound.id % 2).toBe(0);
+    expect(((await once(inbound, 'data')) as Buffer[])[0]!.toString()).toBe('spliced');
+    // Reading stops here (a 'data' listener leaves the stream flowing).
+    inbound.pause();
+    expect(r.r.status().agents.find((a) => a.node === 'node-y')!.streams).toBe(1);
+    // Raw DATA past the window (the TunnelStream would never send it): the relay, not y, catches it.
+    const xClosed = new Promise((res) => x.once('close', res));
+    const chunk = Buffer.alloc(64 * 1024);
+    // y returned some credit while its buffer filled up to the stream's highWaterMark (< 1 MiB).
+    for (let sent = 0; sent <= DEFAULT_WINDOW + (1 << 20); sent += chunk.length)
+      x.send(FrameType.DATA, first.id, chunk);
+    await xClosed;
+    await eventually(async () => (await metric(r.registry, 'edgemesh_relay_frame_errors_total')) === 1);
+    expect(r.lines.join('')).toMatch(/exceeded its flow-control window/);
+    // y keeps its session; its half of the splice is reset.
+    await eventually(async () => inbound.destroyed);
+    expect(y.isReady).toBe(true);
+    expect(r.r.status().agents.map((a) => a.node)).toEqual(['node-y']);
   });
 
   it('fails over to the second relay within 2 s when the first dies', async () => {
