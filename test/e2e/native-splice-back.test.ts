@@ -4,7 +4,7 @@
 // plane's own port, so the accepted socket's local address is its "original destination".
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import type net from 'node:net';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
@@ -175,6 +175,51 @@ describe.skipIf(skip)('native plane: L7 tunnels go back to the native splice', (
     });
     expect(echoed.equals(payload)).toBe(true);
     expect(dp.counters().spliced_back! - before).toBe(1);
+  }, 30_000);
+
+  it('plain tcp port handed to TS for its Maglev hash: the forwarder goes back to native too', async () => {
+    const echo = net.createServer({ allowHalfOpen: true }, (c) => {
+      c.on('error', () => {});
+      c.pipe(c);
+    });
+    await new Promise<void>((r) => echo.listen(0, '127.0.0.1', () => r()));
+    try {
+      const svc = testService('mg', '127.0.0.47', native.port, [
+        { ip: '127.0.0.1', port: (echo.address() as net.AddressInfo).port },
+      ]);
+      svc.ports[0]!.trafficPolicy = { loadBalancer: { consistentHash: { useSourceIp: true, maglev: {} } } };
+      await dp.apply(
+        ...tables.next([
+          testService(
+            'ws',
+            '127.0.0.41',
+            native.port,
+            [{ ip: '127.0.0.1', port: backend.port }],
+            'websocket',
+          ),
+          testService('tls', '127.0.0.42', native.port, [{ ip: '127.0.0.1', port: tlsPort }], 'https'),
+          testService('web', '127.0.0.43', native.port, [{ ip: '127.0.0.1', port: backend.port }], 'http'),
+          svc,
+        ]),
+      );
+      const before = dp.counters();
+      const payload = crypto.randomBytes(8 << 20);
+      const got = await new Promise<Buffer>((resolve, reject) => {
+        const c = net.connect({ host: '127.0.0.47', port: native.port, allowHalfOpen: true }, () =>
+          c.end(payload),
+        );
+        const parts: Buffer[] = [];
+        c.on('data', (d: Buffer) => parts.push(d));
+        c.on('end', () => resolve(Buffer.concat(parts)));
+        c.on('error', reject);
+      });
+      expect(got.equals(payload)).toBe(true);
+      const after = dp.counters();
+      expect(after.handed_off! - before.handed_off!).toBe(1);
+      expect(after.spliced_back! - before.spliced_back!).toBe(1);
+    } finally {
+      await new Promise<void>((r) => echo.close(() => r()));
+    }
   }, 30_000);
 
   it('releases every fd: 40 websocket connections later the count is back to the baseline', async () => {
