@@ -7,11 +7,11 @@
 // The native plane forwards TCP only; with --dataplane native its split sends UDP ports to the TS
 // plane's UDP flows, so the UDP case runs on both.
 // Plan: pods 10.244.0.10-11; ClusterIPs 10.96.0.140 ws :12348, .141 https :443, .142 udp :5353.
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeSelfSigned } from '../helpers/certs.ts';
 import { type RunningCli, repoRoot } from '../helpers/cli.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { Topology } from '../helpers/netns.ts';
@@ -60,29 +60,7 @@ spec:
 /** A self-signed certificate for HOST whose subject names the pod (dir/server.{crt,key}). */
 function podCert(dir: string, pod: string): void {
   fs.mkdirSync(dir, { recursive: true });
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:prime256v1',
-      '-nodes',
-      '-days',
-      '1',
-      '-keyout',
-      path.join(dir, 'server.key'),
-      '-out',
-      path.join(dir, 'server.crt'),
-      '-subj',
-      `/O=${pod}/CN=${HOST}`,
-      '-addext',
-      `subjectAltName=DNS:${HOST}`,
-    ],
-    { stdio: 'ignore' },
-  );
+  makeSelfSigned(path.join(dir, 'server.crt'), path.join(dir, 'server.key'), `/O=${pod}/CN=${HOST}`, [HOST]);
 }
 
 // A WebSocket client run inside the node namespace: sends each argument, prints each reply.

@@ -50,3 +50,30 @@ export function makeCerts(dir: string, cn: string): void {
     );
   }
 }
+
+/** A self-signed EC P-256 certificate (1 day) written to certPath/keyPath, with the given subject and DNS names. */
+export function makeSelfSigned(certPath: string, keyPath: string, subj: string, dnsNames: string[]): void {
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-days',
+      '1',
+      '-keyout',
+      keyPath,
+      '-out',
+      certPath,
+      '-subj',
+      subj,
+      '-addext',
+      `subjectAltName=${dnsNames.map((n) => `DNS:${n}`).join(',')}`,
+    ],
+    { stdio: 'ignore' },
+  );
+}

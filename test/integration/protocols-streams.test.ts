@@ -22,6 +22,7 @@ import { TsDataplane } from '../../src/dataplane/ts/ts-dataplane.ts';
 import { type Balancer, createBalancer } from '../../src/lb/index.ts';
 import { handleTlsPassthrough, handleWebsocket, UdpProxy } from '../../src/protocols/index.ts';
 import { silentLogger } from '../../src/util/log.ts';
+import { makeSelfSigned } from '../helpers/certs.ts';
 import { type HttpBackend, startHostnameBackends } from '../helpers/http-backends.ts';
 
 const run = promisify(execFile);
@@ -96,24 +97,9 @@ describe('https: TLS passthrough with SNI', () => {
   beforeAll(async () => {
     dir = mkdtempSync(path.join(os.tmpdir(), 'em-tls-'));
     closers.push(() => rmSync(dir, { recursive: true, force: true }));
-    await run('openssl', [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:prime256v1',
-      '-nodes',
-      '-days',
-      '1',
-      '-keyout',
-      path.join(dir, 'key.pem'),
-      '-out',
-      path.join(dir, 'cert.pem'),
-      '-subj',
-      '/CN=shop.example.com',
-      '-addext',
-      'subjectAltName=DNS:shop.example.com,DNS:api.example.com',
+    makeSelfSigned(path.join(dir, 'cert.pem'), path.join(dir, 'key.pem'), '/CN=shop.example.com', [
+      'shop.example.com',
+      'api.example.com',
     ]);
     cert = readFileSync(path.join(dir, 'cert.pem'));
     const key = readFileSync(path.join(dir, 'key.pem'));
