@@ -323,6 +323,21 @@ export class DnsServer implements Service, SnapshotConsumer {
 
   /** A query the native responder left to us: answered exactly as on the JS UDP path. */
   private onNativeMiss(responder: NativeResponder, msg: Buffer, client: Buffer): void {
+    this.replyUdp(
+      msg,
+      (r) => {
+        try {
+          responder.send(client, r);
+        } catch (err) {
+          this.internalError(err);
+        }
+      },
+      () => this.responder === responder,
+    );
+  }
+
+  /** Answers a UDP query through `send`; a late (upstream) answer is sent only while `live()` holds. */
+  private replyUdp(msg: Buffer, send: (reply: Buffer) => void, live: () => boolean): void {
     let reply: ReturnType<DnsServer['answer']>;
     try {
       reply = this.answer(msg, 'udp');
@@ -331,18 +346,11 @@ export class DnsServer implements Service, SnapshotConsumer {
       return;
     }
     if (reply === undefined) return;
-    const send = (r: Buffer) => {
-      try {
-        responder.send(client, r);
-      } catch (err) {
-        this.internalError(err);
-      }
-    };
     if (Buffer.isBuffer(reply)) send(reply);
     else
       reply.then(
         (r) => {
-          if (r && this.responder === responder) send(r);
+          if (r && live()) send(r);
         },
         (err) => this.internalError(err),
       );
@@ -573,23 +581,10 @@ export class DnsServer implements Service, SnapshotConsumer {
   }
 
   private onUdp(socket: dgram.Socket, msg: Buffer, rinfo: dgram.RemoteInfo): void {
-    let reply: ReturnType<DnsServer['answer']>;
-    try {
-      reply = this.answer(msg, 'udp');
-    } catch (err) {
-      this.internalError(err);
-      return;
-    }
-    if (reply === undefined) return;
-    if (Buffer.isBuffer(reply)) {
-      socket.send(reply, rinfo.port, rinfo.address);
-      return;
-    }
-    reply.then(
-      (r) => {
-        if (r && this.udp === socket) socket.send(r, rinfo.port, rinfo.address);
-      },
-      (err) => this.internalError(err),
+    this.replyUdp(
+      msg,
+      (r) => socket.send(r, rinfo.port, rinfo.address),
+      () => this.udp === socket,
     );
   }
 
