@@ -23,6 +23,28 @@ const skip = !loadNative().binding;
 
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
 
+/** One-worker native and TS planes for a SplitDataplane; the TS plane listens on `portRange`. */
+function newPlanes(portRange: string): { native: NativeDataplane; ts: TsDataplane } {
+  const native = new NativeDataplane({
+    log: silentLogger,
+    proxyPort: 0,
+    workers: 1,
+    connectTimeoutMs: 1000,
+    idleTimeoutMs: 0,
+    mark: 0,
+  });
+  const ts = new TsDataplane({
+    log: silentLogger,
+    workers: 1,
+    portRange,
+    connectTimeoutMs: 1000,
+    idleTimeoutMs: 0,
+    nodeName: 'node-a',
+    listenHost: '127.0.0.1',
+  });
+  return { native, ts };
+}
+
 function wsOpen(url: string): Promise<WebSocket> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, { maxPayload: 256 << 20 });
@@ -88,23 +110,9 @@ describe.skipIf(skip)('native plane: L7 tunnels go back to the native splice', (
     );
     await new Promise<void>((r) => tlsServer.listen(0, '127.0.0.1', () => r()));
     tlsPort = (tlsServer.address() as net.AddressInfo).port;
-    native = new NativeDataplane({
-      log: silentLogger,
-      proxyPort: 0,
-      workers: 1,
-      connectTimeoutMs: 1000,
-      idleTimeoutMs: 0,
-      mark: 0,
-    });
-    const ts = new TsDataplane({
-      log: silentLogger,
-      workers: 1,
-      portRange: '42100-42199',
-      connectTimeoutMs: 1000,
-      idleTimeoutMs: 0,
-      nodeName: 'node-a',
-      listenHost: '127.0.0.1',
-    });
+    const planes = newPlanes('42100-42199');
+    native = planes.native;
+    const ts = planes.ts;
     dp = new SplitDataplane(native, ts);
     await dp.start();
     await dp.apply(
@@ -252,23 +260,7 @@ describe.skipIf(skip)('native plane: L7 tunnels go back to the native splice', (
 describe.skipIf(skip)('native plane with spliceBack off', () => {
   it('keeps the websocket tunnel in TS (handed off, never spliced back)', async () => {
     const backend = await startHttpBackend('ws-1', '127.0.0.1');
-    const native = new NativeDataplane({
-      log: silentLogger,
-      proxyPort: 0,
-      workers: 1,
-      connectTimeoutMs: 1000,
-      idleTimeoutMs: 0,
-      mark: 0,
-    });
-    const ts = new TsDataplane({
-      log: silentLogger,
-      workers: 1,
-      portRange: '42200-42299',
-      connectTimeoutMs: 1000,
-      idleTimeoutMs: 0,
-      nodeName: 'node-a',
-      listenHost: '127.0.0.1',
-    });
+    const { native, ts } = newPlanes('42200-42299');
     const dp = new SplitDataplane(native, ts, undefined, 'handoff', false);
     try {
       await dp.start();
