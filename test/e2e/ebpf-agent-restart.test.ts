@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { agentArgs } from '../helpers/agent.ts';
 import { binPath, type RunningCli, startCli } from '../helpers/cli.ts';
 import { sh, Topology } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
@@ -61,24 +62,9 @@ describe.skipIf(skip)('agent --intercept ebpf: kill and restart with a transfer 
   }
 
   async function startAgent(): Promise<RunningCli> {
-    const a = startCli(
-      [
-        '--config',
-        path.join(dir, 'agent.yaml'),
-        '--manifests',
-        path.join(dir, 'manifests'),
-        '--intercept',
-        'ebpf',
-        '--dataplane',
-        'native',
-        '--no-dns',
-        '--state-dir',
-        path.join(dir, 'state'),
-        '--node-name',
-        'node-a',
-      ],
-      { command: [...inCgroup(), process.execPath, binPath, 'agent'] },
-    );
+    const a = startCli(agentArgs(dir, 'ebpf', 'native'), {
+      command: [...inCgroup(), process.execPath, binPath, 'agent'],
+    });
     await a.waitFor(/agent started/, 20_000);
     return a;
   }

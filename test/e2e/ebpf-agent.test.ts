@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { agentArgs } from '../helpers/agent.ts';
 import { binPath, type RunningCli, startCli } from '../helpers/cli.ts';
 import { sh, Topology } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
@@ -86,34 +87,17 @@ for (const dataplane of ['ts', 'native'] as const) {
       );
       // The agent runs inside the cgroup too, as on a node where the programs sit on the root cgroup:
       // the native plane's getsockopt(SO_ORIGINAL_DST) must be answered by the hook.
-      agent = startCli(
-        [
-          '--config',
-          path.join(dir, 'agent.yaml'),
-          '--manifests',
-          path.join(dir, 'manifests'),
-          '--intercept',
-          'ebpf',
-          '--dataplane',
-          dataplane,
-          '--no-dns',
-          '--state-dir',
-          path.join(dir, 'state'),
-          '--node-name',
-          'node-a',
+      agent = startCli(agentArgs(dir, 'ebpf', dataplane), {
+        command: [
+          'sh',
+          '-c',
+          `echo $$ > ${cgroup}/cgroup.procs && exec ip netns exec ${topo.node.name} "$@"`,
+          'sh',
+          process.execPath,
+          binPath,
+          'agent',
         ],
-        {
-          command: [
-            'sh',
-            '-c',
-            `echo $$ > ${cgroup}/cgroup.procs && exec ip netns exec ${topo.node.name} "$@"`,
-            'sh',
-            process.execPath,
-            binPath,
-            'agent',
-          ],
-        },
-      );
+      });
       await agent.waitFor(/agent started/, 20_000);
       const t0 = Date.now();
       while (!(await curl('http://10.96.0.110:12345')).startsWith('pod-') && Date.now() - t0 < 10_000);

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { agentArgs } from '../helpers/agent.ts';
 import type { RunningCli } from '../helpers/cli.ts';
 import { Topology } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
@@ -75,21 +76,7 @@ for (const mode of ['iptables', 'nftables'] as const) {
       fs.writeFileSync(path.join(dir, 'manifests', 'all.yaml'), manifests(p0!.ip, p1!.ip));
       fs.writeFileSync(path.join(dir, 'agent.yaml'), 'modules:\n  edgeProxy:\n    workers: 2\n');
       before = await ruleset();
-      agent = topo.node.agent([
-        '--config',
-        path.join(dir, 'agent.yaml'),
-        '--manifests',
-        path.join(dir, 'manifests'),
-        '--intercept',
-        mode,
-        '--dataplane',
-        'native',
-        '--no-dns',
-        '--state-dir',
-        path.join(dir, 'state'),
-        '--node-name',
-        'node-a',
-      ]);
+      agent = topo.node.agent(agentArgs(dir, mode, 'native'));
       await agent.waitFor(/agent started/, 30_000);
       // Rules follow the first snapshot asynchronously: wait until the service answers.
       for (let i = 0; i < 150 && !(await body('http://10.96.0.100:12345')).startsWith('pod-'); i++)

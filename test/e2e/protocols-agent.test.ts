@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { agentArgs } from '../helpers/agent.ts';
 import type { RunningCli } from '../helpers/cli.ts';
 import { Topology } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
@@ -70,21 +71,7 @@ describe.skipIf(skip)('agent: HTTP per-request load balancing', () => {
         rule('hash-svc', '{ consistentHash: { httpHeaderName: User-Agent } }'),
       ].join('\n---\n'),
     );
-    agent = topo.node.agent([
-      '--config',
-      path.join(dir, 'agent.yaml'),
-      '--manifests',
-      path.join(dir, 'manifests'),
-      '--intercept',
-      'iptables',
-      '--dataplane',
-      'ts',
-      '--no-dns',
-      '--state-dir',
-      path.join(dir, 'state'),
-      '--node-name',
-      'node-a',
-    ]);
+    agent = topo.node.agent(agentArgs(dir, 'iptables', 'ts'));
     await agent.waitFor(/agent started/, 30_000);
     const t0 = Date.now();
     while (!((await curl('http://10.96.0.121/'))[0] ?? '').startsWith('pod-') && Date.now() - t0 < 15_000);

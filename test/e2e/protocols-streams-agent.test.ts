@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { agentArgs } from '../helpers/agent.ts';
 import { makeSelfSigned } from '../helpers/certs.ts';
 import { type RunningCli, repoRoot } from '../helpers/cli.ts';
 import { eventually } from '../helpers/eventually.ts';
@@ -100,21 +101,7 @@ for (const dataplane of ['ts', 'native'] as const) {
         `metricsListen: 127.0.0.1:${metricsPort}\nmodules:\n  edgeProxy:\n    workers: 2\n    tsPortRange: 24000-24999\n`,
       );
       fs.writeFileSync(path.join(dir, 'manifests/all.yaml'), manifests(topo.pods.map((p) => p.ip)));
-      agent = topo.node.agent([
-        '--config',
-        path.join(dir, 'agent.yaml'),
-        '--manifests',
-        path.join(dir, 'manifests'),
-        '--intercept',
-        'iptables',
-        '--dataplane',
-        dataplane,
-        '--no-dns',
-        '--state-dir',
-        path.join(dir, 'state'),
-        '--node-name',
-        'node-a',
-      ]);
+      agent = topo.node.agent(agentArgs(dir, 'iptables', dataplane));
       await agent.waitFor(/agent started/, 30_000);
       // Rules follow the first snapshot asynchronously: wait until the https service answers.
       await eventually(async () => (await curlHttps()).body.startsWith('pod-'), 15_000);
