@@ -73,6 +73,24 @@ void SetResetOnClose(int fd) {
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
 }
 
+// The service address a client connected to: SO_ORIGINAL_DST after REDIRECT (iptables/nft), else
+// (no NAT: eBPF sk_lookup / connect rewriting) the accepted socket's local address. False (outputs
+// untouched) when neither answers.
+bool ServiceAddress(int fd, uint32_t& vip_be, uint16_t& vport) {
+  auto od = GetOriginalDst(fd);
+  if (od.dst) {
+    vip_be = od.dst->addr_be;
+    vport = od.dst->port;
+    return true;
+  }
+  sockaddr_in local{};
+  socklen_t len = sizeof(local);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0) return false;
+  vip_be = local.sin_addr.s_addr;
+  vport = ntohs(local.sin_port);
+  return true;
+}
+
 class Worker {
  public:
   Worker(Plane& plane, uint32_t index)
@@ -279,25 +297,13 @@ void Worker::AcceptAll() {
 }
 
 void Worker::OnAccepted(int fd, const sockaddr_in& peer) {
-  // REDIRECT (iptables/nft) leaves the VIP in conntrack: SO_ORIGINAL_DST. Without NAT (eBPF
-  // sk_lookup / connect rewriting) the local address of the accepted socket is the VIP.
   uint32_t vip_be = 0;
   uint16_t vport = 0;
-  auto od = GetOriginalDst(fd);
-  if (od.dst) {
-    vip_be = od.dst->addr_be;
-    vport = od.dst->port;
-  } else {
-    sockaddr_in local{};
-    socklen_t len = sizeof(local);
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0) {
-      c_.Add(kOriginalDstError);
-      SetResetOnClose(fd);
-      close(fd);
-      return;
-    }
-    vip_be = local.sin_addr.s_addr;
-    vport = ntohs(local.sin_port);
+  if (!ServiceAddress(fd, vip_be, vport)) {
+    c_.Add(kOriginalDstError);
+    SetResetOnClose(fd);
+    close(fd);
+    return;
   }
   auto table = plane_.table();
   const Route* route = table ? table->Lookup(vip_be, vport) : nullptr;
@@ -370,18 +376,7 @@ void Worker::Adopt(AdoptedPair& a) {
   // NAT, of its local address; none when the route is gone (the pair is still served).
   uint32_t vip_be = 0;
   uint16_t vport = 0;
-  auto od = GetOriginalDst(a.client);
-  if (od.dst) {
-    vip_be = od.dst->addr_be;
-    vport = od.dst->port;
-  } else {
-    sockaddr_in local{};
-    socklen_t len = sizeof(local);
-    if (getsockname(a.client, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
-      vip_be = local.sin_addr.s_addr;
-      vport = ntohs(local.sin_port);
-    }
-  }
+  (void)ServiceAddress(a.client, vip_be, vport);  // left 0 when neither answers
   if (auto table = plane_.table()) {
     if (const Route* route = table->Lookup(vip_be, vport)) c->svc = plane_.service(route->service_slot);
   }
