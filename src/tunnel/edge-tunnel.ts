@@ -444,6 +444,27 @@ export class EdgeTunnel implements Service {
     });
   }
 
+  /** A TLS session to host:port that must present `expectNode`'s identity (relay or direct peer). */
+  private dial(
+    creds: TunnelCredentials,
+    host: string,
+    port: number,
+    expectNode: string,
+    timeoutMs: number,
+  ): Promise<Session> {
+    return dialSession({
+      host,
+      port,
+      creds,
+      hello: this.hello,
+      expectNode,
+      log: this.o.log,
+      timeoutMs,
+      clientOptions: clientTlsOptions(creds),
+      ...(this.o.pingMs !== undefined ? { pingMs: this.o.pingMs } : {}),
+    });
+  }
+
   private connectRelay(r: RelayLink): void {
     if (this.stopped || !this.creds) return;
     const creds = this.creds;
@@ -452,17 +473,7 @@ export class EdgeTunnel implements Service {
       for (const a of r.addrs) {
         const { host, port } = splitAddress(a, this.cfg.listenPort);
         try {
-          const s = await dialSession({
-            host,
-            port,
-            creds,
-            hello: this.hello,
-            expectNode: r.node,
-            log: this.o.log,
-            timeoutMs: 2000,
-            clientOptions: clientTlsOptions(creds),
-            ...(this.o.pingMs !== undefined ? { pingMs: this.o.pingMs } : {}),
-          });
+          const s = await this.dial(creds, host, port, r.node, 2000);
           if (this.stopped) {
             s.close();
             return;
@@ -619,17 +630,7 @@ export class EdgeTunnel implements Service {
       for (const a of addrs) {
         const { host, port } = splitAddress(a, this.cfg.listenPort);
         try {
-          const s = await dialSession({
-            host,
-            port,
-            creds,
-            hello: this.hello,
-            expectNode: node,
-            log: this.o.log,
-            timeoutMs: this.o.probeTimeoutMs ?? 1000,
-            clientOptions: clientTlsOptions(creds),
-            ...(this.o.pingMs !== undefined ? { pingMs: this.o.pingMs } : {}),
-          });
+          const s = await this.dial(creds, host, port, node, this.o.probeTimeoutMs ?? 1000);
           if (this.stopped) {
             s.close();
             return;
