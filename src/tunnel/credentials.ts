@@ -119,14 +119,23 @@ export async function loadCredentials(files: CredentialFiles): Promise<TunnelCre
  */
 const CIPHER_SUITES = 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256';
 
-/** TLS server options: TLS 1.3 only, client certificate requested (verified in cert mode). */
-export function serverTlsOptions(c: TunnelCredentials): tls.TlsOptions {
+// Both ends: TLS 1.3 only, the fast suites, our identity, and the CA when one is configured.
+function commonTlsOptions(
+  c: TunnelCredentials,
+): tls.SecureContextOptions & { minVersion: tls.SecureVersion } {
   return {
     minVersion: 'TLSv1.3',
     ciphers: CIPHER_SUITES,
     key: c.key,
     cert: c.cert,
     ...(c.ca ? { ca: c.ca } : {}),
+  };
+}
+
+/** TLS server options: TLS 1.3 only, client certificate requested (verified in cert mode). */
+export function serverTlsOptions(c: TunnelCredentials): tls.TlsOptions {
+  return {
+    ...commonTlsOptions(c),
     requestCert: true,
     rejectUnauthorized: c.verifyCerts,
   };
@@ -135,11 +144,7 @@ export function serverTlsOptions(c: TunnelCredentials): tls.TlsOptions {
 /** TLS client options: TLS 1.3 only; the node name is checked by the handshake, not the hostname. */
 export function clientTlsOptions(c: TunnelCredentials): tls.ConnectionOptions {
   return {
-    minVersion: 'TLSv1.3',
-    ciphers: CIPHER_SUITES,
-    key: c.key,
-    cert: c.cert,
-    ...(c.ca ? { ca: c.ca } : {}),
+    ...commonTlsOptions(c),
     rejectUnauthorized: c.verifyCerts,
     checkServerIdentity: () => undefined,
   };
