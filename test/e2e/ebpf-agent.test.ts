@@ -13,6 +13,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { agentArgs } from '../helpers/agent.ts';
 import { binPath, type RunningCli, startCli } from '../helpers/cli.ts';
+import { detachConnect4Link } from '../helpers/connect4-link.ts';
 import { sh, Topology } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 
@@ -116,18 +117,7 @@ for (const dataplane of ['ts', 'native'] as const) {
     });
 
     it('re-attaches a connect4 link detached with bpftool on the next resync (drift repair)', async () => {
-      const progs = JSON.parse(await sh('bpftool', ['-j', 'cgroup', 'show', cgroup])) as {
-        id: number;
-        name: string;
-      }[];
-      const prog = progs.find((p) => p.name === 'edgemesh_connect4');
-      const links = JSON.parse(await sh('bpftool', ['-j', 'link', 'show'])) as {
-        id: number;
-        prog_id: number;
-      }[];
-      const link = links.find((l) => l.prog_id === prog?.id);
-      expect(link).toBeDefined();
-      await sh('bpftool', ['link', 'detach', 'id', String(link!.id)]);
+      await detachConnect4Link(cgroup);
       // The resync (1 s here) notices the detached link and attaches the program again.
       expect(agent!.output()).not.toMatch(/eBPF state drifted; repaired/);
       await agent!.waitFor(/eBPF state drifted; repaired/, 5000);

@@ -11,6 +11,7 @@ import type { Interceptor } from '../../src/proxier/interceptor.ts';
 import { IptablesInterceptor } from '../../src/proxier/iptables.ts';
 import { NftablesInterceptor } from '../../src/proxier/nftables.ts';
 import { silentLogger } from '../../src/util/log.ts';
+import { detachConnect4Link } from '../helpers/connect4-link.ts';
 import { createNetns, type Netns, sh } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 import { interceptorSuite, normalizeDump } from './interceptor-suite.ts';
@@ -104,18 +105,7 @@ interceptorSuite('ebpf', {
     ),
   // Detach the connect4 link the way an admin with bpftool would (the link and its pin survive).
   sabotage: async (ns) => {
-    const progs = JSON.parse(await sh('bpftool', ['-j', 'cgroup', 'show', cgroupOf(ns)])) as {
-      id: number;
-      name: string;
-    }[];
-    const prog = progs.find((p) => p.name === 'edgemesh_connect4');
-    const links = JSON.parse(await sh('bpftool', ['-j', 'link', 'show'])) as {
-      id: number;
-      prog_id: number;
-    }[];
-    const link = links.find((l) => l.prog_id === prog?.id);
-    if (!link) throw new Error(`no connect4 link to sabotage in ${JSON.stringify(progs)}`);
-    await sh('bpftool', ['link', 'detach', 'id', String(link.id)]);
+    await detachConnect4Link(cgroupOf(ns));
   },
   clientPrefix: (ns) => [
     'sh',
