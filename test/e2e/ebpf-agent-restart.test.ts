@@ -6,7 +6,7 @@
 // /sys, so a bpffs under /sys/fs/bpf would die with the killed agent's mount namespace.
 // Plan: pods 10.244.0.10-11 (http 9376, echo 9377); ClusterIPs 10.96.0.120:12345 (http) and
 // 10.96.0.121:7 (echo), both plain TCP ports, so socket-LB.
-import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { agentArgs } from '../helpers/agent.ts';
 import { binPath, type RunningCli, startCli } from '../helpers/cli.ts';
 import { sh, Topology } from '../helpers/netns.ts';
+import { startPausedTransfer } from '../helpers/paused-transfer.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 
 const skip = skipUnlessRoot('ebpf agent restart e2e (network namespaces, cgroup BPF)');
@@ -112,7 +113,7 @@ describe.skipIf(skip)('agent --intercept ebpf: kill and restart with a transfer 
   });
 
   it('completes a transfer byte-exact across SIGKILL + restart; connects keep working meanwhile', async () => {
-    const [cmd, ...rest] = [
+    const t = startPausedTransfer([
       ...inCgroup(),
       process.execPath,
       client,
@@ -120,22 +121,9 @@ describe.skipIf(skip)('agent --intercept ebpf: kill and restart with a transfer 
       '10.96.0.121',
       '7',
       String(MIB),
-    ];
-    transfer = spawn(cmd!, rest);
-    let out = '';
-    transfer.stdout.on('data', (d) => {
-      out += d;
-    });
-    const done = new Promise<void>((resolve) => transfer!.on('close', () => resolve()));
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no "half" from the client: ${out}`)), 15_000);
-      transfer!.stdout.on('data', () => {
-        if (out.includes('half')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-    });
+    ]);
+    transfer = t.child;
+    await t.half;
 
     expect(await agent!.stop('SIGKILL')).not.toBe(0);
     agent = undefined;
@@ -144,9 +132,7 @@ describe.skipIf(skip)('agent --intercept ebpf: kill and restart with a transfer 
     expect(fs.readdirSync(path.join(bpffs, 'pins'))).toContain('edgemesh_svc_v1');
 
     agent = await startAgent();
-    transfer.stdin.write('go\n');
-    await done;
-    const result = JSON.parse(out.split('\n').find((l) => l.startsWith('{')) ?? '{}');
+    const result = await t.finish();
     expect(result).toEqual({ ok: true, sent: MIB << 20, received: MIB << 20, peer: '10.96.0.121:7' });
 
     // The restarted agent serves as before, from the cgroup and from a pod (sk_lookup, new listener).

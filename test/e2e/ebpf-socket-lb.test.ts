@@ -14,6 +14,7 @@ import type { InterceptTarget } from '../../src/proxier/interceptor.ts';
 import { createLogger } from '../../src/util/log.ts';
 import { type RunningCli, startCli } from '../helpers/cli.ts';
 import { createNetns, type Netns, sh } from '../helpers/netns.ts';
+import { startPausedTransfer } from '../helpers/paused-transfer.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 
 const skip = skipUnlessRoot('eBPF socket-LB e2e');
@@ -219,22 +220,9 @@ describe.skipIf(skip)('ebpf interceptor: cgroup connect4 socket-LB in a netns + 
   });
 
   it('keeps a transfer byte-exact across an agent restart, and stop() removes everything', async () => {
-    const [cmd, ...rest] = clientArgv(['transfer', ECHO_VIP, '7', '16']);
-    transfer = spawn(cmd!, rest);
-    let out = '';
-    transfer.stdout.on('data', (d) => {
-      out += d;
-    });
-    const done = new Promise<void>((resolve) => transfer!.on('close', () => resolve()));
-    await new Promise<void>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`no "half" from the client: ${out}`)), 15_000);
-      transfer!.stdout.on('data', () => {
-        if (out.includes('half')) {
-          clearTimeout(t);
-          resolve();
-        }
-      });
-    });
+    const t = startPausedTransfer(clientArgv(['transfer', ECHO_VIP, '7', '16']));
+    transfer = t.child;
+    await t.half;
     // The agent dies without cleaning up (programs and maps stay pinned), a new one takes over.
     await interceptor!.detachKeepPinned();
     interceptor = undefined;
@@ -249,9 +237,7 @@ describe.skipIf(skip)('ebpf interceptor: cgroup connect4 socket-LB in a netns + 
         2,
       ),
     );
-    transfer.stdin.write('go\n');
-    await done;
-    const result = JSON.parse(out.split('\n').find((l) => l.startsWith('{')) ?? '{}');
+    const result = await t.finish();
     expect(result).toEqual({ ok: true, sent: 16 << 20, received: 16 << 20, peer: `${ECHO_VIP}:7` });
     // The new agent's programs and map contents serve new connects.
     expect(await connects(LB_VIP, 80, 2)).toEqual([
