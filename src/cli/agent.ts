@@ -109,6 +109,9 @@ export class Agent {
     // with no services known yet must not take traffic).
     void controller.whenSynced().then(() => {
       this.readyFlag = true;
+      // The moment /readyz turns 200: every consumer serves the first snapshot (rules installed,
+      // data planes routing, DNS answering). "agent started" only means the modules are up.
+      this.log.info({ generation: this.table.generation }, 'agent ready');
     });
     this.log.info({ node: this.config.nodeName, metrics: this.config.metricsListen }, 'agent started');
   }

@@ -66,7 +66,8 @@ describe.skipIf(skip)('agent --intercept ebpf: kill and restart with a transfer 
     const a = startCli(agentArgs(dir, 'ebpf', 'native'), {
       command: [...inCgroup(), process.execPath, binPath, 'agent'],
     });
-    await a.waitFor(/agent started/, 20_000);
+    // Ready, not just started: the first snapshot is served (routes, TS listeners, sk_lookup listener).
+    await a.waitFor(/agent ready/, 20_000);
     return a;
   }
 
