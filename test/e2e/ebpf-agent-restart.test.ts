@@ -13,6 +13,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { agentArgs } from '../helpers/agent.ts';
 import { binPath, type RunningCli, startCli } from '../helpers/cli.ts';
+import { podManifest, serviceManifest } from '../helpers/manifests.ts';
 import { sh, Topology } from '../helpers/netns.ts';
 import { startPausedTransfer } from '../helpers/paused-transfer.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
@@ -21,22 +22,15 @@ const skip = skipUnlessRoot('ebpf agent restart e2e (network namespaces, cgroup 
 const client = path.join(import.meta.dirname, 'ebpf-client.mjs');
 const MIB = 16;
 
-const pod = (name: string, ip: string) => `
-apiVersion: v1
-kind: Pod
-metadata: { name: ${name}, namespace: em, labels: { app: be } }
-spec: { containers: [{ name: c, image: x }] }
-status: { podIP: ${ip}, phase: Running }
-`;
-const service = (name: string, clusterIP: string, port: number, targetPort: number) => `
-apiVersion: v1
-kind: Service
-metadata: { name: ${name}, namespace: em }
-spec:
-  clusterIP: ${clusterIP}
-  selector: { app: be }
-  ports: [{ name: tcp-${port}, port: ${port}, targetPort: ${targetPort}, protocol: TCP }]
-`;
+const pod = (name: string, ip: string) => podManifest({ name, namespace: 'em', app: 'be', ip });
+const service = (name: string, clusterIP: string, port: number, targetPort: number) =>
+  serviceManifest({
+    name,
+    namespace: 'em',
+    clusterIP,
+    app: 'be',
+    ports: [{ name: `tcp-${port}`, port, targetPort }],
+  });
 
 describe.skipIf(skip)('agent --intercept ebpf: kill and restart with a transfer in flight', () => {
   let topo: Topology;

@@ -14,27 +14,21 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { agentArgs } from '../helpers/agent.ts';
 import { binPath, type RunningCli, startCli } from '../helpers/cli.ts';
 import { detachConnect4Link } from '../helpers/connect4-link.ts';
+import { podManifest, serviceManifest } from '../helpers/manifests.ts';
 import { sh, Topology } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 
 const skip = skipUnlessRoot('ebpf agent e2e (network namespaces, cgroup BPF)');
 
-const pod = (name: string, ip: string) => `
-apiVersion: v1
-kind: Pod
-metadata: { name: ${name}, namespace: em, labels: { app: hostname } }
-spec: { containers: [{ name: c, image: x }] }
-status: { podIP: ${ip}, phase: Running }
-`;
-const service = (name: string, clusterIP: string, port: number, portName: string) => `
-apiVersion: v1
-kind: Service
-metadata: { name: ${name}, namespace: em }
-spec:
-  clusterIP: ${clusterIP}
-  selector: { app: hostname }
-  ports: [{ name: ${portName}, port: ${port}, targetPort: 9376, protocol: TCP }]
-`;
+const pod = (name: string, ip: string) => podManifest({ name, namespace: 'em', app: 'hostname', ip });
+const service = (name: string, clusterIP: string, port: number, portName: string) =>
+  serviceManifest({
+    name,
+    namespace: 'em',
+    clusterIP,
+    app: 'hostname',
+    ports: [{ name: portName, port, targetPort: 9376 }],
+  });
 
 for (const dataplane of ['ts', 'native'] as const) {
   describe.skipIf(skip)(`agent --intercept ebpf --dataplane ${dataplane}`, () => {

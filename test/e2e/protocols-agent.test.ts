@@ -9,27 +9,22 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { agentArgs } from '../helpers/agent.ts';
 import type { RunningCli } from '../helpers/cli.ts';
+import { podManifest, serviceManifest } from '../helpers/manifests.ts';
 import { Topology } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 
 const skip = skipUnlessRoot('protocols agent e2e (network namespaces, iptables)');
 
-const pod = (i: number, ip: string) => `
-apiVersion: v1
-kind: Pod
-metadata: { name: hostname-${i}, namespace: em, labels: { app: hostname } }
-spec: { containers: [{ name: c, image: x }] }
-status: { podIP: ${ip}, phase: Running }
-`;
-const service = (name: string, clusterIP: string, port: number, portName: string) => `
-apiVersion: v1
-kind: Service
-metadata: { name: ${name}, namespace: em }
-spec:
-  clusterIP: ${clusterIP}
-  selector: { app: hostname }
-  ports: [{ name: ${portName}, port: ${port}, targetPort: 9376, protocol: TCP }]
-`;
+const pod = (i: number, ip: string) =>
+  podManifest({ name: `hostname-${i}`, namespace: 'em', app: 'hostname', ip });
+const service = (name: string, clusterIP: string, port: number, portName: string) =>
+  serviceManifest({
+    name,
+    namespace: 'em',
+    clusterIP,
+    app: 'hostname',
+    ports: [{ name: portName, port, targetPort: 9376 }],
+  });
 const rule = (name: string, lb: string) => `
 apiVersion: networking.istio.io/v1alpha3
 kind: DestinationRule

@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { binPath, type RunningCli } from '../helpers/cli.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { CLOUD_IP, createLans, type Lans } from '../helpers/lans.ts';
+import { podManifest, serviceManifest } from '../helpers/manifests.ts';
 import type { Netns } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 
@@ -20,24 +21,19 @@ const skip = skipUnlessRoot('tunnel e2e (network namespaces, NAT, iptables)');
 
 const RELAY_PORTS = [20007, 20008];
 
-const pod = (name: string, node: string, ip: string, app: string) => `
-apiVersion: v1
-kind: Pod
-metadata: { name: ${name}, namespace: edge, labels: { app: ${app} } }
-spec: { nodeName: ${node}, containers: [{ name: c, image: x }] }
-status: { podIP: ${ip}, phase: Running }
-`;
-const service = (name: string, ip: string) => `
-apiVersion: v1
-kind: Service
-metadata: { name: ${name}, namespace: edge }
-spec:
-  clusterIP: ${ip}
-  selector: { app: ${name} }
-  ports:
-    - { name: http-hostname, port: 80, targetPort: 9376, protocol: TCP }
-    - { name: tcp-echo, port: 2701, targetPort: 2701, protocol: TCP }
-`;
+const pod = (name: string, node: string, ip: string, app: string) =>
+  podManifest({ name, namespace: 'edge', app, ip, nodeName: node });
+const service = (name: string, clusterIP: string) =>
+  serviceManifest({
+    name,
+    namespace: 'edge',
+    clusterIP,
+    app: name,
+    ports: [
+      { name: 'http-hostname', port: 80, targetPort: 9376 },
+      { name: 'tcp-echo', port: 2701, targetPort: 2701 },
+    ],
+  });
 const manifests = [
   pod('lanb-0', 'b1', '10.2.0.2', 'lanb'),
   service('lanb', '10.96.0.21'),
