@@ -15,24 +15,41 @@ const skip = skipUnlessRoot('the benchmark suite (network namespaces)');
 const outDir = mkdtempSync(path.join(os.tmpdir(), 'edgemesh-bench-test-'));
 
 /** Namespaces the bench topologies create (tags 'bl' and 'bv' of test/helpers/netns.ts). */
+const BENCH_NETNS = /^em(bl|bvn|bvp)\d/;
+
 function benchNamespaces(): string[] {
   const text = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
   return text
     .split('\n')
     .map((l) => l.split(' ')[0]!)
-    .filter((n) => /^em(bl|bvn|bvp)\d/.test(n));
+    .filter((n) => BENCH_NETNS.test(n));
 }
 
-/** Load-generator processes (backends and clients) still running. */
+/**
+ * Load-generator processes (backends and clients) the bench left running. Other test files run
+ * the same binary at the same time inside their own namespaces; a process in a named namespace
+ * that is not one of the bench's belongs to them, so only the bench's namespaces, the host's and
+ * deleted ones count.
+ */
 function loadgenProcesses(): string[] {
+  let pids: string[];
   try {
-    return execFileSync('pgrep', ['-f', 'edgemesh-bench/loadgen-'], { encoding: 'utf8' })
+    pids = execFileSync('pgrep', ['-f', 'edgemesh-bench/loadgen-'], { encoding: 'utf8' })
       .trim()
       .split('\n')
       .filter(Boolean);
   } catch {
     return [];
   }
+  return pids.filter((pid) => {
+    let netns = '';
+    try {
+      netns = execFileSync('ip', ['netns', 'identify', pid], { encoding: 'utf8' }).trim();
+    } catch {
+      return false; // exited meanwhile
+    }
+    return netns === '' || BENCH_NETNS.test(netns);
+  });
 }
 
 afterAll(() => {
