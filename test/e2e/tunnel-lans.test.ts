@@ -1,16 +1,17 @@
 // Edge connectivity across LANs with the real `edgemesh agent` and `edgemesh relay` processes
 // (the client agent on the native data plane, the default).
-// Topology (all in throwaway network namespaces): a cloud namespace, and two LANs (bridges in their
+// Topology (all in throwaway network namespaces): a cloud namespace, and three LANs (bridges in their
 // gateway namespaces, MASQUERADE toward the cloud) whose nodes cannot route to each other. Agents on
-// a1 + a2 (LAN A), b1 (LAN B) and the cloud; two relays in the cloud. A client on a1 reaches
-// services whose only pod is in LAN B (via relay), in the cloud, and on a2 in its own LAN (direct:
-// relay counters do not move); a killed relay is replaced by the other within 2 s; a wrong PSK is
-// rejected with a log line on both sides; with every relay gone, the same-LAN path still works.
+// a1 + a2 (LAN A), b1 (LAN B), c1 (LAN C) and the cloud; two relays in the cloud. A client on a1
+// reaches services whose only pod is in LAN B or LAN C (via relay; 16 MiB byte-exact to LAN B), in
+// the cloud, and on a2 in its own LAN (direct: relay counters do not move); LAN C reaches the cloud
+// but not LAN A or B; a killed relay is replaced by the other within 2 s; a wrong PSK is rejected
+// with a log line on both sides; with every relay gone, the same-LAN path still works.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { binPath, type RunningCli } from '../helpers/cli.ts';
+import { binPath, type RunningCli, repoRoot } from '../helpers/cli.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { CLOUD_IP, createLans, type Lans } from '../helpers/lans.ts';
 import { podManifest, serviceManifest } from '../helpers/manifests.ts';
@@ -20,10 +21,11 @@ import { skipUnlessRoot } from '../helpers/privileges.ts';
 const skip = skipUnlessRoot('tunnel e2e (network namespaces, NAT, iptables)');
 
 const RELAY_PORTS = [20007, 20008];
+const tool = path.join(repoRoot, 'test/helpers/stream-tool.mjs');
 
 const pod = (name: string, node: string, ip: string, app: string) =>
   podManifest({ name, namespace: 'edge', app, ip, nodeName: node });
-const service = (name: string, clusterIP: string) =>
+const service = (name: string, clusterIP: string, sink = false) =>
   serviceManifest({
     name,
     namespace: 'edge',
@@ -32,11 +34,14 @@ const service = (name: string, clusterIP: string) =>
     ports: [
       { name: 'http-hostname', port: 80, targetPort: 9376 },
       { name: 'tcp-echo', port: 2701, targetPort: 2701 },
+      ...(sink ? [{ name: 'tcp-sink', port: 2702, targetPort: 2702 }] : []),
     ],
   });
 const manifests = [
   pod('lanb-0', 'b1', '10.2.0.2', 'lanb'),
-  service('lanb', '10.96.0.21'),
+  service('lanb', '10.96.0.21', true),
+  pod('lanc-0', 'c1', '10.3.0.2', 'lanc'),
+  service('lanc', '10.96.0.24'),
   pod('cloud-0', 'cloud', CLOUD_IP, 'cloudsvc'),
   service('cloudsvc', '10.96.0.22'),
   pod('lana-0', 'a2', '10.1.0.3', 'lana'),
@@ -60,6 +65,7 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
   let dir: string;
   let cloud: Netns;
   let a1: Netns;
+  let c1: Netns;
   const relays: RunningCli[] = [];
   const agents = new Map<string, RunningCli>();
 
@@ -94,15 +100,22 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
     fs.writeFileSync(path.join(dir, 'node.yaml'), agentYaml(psk, false));
     fs.writeFileSync(path.join(dir, 'bad.yaml'), agentYaml(path.join(dir, 'bad-psk'), false, 20016));
 
-    lans = await createLans('t', [2, 1]);
+    lans = await createLans('t', [2, 1, 1]);
     cloud = lans.cloud;
     const [na1, a2] = lans.nodes[1]!;
     const [b1] = lans.nodes[2]!;
     a1 = na1!;
+    c1 = lans.nodes[3]![0]!;
 
-    await b1!.backend('pod-b', ['--http', '9376', '--echo', '2701']);
-    await a2!.backend('pod-a2', ['--http', '9376', '--echo', '2701']);
-    await cloud.backend('pod-cloud', ['--http', '9376', '--echo', '2701']);
+    const hostnameEcho = ['--http', '9376', '--echo', '2701'];
+    const sink = b1!.spawn(process.execPath, [tool, 'serve', '--sink', '2702']);
+    await Promise.all([
+      b1!.backend('pod-b', hostnameEcho),
+      c1.backend('pod-c', hostnameEcho),
+      a2!.backend('pod-a2', hostnameEcho),
+      cloud.backend('pod-cloud', hostnameEcho),
+      sink.waitFor(/ready/, 10_000),
+    ]);
 
     for (const [i, port] of RELAY_PORTS.entries()) {
       const r = cloud.spawn(process.execPath, [
@@ -139,6 +152,7 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
     start(a1, 'a1', 'client.yaml', ['--intercept', 'iptables', '--dataplane', 'native']);
     start(a2!, 'a2', 'node.yaml');
     start(b1!, 'b1', 'node.yaml');
+    start(c1, 'c1', 'node.yaml');
     start(cloud, 'cloud', 'node.yaml');
     await Promise.all([...agents.values()].map((a) => a.waitFor(/agent started/, 30_000)));
     // Each agent registered at both relays; a1's data plane serves all three services.
@@ -146,6 +160,7 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
       [...agents.values()].map((a) => a.waitFor(/connected to relay[\s\S]*connected to relay/, 15_000)),
     );
     await eventually(async () => (await http('10.96.0.21')) === 'pod-b', 20_000);
+    await eventually(async () => (await http('10.96.0.24')) === 'pod-c', 10_000);
   }, 120_000);
 
   afterAll(async () => {
@@ -153,9 +168,21 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  it('the LANs really cannot reach each other', async () => {
-    const r = await a1.exec('curl', ['-s', '--max-time', '1', 'http://10.2.0.2:9376/']);
-    expect(r.code).not.toBe(0);
+  it('the LANs really cannot reach each other, and each reaches the cloud', async () => {
+    const get = (ns: Netns, ip: string) => ns.exec('curl', ['-s', '--max-time', '1', `http://${ip}:9376/`]);
+    const [aToB, aToC, cToA, cToA2, cToB, cToCloud, aToCloud] = await Promise.all([
+      get(a1, '10.2.0.2'),
+      get(a1, '10.3.0.2'),
+      get(c1, '10.1.0.2'),
+      get(c1, '10.1.0.3'),
+      get(c1, '10.2.0.2'),
+      get(c1, CLOUD_IP),
+      get(a1, CLOUD_IP),
+    ]);
+    for (const r of [aToB, aToC, cToA, cToA2, cToB]) expect(r.code).not.toBe(0);
+    // The negative checks fail because of the topology, not a dead network: the cloud answers.
+    expect(cToCloud.stdout.trim()).toBe('pod-cloud');
+    expect(aToCloud.stdout.trim()).toBe('pod-cloud');
   });
 
   it('reaches pods only in LAN B through the relay (HTTP and TCP echo)', async () => {
@@ -172,6 +199,26 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
     expect(status.tunnel.peers).toContainEqual({ node: 'b1', path: 'relay' });
     const metrics = await a1.run('curl', '-s', 'http://127.0.0.1:10551/metrics');
     expect(metrics).toMatch(/edgemesh_tunnel_peer_path\{peer="b1",path="relay"\} 1/);
+  });
+
+  it('reaches pods only in LAN C through the relay', async () => {
+    const before = await relayStreams();
+    expect(await http('10.96.0.24')).toBe('pod-c');
+    expect(await echo('10.96.0.24', 'a to c\n')).toBe('a to c\n');
+    expect(await relayStreams()).toBeGreaterThanOrEqual(before + 1);
+    const status = JSON.parse(await a1.run('curl', '-s', 'http://127.0.0.1:10551/status'));
+    expect(status.tunnel.peers).toContainEqual({ node: 'c1', path: 'relay' });
+  });
+
+  it('moves 16 MiB byte-exact to LAN B through the relay', async () => {
+    const before = await relayStreams();
+    const r = await a1.exec(process.execPath, [tool, 'bulk', '10.96.0.21', '2702', String(16 << 20)], {
+      timeoutMs: 30_000,
+    });
+    expect(r.code, r.stderr).toBe(0);
+    const res = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    expect(res).toMatchObject({ ok: true, bytes: 16 << 20 });
+    expect(await relayStreams()).toBe(before + 1);
   });
 
   it('reaches pods only in the cloud, and pods in its own LAN directly (relay counters do not move)', async () => {
