@@ -132,12 +132,17 @@ function commonTlsOptions(
   };
 }
 
-/** TLS server options: TLS 1.3 only, client certificate requested (verified in cert mode). */
+/**
+ * TLS server options: TLS 1.3 only, client certificate requested. In cert mode the Session checks
+ * it (`socket.authorized`, then the node name) before anything else and answers AUTH_FAIL with the
+ * reason: Node's own TLS-level rejection drops the socket after the handshake with no alert, so the
+ * dialing agent saw only "tunnel closed during handshake" and could not log why.
+ */
 export function serverTlsOptions(c: TunnelCredentials): tls.TlsOptions {
   return {
     ...commonTlsOptions(c),
     requestCert: true,
-    rejectUnauthorized: c.verifyCerts,
+    rejectUnauthorized: false,
   };
 }
 

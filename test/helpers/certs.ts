@@ -1,6 +1,8 @@
 // Test certificates made by openssl (no keys checked in): a CA, and a server and a client
-// certificate it signed, for TLS tests.
+// certificate it signed, for TLS tests; EC CAs and node certificates for the tunnel's cert mode.
 import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 
 /** openssl-generated CA, server and client certificates in `dir`. */
 export function makeCerts(dir: string, cn: string): void {
@@ -77,3 +79,72 @@ export function makeSelfSigned(certPath: string, keyPath: string, subj: string, 
     { stdio: 'ignore' },
   );
 }
+
+/** A test CA: its certificate and key files. */
+export interface TestCa {
+  dir: string;
+  crt: string;
+  key: string;
+}
+
+/** A node certificate and key the CA signed. */
+export interface NodeCert {
+  crt: string;
+  key: string;
+}
+
+/** An EC P-256 CA (1 day) named `name`, written to dir/<name>.crt and dir/<name>.key. */
+export function makeCa(dir: string, name: string): TestCa {
+  const ca = { dir, crt: path.join(dir, `${name}.crt`), key: path.join(dir, `${name}.key`) };
+  const subj = `/CN=${name}`;
+  execFileSync(
+    'openssl',
+    [...EC_REQ, '-x509', '-days', '1', '-keyout', ca.key, '-out', ca.crt, '-subj', subj],
+    {
+      stdio: 'ignore',
+    },
+  );
+  return ca;
+}
+
+/**
+ * A certificate `ca` signed for subject CN `cn` with DNS SANs `dnsNames` (none by default), written
+ * to ca.dir/<file>.crt and .key (file defaults to cn). The tunnel reads a node name from CN or a DNS SAN.
+ */
+export function makeNodeCert(ca: TestCa, cn: string, dnsNames: string[] = [], file = cn): NodeCert {
+  const out = { crt: path.join(ca.dir, `${file}.crt`), key: path.join(ca.dir, `${file}.key`) };
+  const csr = path.join(ca.dir, `${file}.csr`);
+  execFileSync('openssl', [...EC_REQ, '-keyout', out.key, '-out', csr, '-subj', `/CN=${cn}`], {
+    stdio: 'ignore',
+  });
+  const ext = path.join(ca.dir, `${file}.ext`);
+  fs.writeFileSync(
+    ext,
+    dnsNames.length ? `subjectAltName=${dnsNames.map((n) => `DNS:${n}`).join(',')}\n` : '',
+  );
+  execFileSync(
+    'openssl',
+    [
+      'x509',
+      '-req',
+      '-in',
+      csr,
+      '-CA',
+      ca.crt,
+      '-CAkey',
+      ca.key,
+      '-CAcreateserial',
+      '-days',
+      '1',
+      '-extfile',
+      ext,
+      '-out',
+      out.crt,
+    ],
+    { stdio: 'ignore' },
+  );
+  return out;
+}
+
+// `openssl req` arguments for a new unencrypted EC P-256 key (faster to make than RSA).
+const EC_REQ = ['req', '-nodes', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1'];
