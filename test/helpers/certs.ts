@@ -112,16 +112,27 @@ export function makeCa(dir: string, name: string): TestCa {
  * to ca.dir/<file>.crt and .key (file defaults to cn). The tunnel reads a node name from CN or a DNS SAN.
  */
 export function makeNodeCert(ca: TestCa, cn: string, dnsNames: string[] = [], file = cn): NodeCert {
+  const ext = dnsNames.length ? `subjectAltName=${dnsNames.map((n) => `DNS:${n}`).join(',')}\n` : '';
+  return signCert(ca, cn, file, ext);
+}
+
+/**
+ * Like makeNodeCert, but the SANs are raw openssl config lines (`DNS.1 = x, DNS:b1`, `URI.1 = ...`,
+ * `IP.1 = ...`): values are taken literally, commas included (for identity-parsing tests).
+ */
+export function makeCertWithSans(ca: TestCa, cn: string, sanLines: string[], file: string): NodeCert {
+  return signCert(ca, cn, file, `subjectAltName=@alt\n[alt]\n${sanLines.join('\n')}\n`);
+}
+
+// A new EC key + CSR for CN `cn`, signed by `ca` with the extensions file text `ext`.
+function signCert(ca: TestCa, cn: string, file: string, ext: string): NodeCert {
   const out = { crt: path.join(ca.dir, `${file}.crt`), key: path.join(ca.dir, `${file}.key`) };
   const csr = path.join(ca.dir, `${file}.csr`);
   execFileSync('openssl', [...EC_REQ, '-keyout', out.key, '-out', csr, '-subj', `/CN=${cn}`], {
     stdio: 'ignore',
   });
-  const ext = path.join(ca.dir, `${file}.ext`);
-  fs.writeFileSync(
-    ext,
-    dnsNames.length ? `subjectAltName=${dnsNames.map((n) => `DNS:${n}`).join(',')}\n` : '',
-  );
+  const extFile = path.join(ca.dir, `${file}.ext`);
+  fs.writeFileSync(extFile, ext);
   execFileSync(
     'openssl',
     [
@@ -137,7 +148,7 @@ export function makeNodeCert(ca: TestCa, cn: string, dnsNames: string[] = [], fi
       '-days',
       '1',
       '-extfile',
-      ext,
+      extFile,
       '-out',
       out.crt,
     ],
