@@ -96,6 +96,7 @@ export async function relayCommand(argv: string[], out: (s: string) => void): Pr
     creds,
     log,
     registry,
+    sealedData: tunnel.sealedData,
   });
   return runUntilSignal(
     async () => {

@@ -67,6 +67,7 @@ export function defaultConfig(): EdgemeshConfig {
         caFile: '',
         certFile: '',
         keyFile: '',
+        sealedData: true,
       },
     },
   };

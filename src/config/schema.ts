@@ -123,6 +123,7 @@ export const configSchema: Schema = obj({
       caFile: str(),
       certFile: str(),
       keyFile: str(),
+      sealedData: bool,
     }),
   }),
 });

@@ -99,6 +99,8 @@ export interface EdgemeshConfig {
       caFile: string;
       certFile: string;
       keyFile: string;
+      /** Streams between two `sealed-v1` ends use their own data connection with sealed records (else framed over TLS). */
+      sealedData: boolean;
     };
   };
 }

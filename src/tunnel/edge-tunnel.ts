@@ -18,14 +18,24 @@ import type {
   SnapshotConsumer,
 } from '../controller/types.ts';
 import { EMPTY_TABLE } from '../controller/types.ts';
-import { errorMessage } from '../errors.ts';
+import { ErrorCode, errorMessage } from '../errors.ts';
 import type { Service } from '../util/lifecycle.ts';
 import type { Logger } from '../util/log.ts';
 import { parseHostPort } from '../util/net.ts';
 import { clientTlsOptions, loadCredentials, type TunnelCredentials } from './credentials.ts';
-import type { OpenTarget } from './frames.ts';
+import { dialData, newToken } from './data-hello.ts';
+import { DataTokens } from './data-tokens.ts';
+import type { OpenTarget, SealedOpen } from './frames.ts';
 import { joinStreams } from './join-streams.ts';
-import type { HelloInfo, PeerAnnouncement, Session } from './session.ts';
+import { SealedControl } from './sealed-control.ts';
+import { mirrorKeys, newSealedKeys, type PumpResult, startSealedPump } from './sealed-pump.ts';
+import {
+  type HelloInfo,
+  type PeerAnnouncement,
+  SEALED_CAP,
+  type Session,
+  type StreamSink,
+} from './session.ts';
 import { dialSession, TlsListener } from './tls-listener.ts';
 import type { TunnelStream } from './tunnel-stream.ts';
 
@@ -79,6 +89,8 @@ interface RelayLink {
   session: Session | undefined;
   address: string;
   peers: Set<string>;
+  /** Nodes this relay announced as taking sealed streams. */
+  sealedPeers: Set<string>;
   backoffMs: number;
   timer: NodeJS.Timeout | undefined;
 }
@@ -125,6 +137,23 @@ function tunnelMetrics(registry?: Registry) {
       help: 'Tunnels closed for malformed frames',
       registers,
     }),
+    sealed: new Counter({
+      name: 'edgemesh_tunnel_sealed_streams_total',
+      help: 'Streams carried on sealed data connections, by path and side (out = opened here)',
+      labelNames: ['path', 'side'] as const,
+      registers,
+    }),
+    sealedBytes: new Counter({
+      name: 'edgemesh_tunnel_sealed_bytes_total',
+      help: 'Plaintext bytes of finished sealed streams, by path and direction (tx = sent to the peer)',
+      labelNames: ['path', 'direction'] as const,
+      registers,
+    }),
+    sealedFailures: new Counter({
+      name: 'edgemesh_tunnel_sealed_failures_total',
+      help: 'Sealed streams reset while being set up (refused, no data connection, peer reset)',
+      registers,
+    }),
   };
 }
 
@@ -158,19 +187,30 @@ export class EdgeTunnel implements Service {
   private saveTimer: NodeJS.Timeout | undefined;
   /** Accepted loopback connections, destroyed on stop (a server's close() waits for them). */
   private readonly accepted = new Set<net.Socket>();
+  /** Data connections this listener expects (sealed streams). */
+  private readonly dataTokens: DataTokens;
+  /** Sockets of sealed streams (plain, data) still being set up, destroyed on stop. */
+  private readonly settingUp = new Set<net.Socket>();
 
   constructor(private readonly o: EdgeTunnelOptions) {
     this.cfg = o.config.modules.edgeTunnel;
     this.own = o.config.nodeName;
     this.metrics = tunnelMetrics(o.registry);
     const addrs = this.cfg.advertiseAddress.length > 0 ? this.cfg.advertiseAddress : hostAddresses();
-    this.hello = { node: this.own, kind: 'agent', addrs };
+    this.hello = {
+      node: this.own,
+      kind: 'agent',
+      addrs,
+      ...(this.cfg.sealedData ? { caps: [SEALED_CAP] } : {}),
+    };
+    this.dataTokens = new DataTokens({ log: o.log });
     this.relays = this.cfg.relayNodes.map((r) => ({
       node: r.nodeName,
       addrs: r.advertiseAddress,
       session: undefined,
       address: '',
       peers: new Set(),
+      sealedPeers: new Set(),
       backoffMs: 100,
       timer: undefined,
     }));
@@ -186,6 +226,7 @@ export class EdgeTunnel implements Service {
       hello: this.hello,
       log: this.o.log,
       ...(this.o.pingMs !== undefined ? { pingMs: this.o.pingMs } : {}),
+      dataTokens: this.dataTokens,
       onAuthFailure: () => this.metrics.authFailures.inc(),
       onSession: (s) => {
         this.track(s);
@@ -223,6 +264,8 @@ export class EdgeTunnel implements Service {
     const closing = this.listener?.close();
     for (const s of this.sessions) s.close();
     for (const c of this.accepted) c.destroy();
+    for (const c of this.settingUp) c.destroy();
+    this.dataTokens.close();
     await closing;
     await Promise.all([...this.localPorts.values()].map((lp) => closeServer(lp.server)));
     this.localPorts.clear();
@@ -400,10 +443,208 @@ export class EdgeTunnel implements Service {
       return;
     }
     this.metrics.streams.inc({ path: direct ? 'direct' : 'relay' });
+    if (this.sealedTo(session, direct ? undefined : this.relayFor(lp.node), lp.node)) {
+      this.openSealed(socket, session, target, direct ? 'direct' : 'relay');
+      return;
+    }
     const stream = session.openStream(target);
     stream.on('error', () => {});
     void joinStreams(socket, stream);
     socket.resume();
+  }
+
+  /**
+   * True when a stream to `node` over `session` can be sealed: this end and the session's peer
+   * announced `sealed-v1`, and through a relay the relay announced the node with it too.
+   */
+  private sealedTo(session: Session, relay: RelayLink | undefined, node: string): boolean {
+    if (!this.cfg.sealedData || !session.shares(SEALED_CAP)) return false;
+    if (relay) return relay.sealedPeers.has(node);
+    // A client dials the data connection where it dialed the session; a server waits for it.
+    return session.role === 'server' || session.dialed !== undefined;
+  }
+
+  /**
+   * The opening side of a sealed stream: keys and token go out in SEALED_OPEN, the data connection
+   * is dialed (session client) or awaited (session server), then the loopback socket and the data
+   * connection are handed to the pump. Any failure before that resets the client's connection.
+   */
+  private openSealed(
+    socket: net.Socket,
+    session: Session,
+    target: OpenTarget,
+    path: 'direct' | 'relay',
+  ): void {
+    const keys = newSealedKeys();
+    const far = mirrorKeys(keys);
+    const token = newToken();
+    let settled = false;
+    let data: net.Socket | undefined;
+    let cancel: (() => void) | undefined;
+    const fail = (reason: string) => {
+      if (settled) return;
+      settled = true;
+      cancel?.();
+      data?.destroy();
+      this.metrics.sealedFailures.inc();
+      this.o.log.debug({ node: target.node, path, reason }, 'tunnel: sealed stream failed to set up');
+      socket.resetAndDestroy();
+    };
+    let ctl: SealedControl | undefined;
+    session.openSealed({ target, token, keys: far }, (id) => {
+      ctl = new SealedControl(session, id, fail);
+      return ctl;
+    });
+    const run = (d: net.Socket, head: Buffer) => {
+      if (settled || socket.destroyed) {
+        d.destroy();
+        if (!settled) fail('client went away');
+        return;
+      }
+      settled = true;
+      ctl?.finish();
+      this.metrics.sealed.inc({ path, side: 'out' });
+      void startSealedPump(socket, d, keys, head.length > 0 ? { sealedHead: head } : {}).then((r) =>
+        this.pumpDone(r, path, target),
+      );
+    };
+    const dialed = session.dialed;
+    if (session.role === 'client' && dialed) {
+      dialData(dialed.host, dialed.port, token, keys.txKey, this.dataTimeoutMs()).then(
+        (d) => {
+          data = d;
+          run(d, Buffer.alloc(0));
+        },
+        (err: unknown) => {
+          ctl?.reset('no data connection');
+          fail(`data connection: ${errorMessage(err)}`);
+        },
+      );
+    } else {
+      // The peer dials us and proves the token with its txKey (our rxKey).
+      cancel = this.dataTokens.expect(token, keys.rxKey, run, () => {
+        ctl?.reset('no data connection in time');
+        fail('no data connection in time');
+      });
+    }
+  }
+
+  /** The receiving side of a sealed stream: only this node's own endpoints, like framed streams. */
+  private onSealedInbound(session: Session, id: number, open: SealedOpen): StreamSink | { reject: string } {
+    const t = open.target;
+    const key = `${t.ip}:${t.port}`;
+    const path = session.peer?.kind === 'relay' ? 'relay' : 'direct';
+    const dialer = session.role === 'client';
+    if (t.node !== this.own || !this.ownEndpoints.has(key)) {
+      this.metrics.inbound.inc({ result: 'rejected' });
+      this.o.log.warn(
+        { from: t.src, target: key, node: t.node },
+        'tunnel: refused a stream to an endpoint not on this node',
+      );
+      // A data connection already on its way here is cut at once instead of waiting for expiry.
+      if (!dialer)
+        this.dataTokens.expect(
+          open.token,
+          open.keys.rxKey,
+          (d) => d.resetAndDestroy(),
+          () => {},
+        );
+      return { reject: `${key} is not an endpoint of node '${this.own}'` };
+    }
+    let settled = false;
+    let data: { socket: net.Socket; head: Buffer } | undefined;
+    let podUp = false;
+    let cancel: (() => void) | undefined;
+    const pod = new net.Socket({ allowHalfOpen: true });
+    pod.pause();
+    pod.on('error', () => {});
+    this.settingUp.add(pod);
+    const fail = (reason: string) => {
+      if (settled) return;
+      settled = true;
+      cancel?.();
+      this.settingUp.delete(pod);
+      pod.destroy();
+      if (data) {
+        this.settingUp.delete(data.socket);
+        data.socket.resetAndDestroy();
+      }
+      this.metrics.sealedFailures.inc();
+      this.o.log.debug(
+        { from: t.src, target: key, reason },
+        'tunnel: inbound sealed stream failed to set up',
+      );
+    };
+    const ctl = new SealedControl(session, id, fail);
+    const start = () => {
+      if (settled || !podUp || !data) return;
+      settled = true;
+      ctl.finish();
+      this.settingUp.delete(pod);
+      this.settingUp.delete(data.socket);
+      this.metrics.sealed.inc({ path, side: 'in' });
+      const plainHead = drain(pod);
+      void startSealedPump(pod, data.socket, open.keys, {
+        ...(data.head.length > 0 ? { sealedHead: data.head } : {}),
+        ...(plainHead.length > 0 ? { plainHead } : {}),
+      }).then((r) => this.pumpDone(r, path, t));
+    };
+    pod.once('connect', () => {
+      pod.setNoDelay(true);
+      podUp = true;
+      this.metrics.inbound.inc({ result: 'connected' });
+      start();
+    });
+    pod.once('error', (err) => {
+      if (podUp) return;
+      this.metrics.inbound.inc({ result: 'refused' });
+      ctl.reset(`connect ${key}: ${errorMessage(err)}`);
+      fail(`connect ${key}: ${errorMessage(err)}`);
+    });
+    pod.connect(t.port, t.ip);
+    const took = (socket: net.Socket, head: Buffer) => {
+      if (settled) {
+        socket.resetAndDestroy();
+        return;
+      }
+      this.settingUp.add(socket);
+      data = { socket, head };
+      start();
+    };
+    const dialed = session.dialed;
+    if (dialer && dialed) {
+      // Dialed alongside the pod's connect: the two handshakes overlap.
+      dialData(dialed.host, dialed.port, open.token, open.keys.txKey, this.dataTimeoutMs()).then(
+        (d) => took(d, Buffer.alloc(0)),
+        (err: unknown) => {
+          ctl.reset('no data connection');
+          fail(`data connection: ${errorMessage(err)}`);
+        },
+      );
+    } else if (dialer) {
+      fail('no address to dial the data connection');
+      return { reject: 'no address to dial the data connection' };
+    } else {
+      cancel = this.dataTokens.expect(open.token, open.keys.rxKey, took, () => {
+        ctl.reset('no data connection in time');
+        fail('no data connection in time');
+      });
+    }
+    return ctl;
+  }
+
+  private pumpDone(r: PumpResult, path: 'direct' | 'relay', t: OpenTarget): void {
+    this.metrics.sealedBytes.inc({ path, direction: 'tx' }, r.plainToSealed);
+    this.metrics.sealedBytes.inc({ path, direction: 'rx' }, r.sealedToPlain);
+    if (r.error)
+      this.o.log.debug(
+        { code: ErrorCode.TUNNEL, node: t.node, endpoint: `${t.ip}:${t.port}`, path, err: r.error },
+        'tunnel: sealed stream aborted',
+      );
+  }
+
+  private dataTimeoutMs(): number {
+    return this.o.probeTimeoutMs !== undefined ? Math.max(this.o.probeTimeoutMs * 4, 2000) : 5000;
   }
 
   /** A stream another node opened here: connect it to one of this node's own endpoints only. */
@@ -436,6 +677,7 @@ export class EdgeTunnel implements Service {
   private track(s: Session): void {
     this.sessions.add(s);
     s.on('open', (stream: TunnelStream, t: OpenTarget) => this.onInbound(stream, t));
+    if (this.cfg.sealedData) s.sealedOpener = (id, open) => this.onSealedInbound(s, id, open);
     s.on('frameError', () => this.metrics.frameErrors.inc());
     s.on('authFailure', () => this.metrics.authFailures.inc());
     s.once('close', () => {
@@ -505,6 +747,7 @@ export class EdgeTunnel implements Service {
     this.o.log.info({ relay: r.node, address }, 'tunnel: connected to relay');
     s.on('peers', (peers: PeerAnnouncement[]) => {
       r.peers = new Set(peers.map((p) => p.node));
+      r.sealedPeers = new Set(peers.filter((p) => p.caps?.includes(SEALED_CAP)).map((p) => p.node));
       for (const p of peers) if (p.node !== this.own && p.addrs.length > 0) this.learnAddrs(p.node, p.addrs);
       this.probeAll();
       this.updatePathMetrics();
@@ -512,6 +755,7 @@ export class EdgeTunnel implements Service {
     s.once('close', (err?: Error) => {
       r.session = undefined;
       r.peers = new Set();
+      r.sealedPeers = new Set();
       this.metrics.relayConnected.set({ relay: r.node }, 0);
       this.updatePathMetrics();
       if (this.stopped) return;
@@ -661,6 +905,14 @@ export class EdgeTunnel implements Service {
 
 function localKey(e: Endpoint): string {
   return `${e.nodeName ?? ''}|${e.ip}|${e.port}`;
+}
+
+/** Bytes a socket already buffered in JS (none while paused from the start; kept for the pump). */
+function drain(s: net.Socket): Buffer {
+  const parts: Buffer[] = [];
+  if (s.readableLength > 0)
+    for (let c = s.read() as Buffer | null; c !== null; c = s.read() as Buffer | null) parts.push(c);
+  return Buffer.concat(parts);
 }
 
 function closeServer(s: net.Server): Promise<void> {

@@ -15,6 +15,8 @@ export const FrameType = {
   PONG: 8,
   PEERS: 9,
   AUTH_FAIL: 10,
+  /** Opens a stream whose bytes go over its own sealed data connection (only to `sealed-v1` peers). */
+  SEALED_OPEN: 11,
 } as const;
 
 export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];
@@ -230,4 +232,45 @@ export function decodeJson(p: Buffer): Record<string, unknown> {
   if (typeof v !== 'object' || v === null || Array.isArray(v))
     throw new FrameError('control payload is not an object');
   return v as Record<string, unknown>;
+}
+
+/** Bytes of the single-use token that names a sealed stream's data connection. */
+export const TOKEN_BYTES = 16;
+const SEALED_KEYS_BYTES = 2 * (32 + 12);
+
+/**
+ * SEALED_OPEN payload: where to connect, the data connection's token, and the stream's keys as the
+ * RECEIVER of this frame uses them (it sends with tx, opens with rx).
+ */
+export interface SealedOpen {
+  target: OpenTarget;
+  token: Buffer;
+  keys: { txKey: Buffer; txIv: Buffer; rxKey: Buffer; rxIv: Buffer };
+}
+
+/** SEALED_OPEN payload: u16 length + OPEN payload, token, txKey, txIv, rxKey, rxIv. */
+export function encodeSealedOpen(o: SealedOpen): Buffer {
+  const open = encodeOpen(o.target);
+  const len = Buffer.alloc(2);
+  len.writeUInt16BE(open.length);
+  const { txKey, txIv, rxKey, rxIv } = o.keys;
+  return Buffer.concat([len, open, o.token, txKey, txIv, rxKey, rxIv]);
+}
+
+/** Parses a SEALED_OPEN payload; throws FrameError when a field is missing or the length is off. */
+export function decodeSealedOpen(p: Buffer): SealedOpen {
+  if (p.length < 2) throw new FrameError('SEALED_OPEN truncated');
+  const n = p.readUInt16BE(0);
+  if (p.length !== 2 + n + TOKEN_BYTES + SEALED_KEYS_BYTES)
+    throw new FrameError('SEALED_OPEN has a bad length');
+  const target = decodeOpen(p.subarray(2, 2 + n));
+  let off = 2 + n;
+  // Copies: the payload may be a slice of a larger receive buffer that is reused.
+  const take = (len: number) => {
+    const b = Buffer.from(p.subarray(off, off + len));
+    off += len;
+    return b;
+  };
+  const token = take(TOKEN_BYTES);
+  return { target, token, keys: { txKey: take(32), txIv: take(12), rxKey: take(32), rxIv: take(12) } };
 }

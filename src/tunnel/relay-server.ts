@@ -1,14 +1,22 @@
 // The relay (`edgemesh relay`): agents dial in and register under their authenticated node name;
 // a stream one agent opens toward node N is forwarded to N's registered session. The relay never
-// connects anywhere itself — an OPEN for a node that is not registered is reset.
+// connects anywhere itself — an OPEN for a node that is not registered is reset. Sealed streams
+// (both agents `sealed-v1`): each agent dials a data connection to the relay's listen port with a
+// token it was handed over its session, and the relay splices the two ciphertext connections
+// (no crypto here; it relayed the keys, so trust is what it was with framed streams).
+import type net from 'node:net';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { errorMessage } from '../errors.ts';
 import type { Service } from '../util/lifecycle.ts';
 import type { Logger } from '../util/log.ts';
 import type { TunnelCredentials } from './credentials.ts';
-import type { OpenTarget } from './frames.ts';
+import { newToken } from './data-hello.ts';
+import { DataTokens } from './data-tokens.ts';
+import type { OpenTarget, SealedOpen } from './frames.ts';
 import { SpliceEnd, spliceStreams } from './relay-splice.ts';
-import type { Session } from './session.ts';
+import { SealedControl } from './sealed-control.ts';
+import { startSplicePump } from './sealed-pump.ts';
+import { SEALED_CAP, type Session } from './session.ts';
 import { TlsListener } from './tls-listener.ts';
 
 export interface RelayServerOptions {
@@ -19,6 +27,10 @@ export interface RelayServerOptions {
   log: Logger;
   registry?: Registry;
   pingMs?: number;
+  /** Take sealed streams (announce `sealed-v1`); default true (modules.edgeTunnel.sealedData). */
+  sealedData?: boolean;
+  /** How long a sealed stream's data connections may take to arrive (ms, default 5000). */
+  dataTimeoutMs?: number;
 }
 
 /** Relay metrics (prefix edgemesh_relay_). */
@@ -83,17 +95,24 @@ export class RelayServer implements Service {
   private readonly agents = new Map<string, Session>();
   private readonly all = new Set<Session>();
   private readonly metrics;
+  private readonly dataTokens: DataTokens;
+  private readonly sealed: boolean;
+  /** Data connections waiting for their partner or spliced, destroyed on stop. */
+  private readonly dataSockets = new Set<net.Socket>();
   /** Bound address after start(). */
   address: { host: string; port: number } | undefined;
 
   constructor(private readonly o: RelayServerOptions) {
     this.metrics = relayMetrics(o.registry);
+    this.sealed = o.sealedData ?? true;
+    this.dataTokens = new DataTokens({ log: o.log, ttlMs: o.dataTimeoutMs ?? 5000 });
     this.listener = new TlsListener({
       host: o.host,
       port: o.port,
       creds: o.creds,
-      hello: { node: o.nodeName, kind: 'relay' },
+      hello: { node: o.nodeName, kind: 'relay', ...(this.sealed ? { caps: [SEALED_CAP] } : {}) },
       log: o.log,
+      dataTokens: this.dataTokens,
       ...(o.pingMs !== undefined ? { pingMs: o.pingMs } : {}),
       onAuthFailure: () => this.metrics.authFailures.inc(),
       onSession: (s) => this.onSession(s),
@@ -112,6 +131,8 @@ export class RelayServer implements Service {
     // Sessions first: a server's close() waits for its open connections.
     const closing = this.listener.close();
     for (const s of this.all) s.close();
+    this.dataTokens.close();
+    for (const d of this.dataSockets) d.destroy();
     await closing;
   }
 
@@ -143,6 +164,7 @@ export class RelayServer implements Service {
       this.announce();
     });
     s.opener = (id, target) => this.forward(s, id, target);
+    if (this.sealed) s.sealedOpener = (id, open) => this.forwardSealed(s, id, open);
     s.on('close', (err?: Error) => {
       this.all.delete(s);
       const node = s.peer?.node;
@@ -181,8 +203,98 @@ export class RelayServer implements Service {
     return inbound;
   }
 
+  /**
+   * A sealed stream `from` opened toward `open.target.node`: hands that node a token and the keys
+   * over its session, then splices the two data connections once both have arrived. Any failure
+   * before that resets both agents' halves (their data connections and their SEALED_OPENs).
+   */
+  private forwardSealed(from: Session, id: number, open: SealedOpen): SealedControl | { reject: string } {
+    const src = from.peer!.node;
+    const target = open.target;
+    const to = this.agents.get(target.node);
+    // The source's data connection proves itself with its txKey (the far end's rxKey).
+    const srcProof = open.keys.rxKey;
+    if (!to?.isReady || target.node === src || !to.peer?.caps?.includes(SEALED_CAP)) {
+      this.metrics.rejected.inc();
+      // Its data connection may be on the way already: cut it at once rather than at expiry.
+      this.dataTokens.expect(
+        open.token,
+        srcProof,
+        (d) => d.resetAndDestroy(),
+        () => {},
+      );
+      return {
+        reject: to?.isReady
+          ? `node '${target.node}' takes no sealed streams`
+          : `node '${target.node}' is not connected to this relay`,
+      };
+    }
+    this.metrics.streams.inc({ src, dst: target.node });
+    const ends: { a?: { s: net.Socket; head: Buffer }; b?: { s: net.Socket; head: Buffer } } = {};
+    let settled = false;
+    const cancels: Array<() => void> = [];
+    const abort = (reason: string) => {
+      if (settled) return;
+      settled = true;
+      for (const c of cancels) c();
+      for (const e of [ends.a, ends.b]) if (e) e.s.resetAndDestroy();
+      inbound.reset(reason);
+      outbound?.reset(reason);
+    };
+    const inbound = new SealedControl(from, id, abort);
+    let outbound: SealedControl | undefined;
+    const pair = () => {
+      if (settled || !ends.a || !ends.b) return;
+      settled = true;
+      inbound.finish();
+      outbound?.finish();
+      const { a, b } = ends;
+      const srcBytes = this.metrics.byteTally(src);
+      const dstBytes = this.metrics.byteTally(target.node);
+      void startSplicePump(a.s, b.s, {
+        ...(a.head.length > 0 ? { aHead: a.head } : {}),
+        ...(b.head.length > 0 ? { bHead: b.head } : {}),
+      }).then((r) => {
+        this.dataSockets.delete(a.s);
+        this.dataSockets.delete(b.s);
+        srcBytes.rx += r.aToB;
+        dstBytes.tx += r.aToB;
+        dstBytes.rx += r.bToA;
+        srcBytes.tx += r.bToA;
+      });
+    };
+    const arrived = (side: 'a' | 'b') => (s: net.Socket, head: Buffer) => {
+      if (settled) {
+        s.resetAndDestroy();
+        return;
+      }
+      this.dataSockets.add(s);
+      ends[side] = { s, head };
+      // One leg gone before its partner came: the other must not wait for the timeout.
+      s.once('close', () => {
+        this.dataSockets.delete(s);
+        abort('data connection closed before the stream was paired');
+      });
+      pair();
+    };
+    const expired = () => abort('data connections did not arrive in time');
+    cancels.push(this.dataTokens.expect(open.token, srcProof, arrived('a'), expired));
+    const token = newToken();
+    // The receiving agent's data connection proves itself with its own txKey.
+    cancels.push(this.dataTokens.expect(token, open.keys.txKey, arrived('b'), expired));
+    to.openSealed({ target: { ...target, src }, token, keys: open.keys }, (outId) => {
+      outbound = new SealedControl(to, outId, abort);
+      return outbound;
+    });
+    return inbound;
+  }
+
   private announce(): void {
-    const peers = [...this.agents.entries()].map(([node, s]) => ({ node, addrs: s.peer?.addrs ?? [] }));
+    const peers = [...this.agents.entries()].map(([node, s]) => ({
+      node,
+      addrs: s.peer?.addrs ?? [],
+      ...(s.peer?.caps?.length ? { caps: s.peer.caps } : {}),
+    }));
     for (const s of this.agents.values()) s.sendPeers(peers);
   }
 }

@@ -10,15 +10,18 @@ import { certificateNames, type TunnelCredentials } from './credentials.ts';
 import {
   decodeJson,
   decodeOpen,
+  decodeSealedOpen,
   decodeWindow,
   encodeFrame,
   encodeOpen,
+  encodeSealedOpen,
   type Frame,
   FrameDecoder,
   FrameError,
   FrameType,
   type FrameTypeValue,
   type OpenTarget,
+  type SealedOpen,
 } from './frames.ts';
 import { DEFAULT_WINDOW, type StreamOwner, TunnelStream } from './tunnel-stream.ts';
 
@@ -28,12 +31,19 @@ export interface HelloInfo {
   kind: 'agent' | 'relay';
   /** Addresses (`ip` or `ip:port`) where an agent's own tunnel listener may answer directly. */
   addrs?: string[];
+  /** Optional protocol features this end takes (`sealed-v1`: SEALED_OPEN + data connections). */
+  caps?: string[];
 }
+
+/** The capability of sealed data connections (SEALED_OPEN, data hello, sealed records v1). */
+export const SEALED_CAP = 'sealed-v1';
 
 /** A node a relay can reach, as announced in PEERS. */
 export interface PeerAnnouncement {
   node: string;
   addrs: string[];
+  /** The node's capabilities as the relay saw them in its HELLO (for the relay's streams). */
+  caps?: string[];
 }
 
 /** What receives the frames of one stream: a TunnelStream, or one end of a relay splice. */
@@ -50,6 +60,9 @@ export interface StreamSink {
  */
 export type StreamOpener = (id: number, target: OpenTarget) => StreamSink | { reject: string };
 
+/** Takes a SEALED_OPEN the far end sent: returns the stream's sink (RESETs only), or a reason to reset it. */
+export type SealedOpener = (id: number, open: SealedOpen) => StreamSink | { reject: string };
+
 export interface SessionOptions {
   socket: tls.TLSSocket;
   /** `client` dialed, `server` accepted (stream ids: client odd, server even). */
@@ -63,6 +76,8 @@ export interface SessionOptions {
   /** Keepalive period; the session is dead after 3 periods without a frame. */
   pingMs?: number;
   window?: number;
+  /** The address a client dialed (its data connections go there too). */
+  dialed?: { host: string; port: number };
 }
 
 const EXPORTER_LABEL = 'EXPORTER-edgemesh-tunnel-v1';
@@ -87,6 +102,8 @@ export class Session extends EventEmitter implements StreamOwner {
   private readonly streams = new Map<number, StreamSink>();
   /** Set by the relay: streams the far end opens are spliced, not terminated here. */
   opener: StreamOpener | undefined;
+  /** Takes SEALED_OPENs; without one they are reset (this end announced no `sealed-v1`). */
+  sealedOpener: SealedOpener | undefined;
   private nextId: number;
   private state: 'handshake' | 'ready' | 'closed' = 'handshake';
   private lastFrameAt = Date.now();
@@ -154,6 +171,35 @@ export class Session extends EventEmitter implements StreamOwner {
     this.streams.set(id, sink);
     this.send(FrameType.OPEN, id, encodeOpen(target));
     return sink;
+  }
+
+  /** The session's role: a client dials data connections, a server expects them. */
+  get role(): 'client' | 'server' {
+    return this.o.role;
+  }
+
+  /** Where the client dialed this session (undefined on the server side). */
+  get dialed(): { host: string; port: number } | undefined {
+    return this.o.dialed;
+  }
+
+  /** True when both ends announced `cap` (the peer in its HELLO, this end in its own). */
+  shares(cap: string): boolean {
+    return !!this.peer?.caps?.includes(cap) && !!this.o.hello.caps?.includes(cap);
+  }
+
+  /**
+   * Sends a SEALED_OPEN; `make` builds the sink for the stream's id (it only ever sees RESET).
+   * Returns that sink's stream id.
+   */
+  openSealed(open: SealedOpen, make: (id: number) => StreamSink): number {
+    if (this.state !== 'ready') throw new EdgemeshError(ErrorCode.TUNNEL, 'tunnel session is not ready');
+    const id = this.nextId;
+    this.nextId += 2;
+    if (this.nextId > 0xfffffff0) this.close(new EdgemeshError(ErrorCode.TUNNEL, 'stream ids exhausted'));
+    this.streams.set(id, make(id));
+    this.send(FrameType.SEALED_OPEN, id, encodeSealedOpen(open));
+    return id;
   }
 
   /** Relay → agent: the nodes reachable through this relay. */
@@ -302,6 +348,16 @@ export class Session extends EventEmitter implements StreamOwner {
       case FrameType.HELLO:
       case FrameType.AUTH_FAIL:
         throw new FrameError(`unexpected frame type ${type} after the handshake`);
+      case FrameType.SEALED_OPEN: {
+        const open = decodeSealedOpen(payload);
+        const own = this.o.role === 'client' ? 1 : 0;
+        if (id % 2 === own || this.streams.has(id))
+          throw new FrameError(`SEALED_OPEN reuses stream id ${id}`);
+        const sink = this.sealedOpener?.(id, open) ?? { reject: 'this end takes no sealed streams' };
+        if ('reject' in sink) this.send(FrameType.RESET, id, Buffer.from(sink.reject.slice(0, 200)));
+        else this.streams.set(id, sink);
+        return;
+      }
       case FrameType.OPEN: {
         const target = decodeOpen(payload);
         const own = this.o.role === 'client' ? 1 : 0;
@@ -339,7 +395,8 @@ export class Session extends EventEmitter implements StreamOwner {
     )
       throw new FrameError('HELLO without a node name or kind');
     const addrs = Array.isArray(h.addrs) ? h.addrs.filter((a): a is string => typeof a === 'string') : [];
-    const peer: HelloInfo = { node, kind, addrs: addrs.slice(0, 32) };
+    const caps = Array.isArray(h.caps) ? h.caps.filter((c): c is string => typeof c === 'string') : [];
+    const peer: HelloInfo = { node, kind, addrs: addrs.slice(0, 32), caps: caps.slice(0, 32) };
     const { creds } = this.o;
     if (creds.psk) {
       const peerRole = this.o.role === 'client' ? 'server' : 'client';
@@ -389,9 +446,11 @@ function parsePeers(v: Record<string, unknown>): PeerAnnouncement[] {
     if (typeof p !== 'object' || p === null || typeof (p as { node?: unknown }).node !== 'string')
       throw new FrameError('PEERS entry without a node');
     const addrs = (p as { addrs?: unknown }).addrs;
+    const caps = (p as { caps?: unknown }).caps;
     out.push({
       node: (p as { node: string }).node,
       addrs: Array.isArray(addrs) ? addrs.filter((a): a is string => typeof a === 'string').slice(0, 32) : [],
+      caps: Array.isArray(caps) ? caps.filter((c): c is string => typeof c === 'string').slice(0, 32) : [],
     });
   }
   return out;

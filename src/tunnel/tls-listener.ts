@@ -1,10 +1,15 @@
 // Accepts tunnel connections (relay, or an agent's direct listener): TLS 1.3, then a server-side
 // Session per connection. TLS-level rejections (untrusted certificate) are logged here, because
-// they never reach the Session's own handshake.
+// they never reach the Session's own handshake. The same port takes sealed data connections: the
+// first byte tells them apart (0x16 opens a TLS ClientHello, 'E' a data hello), so no second port
+// has to be opened through firewalls and NAT.
+import net from 'node:net';
 import tls from 'node:tls';
 import { EdgemeshError, ErrorCode, errorMessage } from '../errors.ts';
 import type { Logger } from '../util/log.ts';
 import { serverTlsOptions, type TunnelCredentials } from './credentials.ts';
+import { DATA_MAGIC, TLS_HANDSHAKE_BYTE } from './data-hello.ts';
+import type { DataTokens } from './data-tokens.ts';
 import { type HelloInfo, Session } from './session.ts';
 
 export interface TlsListenerOptions {
@@ -18,17 +23,21 @@ export interface TlsListenerOptions {
   /** Called when a peer fails TLS or authentication. */
   onAuthFailure?: () => void;
   pingMs?: number;
+  /** Where data connections (first byte 'E') go; without it they are refused. */
+  dataTokens?: DataTokens;
 }
 
 /** Listens and hands out sessions; close() stops accepting (sessions are closed by their owners). */
 export class TlsListener {
-  private server: tls.Server | undefined;
+  private server: net.Server | undefined;
+  /** Sockets still being sniffed (destroyed on close: a server's close() waits for them). */
+  private readonly sniffing = new Set<net.Socket>();
 
   constructor(private readonly o: TlsListenerOptions) {}
 
   /** Binds; rejects with a LISTEN error naming the address. */
   async listen(): Promise<{ host: string; port: number }> {
-    const server = tls.createServer(serverTlsOptions(this.o.creds), (socket) => {
+    const tlsServer = tls.createServer(serverTlsOptions(this.o.creds), (socket) => {
       const session = new Session({
         socket,
         role: 'server',
@@ -40,7 +49,7 @@ export class TlsListener {
       session.on('authFailure', () => this.o.onAuthFailure?.());
       this.o.onSession(session);
     });
-    server.on('tlsClientError', (err, socket) => {
+    tlsServer.on('tlsClientError', (err, socket) => {
       this.o.log.warn(
         {
           code: ErrorCode.TUNNEL,
@@ -51,6 +60,7 @@ export class TlsListener {
       );
       this.o.onAuthFailure?.();
     });
+    const server = net.createServer({ pauseOnConnect: true }, (socket) => this.sniff(socket, tlsServer));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) =>
@@ -70,7 +80,44 @@ export class TlsListener {
   async close(): Promise<void> {
     const s = this.server;
     this.server = undefined;
+    for (const c of this.sniffing) c.destroy();
+    this.sniffing.clear();
     if (s) await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+
+  /** Reads the first bytes of a connection and hands it to TLS or to the data tokens. */
+  private sniff(socket: net.Socket, tlsServer: tls.Server): void {
+    this.sniffing.add(socket);
+    socket.on('error', () => {});
+    const timer = setTimeout(() => socket.destroy(), 10_000);
+    timer.unref();
+    socket.once('close', () => {
+      clearTimeout(timer);
+      this.sniffing.delete(socket);
+    });
+    socket.once('data', (first: Buffer) => {
+      socket.pause();
+      clearTimeout(timer);
+      this.sniffing.delete(socket);
+      if (first[0] === TLS_HANDSHAKE_BYTE) {
+        // TLS reads what was already taken off the socket first (tls.TLSSocket drains the buffer).
+        socket.unshift(first);
+        tlsServer.emit('connection', socket);
+      } else if (first[0] === DATA_MAGIC[0] && this.o.dataTokens) {
+        this.o.dataTokens.accept(socket, first);
+      } else {
+        this.o.log.warn(
+          {
+            code: ErrorCode.TUNNEL,
+            peer: `${socket.remoteAddress}:${socket.remotePort}`,
+            firstByte: first[0],
+          },
+          'tunnel: connection rejected: neither TLS nor a data hello',
+        );
+        socket.destroy();
+      }
+    });
+    socket.resume();
   }
 }
 
@@ -111,6 +158,7 @@ export function dialSession(o: {
         hello: o.hello,
         ...(o.expectNode !== undefined ? { expectNode: o.expectNode } : {}),
         log: o.log,
+        dialed: { host: o.host, port: o.port },
         ...(o.pingMs !== undefined ? { pingMs: o.pingMs } : {}),
       });
       session.ready.then(

@@ -1,0 +1,171 @@
+// Relays and agent tunnels on loopback for the tunnel integration tests: real TLS sessions, real
+// RelayServer and EdgeTunnel objects in this process, each with its own registry and a logger
+// whose lines the test can read; everything started is stopped by stopAll().
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import pino, { type Logger } from 'pino';
+import { Registry } from 'prom-client';
+import { defaultConfig } from '../../src/config/defaults.ts';
+import type { EdgemeshConfig } from '../../src/config/types.ts';
+import type { Endpoint, ServiceEntry, ServiceTable } from '../../src/controller/types.ts';
+import { EMPTY_TABLE } from '../../src/controller/types.ts';
+import { loadCredentials } from '../../src/tunnel/credentials.ts';
+import { EdgeTunnel } from '../../src/tunnel/edge-tunnel.ts';
+import { RelayServer } from '../../src/tunnel/relay-server.ts';
+import { freePort } from './ports.ts';
+
+/** A logger whose lines tests can read. */
+export function memLogger(): { log: Logger; lines: string[] } {
+  const lines: string[] = [];
+  const log = pino({ level: 'info' }, { write: (s: string) => void lines.push(s) });
+  return { log, lines };
+}
+
+/** A snapshot with one TCP service `default/echo` (port 7) whose endpoints are `endpoints`. */
+export function table(endpoints: Endpoint[], generation = 1): ServiceTable {
+  const svc: ServiceEntry = {
+    namespace: 'default',
+    name: 'echo',
+    key: 'default/echo',
+    clusterIPs: ['10.96.0.10'],
+    headless: false,
+    type: 'ClusterIP',
+    ports: [{ name: 'tcp', port: 7, protocol: 'TCP', appProtocol: 'tcp', targetPort: 7, endpoints }],
+    sessionAffinity: { type: 'None', timeoutSeconds: 0 },
+    labels: {},
+    proxied: true,
+  };
+  return { ...EMPTY_TABLE, generation, services: new Map([[svc.key, svc]]) };
+}
+
+/** A ready endpoint 127.0.0.1:port on node `nodeName`. */
+export const ep = (port: number, nodeName: string): Endpoint => ({
+  ip: '127.0.0.1',
+  port,
+  ready: true,
+  serving: true,
+  terminating: false,
+  nodeName,
+});
+
+/** Sends `data`, half-closes, resolves with everything read back (rejects on a reset). */
+export function exchange(port: number, data: Buffer | string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+    const chunks: Buffer[] = [];
+    s.on('data', (d) => chunks.push(d));
+    s.on('end', () => {
+      s.end();
+      resolve(Buffer.concat(chunks));
+    });
+    s.on('error', reject);
+    s.end(data);
+  });
+}
+
+/** The sum of a metric's values (all label sets), or of those whose labels include `labels`. */
+export async function metric(
+  registry: Registry,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number> {
+  const m = (await registry.getMetricsAsJSON()).find((x) => x.name === name);
+  return (m?.values ?? [])
+    .filter((v) =>
+      Object.entries(labels).every(([k, want]) => (v.labels as Record<string, unknown>)[k] === want),
+    )
+    .reduce((a, v) => a + Number(v.value), 0);
+}
+
+/** The local (127.0.0.1) port the tunnel gave the first endpoint of `default/echo` in `rewritten`. */
+export function localPort(rewritten: ServiceTable): number {
+  return rewritten.services.get('default/echo')!.ports[0]!.endpoints[0]!.port;
+}
+
+export interface AgentOptions {
+  advertise?: string[];
+  psk?: string;
+  files?: Partial<EdgemeshConfig['modules']['edgeTunnel']>;
+  stateDir?: string;
+  port?: number;
+}
+
+/** Makes relays and agents under one temp dir (PSK files `psk` and `bad-psk` in it). */
+export class TunnelFixture {
+  readonly dir: string;
+  private readonly stops: Array<() => Promise<void>> = [];
+
+  constructor() {
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'em-tunnel-'));
+    fs.writeFileSync(path.join(this.dir, 'psk'), 'correct horse battery staple\n');
+    fs.writeFileSync(path.join(this.dir, 'bad-psk'), 'wrong horse battery staple!!\n');
+  }
+
+  /** Runs `stop` in stopAll() (in reverse order of registration). */
+  onStop(stop: () => Promise<void>): void {
+    this.stops.push(stop);
+  }
+
+  /** Stops everything started, then removes the temp dir. */
+  async stopAll(): Promise<void> {
+    for (const stop of this.stops.reverse()) await stop().catch(() => {});
+    this.stops.length = 0;
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  /** PSK-mode credentials from `psk` (a file name in the temp dir). */
+  creds(psk = 'psk') {
+    return loadCredentials({ pskFile: path.join(this.dir, psk), caFile: '', certFile: '', keyFile: '' });
+  }
+
+  /** A started relay on 127.0.0.1:0. */
+  async relay(name: string, opts: { psk?: string; sealedData?: boolean; dataTimeoutMs?: number } = {}) {
+    const registry = new Registry();
+    const mem = memLogger();
+    const r = new RelayServer({
+      nodeName: name,
+      host: '127.0.0.1',
+      port: 0,
+      creds: await this.creds(opts.psk),
+      log: mem.log,
+      registry,
+      pingMs: 500,
+      ...(opts.sealedData !== undefined ? { sealedData: opts.sealedData } : {}),
+      ...(opts.dataTimeoutMs !== undefined ? { dataTimeoutMs: opts.dataTimeoutMs } : {}),
+    });
+    await r.start();
+    this.onStop(() => r.stop());
+    return { r, registry, lines: mem.lines, addr: `127.0.0.1:${r.address!.port}` };
+  }
+
+  /** A started agent tunnel for `node` that dials `relays`. */
+  async agent(node: string, relays: Array<{ name: string; addr: string }>, opts: AgentOptions = {}) {
+    const config = defaultConfig();
+    config.nodeName = node;
+    config.stateDir = opts.stateDir ?? path.join(this.dir, `state-${node}`);
+    const port = opts.port ?? (await freePort());
+    Object.assign(config.modules.edgeTunnel, {
+      enable: true,
+      listenPort: port,
+      relayNodes: relays.map((r) => ({ nodeName: r.name, advertiseAddress: [r.addr] })),
+      advertiseAddress: opts.advertise ?? [`127.0.0.1:${port}`],
+      pskFile: path.join(this.dir, opts.psk ?? 'psk'),
+      ...opts.files,
+    });
+    const registry = new Registry();
+    const mem = memLogger();
+    const t = new EdgeTunnel({
+      config,
+      log: mem.log,
+      registry,
+      pingMs: 500,
+      reprobeMs: 300,
+      probeTimeoutMs: 500,
+    });
+    await t.start();
+    this.onStop(() => t.stop());
+    return { t, registry, lines: mem.lines, port, stateDir: config.stateDir };
+  }
+}
