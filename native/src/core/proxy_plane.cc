@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -139,6 +140,9 @@ std::optional<SyscallError> Plane::Listen(const std::string& address, uint16_t p
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) return fail("setsockopt(SO_REUSEADDR)");
     // One listener per worker: the kernel spreads new connections over them, no shared accept queue.
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) return fail("setsockopt(SO_REUSEPORT)");
+    // Accepted sockets inherit TCP_NODELAY from their listener: one setsockopt here instead of one
+    // per connection (small requests and replies must not wait for Nagle).
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) return fail("setsockopt(TCP_NODELAY)");
     if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) return fail("bind");
     if (listen(fd, 4096) != 0) return fail("listen");
     if (i == 0 && port == 0) {

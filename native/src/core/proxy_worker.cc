@@ -1,7 +1,10 @@
 // One worker of the native plane: an epoll loop (edge-triggered sockets) that accepts on its own
 // SO_REUSEPORT listener, resolves the original destination, picks an endpoint, connects without
 // blocking (timeout, retry on refusal) and forwards both directions with splice(2) through a pipe
-// per direction (or read/write through buffers). Nothing here calls into JS.
+// per direction (or read/write through buffers). Small payloads (requests, replies, the first
+// bytes of a connection) take one recv + one send instead of two splices through a pipe, and
+// readiness is tracked per socket from the edge-triggered events, so no syscall is spent on a
+// socket that has nothing to give or no room to take. Nothing here calls into JS.
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -11,42 +14,52 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <memory>
 #include <random>
 #include <vector>
 
 #include "core/original_dst.h"
+#include "core/pipe_pool.h"
 #include "core/proxy_plane.h"
 
 namespace edgemesh {
 
 namespace {
 
-struct Conn;
+// epoll keys: a connection side is (generation << 32) | (slot << 1) | upstream with the
+// generation below 2^31, so it never equals one of these.
+constexpr uint64_t kListenKey = ~0ull;
+constexpr uint64_t kStopKey = ~0ull - 1;
+constexpr uint64_t kAdoptKey = ~0ull - 2;
+constexpr uint32_t kDeadGen = 0x80000000u;  // a free slot's generation: matches no key
 
-// What an epoll event points at: one side of a connection (or, with conn == nullptr, the
-// listener or the stop eventfd).
-struct Tag {
-  Conn* conn;
-  bool upstream;
-};
+// Reads that fit in this many bytes are copied through the worker's scratch buffer (one recv, one
+// send, no pipe); a read that fills it marks the direction bulk, and bulk moves by splice.
+constexpr size_t kSmallPayload = 16 << 10;
 
-// One forwarding direction. Pipes and buffers are taken from the worker's pool only while bytes
+// One forwarding direction. Pipes and buffers are taken from the worker's pools only while bytes
 // are in flight, so idle connections hold two sockets and nothing else.
 struct Direction {
-  int pipe_r = -1, pipe_w = -1;
+  PipeFds pipe;
   size_t in_pipe = 0;  // bytes in the pipe (splice mode)
   char* buf = nullptr;
   size_t off = 0, len = 0;  // unsent bytes are buf[off, len) (read/write mode)
   std::string pre;          // bytes TS read before giving the pair back: sent before anything else
   size_t pre_off = 0;
   bool eof = false;         // source reached EOF
-  bool shut = false;        // EOF passed on (shutdown(SHUT_WR) on the destination)
+  bool shut = false;        // EOF passed on (shutdown(SHUT_WR) on the destination, or its close)
+  // Edge-triggered readiness: set by events, cleared by EAGAIN, or by a recv that came back short
+  // (the socket was drained then; a later byte or FIN raises a new event).
+  bool src_ready = false;  // the source may have bytes or EOF to read
+  bool src_hup = false;    // the source signalled EOF or an error: read on until 0, short or not
+  bool dst_ready = false;  // the destination may take bytes
+  bool bulk = false;       // the last read filled the small-payload buffer: splice from here on
   size_t pending() const { return in_pipe + (len - off) + (pre.size() - pre_off); }
 };
 
 struct Conn {
   int client = -1, upstream = -1;
-  Tag ctag{}, utag{};
+  uint32_t slot = 0, gen = kDeadGen;  // its epoll keys (see kListenKey)
   bool established = false, connecting = false, closed = false;
   std::shared_ptr<const RoutingTable> table;  // kept only while connecting (for retries)
   const Route* route = nullptr;
@@ -61,6 +74,10 @@ struct Conn {
   Conn* prev = nullptr;
   Conn* next = nullptr;
 };
+
+uint64_t Key(const Conn* c, bool upstream) {
+  return (static_cast<uint64_t>(c->gen) << 32) | (static_cast<uint64_t>(c->slot) << 1) | (upstream ? 1u : 0u);
+}
 
 void SetNoDelay(int fd) {
   int one = 1;
@@ -94,7 +111,12 @@ bool ServiceAddress(int fd, uint32_t& vip_be, uint16_t& vport) {
 class Worker {
  public:
   Worker(Plane& plane, uint32_t index)
-      : plane_(plane), index_(index), c_(plane.worker_counters(index)), rng_(std::random_device{}() | 1ull) {}
+      : plane_(plane),
+        index_(index),
+        c_(plane.worker_counters(index)),
+        rng_(std::random_device{}() | 1ull),
+        pipes_(plane.options.pipe_size, kPoolMax),
+        scratch_(new char[kSmallPayload]) {}
 
   std::optional<SyscallError> Run();
 
@@ -103,17 +125,20 @@ class Worker {
   void OnAccepted(int fd, const sockaddr_in& peer);
   void AdoptAll();
   void Adopt(AdoptedPair& a);
+  void OnEvent(uint64_t key, uint32_t events);
   void StartConnect(Conn* c);
-  void OnConnectResult(Conn* c);
+  void OnConnectResult(Conn* c, uint32_t events);
   void FailAttempt(Conn* c, PlaneCounter why);
   void Established(Conn* c);
-  void Pump(Conn* c, bool up = true, bool down = true);
-  bool PumpDir(Conn* c, Direction& d, int src, int dst, bool up);
+  void Pump(Conn* c);
+  bool PumpDir(Conn* c, Direction& d, const Direction& other, int src, int dst, bool up);
+  bool Fail(Conn* c);
   void CloseConn(Conn* c, bool reset);
   void BeginDrain();
   void CheckTimeouts(int64_t now);
   int NextTimeout(int64_t now) const;
-  bool AcquirePipe(Direction& d);
+  Conn* NewConn();
+  void FreeClosed();
   void ReleasePipe(Direction& d);
   void ReleaseBuffer(Direction& d);
   void TrimPools();
@@ -129,6 +154,7 @@ class Worker {
     if (c->svc) c->svc[k].fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
   }
 
+  static constexpr size_t kPoolMax = 128;
   Plane& plane_;
   const uint32_t index_;
   WorkerCounters& c_;
@@ -136,18 +162,21 @@ class Worker {
   int ep_ = -1;
   int listener_ = -1;
   bool draining_ = false;
-  Tag listen_tag_{nullptr, false};
-  Tag stop_tag_{nullptr, true};
-  Tag adopt_tag_{nullptr, true};
   Conn* head_ = nullptr;
   size_t conns_ = 0;
   std::vector<Conn*> connecting_;
-  std::vector<Conn*> graveyard_;  // closed this batch; freed after it (later events may name them)
-  std::vector<std::pair<int, int>> pipes_;
+  // Connections live in slots reused after close. An event whose key names another generation is
+  // stale (its connection is gone) and is dropped, so closing needs no EPOLL_CTL_DEL even when a
+  // child forked by the agent still holds the socket (the registration outlives our close then).
+  std::vector<std::unique_ptr<Conn>> slots_;
+  std::vector<uint32_t> free_slots_;
+  std::vector<Conn*> graveyard_;  // closed this batch; their slots are reused after it
+  uint32_t next_gen_ = 1;
+  PipePool pipes_;
   std::vector<char*> buffers_;
+  std::unique_ptr<char[]> scratch_;  // small payloads pass through here
   int64_t last_idle_scan_ms_ = 0;
   int64_t accept_paused_until_ms_ = 0;  // listener out of the epoll set until then (EMFILE ...)
-  static constexpr size_t kPoolMax = 128;
 };
 
 std::optional<SyscallError> Worker::Run() {
@@ -160,13 +189,13 @@ std::optional<SyscallError> Worker::Run() {
   }
   epoll_event ev{};
   ev.events = EPOLLIN;
-  ev.data.ptr = &listen_tag_;
+  ev.data.u64 = kListenKey;
   epoll_ctl(ep_, EPOLL_CTL_ADD, listener_, &ev);
-  ev.data.ptr = &stop_tag_;
+  ev.data.u64 = kStopKey;
   epoll_ctl(ep_, EPOLL_CTL_ADD, plane_.stop_fd(), &ev);
   // Pairs TS gives back: one worker wakes per push (EPOLLEXCLUSIVE) and takes the whole queue.
   ev.events = EPOLLIN | EPOLLEXCLUSIVE;
-  ev.data.ptr = &adopt_tag_;
+  ev.data.u64 = kAdoptKey;
   epoll_ctl(ep_, EPOLL_CTL_ADD, plane_.adopt_fd(), &ev);
 
   epoll_event events[256];
@@ -177,7 +206,7 @@ std::optional<SyscallError> Worker::Run() {
       accept_paused_until_ms_ = 0;
       epoll_event lev{};
       lev.events = EPOLLIN;
-      lev.data.ptr = &listen_tag_;
+      lev.data.u64 = kListenKey;
       epoll_ctl(ep_, EPOLL_CTL_ADD, listener_, &lev);
     }
     if (draining_ && conns_ == 0) break;
@@ -195,43 +224,26 @@ std::optional<SyscallError> Worker::Run() {
       SyscallError e{"epoll_wait", errno};
       c_.Sub(kWorkersRunning);
       while (head_ != nullptr) CloseConn(head_, true);
-      for (Conn* c : graveyard_) delete c;
-      graveyard_.clear();
       close(ep_);
       if (listener_ >= 0) close(listener_);
       return e;
     }
     if (n == 0 && conns_ == 0) TrimPools();
     for (int i = 0; i < n; ++i) {
-      Tag* tag = static_cast<Tag*>(events[i].data.ptr);
-      if (tag == &listen_tag_) {
+      const uint64_t key = events[i].data.u64;
+      if (key == kListenKey) {
         AcceptAll();
-      } else if (tag == &stop_tag_) {
+      } else if (key == kStopKey) {
         BeginDrain();
-      } else if (tag == &adopt_tag_) {
+      } else if (key == kAdoptKey) {
         AdoptAll();
       } else {
-        Conn* c = tag->conn;
-        if (c->closed) continue;
-        if (!c->established) {
-          // Client events while connecting are ignored: the first pump after connect reads all.
-          if (tag->upstream && c->connecting) OnConnectResult(c);
-          continue;
-        }
-        // Pump only the directions this event can move: readable source or writable destination.
-        const uint32_t ev = events[i].events;
-        const bool readable = ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
-        const bool writable = ev & (EPOLLOUT | EPOLLHUP | EPOLLERR);
-        const bool up = tag->upstream ? writable : readable;
-        const bool down = tag->upstream ? readable : writable;
-        Pump(c, up, down);
+        OnEvent(key, events[i].events);
       }
     }
-    for (Conn* c : graveyard_) delete c;
-    graveyard_.clear();
+    FreeClosed();
     CheckTimeouts(MonotonicMs());
-    for (Conn* c : graveyard_) delete c;
-    graveyard_.clear();
+    FreeClosed();
   }
   TrimPools();
   if (listener_ >= 0) close(listener_);
@@ -250,13 +262,60 @@ std::optional<SyscallError> Worker::Run() {
 }
 
 void Worker::TrimPools() {
-  for (auto& p : pipes_) {
-    close(p.first);
-    close(p.second);
-  }
-  pipes_.clear();
+  pipes_.Trim();
   for (char* b : buffers_) delete[] b;
   buffers_.clear();
+  if (conns_ == 0 && graveyard_.empty()) {
+    // A stale key now indexes past the end, or meets a newer generation: still dropped.
+    slots_.clear();
+    free_slots_.clear();
+  }
+}
+
+Conn* Worker::NewConn() {
+  uint32_t slot;
+  if (!free_slots_.empty()) {
+    slot = free_slots_.back();
+    free_slots_.pop_back();
+    *slots_[slot] = Conn{};
+  } else {
+    slot = static_cast<uint32_t>(slots_.size());
+    slots_.push_back(std::make_unique<Conn>());
+  }
+  Conn* c = slots_[slot].get();
+  c->slot = slot;
+  c->gen = next_gen_;
+  next_gen_ = (next_gen_ + 1) & (kDeadGen - 1);
+  return c;
+}
+
+// Closed connections give their slots back once no event of the batch can name them any more.
+void Worker::FreeClosed() {
+  for (Conn* c : graveyard_) {
+    c->gen = kDeadGen;
+    free_slots_.push_back(c->slot);
+  }
+  graveyard_.clear();
+}
+
+void Worker::OnEvent(uint64_t key, uint32_t events) {
+  const uint32_t slot = static_cast<uint32_t>(key >> 1) & (kDeadGen - 1);
+  if (slot >= slots_.size()) return;  // stale: the slots were trimmed since
+  Conn* c = slots_[slot].get();
+  if (c->gen != static_cast<uint32_t>(key >> 32) || c->closed) return;  // stale: closed connection
+  const bool upstream = key & 1;
+  // This socket is the source of one direction and the destination of the other.
+  Direction& from = upstream ? c->down : c->up;
+  Direction& to = upstream ? c->up : c->down;
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) from.src_ready = true;
+  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) from.src_hup = true;
+  if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) to.dst_ready = true;
+  if (!c->established) {
+    // Client readiness is only recorded while connecting: the first pump after connect uses it.
+    if (upstream && c->connecting) OnConnectResult(c, events);
+    return;
+  }
+  Pump(c);
 }
 
 int Worker::NextTimeout(int64_t now) const {
@@ -269,8 +328,9 @@ int Worker::NextTimeout(int64_t now) const {
   if (draining_) consider(plane_.stop_deadline_ms());
   if (accept_paused_until_ms_ != 0) consider(accept_paused_until_ms_);
   if (plane_.options.idle_timeout_ms > 0) consider(now + 1000);
-  // An idle worker gives its pooled pipes and buffers back after a second (fds return to baseline).
-  if (conns_ == 0 && (!pipes_.empty() || !buffers_.empty())) consider(now + 1000);
+  // An idle worker gives its pooled pipes, buffers and slots back after a second (fds return to
+  // baseline).
+  if (conns_ == 0 && (pipes_.idle() > 0 || !buffers_.empty() || !slots_.empty())) consider(now + 1000);
   return until < 0 ? -1 : static_cast<int>(until + 1);
 }
 
@@ -325,10 +385,8 @@ void Worker::OnAccepted(int fd, const sockaddr_in& peer) {
     close(fd);
     return;
   }
-  Conn* c = new Conn();
+  Conn* c = NewConn();
   c->client = fd;
-  c->ctag = Tag{c, false};
-  c->utag = Tag{c, true};
   c->table = std::move(table);
   c->route = route;
   c->vip_be = vip_be;
@@ -343,10 +401,10 @@ void Worker::OnAccepted(int fd, const sockaddr_in& peer) {
   c_.Add(kActive);
   SvcAdd(c, kSvcConnections, 1);
   SvcAdd(c, kSvcActive, 1);
-  SetNoDelay(fd);
+  // TCP_NODELAY comes from the listener. Bytes or a FIN already queued raise an event at once.
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-  ev.data.ptr = &c->ctag;
+  ev.data.u64 = Key(c, false);
   epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
 
   c->first = PickEndpoint(*route, c->client_be, Random());
@@ -366,12 +424,12 @@ void Worker::AdoptAll() {
 
 // An established pair back from TS: forwarded like a connection this worker connected itself.
 void Worker::Adopt(AdoptedPair& a) {
-  Conn* c = new Conn();
+  Conn* c = NewConn();
   c->client = a.client;
   c->upstream = a.upstream;
-  c->ctag = Tag{c, false};
-  c->utag = Tag{c, true};
   c->established = true;
+  // Nothing is known about these sockets yet: try everything once (EAGAIN clears what is not ready).
+  for (Direction* d : {&c->up, &c->down}) d->src_ready = d->dst_ready = true;
   // Per-service counters: the route of the client's original destination (REDIRECT) or, without
   // NAT, of its local address; none when the route is gone (the pair is still served).
   uint32_t vip_be = 0;
@@ -392,10 +450,10 @@ void Worker::Adopt(AdoptedPair& a) {
   SvcAdd(c, kSvcActive, 1);
   SetNoDelay(c->client);
   SetNoDelay(c->upstream);
-  for (auto [fd, tag] : {std::pair<int, Tag*>{c->client, &c->ctag}, {c->upstream, &c->utag}}) {
+  for (auto [fd, upstream] : {std::pair<int, bool>{c->client, false}, {c->upstream, true}}) {
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-    ev.data.ptr = tag;
+    ev.data.u64 = Key(c, upstream);
     epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
   }
   Pump(c);
@@ -432,12 +490,12 @@ void Worker::StartConnect(Conn* c) {
       c->upstream = fd;
       epoll_event ev{};
       ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-      ev.data.ptr = &c->utag;
+      ev.data.u64 = Key(c, true);
       epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
       const uint32_t timeout = route.connect_timeout_ms ? route.connect_timeout_ms : plane_.options.connect_timeout_ms;
       c->deadline_ms = MonotonicMs() + timeout;
       AddConnecting(c);
-      if (r == 0) OnConnectResult(c);
+      if (r == 0) OnConnectResult(c, EPOLLOUT);
       return;
     }
     c_.Add(errno == ECONNREFUSED ? kConnectRefused : kConnectError);
@@ -464,16 +522,21 @@ void Worker::RemoveConnecting(Conn* c) {
   connecting_.pop_back();
 }
 
-void Worker::OnConnectResult(Conn* c) {
+void Worker::OnConnectResult(Conn* c, uint32_t events) {
+  if ((events & EPOLLOUT) && !(events & (EPOLLERR | EPOLLHUP))) {
+    // A TCP socket polls writable only once it has left SYN_SENT: no SO_ERROR / getpeername.
+    Established(c);
+    return;
+  }
   int err = 0;
   socklen_t len = sizeof(err);
   if (getsockopt(c->upstream, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
   if (err == 0) {
-    // EPOLLOUT can fire before the handshake finishes on some paths; a connected socket has a peer.
+    // No error code: established if it has a peer (the pump then sees any hang-up), else still
+    // connecting (the timeout decides).
     sockaddr_in peer{};
     socklen_t plen = sizeof(peer);
-    if (getpeername(c->upstream, reinterpret_cast<sockaddr*>(&peer), &plen) != 0) return;
-    Established(c);
+    if (getpeername(c->upstream, reinterpret_cast<sockaddr*>(&peer), &plen) == 0) Established(c);
     return;
   }
   FailAttempt(c, err == ECONNREFUSED ? kConnectRefused : kConnectError);
@@ -482,12 +545,14 @@ void Worker::OnConnectResult(Conn* c) {
 void Worker::FailAttempt(Conn* c, PlaneCounter why) {
   c_.Add(why);
   RemoveConnecting(c);
-  // Leave the epoll set explicitly: close() removes the registration only when this was the last
-  // reference to the socket, and a child forked by the agent (ip, ss, iptables-save ...) can hold
-  // one between fork and exec; a later event would then point at a Conn that is gone.
+  // Leave the epoll set explicitly: the next attempt's socket shares this connection's keys, and
+  // a child forked by the agent (ip, ss, iptables-save ...) holding this one between fork and
+  // exec would keep its registration alive after close(). Rare path: worth the syscall.
   epoll_ctl(ep_, EPOLL_CTL_DEL, c->upstream, nullptr);
   close(c->upstream);
   c->upstream = -1;
+  // Readiness recorded for the failed socket means nothing for the next one.
+  c->down.src_ready = c->down.src_hup = c->up.dst_ready = false;
   ++c->attempt;
   StartConnect(c);
 }
@@ -503,40 +568,20 @@ void Worker::Established(Conn* c) {
   // The table is needed only for retries: do not keep old generations alive.
   c->route = nullptr;
   c->table.reset();
+  // The upstream just polled writable; the client is assumed writable (EAGAIN would correct it).
+  c->up.dst_ready = true;
+  c->down.dst_ready = true;
   Pump(c);
 }
 
-void Worker::Pump(Conn* c, bool up, bool down) {
-  if (up && !PumpDir(c, c->up, c->client, c->upstream, true)) return;
-  if (down && !PumpDir(c, c->down, c->upstream, c->client, false)) return;
-  if (c->up.shut && c->down.shut) CloseConn(c, false);
-}
-
-bool Worker::AcquirePipe(Direction& d) {
-  if (!pipes_.empty()) {
-    d.pipe_r = pipes_.back().first;
-    d.pipe_w = pipes_.back().second;
-    pipes_.pop_back();
-    return true;
-  }
-  int p[2];
-  if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) return false;
-  // Bigger pipes move more per syscall (1 MiB measured best); a refused resize only costs speed.
-  if (plane_.options.pipe_size > 0) fcntl(p[1], F_SETPIPE_SZ, static_cast<int>(plane_.options.pipe_size));
-  d.pipe_r = p[0];
-  d.pipe_w = p[1];
-  return true;
+// Moves whatever the recorded readiness allows, both ways.
+void Worker::Pump(Conn* c) {
+  if (!PumpDir(c, c->up, c->down, c->client, c->upstream, true)) return;
+  PumpDir(c, c->down, c->up, c->upstream, c->client, false);
 }
 
 void Worker::ReleasePipe(Direction& d) {
-  if (d.pipe_r < 0) return;
-  if (d.in_pipe == 0 && pipes_.size() < kPoolMax) {
-    pipes_.emplace_back(d.pipe_r, d.pipe_w);
-  } else {
-    close(d.pipe_r);
-    close(d.pipe_w);
-  }
-  d.pipe_r = d.pipe_w = -1;
+  pipes_.Release(d.pipe, d.in_pipe == 0);
   d.in_pipe = 0;
 }
 
@@ -551,24 +596,63 @@ void Worker::ReleaseBuffer(Direction& d) {
   d.off = d.len = 0;
 }
 
-bool Worker::PumpDir(Conn* c, Direction& d, int src, int dst, bool up) {
+// A reset (or error) on either side: both sides are reset.
+bool Worker::Fail(Conn* c) {
+  c_.Add(kResets);
+  SvcAdd(c, kSvcErrors, 1);
+  CloseConn(c, true);
+  return false;
+}
+
+// False when the connection was closed (the caller must not touch it further).
+bool Worker::PumpDir(Conn* c, Direction& d, const Direction& other, int src, int dst, bool up) {
   const bool splice_mode = plane_.options.use_splice;
   const size_t cap = splice_mode ? plane_.options.pipe_size : plane_.options.buffer_size;
-  auto fail = [&]() {
-    c_.Add(kResets);
-    SvcAdd(c, kSvcErrors, 1);
-    CloseConn(c, true);
-    return false;
-  };
   uint64_t moved = 0;
   for (;;) {
     bool progress = false;
-    if (!d.eof && d.pending() < cap) {
+    if (d.src_ready && !d.eof && d.pending() < cap) {
       ssize_t n;
-      if (splice_mode) {
-        if (d.pipe_r < 0 && !AcquirePipe(d)) return fail();
-        n = splice(src, nullptr, d.pipe_w, nullptr, cap - d.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (n > 0) d.in_pipe += static_cast<size_t>(n);
+      size_t want = 0;           // for recv: the size asked for (a shorter answer means drained)
+      bool eagain_is_src = true;  // false when EAGAIN may come from a full pipe or buffer instead
+      if (splice_mode && !d.bulk && d.pending() == 0) {
+        // Small-payload path: one recv and one send through the scratch buffer, no pipe.
+        want = kSmallPayload;
+        n = recv(src, scratch_.get(), want, MSG_DONTWAIT);
+        if (n > 0) {
+          d.bulk = static_cast<size_t>(n) == want;
+          size_t sent = 0;
+          if (d.dst_ready) {
+            ssize_t w = send(dst, scratch_.get(), static_cast<size_t>(n), MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (w > 0) {
+              sent = static_cast<size_t>(w);
+              moved += sent;
+            } else if (w < 0 && errno == EAGAIN) {
+              d.dst_ready = false;
+            } else if (w < 0 && errno != EINTR) {
+              return Fail(c);  // the destination went away (EPIPE / ECONNRESET)
+            }
+          }
+          if (sent < static_cast<size_t>(n)) {
+            // The destination is full: park the rest in a pipe (empty, so it takes all of it);
+            // later bytes queue behind it and leave by splice.
+            if (d.pipe.r < 0 && !pipes_.Acquire(d.pipe)) return Fail(c);
+            const size_t rest = static_cast<size_t>(n) - sent;
+            ssize_t w = write(d.pipe.w, scratch_.get() + sent, rest);
+            if (w != static_cast<ssize_t>(rest)) return Fail(c);
+            d.in_pipe += rest;
+          }
+        }
+      } else if (splice_mode) {
+        if (d.pipe.r < 0 && !pipes_.Acquire(d.pipe)) return Fail(c);
+        // A pipe with bytes in it may be full (its slots, or a refused F_SETPIPE_SZ): then EAGAIN
+        // says nothing about the socket.
+        eagain_is_src = d.in_pipe == 0;
+        n = splice(src, nullptr, d.pipe.w, nullptr, cap - d.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+          d.in_pipe += static_cast<size_t>(n);
+          d.bulk = static_cast<size_t>(n) >= kSmallPayload;
+        }
       } else {
         if (d.buf == nullptr) {
           if (!buffers_.empty()) {
@@ -579,22 +663,33 @@ bool Worker::PumpDir(Conn* c, Direction& d, int src, int dst, bool up) {
           }
         }
         if (d.off == d.len) d.off = d.len = 0;
-        n = d.len < cap ? recv(src, d.buf + d.len, cap - d.len, MSG_DONTWAIT) : -1;
-        if (n > 0) d.len += static_cast<size_t>(n);
-        if (d.len >= cap && n < 0) errno = EAGAIN;
+        want = cap - d.len;
+        if (d.len < cap) {
+          n = recv(src, d.buf + d.len, want, MSG_DONTWAIT);
+          if (n > 0) d.len += static_cast<size_t>(n);
+        } else {
+          n = -1;  // no room at the buffer's end until its unsent bytes are out
+          errno = EAGAIN;
+          eagain_is_src = false;
+        }
       }
       if (n > 0) {
         progress = true;
+        // Drained for now (edge-triggered: a later byte or FIN raises a new event), unless a
+        // FIN or error was already signalled: then read on until 0.
+        if (want > 0 && static_cast<size_t>(n) < want && !d.src_hup) d.src_ready = false;
       } else if (n == 0) {
         d.eof = true;
         progress = true;
       } else if (errno == EINTR) {
         progress = true;
-      } else if (errno != EAGAIN) {
-        return fail();  // reset (or error) from the source side
+      } else if (errno == EAGAIN) {
+        if (eagain_is_src) d.src_ready = false;
+      } else {
+        return Fail(c);  // reset (or error) from the source side
       }
     }
-    if (d.pending() > 0) {
+    if (d.pending() > 0 && d.dst_ready) {
       ssize_t n;
       if (d.pre_off < d.pre.size()) {
         n = send(dst, d.pre.data() + d.pre_off, d.pre.size() - d.pre_off, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -607,7 +702,7 @@ bool Worker::PumpDir(Conn* c, Direction& d, int src, int dst, bool up) {
           }
         }
       } else if (splice_mode) {
-        n = splice(d.pipe_r, nullptr, dst, nullptr, d.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        n = splice(d.pipe.r, nullptr, dst, nullptr, d.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (n > 0) d.in_pipe -= static_cast<size_t>(n);
       } else {
         n = send(dst, d.buf + d.off, d.len - d.off, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -618,8 +713,10 @@ bool Worker::PumpDir(Conn* c, Direction& d, int src, int dst, bool up) {
         progress = true;
       } else if (n < 0 && errno == EINTR) {
         progress = true;
-      } else if (n < 0 && errno != EAGAIN) {
-        return fail();  // the destination went away (EPIPE / ECONNRESET)
+      } else if (n < 0 && errno == EAGAIN) {
+        d.dst_ready = false;
+      } else if (n < 0) {
+        return Fail(c);  // the destination went away (EPIPE / ECONNRESET)
       }
     }
     if (!progress) break;
@@ -638,8 +735,13 @@ bool Worker::PumpDir(Conn* c, Direction& d, int src, int dst, bool up) {
   }
   // Half-close travels only after every byte before it is through.
   if (d.eof && d.pending() == 0 && !d.shut) {
-    shutdown(dst, SHUT_WR);
     d.shut = true;
+    if (other.shut) {
+      // Both ways done and both sources drained to EOF: close() sends this FIN (no shutdown).
+      CloseConn(c, false);
+      return false;
+    }
+    shutdown(dst, SHUT_WR);
   }
   return true;
 }
@@ -651,12 +753,13 @@ void Worker::CloseConn(Conn* c, bool reset) {
   for (int fd : {c->client, c->upstream}) {
     if (fd < 0) continue;
     if (reset) SetResetOnClose(fd);
-    epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);  // see FailAttempt: a forked child may share the socket
+    // No EPOLL_CTL_DEL: the slot's generation changes, so any event still coming is dropped.
     close(fd);
   }
   for (Direction* d : {&c->up, &c->down}) {
     ReleasePipe(*d);
     ReleaseBuffer(*d);
+    std::string().swap(d->pre);
   }
   if (c->prev) c->prev->next = c->next;
   if (c->next) c->next->prev = c->prev;
