@@ -30,7 +30,7 @@ export interface DataTokensOptions {
   log: Logger;
   /** How long a registered token stays valid (ms). */
   ttlMs?: number;
-  /** How long a connection with a not-yet-registered token waits for it (ms). */
+  /** How long a connection with a not-yet-registered token waits for it (ms; default ttl / 4). */
   waitMs?: number;
   /** At most this many connections wait for their token at once (the rest are refused). */
   maxWaiting?: number;
@@ -151,11 +151,14 @@ export class DataTokens {
         this.refuse(socket, 'unknown or expired token');
         return;
       }
-      const timer = setTimeout(() => {
-        if (this.waiting.get(key)?.socket !== socket) return;
-        this.waiting.delete(key);
-        this.refuse(socket, 'unknown or expired token');
-      }, this.o.waitMs ?? 2000);
+      const timer = setTimeout(
+        () => {
+          if (this.waiting.get(key)?.socket !== socket) return;
+          this.waiting.delete(key);
+          this.refuse(socket, 'unknown or expired token');
+        },
+        this.o.waitMs ?? (this.o.ttlMs ?? 5000) / 4,
+      );
       timer.unref();
       this.waiting.set(key, { socket, token, proof, rest, timer });
       // A waiting connection that goes away is forgotten at once.
