@@ -132,6 +132,53 @@ struct RunningPlane {
   }
 };
 
+// Waits (up to ~2 s) until the plane has no open connection; the last count.
+uint64_t WaitIdle(RunningPlane& p) {
+  for (int i = 0; i < 200 && p.Counter(edgemesh::kActive) != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  return p.Counter(edgemesh::kActive);
+}
+
+// Waits until the worker is inside its loop (tests that push pairs need a running worker).
+void WaitRunning(RunningPlane& p) {
+  for (int i = 0; i < 200 && p.Counter(edgemesh::kWorkersRunning) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+}
+
+// The common set-up: a running plane whose one route (127.0.0.1:<proxy port>, service slot `slot`)
+// leads to one backend serving `handler`. The plane stops before the backend goes away.
+struct PlaneToBackend {
+  Backend backend;
+  RunningPlane p;
+  explicit PlaneToBackend(std::function<void(int)> handler = Echo, edgemesh::PlaneOptions o = {}, uint32_t slot = 0,
+                          uint8_t flags = 0)
+      : backend(std::move(handler)), p(o) {
+    p.Routes({TestRoute{"127.0.0.1", p.port(), 0, flags, 0, slot, 0, {{"127.0.0.1", backend.port}}}});
+    p.Start();
+  }
+};
+
+// Writes all of `data` (blocking); false on error.
+bool WriteAll(int fd, const std::string& data) {
+  for (size_t off = 0; off < data.size();) {
+    ssize_t w = write(fd, data.data() + off, data.size() - off);
+    if (w <= 0) return false;
+    off += static_cast<size_t>(w);
+  }
+  return true;
+}
+
+// Reads exactly n bytes (blocking); false on EOF or error first.
+bool ReadExactly(int fd, size_t n, std::string* out) {
+  out->resize(n);
+  for (size_t off = 0; off < n;) {
+    ssize_t r = read(fd, &(*out)[off], n - off);
+    if (r <= 0) return false;
+    off += static_cast<size_t>(r);
+  }
+  return true;
+}
+
 std::string Payload(size_t n) {
   std::string s(n, '\0');
   uint32_t x = 2463534242u;
@@ -145,21 +192,15 @@ std::string Payload(size_t n) {
 }
 
 void EchoRoundTrip(bool use_splice) {
-  Backend backend(Echo);
   edgemesh::PlaneOptions o;
   o.use_splice = use_splice;
-  RunningPlane p(o);
-  p.Routes({TestRoute{"127.0.0.1", p.port(), 0, 0, 0, 5, 0, {{"127.0.0.1", backend.port}}}});
-  p.Start();
+  PlaneToBackend f(Echo, o, 5);
+  RunningPlane& p = f.p;
   const std::string payload = Payload(8 << 20);
   int c = Connect(p.port());
   CHECK(c >= 0);
   std::thread writer([&] {
-    for (size_t off = 0; off < payload.size();) {
-      ssize_t w = write(c, payload.data() + off, payload.size() - off);
-      if (w <= 0) break;
-      off += static_cast<size_t>(w);
-    }
+    WriteAll(c, payload);
     shutdown(c, SHUT_WR);  // half-close: the echo must still come back in full
   });
   std::string got;
@@ -168,8 +209,7 @@ void EchoRoundTrip(bool use_splice) {
   close(c);
   CHECK_EQ(r, static_cast<long>(payload.size()));
   CHECK(got == payload);
-  for (int i = 0; i < 100 && p.Counter(edgemesh::kActive) != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  CHECK_EQ(p.Counter(edgemesh::kActive), 0u);
+  CHECK_EQ(WaitIdle(p), 0u);
   CHECK_EQ(p.Counter(edgemesh::kBytesUp), static_cast<uint64_t>(payload.size()));
   CHECK_EQ(p.Counter(edgemesh::kBytesDown), static_cast<uint64_t>(payload.size()));
   auto* svc = p.plane->service(5);
@@ -217,7 +257,7 @@ TEST(plane_resets_clients_without_route_or_endpoint) {
 }
 
 TEST(plane_passes_a_backend_reset_to_the_client) {
-  Backend backend([](int c) {
+  PlaneToBackend f([](int c) {
     std::string half = Payload(100000);
     (void)!write(c, half.data(), half.size());
     char b[16];
@@ -226,9 +266,7 @@ TEST(plane_passes_a_backend_reset_to_the_client) {
     setsockopt(c, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
     close(c);
   });
-  RunningPlane p;
-  p.Routes({TestRoute{"127.0.0.1", p.port(), 0, 0, 0, 0, 0, {{"127.0.0.1", backend.port}}}});
-  p.Start();
+  RunningPlane& p = f.p;
   int c = Connect(p.port());
   CHECK(c >= 0);
   CHECK_EQ(write(c, "x", 1), 1);
@@ -236,16 +274,13 @@ TEST(plane_passes_a_backend_reset_to_the_client) {
   long r = ReadAll(c, &got);
   close(c);
   CHECK_EQ(r, static_cast<long>(-ECONNRESET));
-  for (int i = 0; i < 100 && p.Counter(edgemesh::kActive) != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  CHECK_EQ(p.Counter(edgemesh::kActive), 0u);
+  CHECK_EQ(WaitIdle(p), 0u);
   CHECK_EQ(p.Counter(edgemesh::kResets), 1u);
 }
 
 TEST(plane_drain_lets_open_connections_finish_then_forces_the_rest) {
-  Backend backend(Echo);
-  RunningPlane p;
-  p.Routes({TestRoute{"127.0.0.1", p.port(), 0, 0, 0, 0, 0, {{"127.0.0.1", backend.port}}}});
-  p.Start();
+  PlaneToBackend f;
+  RunningPlane& p = f.p;
   int c = Connect(p.port());
   CHECK(c >= 0);
   CHECK_EQ(write(c, "a", 1), 1);
@@ -272,10 +307,8 @@ TEST(plane_drain_lets_open_connections_finish_then_forces_the_rest) {
 }
 
 TEST(plane_drain_returns_early_when_connections_close) {
-  Backend backend(Echo);
-  RunningPlane p;
-  p.Routes({TestRoute{"127.0.0.1", p.port(), 0, 0, 0, 0, 0, {{"127.0.0.1", backend.port}}}});
-  p.Start();
+  PlaneToBackend f;
+  RunningPlane& p = f.p;
   int c = Connect(p.port());
   CHECK(c >= 0);
   CHECK_EQ(write(c, "a", 1), 1);
@@ -342,10 +375,8 @@ TEST(plane_hands_l7_routes_to_the_consumer_with_their_original_destination) {
 }
 
 TEST(plane_serves_hand_off_routes_as_l4_without_a_consumer) {
-  Backend backend(Echo);
-  RunningPlane p;
-  p.Routes({TestRoute{"127.0.0.1", p.port(), 0, edgemesh::kRouteFlagHandoff, 0, 0, 0, {{"127.0.0.1", backend.port}}}});
-  p.Start();
+  PlaneToBackend f(Echo, {}, 0, edgemesh::kRouteFlagHandoff);
+  RunningPlane& p = f.p;
   int c = Connect(p.port());
   CHECK(c >= 0);
   CHECK_EQ(write(c, "ping", 4), 4);
@@ -382,8 +413,7 @@ void AdoptRoundTrip(bool use_splice) {
   RunningPlane p(o);
   p.Routes({});
   p.Start();
-  for (int i = 0; i < 200 && p.Counter(edgemesh::kWorkersRunning) == 0; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  WaitRunning(p);
   const size_t fds_before = OpenFds();
   int client = -1, proxy_client = -1, backend = -1, proxy_upstream = -1;
   LoopbackPair(&client, &proxy_client);
@@ -404,11 +434,7 @@ void AdoptRoundTrip(bool use_splice) {
   const std::string payload = Payload(4 << 20);
   std::thread echo([&] { Echo(backend); });
   std::thread writer([&] {
-    for (size_t off = 0; off < payload.size();) {
-      ssize_t w = write(client, payload.data() + off, payload.size() - off);
-      if (w <= 0) break;
-      off += static_cast<size_t>(w);
-    }
+    WriteAll(client, payload);
     shutdown(client, SHUT_WR);
   });
   std::string got;
@@ -420,9 +446,7 @@ void AdoptRoundTrip(bool use_splice) {
   const std::string want = std::string("read-by-ts-down|early-down|") + "read-by-ts-up|early-up|" + payload;
   CHECK_EQ(r, static_cast<long>(want.size()));
   CHECK(got == want);
-  for (int i = 0; i < 200 && p.Counter(edgemesh::kActive) != 0; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  CHECK_EQ(p.Counter(edgemesh::kActive), 0u);
+  CHECK_EQ(WaitIdle(p), 0u);
   CHECK_EQ(p.Counter(edgemesh::kSplicedBack), 1u);
   CHECK_EQ(p.Counter(edgemesh::kBytesUp), static_cast<uint64_t>(14 + 9 + payload.size()));
   // Both dups closed, pipes back to the pool then trimmed after an idle second.
@@ -439,8 +463,7 @@ TEST(plane_refuses_pairs_when_stopping) {
   RunningPlane p;
   p.Routes({});
   p.Start();
-  for (int i = 0; i < 200 && p.Counter(edgemesh::kWorkersRunning) == 0; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  WaitRunning(p);
   p.plane->Stop(0);
   p.worker.join();
   int a = -1, b = -1;
@@ -452,4 +475,102 @@ TEST(plane_refuses_pairs_when_stopping) {
   CHECK(fcntl(a, F_GETFD) >= 0);  // still the caller's
   close(a);
   close(b);
+}
+
+// Small payloads go through one recv + send, bulk by splice; a direction can switch both ways.
+// Round trips of many sizes on one connection, then a half-close the backend answers after.
+TEST(plane_small_payloads_are_byte_exact_and_switch_to_splice_and_back) {
+  PlaneToBackend f([](int c) {
+    // Echo until the client's EOF, then one last message: it must travel after the half-close.
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(c, buf, sizeof(buf))) > 0) {
+      if (!WriteAll(c, std::string(buf, static_cast<size_t>(n)))) break;
+    }
+    WriteAll(c, "bye after your FIN");
+    shutdown(c, SHUT_WR);
+    close(c);
+  });
+  RunningPlane& p = f.p;
+  int c = Connect(p.port());
+  CHECK(c >= 0);
+  uint64_t total = 0;
+  // 1 B .. 16 KiB (the small-payload limit and one past it), then bulk (4 MiB), then small again.
+  for (size_t size : {1ul, 7ul, 1024ul, 4096ul, 16383ul, 16384ul, 16385ul, 4ul << 20, 100ul, 1ul}) {
+    const std::string msg = Payload(size);
+    std::string got;
+    std::thread writer([&] { WriteAll(c, msg); });
+    CHECK(ReadExactly(c, size, &got));
+    writer.join();
+    CHECK(got == msg);
+    total += size;
+  }
+  for (int i = 0; i < 200; ++i) {  // request/response: the latency path
+    const std::string msg = Payload(1 + static_cast<size_t>(i) * 37);
+    std::string got;
+    CHECK(WriteAll(c, msg));
+    CHECK(ReadExactly(c, msg.size(), &got));
+    CHECK(got == msg);
+    total += msg.size();
+  }
+  shutdown(c, SHUT_WR);
+  std::string tail;
+  CHECK_EQ(ReadAll(c, &tail), 18L);
+  CHECK(tail == "bye after your FIN");
+  close(c);
+  CHECK_EQ(WaitIdle(p), 0u);
+  CHECK_EQ(p.Counter(edgemesh::kBytesUp), total);
+  CHECK_EQ(p.Counter(edgemesh::kBytesDown), total + 18);
+  CHECK_EQ(p.Counter(edgemesh::kResets), 0u);
+}
+
+// A reply and the backend's FIN arriving together (connect, 1-byte request, reply, close: the
+// connection-rate workload) reach the client complete, for many connections in a row.
+TEST(plane_short_connections_get_reply_then_eof) {
+  PlaneToBackend f([](int c) {
+    char b;
+    if (read(c, &b, 1) == 1) WriteAll(c, std::string("reply:") + b);
+    close(c);
+  });
+  RunningPlane& p = f.p;
+  for (int i = 0; i < 200; ++i) {
+    int c = Connect(p.port());
+    CHECK(c >= 0);
+    const char req = static_cast<char>('a' + i % 26);
+    CHECK_EQ(write(c, &req, 1), 1);
+    std::string got;
+    CHECK_EQ(ReadAll(c, &got), 7L);
+    CHECK(got == std::string("reply:") + req);
+    close(c);
+  }
+  CHECK_EQ(WaitIdle(p), 0u);
+  CHECK_EQ(p.Counter(edgemesh::kEstablished), 200u);
+  CHECK_EQ(p.Counter(edgemesh::kBytesDown), 200u * 7);
+  CHECK_EQ(p.Counter(edgemesh::kResets), 0u);
+}
+
+// A client that does not read while the backend sends many small writes: the plane's sends to it
+// fail (EAGAIN) mid-payload, the rest is parked in a pipe, and everything arrives in order.
+TEST(plane_parks_small_payloads_for_a_slow_reader_in_order) {
+  const std::string payload = Payload(6 << 20);
+  PlaneToBackend f([&payload](int c) {
+    for (size_t off = 0; off < payload.size(); off += 1000) {
+      if (!WriteAll(c, payload.substr(off, 1000))) break;
+    }
+    shutdown(c, SHUT_WR);
+    char b[16];
+    while (read(c, b, sizeof(b)) > 0) {
+    }
+    close(c);
+  });
+  RunningPlane& p = f.p;
+  int c = Connect(p.port());
+  CHECK(c >= 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let the client's buffers fill
+  std::string got;
+  CHECK_EQ(ReadAll(c, &got), static_cast<long>(payload.size()));
+  CHECK(got == payload);
+  close(c);
+  CHECK_EQ(WaitIdle(p), 0u);
+  CHECK_EQ(p.Counter(edgemesh::kBytesDown), static_cast<uint64_t>(payload.size()));
 }
