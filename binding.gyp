@@ -16,7 +16,10 @@
         "native/src/dns/dns_wire.cc",
         "native/src/dns/dns_table.cc",
         "native/src/dns/dns_responder.cc",
-        "native/src/dns/dns_napi.cc"
+        "native/src/dns/dns_napi.cc",
+        "native/src/tunnel/sealed_codec.cc",
+        "native/src/tunnel/pump_engine.cc",
+        "native/src/tunnel/pump_napi.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 #   eBPF:         clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
 #   tests:        dnsutils (dig) curl dnsmasq-base (an upstream DNS for the forwarding tests)
 #   tunnel:       openssl (the throwaway TLS certificate of the PSK mode, and test certificates)
+#                 libssl-dev (libcrypto for the native sealed pump unit tests; the addon uses node's OpenSSL)
 #   benchmarks:   iperf3 haproxy socat dnsperf wrk nginx libnginx-mod-stream (peers measured side by
 #                 side; nginx is used as a TCP proxy through its stream module)
 packages=(
@@ -17,7 +18,7 @@ packages=(
   iptables nftables iproute2 kmod procps
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
   dnsutils curl dnsmasq-base
-  openssl
+  openssl libssl-dev
   iperf3 haproxy socat dnsperf wrk nginx libnginx-mod-stream
 )
 

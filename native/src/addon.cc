@@ -20,6 +20,7 @@
 #include "core/splice_copy.h"
 #include "bpf/bpf_napi.h"
 #include "dns/dns_napi.h"
+#include "tunnel/pump_napi.h"
 
 namespace {
 
@@ -93,6 +94,7 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
                          });
     edgemesh::bpf::RegisterBpf(env, exports);  // eBPF loader functions (native/src/bpf)
     edgemesh::dns::RegisterDns(env, exports);  // native DNS responder (native/src/dns)
+    edgemesh::tunnel::RegisterTunnel(env, exports);  // sealed/splice pumps (native/src/tunnel)
   }
 
  private:

@@ -117,4 +117,33 @@ export interface NativeBinding {
   dnsCounters(handle: number): Float64Array;
   /** Stops the responder thread and closes its socket; false when the handle was unknown. */
   dnsClose(handle: number): boolean;
+  /**
+   * Starts `threads` native pump threads for this JS thread (once) and installs the callback that
+   * receives finished pumps in batches (src/tunnel/sealed-pump.ts).
+   */
+  pumpSetDone(onDone: (done: NativePumpDone[]) => void, threads: number): void;
+  /**
+   * Pumps plain <-> sealed records natively (spec-sealed). dup()s both fds (the caller then
+   * destroys its sockets without a FIN); keys = txKey(32) txIv(12) rxKey(32) rxIv(12). Returns the id.
+   */
+  sealedPumpStart(
+    plainFd: number,
+    sealedFd: number,
+    keys: Buffer,
+    plainHead?: Buffer,
+    sealedHead?: Buffer,
+  ): number;
+  /** Splices two sockets both ways natively (the relay); same fd rules. Returns the id. */
+  splicePumpStart(aFd: number, bFd: number, aHead?: Buffer, bHead?: Buffer): number;
+  /** Pump engine counters in PUMP_COUNTER_NAMES order (src/tunnel/sealed-pump.ts). */
+  pumpCounters(): Float64Array;
+}
+
+/** One finished native pump. Sealed: aToB = plaintext plain -> sealed, bToA = sealed -> plain. */
+export interface NativePumpDone {
+  id: number;
+  aToB: number;
+  bToA: number;
+  /** Why it failed (both sockets were reset); absent when both directions ended cleanly. */
+  error?: string;
 }

@@ -4,8 +4,10 @@
 // EDGEMESH_SEALED_PUMP=ts) the TS twin below does the same with node:crypto.
 import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
+import os from 'node:os';
 import { errorMessage } from '../errors.ts';
-import { IV_BYTES, KEY_BYTES, SealedDecoder, SealedEncoder } from './sealed-records.ts';
+import { loadNative, type NativeBinding, type NativePumpDone } from '../native/index.ts';
+import { IV_BYTES, KEY_BYTES, SealedDecoder, SealedEncoder, SealedStreamError } from './sealed-records.ts';
 
 /** Per-stream keys of one end: it seals with tx, opens with rx. */
 export interface SealedKeys {
@@ -33,7 +35,57 @@ export interface SpliceResult {
 export function sealedPumpMode(): { mode: 'native' | 'ts'; reason: string } {
   if (process.env.EDGEMESH_SEALED_PUMP === 'ts')
     return { mode: 'ts', reason: 'forced by EDGEMESH_SEALED_PUMP=ts' };
-  return { mode: 'ts', reason: 'the native addon has no sealed pump yet' };
+  const { binding, reason } = loadNative();
+  if (!binding) return { mode: 'ts', reason: `native addon unavailable: ${reason}` };
+  if (typeof binding.sealedPumpStart !== 'function') {
+    return { mode: 'ts', reason: 'the native addon was built without the sealed pump (rebuild it)' };
+  }
+  return { mode: 'native', reason: 'native pump threads (epoll; AES-256-GCM from the OpenSSL in node)' };
+}
+
+/** Counter names of sealedPumpCounters(), in the native engine's order (native/src/tunnel/pump_engine.h). */
+export const PUMP_COUNTER_NAMES = [
+  'sealed_started',
+  'splice_started',
+  'finished',
+  'failed',
+  'plain_to_sealed_bytes',
+  'sealed_to_plain_bytes',
+  'records_sealed',
+  'records_opened',
+  'auth_failures',
+  'length_errors',
+  'truncations',
+  'after_end_errors',
+  'splice_bytes',
+] as const;
+export type PumpCounterName = (typeof PUMP_COUNTER_NAMES)[number];
+
+/** The counter each refusal of a sealed stream bumps. */
+const FAILURE_COUNTER = {
+  auth: 'auth_failures',
+  length: 'length_errors',
+  'after-end': 'after_end_errors',
+  truncated: 'truncations',
+} as const satisfies Record<SealedStreamError['reason'], PumpCounterName>;
+
+/** What the TS twin counted in this thread (the native engine keeps its own). */
+const tsCounters = Object.fromEntries(PUMP_COUNTER_NAMES.map((n) => [n, 0])) as Record<
+  PumpCounterName,
+  number
+>;
+
+/** Pump counters of this thread, native and TS pumps together (for metrics; read at scrape time). */
+export function sealedPumpCounters(): Record<PumpCounterName, number> {
+  const out = { ...tsCounters };
+  const native = nativeEngine(false);
+  if (native) {
+    const raw = native.binding.pumpCounters();
+    PUMP_COUNTER_NAMES.forEach((name, i) => {
+      out[name] += raw[i] ?? 0;
+    });
+  }
+  return out;
 }
 
 /** Fresh random keys for one side of one stream. */
@@ -61,7 +113,19 @@ export function startSealedPump(
   keys: SealedKeys,
   opts: { plainHead?: Buffer; sealedHead?: Buffer } = {},
 ): Promise<PumpResult> {
-  return tsSealedPump(plain, sealed, keys, opts);
+  const engine = sealedPumpMode().mode === 'native' ? nativeEngine(true) : undefined;
+  const keyBuf = keyBuffer(keys);
+  // Bad keys go to the twin, which refuses them with the reason.
+  if (!engine || !keyBuf) return tsSealedPump(plain, sealed, keys, opts);
+  return handOff(
+    engine,
+    plain,
+    sealed,
+    opts.plainHead,
+    opts.sealedHead,
+    (p, s, ph, sh) => engine.binding.sealedPumpStart(p, s, keyBuf, ph, sh),
+    (ph, sh) => tsSealedPump(plain, sealed, keys, { plainHead: ph, sealedHead: sh }),
+  ).then((r) => ('id' in r ? withError({ plainToSealed: r.aToB, sealedToPlain: r.bToA }, r.error) : r));
 }
 
 /** Raw byte splice of two sockets both ways (the relay), native when available. Same ownership rules. */
@@ -70,7 +134,165 @@ export function startSplicePump(
   b: net.Socket,
   opts: { aHead?: Buffer; bHead?: Buffer } = {},
 ): Promise<SpliceResult> {
-  return tsSplicePump(a, b, opts);
+  const engine = sealedPumpMode().mode === 'native' ? nativeEngine(true) : undefined;
+  if (!engine) return tsSplicePump(a, b, opts);
+  return handOff(
+    engine,
+    a,
+    b,
+    opts.aHead,
+    opts.bHead,
+    (x, y, xh, yh) => engine.binding.splicePumpStart(x, y, xh, yh),
+    (xh, yh) => tsSplicePump(a, b, { aHead: xh, bHead: yh }),
+  ).then((r) => ('id' in r ? withError({ aToB: r.aToB, bToA: r.bToA }, r.error) : r));
+}
+
+function withError<T extends object>(r: T, error: string | undefined): T & { error?: string } {
+  return error === undefined ? r : { ...r, error };
+}
+
+/** txKey txIv rxKey rxIv back to back (the native layout), or undefined when a size is wrong. */
+function keyBuffer(k: SealedKeys): Buffer | undefined {
+  if (k.txKey.length !== KEY_BYTES || k.rxKey.length !== KEY_BYTES) return undefined;
+  if (k.txIv.length !== IV_BYTES || k.rxIv.length !== IV_BYTES) return undefined;
+  return Buffer.concat([k.txKey, k.txIv, k.rxKey, k.rxIv]);
+}
+
+interface NativeEngine {
+  binding: NativeBinding;
+  waiting: Map<number, (done: NativePumpDone) => void>;
+}
+
+let engineState: NativeEngine | undefined;
+
+/** The native pump engine of this thread, started on first use (`start` false: only if running). */
+function nativeEngine(start: boolean): NativeEngine | undefined {
+  if (engineState || !start) return engineState;
+  const { binding } = loadNative();
+  if (!binding) return undefined;
+  const waiting = new Map<number, (done: NativePumpDone) => void>();
+  // Two threads at most: one stream needs one, and the machines we target have few cores.
+  const threads = Math.max(1, Math.min(2, os.availableParallelism()));
+  binding.pumpSetDone((batch) => {
+    for (const done of batch) {
+      const resolve = waiting.get(done.id);
+      waiting.delete(done.id);
+      resolve?.(done);
+    }
+  }, threads);
+  engineState = { binding, waiting };
+  return engineState;
+}
+
+interface StreamHandle {
+  fd?: number;
+  reading?: boolean;
+  readStop?: () => number;
+  readStart?: () => number;
+}
+
+function handleOf(s: net.Socket): StreamHandle | undefined {
+  return (s as unknown as { _handle?: StreamHandle | null })._handle ?? undefined;
+}
+
+function fdOf(s: net.Socket): number {
+  const fd = handleOf(s)?.fd;
+  return typeof fd === 'number' ? fd : -1;
+}
+
+/** libuv stops reading this socket: nothing more lands in JS (synchronous). */
+function stopReading(s: net.Socket): void {
+  const h = handleOf(s);
+  if (!h?.readStop) return;
+  h.reading = false;
+  h.readStop();
+}
+
+/** Undoes stopReading when the pump stays in JS after all. */
+function resumeReading(s: net.Socket): void {
+  const h = handleOf(s);
+  if (!h?.readStart || h.reading || s.destroyed) return;
+  h.reading = true;
+  h.readStart();
+}
+
+/** `head`, then everything JS has read from `s` and not handed on. */
+function takeBuffered(s: net.Socket, head: Buffer | undefined): Buffer | undefined {
+  const chunks: Buffer[] = head && head.length > 0 ? [head] : [];
+  for (let c = s.read() as Buffer | null; c !== null; c = s.read() as Buffer | null) chunks.push(c);
+  if (chunks.length === 0) return undefined;
+  return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+}
+
+/** Why native code cannot take `s` over (its EOF or its state lives only in JS), or undefined. */
+function notNative(s: net.Socket): string | undefined {
+  if (s.destroyed) return 'destroyed';
+  if (s.connecting) return 'connecting';
+  if (fdOf(s) < 0) return 'no fd';
+  const state = (s as unknown as { _readableState?: { ended?: boolean } })._readableState;
+  if (state?.ended || s.readableEnded) return 'EOF already read into JS';
+  if (s.writableEnded) return 'already ended';
+  return undefined;
+}
+
+/** Resolves true when JS's pending writes to `s` reached the kernel (false: closed or 2 s passed). */
+function flushed(s: net.Socket): Promise<boolean> {
+  if (s.writableLength === 0) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const deadline = Date.now() + 2000;
+    // 'drain' fires only after a write that returned false, so look again every millisecond.
+    const check = () => {
+      if (s.destroyed) resolve(false);
+      else if (s.writableLength === 0) resolve(true);
+      else if (Date.now() > deadline) resolve(false);
+      else setTimeout(check, 1);
+    };
+    check();
+  });
+}
+
+/**
+ * Moves two sockets into the native engine: their fds are dup'd natively, so destroying the JS
+ * sockets afterwards closes only JS's descriptors (no FIN, no RST). Whatever JS already read
+ * goes in the heads. When native code cannot take them, `twin` runs the TS pump instead.
+ */
+async function handOff<R>(
+  engine: NativeEngine,
+  x: net.Socket,
+  y: net.Socket,
+  xHead: Buffer | undefined,
+  yHead: Buffer | undefined,
+  start: (xFd: number, yFd: number, xh?: Buffer, yh?: Buffer) => number,
+  twin: (xh?: Buffer, yh?: Buffer) => Promise<R>,
+): Promise<R | NativePumpDone> {
+  if (notNative(x) ?? notNative(y)) return twin(xHead, yHead);
+  x.pause();
+  y.pause();
+  if (x.writableLength > 0 || y.writableLength > 0) {
+    const [fx, fy] = await Promise.all([flushed(x), flushed(y)]);
+    if (!fx || !fy || notNative(x) || notNative(y)) return twin(xHead, yHead);
+  }
+  // From here to the destroy everything is synchronous: libuv cannot read in between.
+  stopReading(x);
+  stopReading(y);
+  const xh = takeBuffered(x, xHead);
+  const yh = takeBuffered(y, yHead);
+  // read() may have asked libuv to read again.
+  stopReading(x);
+  stopReading(y);
+  let id: number;
+  try {
+    id = start(fdOf(x), fdOf(y), xh, yh);
+  } catch {
+    // dup or the engine failed (EMFILE ...): the twin carries this stream.
+    resumeReading(x);
+    resumeReading(y);
+    return twin(xh, yh);
+  }
+  const done = new Promise<NativePumpDone>((resolve) => engine.waiting.set(id, resolve));
+  x.destroy();
+  y.destroy();
+  return done;
 }
 
 /** Resolves once both sockets have emitted 'close' (already-destroyed ones count at once). */
@@ -104,23 +326,37 @@ function tsSealedPump(
   opts: { plainHead?: Buffer; sealedHead?: Buffer },
 ): Promise<PumpResult> {
   const result: PumpResult = { plainToSealed: 0, sealedToPlain: 0 };
-  const done = bothClosed(plain, sealed).then(() => result);
+  tsCounters.sealed_started++;
+  const done = bothClosed(plain, sealed).then(() => {
+    tsCounters[result.error === undefined ? 'finished' : 'failed']++;
+    tsCounters.records_sealed += Number(enc?.records ?? 0n);
+    tsCounters.records_opened += Number(dec?.records ?? 0n);
+    return result;
+  });
   // Keys are checked before anything flows: bad keys reset both sides like any other failure.
-  let enc: SealedEncoder;
-  let dec: SealedDecoder;
+  let enc: SealedEncoder | undefined;
+  let dec: SealedDecoder | undefined;
   const abort = (why: string) => {
     result.error ??= why;
     // A reset, not a FIN: the far end must not take a cut stream for a complete one.
     if (!plain.destroyed) plain.resetAndDestroy();
     if (!sealed.destroyed) sealed.resetAndDestroy();
   };
+  const refuse = (err: unknown) => {
+    if (err instanceof SealedStreamError) tsCounters[FAILURE_COUNTER[err.reason]]++;
+    abort(errorMessage(err));
+  };
+  let e: SealedEncoder;
+  let d: SealedDecoder;
   try {
-    enc = new SealedEncoder(keys.txKey, keys.txIv);
-    dec = new SealedDecoder(keys.rxKey, keys.rxIv);
+    e = new SealedEncoder(keys.txKey, keys.txIv);
+    d = new SealedDecoder(keys.rxKey, keys.rxIv);
   } catch (err) {
     abort(errorMessage(err));
     return done;
   }
+  enc = e;
+  dec = d;
   if (plain.destroyed || sealed.destroyed) {
     abort('socket already closed');
     return done;
@@ -131,33 +367,36 @@ function tsSealedPump(
   const onPlain = (chunk: Buffer) => {
     if (sealed.destroyed) return;
     result.plainToSealed += chunk.length;
-    forward(plain, sealed, enc.seal(chunk));
+    tsCounters.plain_to_sealed_bytes += chunk.length;
+    forward(plain, sealed, e.seal(chunk));
   };
   const onSealed = (chunk: Buffer) => {
     if (plain.destroyed) return;
     let step: ReturnType<SealedDecoder['push']>;
     try {
-      step = dec.push(chunk);
+      step = d.push(chunk);
     } catch (err) {
-      abort(errorMessage(err));
+      refuse(err);
       return;
     }
     for (const p of step.plain) {
       result.sealedToPlain += p.length;
+      tsCounters.sealed_to_plain_bytes += p.length;
       forward(sealed, plain, p);
     }
     if (step.ended && !plain.writableEnded) plain.end();
   };
   plain.on('data', onPlain);
-  plain.on('end', () => {
-    if (!sealed.destroyed) sealed.end(enc.end());
-  });
+  const plainEnded = () => {
+    if (!sealed.destroyed) sealed.end(e.end());
+  };
+  plain.on('end', plainEnded);
   sealed.on('data', onSealed);
   sealed.on('end', () => {
     try {
-      dec.finish();
+      d.finish();
     } catch (err) {
-      abort(errorMessage(err));
+      refuse(err);
     }
   });
   plain.on('error', (err) => abort(`plain side: ${errorMessage(err)}`));
@@ -171,6 +410,8 @@ function tsSealedPump(
   });
   if (opts.plainHead && opts.plainHead.length > 0) onPlain(opts.plainHead);
   if (opts.sealedHead && opts.sealedHead.length > 0) onSealed(opts.sealedHead);
+  // 'end' already emitted before we took over: it will not come again.
+  if (plain.readableEnded) plainEnded();
   plain.resume();
   sealed.resume();
   return done;

@@ -2,7 +2,7 @@
 // -> pump -> plain -> app, half-close both ways, and every failure resetting the plain side.
 import { createHash, randomBytes } from 'node:crypto';
 import type net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   mirrorKeys,
   newSealedKeys,
@@ -74,16 +74,27 @@ async function single(keys: SealedKeys, opts?: { plainHead?: Buffer; sealedHead?
   return { app: b.server, raw, pump, enc: new SealedEncoder(keys.rxKey, keys.rxIv) };
 }
 
-describe.each(['ts'] as const)('sealed pump (%s)', (mode) => {
+/** Selects the implementation under test for each test of the block. */
+function useMode(mode: 'ts' | 'native'): void {
   const prev = process.env.EDGEMESH_SEALED_PUMP;
-  it('runs the implementation under test', () => {
-    process.env.EDGEMESH_SEALED_PUMP = mode;
-    expect(sealedPumpMode().mode).toBe(mode);
+  beforeEach(() => {
+    if (mode === 'ts') process.env.EDGEMESH_SEALED_PUMP = 'ts';
+    else delete process.env.EDGEMESH_SEALED_PUMP;
+  });
+  afterAll(() => {
     if (prev === undefined) delete process.env.EDGEMESH_SEALED_PUMP;
+    else process.env.EDGEMESH_SEALED_PUMP = prev;
+  });
+}
+
+// One suite for both implementations: the native pump (the addon is built in CI) and the TS twin.
+describe.each(['ts', 'native'] as const)('sealed pump (%s)', (mode) => {
+  useMode(mode);
+  it('runs the implementation under test', () => {
+    expect(sealedPumpMode().mode).toBe(mode);
   });
 
   it('carries bytes both ways byte-exact; a half-close crosses and the other way keeps flowing', async () => {
-    process.env.EDGEMESH_SEALED_PUMP = mode;
     const { appA, appB, pumpA, pumpB } = await chain();
     appA.allowHalfOpen = true;
     appB.allowHalfOpen = true;
@@ -104,7 +115,6 @@ describe.each(['ts'] as const)('sealed pump (%s)', (mode) => {
   });
 
   it('sends the heads first', async () => {
-    process.env.EDGEMESH_SEALED_PUMP = mode;
     const keys = newSealedKeys();
     const enc = new SealedEncoder(keys.rxKey, keys.rxIv);
     const { app, raw, pump } = await single(keys, {
@@ -125,7 +135,6 @@ describe.each(['ts'] as const)('sealed pump (%s)', (mode) => {
   });
 
   it('resets the plain side on a tampered record and writes nothing after it', async () => {
-    process.env.EDGEMESH_SEALED_PUMP = mode;
     const { app, raw, pump, enc } = await single(newSealedKeys());
     const got = collect(app);
     const first = firstData(app);
@@ -143,7 +152,6 @@ describe.each(['ts'] as const)('sealed pump (%s)', (mode) => {
   });
 
   it('resets the plain side when the sealed stream is cut without an end record', async () => {
-    process.env.EDGEMESH_SEALED_PUMP = mode;
     const { app, raw, pump, enc } = await single(newSealedKeys());
     const got = collect(app);
     const first = firstData(app);
@@ -158,7 +166,6 @@ describe.each(['ts'] as const)('sealed pump (%s)', (mode) => {
   });
 
   it('resets on a header N out of range', async () => {
-    process.env.EDGEMESH_SEALED_PUMP = mode;
     const { app, raw, pump } = await single(newSealedKeys());
     const got = collect(app);
     raw.write(Buffer.from([0, 1, 0, 17]));
@@ -169,7 +176,6 @@ describe.each(['ts'] as const)('sealed pump (%s)', (mode) => {
   });
 
   it('resets on a record after the end record', async () => {
-    process.env.EDGEMESH_SEALED_PUMP = mode;
     const { app, raw, pump, enc } = await single(newSealedKeys());
     const got = collect(app);
     const endRec = enc.end();
@@ -181,7 +187,6 @@ describe.each(['ts'] as const)('sealed pump (%s)', (mode) => {
   });
 
   it('turns a reset of one plain side into a reset of the far plain side', async () => {
-    process.env.EDGEMESH_SEALED_PUMP = mode;
     const { appA, appB, pumpA, pumpB } = await chain();
     const gotB = collect(appB);
     const first = firstData(appB);
@@ -195,9 +200,9 @@ describe.each(['ts'] as const)('sealed pump (%s)', (mode) => {
   });
 });
 
-describe.each(['ts'] as const)('splice pump (%s)', (mode) => {
+describe.each(['ts', 'native'] as const)('splice pump (%s)', (mode) => {
+  useMode(mode);
   it('splices both ways with half-close and heads, counting bytes', async () => {
-    process.env.EDGEMESH_SEALED_PUMP = mode;
     const x = await tcpPair();
     const y = await tcpPair();
     cleanups.push(x.close, y.close);
@@ -218,7 +223,6 @@ describe.each(['ts'] as const)('splice pump (%s)', (mode) => {
   });
 
   it('resets the other side when one side resets', async () => {
-    process.env.EDGEMESH_SEALED_PUMP = mode;
     const x = await tcpPair();
     const y = await tcpPair();
     cleanups.push(x.close, y.close);

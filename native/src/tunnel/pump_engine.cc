@@ -1,0 +1,751 @@
+#include "tunnel/pump_engine.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_set>
+
+namespace edgemesh::tunnel {
+
+namespace {
+
+constexpr int kPlain = 0;   // sealed pump: fd 0 is the plain socket, fd 1 the sealed one
+constexpr int kSealed = 1;  // splice pump: fd 0 is a, fd 1 is b
+// Progress-loop rounds per wake-up before a busy pump yields to the others on its thread.
+constexpr int kRoundsPerTurn = 32;
+
+// Abortive close: RST instead of FIN, so the peer cannot take a cut stream for a complete one.
+void ResetClose(int fd) {
+  if (fd < 0) return;
+  linger l{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+  close(fd);
+}
+
+std::string Describe(const char* what, int err) { return std::string(what) + ": " + std::strerror(err); }
+
+}  // namespace
+
+// One pump: two fds owned by one worker thread, driven by a progress loop after each epoll edge.
+class Pump {
+ public:
+  Pump(PumpEngine& engine, uint64_t id, int fd0, int fd1) : engine_(engine), id_(id) {
+    fd_[0] = fd0;
+    fd_[1] = fd1;
+  }
+  virtual ~Pump() {
+    // Only reached on engine stop with the pump still open, or after Finish/Fail closed the fds.
+    Detach();
+    ResetClose(fd_[0]);
+    ResetClose(fd_[1]);
+  }
+  // Runs until no direction can progress or the turn is used up; true: wants another turn.
+  bool Run() {
+    for (int round = 0; round < kRoundsPerTurn; ++round) {
+      if (done_) return false;
+      if (!Step()) return false;
+    }
+    return !done_;
+  }
+  // Records an epoll edge for fd `side`.
+  void Mark(int side, uint32_t events) {
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) rd_[side] = true;
+    if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) wr_[side] = true;
+  }
+  bool done() const { return done_; }
+  // The epoll set the fds are in (DEL'd before closing: a JS dup may still hold the file open).
+  void Watch(int epfd) { epfd_ = epfd; }
+  int fd(int side) const { return fd_[side]; }
+  uint64_t id() const { return id_; }
+  // epoll data for fd `side`: the pump pointer with the side in its low bit.
+  uint64_t Tag(int side) { return reinterpret_cast<uintptr_t>(this) | static_cast<uintptr_t>(side); }
+
+ protected:
+  // One pass over both directions; true when anything moved.
+  virtual bool Step() = 0;
+
+  // Leaves the epoll set: a closed fd leaves it by itself only when no other fd (JS's, until it
+  // is destroyed) refers to the same socket, and a late event would name a deleted pump.
+  void Detach() {
+    if (epfd_ < 0) return;
+    for (int fd : fd_)
+      if (fd >= 0) epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+    epfd_ = -1;
+  }
+  // Both directions ended cleanly: close with FINs already sent, report.
+  void Finish(uint64_t a_to_b, uint64_t b_to_a) {
+    Detach();
+    close(fd_[0]);
+    close(fd_[1]);
+    fd_[0] = fd_[1] = -1;
+    done_ = true;
+    engine_.Add(kPumpsFinished, 1);
+    engine_.Report(PumpDone{id_, a_to_b, b_to_a, {}});
+  }
+  // Reset both sockets and report `why`.
+  void Fail(uint64_t a_to_b, uint64_t b_to_a, std::string why) {
+    Detach();
+    ResetClose(fd_[0]);
+    ResetClose(fd_[1]);
+    fd_[0] = fd_[1] = -1;
+    done_ = true;
+    engine_.Add(kPumpsFailed, 1);
+    engine_.Report(PumpDone{id_, a_to_b, b_to_a, std::move(why)});
+  }
+
+  PumpEngine& engine_;
+  uint64_t id_;
+  int fd_[2];
+  int epfd_ = -1;
+  // "May be readable/writable": set by epoll edges, cleared when a syscall says EAGAIN or moves
+  // less than asked (edge-triggered: the next edge comes with the next change).
+  bool rd_[2] = {true, true};
+  bool wr_[2] = {true, true};
+  bool done_ = false;
+};
+
+namespace {
+
+// plain <-> sealed records.
+class SealedPump final : public Pump {
+ public:
+  SealedPump(PumpEngine& engine, uint64_t id, int plain_fd, int sealed_fd) : Pump(engine, id, plain_fd, sealed_fd) {}
+
+  bool Init(const PumpKeys& keys, const std::vector<uint8_t>& plain_head, const std::vector<uint8_t>& sealed_head) {
+    if (!sealer_.Init(keys.tx_key, keys.tx_iv) || !opener_.Init(keys.rx_key, keys.rx_iv)) return false;
+    size_t batch = std::max<size_t>(2, engine_.options().batch_records);
+    size_t head_records = (plain_head.size() + kMaxPlaintext - 1) / kMaxPlaintext;
+    up_cap_ = (std::max(batch, head_records + 1)) * kMaxRecord;
+    up_ = std::make_unique<uint8_t[]>(up_cap_);
+    for (size_t off = 0; off < plain_head.size(); off += kMaxPlaintext) {
+      size_t n = std::min(kMaxPlaintext, plain_head.size() - off);
+      std::memcpy(up_.get() + up_end_ + kHeaderBytes, plain_head.data() + off, n);
+      if (!SealOne(n)) return false;
+    }
+    plain_to_sealed_ = plain_head.size();
+    engine_.Add(kPlainToSealedBytes, plain_head.size());
+    // The sealed head must fit with room for one more whole record after it.
+    down_cap_ = std::max(batch * kMaxRecord, sealed_head.size() + kMaxRecord);
+    down_ = std::make_unique<uint8_t[]>(down_cap_);
+    std::memcpy(down_.get(), sealed_head.data(), sealed_head.size());
+    down_end_ = sealed_head.size();
+    parse_pending_ = !sealed_head.empty();
+    return true;
+  }
+
+ protected:
+  bool Step() override {
+    bool moved = false;
+    if (parse_pending_) {
+      parse_pending_ = false;
+      if (!Parse()) return false;
+      moved = true;
+    }
+    moved |= ReadPlain();
+    if (done_) return false;
+    moved |= WriteSealed();
+    if (done_) return false;
+    moved |= ReadSealed();
+    if (done_) return false;
+    moved |= WritePlain();
+    if (done_) return false;
+    if (up_shut_ && down_shut_) {
+      Finish(plain_to_sealed_, sealed_to_plain_);
+      return false;
+    }
+    return moved;
+  }
+
+ private:
+  bool SealOne(size_t n) {
+    size_t rec = sealer_.SealInPlace(up_.get() + up_end_, n);
+    if (rec == 0) return false;
+    up_end_ += rec;
+    engine_.Add(kRecordsSealed, 1);
+    return true;
+  }
+
+  void FailPlain(const char* what, int err) {
+    Fail(plain_to_sealed_, sealed_to_plain_, Describe(what, err));
+  }
+
+  // plain -> up buffer: one readv fills several record slots, each sealed in place.
+  bool ReadPlain() {
+    if (plain_eof_ || !rd_[kPlain]) return false;
+    if (up_cap_ - up_end_ < kMaxRecord && up_start_ > 0) {
+      std::memmove(up_.get(), up_.get() + up_start_, up_end_ - up_start_);
+      up_end_ -= up_start_;
+      up_start_ = 0;
+    }
+    size_t slots = std::min<size_t>((up_cap_ - up_end_) / kMaxRecord, 8);
+    if (slots == 0) return false;  // backpressure: the sealed socket has not drained the batch
+    iovec iov[8];
+    for (size_t i = 0; i < slots; ++i) {
+      iov[i].iov_base = up_.get() + up_end_ + i * kMaxRecord + kHeaderBytes;
+      iov[i].iov_len = kMaxPlaintext;
+    }
+    ssize_t n = readv(fd_[kPlain], iov, static_cast<int>(slots));
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        rd_[kPlain] = false;
+        return false;
+      }
+      if (errno == EINTR) return true;
+      FailPlain("plain side read", errno);
+      return false;
+    }
+    if (n == 0) {
+      // The plain peer half-closed: the empty record tells the far end to do the same.
+      plain_eof_ = true;
+      if (!SealOne(0)) FailPlain("seal", EIO);
+      return true;
+    }
+    size_t got = static_cast<size_t>(n);
+    if (got < slots * kMaxPlaintext) rd_[kPlain] = false;
+    plain_to_sealed_ += got;
+    engine_.Add(kPlainToSealedBytes, got);
+    while (got > 0) {
+      size_t m = std::min(got, kMaxPlaintext);
+      // Slot i starts at up_end_ because every earlier slot was a full record of kMaxRecord.
+      if (!SealOne(m)) {
+        FailPlain("seal", EIO);
+        return false;
+      }
+      got -= m;
+    }
+    return true;
+  }
+
+  bool WriteSealed() {
+    if (up_end_ == up_start_) {
+      if (plain_eof_ && !up_shut_) {
+        // Every record, the end record included, is in the kernel: FIN after it.
+        shutdown(fd_[kSealed], SHUT_WR);
+        up_shut_ = true;
+        return true;
+      }
+      return false;
+    }
+    if (!wr_[kSealed]) return false;
+    size_t want = up_end_ - up_start_;
+    ssize_t n = send(fd_[kSealed], up_.get() + up_start_, want, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        wr_[kSealed] = false;
+        return false;
+      }
+      if (errno == EINTR) return true;
+      FailPlain("sealed side write", errno);
+      return false;
+    }
+    up_start_ += static_cast<size_t>(n);
+    if (static_cast<size_t>(n) < want) wr_[kSealed] = false;
+    if (up_start_ == up_end_) up_start_ = up_end_ = 0;
+    return true;
+  }
+
+  // sealed -> down buffer, then Parse opens every whole record in place.
+  bool ReadSealed() {
+    if (!rd_[kSealed] || sealed_eof_) return false;
+    if (segs_.empty() && parse_off_ > 0 && down_cap_ - down_end_ < kMaxRecord) {
+      // Only the unparsed tail (less than one record) is live: move it to the front.
+      std::memmove(down_.get(), down_.get() + parse_off_, down_end_ - parse_off_);
+      down_end_ -= parse_off_;
+      parse_off_ = 0;
+    }
+    size_t room = down_cap_ - down_end_;
+    if (room == 0) return false;  // backpressure: the plain socket has not taken the plaintext
+    ssize_t n = recv(fd_[kSealed], down_.get() + down_end_, room, 0);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        rd_[kSealed] = false;
+        return false;
+      }
+      if (errno == EINTR) return true;
+      FailPlain("sealed side read", errno);
+      return false;
+    }
+    if (n == 0) {
+      sealed_eof_ = true;
+      if (!ended_) {
+        engine_.Add(kTruncations, 1);
+        Fail(plain_to_sealed_, sealed_to_plain_,
+             down_end_ > parse_off_ ? "sealed stream: EOF inside a record"
+                                    : "sealed stream: EOF without an end-of-stream record");
+        return false;
+      }
+      return true;
+    }
+    if (static_cast<size_t>(n) < room) rd_[kSealed] = false;
+    if (ended_) {
+      engine_.Add(kAfterEndErrors, 1);
+      Fail(plain_to_sealed_, sealed_to_plain_, "sealed stream: bytes after the end-of-stream record");
+      return false;
+    }
+    down_end_ += static_cast<size_t>(n);
+    return Parse();
+  }
+
+  // Opens every whole record between parse_off_ and down_end_; false when the stream failed.
+  bool Parse() {
+    while (down_end_ - parse_off_ >= kHeaderBytes) {
+      uint8_t* rec = down_.get() + parse_off_;
+      uint32_t body = RecordBodyLength(rec);
+      if (body < kTagBytes || body > kMaxBody) {
+        engine_.Add(kLengthErrors, 1);
+        Fail(plain_to_sealed_, sealed_to_plain_, "sealed stream: record length " + std::to_string(body) + " out of range");
+        return false;
+      }
+      if (down_end_ - parse_off_ < kHeaderBytes + body) break;
+      if (!opener_.OpenInPlace(rec, body)) {
+        engine_.Add(kAuthFailures, 1);
+        Fail(plain_to_sealed_, sealed_to_plain_,
+             "sealed stream: record " + std::to_string(opener_.seq()) + " failed authentication");
+        return false;
+      }
+      engine_.Add(kRecordsOpened, 1);
+      size_t plain = body - kTagBytes;
+      if (plain == 0) {
+        ended_ = true;
+        parse_off_ += kHeaderBytes + body;
+        if (parse_off_ != down_end_) {
+          engine_.Add(kAfterEndErrors, 1);
+          Fail(plain_to_sealed_, sealed_to_plain_, "sealed stream: bytes after the end-of-stream record");
+          return false;
+        }
+        return true;
+      }
+      segs_.push_back({parse_off_ + kHeaderBytes, plain});
+      parse_off_ += kHeaderBytes + body;
+    }
+    return true;
+  }
+
+  // Opened plaintext -> plain socket, several records per sendmsg.
+  bool WritePlain() {
+    if (segs_.empty()) {
+      if (parse_off_ == down_end_) parse_off_ = down_end_ = 0;
+      if (ended_ && !down_shut_) {
+        shutdown(fd_[kPlain], SHUT_WR);
+        down_shut_ = true;
+        return true;
+      }
+      return false;
+    }
+    if (!wr_[kPlain]) return false;
+    iovec iov[16];
+    int count = 0;
+    size_t want = 0;
+    for (auto it = segs_.begin(); it != segs_.end() && count < 16; ++it, ++count) {
+      iov[count].iov_base = down_.get() + it->off;
+      iov[count].iov_len = it->len;
+      want += it->len;
+    }
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<size_t>(count);
+    ssize_t n = sendmsg(fd_[kPlain], &msg, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        wr_[kPlain] = false;
+        return false;
+      }
+      if (errno == EINTR) return true;
+      FailPlain("plain side write", errno);
+      return false;
+    }
+    size_t sent = static_cast<size_t>(n);
+    if (sent < want) wr_[kPlain] = false;
+    sealed_to_plain_ += sent;
+    engine_.Add(kSealedToPlainBytes, sent);
+    while (sent > 0) {
+      Seg& s = segs_.front();
+      size_t m = std::min(sent, s.len);
+      s.off += m;
+      s.len -= m;
+      sent -= m;
+      if (s.len == 0) segs_.pop_front();
+    }
+    return true;
+  }
+
+  struct Seg {
+    size_t off;
+    size_t len;
+  };
+
+  RecordSealer sealer_;
+  RecordOpener opener_;
+  std::unique_ptr<uint8_t[]> up_;  // sealed records waiting for the sealed socket
+  size_t up_cap_ = 0, up_start_ = 0, up_end_ = 0;
+  bool plain_eof_ = false, up_shut_ = false;
+  std::unique_ptr<uint8_t[]> down_;  // received records, opened in place
+  size_t down_cap_ = 0, down_end_ = 0, parse_off_ = 0;
+  std::deque<Seg> segs_;  // opened plaintext not yet written to the plain socket
+  bool sealed_eof_ = false, ended_ = false, down_shut_ = false, parse_pending_ = false;
+  uint64_t plain_to_sealed_ = 0, sealed_to_plain_ = 0;
+};
+
+// Raw bytes both ways through a pipe per direction (the relay: no crypto).
+class SplicePump final : public Pump {
+ public:
+  SplicePump(PumpEngine& engine, uint64_t id, int a_fd, int b_fd) : Pump(engine, id, a_fd, b_fd) {}
+  ~SplicePump() override {
+    for (Dir& d : dir_) {
+      if (d.pipe_r >= 0) close(d.pipe_r);
+      if (d.pipe_w >= 0) close(d.pipe_w);
+    }
+  }
+
+  std::optional<SyscallError> Init(std::vector<uint8_t> a_head, std::vector<uint8_t> b_head) {
+    dir_[0].head = std::move(a_head);  // a -> b
+    dir_[1].head = std::move(b_head);
+    for (Dir& d : dir_) {
+      int p[2];
+      if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) return SyscallError{"pipe2", errno};
+      d.pipe_r = p[0];
+      d.pipe_w = p[1];
+      // A larger pipe moves more per splice; fcntl reports the size actually granted.
+      int granted = fcntl(p[1], F_SETPIPE_SZ, static_cast<int>(engine_.options().pipe_size));
+      if (granted <= 0) granted = fcntl(p[1], F_GETPIPE_SZ);
+      d.pipe_cap = granted > 0 ? static_cast<size_t>(granted) : 65536;
+    }
+    return std::nullopt;
+  }
+
+ protected:
+  bool Step() override {
+    bool moved = Move(0, 0, 1);
+    if (done_) return false;
+    moved |= Move(1, 1, 0);
+    if (done_) return false;
+    if (dir_[0].shut && dir_[1].shut) {
+      Finish(dir_[0].bytes, dir_[1].bytes);
+      return false;
+    }
+    return moved;
+  }
+
+ private:
+  struct Dir {
+    std::vector<uint8_t> head;
+    size_t head_off = 0;
+    int pipe_r = -1, pipe_w = -1;
+    size_t pipe_cap = 0, in_pipe = 0;
+    bool eof = false, shut = false;
+    uint64_t bytes = 0;
+  };
+
+  bool Move(int which, int in, int out) {
+    Dir& d = dir_[which];
+    bool moved = false;
+    if (d.head_off < d.head.size()) {
+      if (!wr_[out]) return false;
+      ssize_t n = send(fd_[out], d.head.data() + d.head_off, d.head.size() - d.head_off, MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          wr_[out] = false;
+          return false;
+        }
+        FailDir("write", errno);
+        return false;
+      }
+      d.head_off += static_cast<size_t>(n);
+      d.bytes += static_cast<uint64_t>(n);
+      engine_.Add(kSpliceBytes, static_cast<uint64_t>(n));
+      if (d.head_off < d.head.size()) {
+        wr_[out] = false;
+        return true;
+      }
+      moved = true;
+    }
+    if (!d.eof && rd_[in] && d.in_pipe < d.pipe_cap) {
+      ssize_t n = splice(fd_[in], nullptr, d.pipe_w, nullptr, d.pipe_cap - d.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        d.in_pipe += static_cast<size_t>(n);
+        d.bytes += static_cast<uint64_t>(n);
+        engine_.Add(kSpliceBytes, static_cast<uint64_t>(n));
+        moved = true;
+      } else if (n == 0) {
+        d.eof = true;
+        moved = true;
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        // EAGAIN also means "pipe out of slots" while it holds bytes: only an empty pipe proves
+        // the socket empty (else the edge-triggered read would never be retried).
+        if (d.in_pipe == 0) rd_[in] = false;
+      } else if (errno != EINTR) {
+        FailDir("splice in", errno);
+        return false;
+      }
+    }
+    if (d.in_pipe > 0 && wr_[out]) {
+      ssize_t n = splice(d.pipe_r, nullptr, fd_[out], nullptr, d.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        d.in_pipe -= static_cast<size_t>(n);
+        moved = true;
+      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        wr_[out] = false;
+      } else if (n < 0 && errno != EINTR) {
+        FailDir("splice out", errno);
+        return false;
+      }
+    }
+    if (d.eof && d.in_pipe == 0 && !d.shut) {
+      shutdown(fd_[out], SHUT_WR);
+      d.shut = true;
+      moved = true;
+    }
+    return moved;
+  }
+
+  void FailDir(const char* what, int err) { Fail(dir_[0].bytes, dir_[1].bytes, Describe(what, err)); }
+
+  Dir dir_[2];
+};
+
+}  // namespace
+
+// One epoll thread and the pumps it owns.
+class PumpWorker {
+ public:
+  explicit PumpWorker(PumpEngine& engine) : engine_(engine) {}
+  ~PumpWorker() { Stop(); }
+
+  std::optional<SyscallError> Start() {
+    epfd_ = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd_ < 0) return SyscallError{"epoll_create1", errno};
+    evfd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (evfd_ < 0) return SyscallError{"eventfd", errno};
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = 0;
+    if (epoll_ctl(epfd_, EPOLL_CTL_ADD, evfd_, &ev) != 0) return SyscallError{"epoll_ctl", errno};
+    thread_ = std::thread([this] { Loop(); });
+    return std::nullopt;
+  }
+
+  void Stop() {
+    if (thread_.joinable()) {
+      stop_.store(true);
+      Wake();
+      thread_.join();
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      incoming_.clear();
+    }
+    for (Pump* p : pumps_) delete p;  // resets whatever is still open
+    pumps_.clear();
+    if (evfd_ >= 0) close(evfd_);
+    if (epfd_ >= 0) close(epfd_);
+    evfd_ = epfd_ = -1;
+  }
+
+  void Hand(std::unique_ptr<Pump> pump) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      incoming_.push_back(std::move(pump));
+    }
+    Wake();
+  }
+
+ private:
+  void Wake() {
+    uint64_t one = 1;
+    ssize_t n = write(evfd_, &one, sizeof(one));
+    (void)n;
+  }
+
+  void Adopt() {
+    std::vector<std::unique_ptr<Pump>> batch;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      batch.swap(incoming_);
+    }
+    for (auto& owned : batch) {
+      Pump* p = owned.release();
+      pumps_.insert(p);
+      p->Watch(epfd_);
+      bool ok = true;
+      for (int side = 0; side < 2 && ok; ++side) {
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+        ev.data.u64 = p->Tag(side);
+        ok = epoll_ctl(epfd_, EPOLL_CTL_ADD, p->fd(side), &ev) == 0;
+      }
+      if (!ok) {
+        // Cannot watch it: reset both sides rather than leave a stream hanging.
+        Drop(p);
+        continue;
+      }
+      ready_.push_back(p);
+    }
+  }
+
+  // Removes a pump that never got going (epoll refused it).
+  void Drop(Pump* p) {
+    pumps_.erase(p);
+    delete p;
+  }
+
+  void Turn(Pump* p) {
+    if (p->Run()) {
+      ready_.push_back(p);  // still busy: others get their turn first
+    } else if (p->done()) {
+      // Closing the fds removed them from the epoll set already.
+      pumps_.erase(p);
+      delete p;
+    }
+  }
+
+  void Loop() {
+    epoll_event events[64];
+    while (!stop_.load()) {
+      int timeout = ready_.empty() ? -1 : 0;
+      int n = epoll_wait(epfd_, events, 64, timeout);
+      if (n < 0 && errno != EINTR) break;
+      for (int i = 0; i < n; ++i) {
+        uint64_t tag = events[i].data.u64;
+        if (tag == 0) {
+          uint64_t v;
+          ssize_t r = read(evfd_, &v, sizeof(v));
+          (void)r;
+          Adopt();
+          continue;
+        }
+        Pump* p = reinterpret_cast<Pump*>(tag & ~uint64_t{1});
+        if (pumps_.count(p) == 0) continue;  // finished earlier in this batch
+        p->Mark(static_cast<int>(tag & 1), events[i].events);
+        touched_.push_back(p);
+      }
+      // Each pump runs once per wake-up however many of its fds fired.
+      std::vector<Pump*> run;
+      run.swap(ready_);
+      for (Pump* p : touched_) run.push_back(p);
+      touched_.clear();
+      std::unordered_set<Pump*> seen;
+      for (Pump* p : run) {
+        if (!seen.insert(p).second || pumps_.count(p) == 0) continue;
+        Turn(p);
+      }
+    }
+  }
+
+  PumpEngine& engine_;
+  int epfd_ = -1;
+  int evfd_ = -1;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::vector<std::unique_ptr<Pump>> incoming_;
+  std::unordered_set<Pump*> pumps_;  // owned; only the worker thread touches these
+  std::vector<Pump*> ready_;
+  std::vector<Pump*> touched_;
+};
+
+PumpEngine::PumpEngine(const PumpEngineOptions& options, DoneFn done) : options_(options), done_(std::move(done)) {
+  if (options_.threads < 1) options_.threads = 1;
+}
+
+PumpEngine::~PumpEngine() { Stop(); }
+
+std::optional<SyscallError> PumpEngine::Start() {
+  if (started_) return std::nullopt;
+  for (int i = 0; i < options_.threads; ++i) {
+    auto w = std::make_unique<PumpWorker>(*this);
+    if (auto err = w->Start()) {
+      Stop();
+      return err;
+    }
+    workers_.push_back(std::move(w));
+  }
+  started_ = true;
+  return std::nullopt;
+}
+
+void PumpEngine::Stop() {
+  for (auto& w : workers_) w->Stop();
+  workers_.clear();
+  started_ = false;
+}
+
+void PumpEngine::Report(PumpDone&& done) {
+  if (done_) done_(std::move(done));
+}
+
+PumpWorker* PumpEngine::NextWorker() {
+  if (workers_.empty()) return nullptr;
+  return workers_[next_worker_.fetch_add(1) % workers_.size()].get();
+}
+
+namespace {
+
+std::optional<SyscallError> NonBlocking(int fd) {
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return SyscallError{"fcntl(O_NONBLOCK)", errno};
+  return std::nullopt;
+}
+
+}  // namespace
+
+uint64_t PumpEngine::AddSealed(int plain_fd, int sealed_fd, const PumpKeys& keys, std::vector<uint8_t> plain_head,
+                               std::vector<uint8_t> sealed_head, std::optional<SyscallError>* error) {
+  uint64_t id = next_id_.fetch_add(1);
+  auto pump = std::make_unique<SealedPump>(*this, id, plain_fd, sealed_fd);  // owns the fds now
+  PumpWorker* w = NextWorker();
+  if (!w) {
+    *error = SyscallError{"sealedPumpStart (engine not started)", ESHUTDOWN};
+    return 0;
+  }
+  if (auto e = NonBlocking(plain_fd)) {
+    *error = e;
+    return 0;
+  }
+  if (auto e = NonBlocking(sealed_fd)) {
+    *error = e;
+    return 0;
+  }
+  if (!pump->Init(keys, plain_head, sealed_head)) {
+    *error = SyscallError{"EVP_CIPHER_CTX (AES-256-GCM setup)", ENOMEM};
+    return 0;
+  }
+  Add(kSealedStarted, 1);
+  w->Hand(std::move(pump));
+  return id;
+}
+
+uint64_t PumpEngine::AddSplice(int a_fd, int b_fd, std::vector<uint8_t> a_head, std::vector<uint8_t> b_head,
+                               std::optional<SyscallError>* error) {
+  uint64_t id = next_id_.fetch_add(1);
+  auto pump = std::make_unique<SplicePump>(*this, id, a_fd, b_fd);
+  PumpWorker* w = NextWorker();
+  if (!w) {
+    *error = SyscallError{"splicePumpStart (engine not started)", ESHUTDOWN};
+    return 0;
+  }
+  for (int fd : {a_fd, b_fd}) {
+    if (auto e = NonBlocking(fd)) {
+      *error = e;
+      return 0;
+    }
+  }
+  if (auto e = pump->Init(std::move(a_head), std::move(b_head))) {
+    *error = e;
+    return 0;
+  }
+  Add(kSpliceStarted, 1);
+  w->Hand(std::move(pump));
+  return id;
+}
+
+}  // namespace edgemesh::tunnel
