@@ -619,11 +619,27 @@ bool Worker::PumpDir(Conn* c, Direction& d, const Direction& other, int src, int
         // Small-payload path: one recv and one send through the scratch buffer, no pipe.
         want = kSmallPayload;
         n = recv(src, scratch_.get(), want, MSG_DONTWAIT);
+        int deferred_err = 0;
+        if (n > 0 && static_cast<size_t>(n) < want && d.src_hup) {
+          // A FIN (or error) was signalled and this read came back short: the next read answers
+          // it. Take that answer now, so the bytes and our FIN can leave in one segment.
+          ssize_t more = recv(src, scratch_.get() + n, want - static_cast<size_t>(n), MSG_DONTWAIT);
+          if (more > 0) {
+            n += more;
+          } else if (more == 0) {
+            d.eof = true;
+          } else if (errno != EAGAIN && errno != EINTR) {
+            deferred_err = errno;  // a reset after the bytes: they go first, then the reset
+          }
+        }
         if (n > 0) {
           d.bulk = static_cast<size_t>(n) == want;
           size_t sent = 0;
           if (d.dst_ready) {
-            ssize_t w = send(dst, scratch_.get(), static_cast<size_t>(n), MSG_DONTWAIT | MSG_NOSIGNAL);
+            // Before a FIN, MSG_MORE holds the segment until shutdown()/close() (in this same
+            // call, below) tacks the FIN onto it: one packet instead of two.
+            const int more = d.eof ? MSG_MORE : 0;
+            ssize_t w = send(dst, scratch_.get(), static_cast<size_t>(n), MSG_DONTWAIT | MSG_NOSIGNAL | more);
             if (w > 0) {
               sent = static_cast<size_t>(w);
               moved += sent;
@@ -641,6 +657,12 @@ bool Worker::PumpDir(Conn* c, Direction& d, const Direction& other, int src, int
             ssize_t w = write(d.pipe.w, scratch_.get() + sent, rest);
             if (w != static_cast<ssize_t>(rest)) return Fail(c);
             d.in_pipe += rest;
+          }
+          if (deferred_err != 0) {
+            c->last_active_ms = MonotonicMs();
+            c_.Add(up ? kBytesUp : kBytesDown, moved);
+            SvcAdd(c, up ? kSvcBytesUp : kSvcBytesDown, static_cast<int64_t>(moved));
+            return Fail(c);
           }
         }
       } else if (splice_mode) {
