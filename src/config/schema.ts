@@ -102,6 +102,7 @@ export const configSchema: Schema = obj({
       iptablesBackend: oneOf('auto', 'legacy', 'nft'),
       ebpfCgroup: str(),
       ebpfSockmap: bool,
+      localVipRoutes: bool,
       spliceBack: bool,
       ebpfPinDir: str((v) =>
         v.startsWith('/') ? undefined : 'an absolute path on a bpffs, like /sys/fs/bpf/edgemesh',

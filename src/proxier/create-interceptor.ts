@@ -18,6 +18,8 @@ export interface CreateInterceptorOptions extends RuleOptions {
   iptablesBackend: 'auto' | 'legacy' | 'nft';
   log: Logger;
   commandPrefix?: CommandPrefix;
+  /** For `iptables`/`nftables`: a local /32 route per intercepted ClusterIP (vip-routes.ts). */
+  localVipRoutes?: boolean;
   /** For `ebpf`: where to attach and pin, and what counts as directly reachable. */
   ebpf?: Omit<EbpfChoiceOptions, 'log' | 'bypassGid'>;
 }
@@ -124,7 +126,11 @@ export async function ebpfCoverageGap(options: CreateInterceptorOptions): Promis
 export async function createInterceptor(options: CreateInterceptorOptions): Promise<InterceptorChoice> {
   const { log, mode } = options;
   const prefix = options.commandPrefix ?? [];
-  const rules: RuleOptions = { bypassGid: options.bypassGid, catchAll: options.catchAll };
+  const rules: RuleOptions & { localVipRoutes?: boolean } = {
+    bypassGid: options.bypassGid,
+    catchAll: options.catchAll,
+    localVipRoutes: options.localVipRoutes,
+  };
   const iptables = async (why: string): Promise<InterceptorChoice> => {
     const { binary, why: which } = await chooseIptablesBinary(prefix, options.iptablesBackend);
     return {

@@ -56,6 +56,7 @@ export async function createProxier(options: {
     iptablesBackend: proxy.iptablesBackend,
     bypassGid: proxy.bypassGid,
     catchAll,
+    localVipRoutes: proxy.localVipRoutes,
     log,
     ebpf: {
       nodeName: config.nodeName,

@@ -13,6 +13,7 @@ import {
 } from './iptables-render.ts';
 import { RuleSetSync } from './rule-set-sync.ts';
 import { type CommandPrefix, mustRun, runCommand } from './run-command.ts';
+import { VipRoutes } from './vip-routes.ts';
 
 /** Which binaries: `iptables` (whatever the system's alternative is), or an explicit backend. */
 export type IptablesBinary = 'iptables' | 'iptables-legacy' | 'iptables-nft';
@@ -20,6 +21,8 @@ export type IptablesBinary = 'iptables' | 'iptables-legacy' | 'iptables-nft';
 export interface IptablesInterceptorOptions extends RuleOptions {
   log: Logger;
   binary: IptablesBinary;
+  /** Adds a local /32 route per intercepted ClusterIP (vip-routes.ts): node-local clients get lo's MTU. */
+  localVipRoutes?: boolean;
   /** Prefix for every command (tests run the tools inside a netns). */
   commandPrefix?: CommandPrefix;
 }
@@ -37,7 +40,16 @@ export class IptablesInterceptor implements Interceptor {
   /** Whether the binaries are the nf_tables-backed ones (known after the first check). */
   private nfTables: boolean | undefined;
 
-  constructor(private readonly options: IptablesInterceptorOptions) {}
+  private readonly routes: VipRoutes;
+
+  constructor(private readonly options: IptablesInterceptorOptions) {
+    this.routes = new VipRoutes({
+      log: options.log,
+      commandPrefix: this.prefix,
+      owner: 'iptables',
+      enabled: options.localVipRoutes ?? false,
+    });
+  }
 
   /** The binary set in use (for status and logs). */
   get binary(): IptablesBinary {
@@ -57,18 +69,25 @@ export class IptablesInterceptor implements Interceptor {
       await this.dropEmptyNftChains();
     }
     this.state.reset();
+    await this.routes.start();
   }
 
-  sync(targets: readonly InterceptTarget[]): Promise<void> {
-    return this.state.sync(targets);
+  /** Installs the rules, then the VIPs' local routes (a VIP turns local only once it is caught). */
+  async sync(targets: readonly InterceptTarget[]): Promise<void> {
+    await this.state.sync(targets);
+    await this.routes.syncTargets(targets);
   }
 
-  /** Drift check: when someone changed our rules or jumps, re-installs them; true when it repaired. */
-  repair(): Promise<boolean> {
-    return this.state.repair();
+  /** Drift check: when someone changed our rules, jumps or VIP routes, re-installs them; true when it repaired. */
+  async repair(): Promise<boolean> {
+    const rules = await this.state.repair();
+    const routes = await this.routes.reconcile();
+    return rules || routes;
   }
 
   async stop(): Promise<void> {
+    // Routes first: a VIP still local after its REDIRECT is gone would refuse connections.
+    await this.routes.clear();
     const cleanup = renderCleanup(await this.save());
     if (cleanup) await this.restore(cleanup);
     this.state.reset();

@@ -6,9 +6,12 @@ import type { RuleOptions } from './iptables-render.ts';
 import { expectedShape, renderCleanup, renderDelta, renderFull, TABLE } from './nftables-render.ts';
 import { RuleSetSync } from './rule-set-sync.ts';
 import { type CommandPrefix, mustRun, runCommand } from './run-command.ts';
+import { VipRoutes } from './vip-routes.ts';
 
 export interface NftablesInterceptorOptions extends RuleOptions {
   log: Logger;
+  /** Adds a local /32 route per intercepted ClusterIP (vip-routes.ts): node-local clients get lo's MTU. */
+  localVipRoutes?: boolean;
   /** Prefix for every command (tests run nft inside a netns). */
   commandPrefix?: CommandPrefix;
 }
@@ -32,7 +35,16 @@ export class NftablesInterceptor implements Interceptor {
     installed: (targets) => this.matches(targets),
   });
 
-  constructor(private readonly options: NftablesInterceptorOptions) {}
+  private readonly routes: VipRoutes;
+
+  constructor(private readonly options: NftablesInterceptorOptions) {
+    this.routes = new VipRoutes({
+      log: options.log,
+      commandPrefix: this.prefix,
+      owner: 'nftables',
+      enabled: options.localVipRoutes ?? false,
+    });
+  }
 
   /** Removes a table left by a crashed earlier run. */
   async start(): Promise<void> {
@@ -42,18 +54,28 @@ export class NftablesInterceptor implements Interceptor {
       await this.nft(renderCleanup());
     }
     this.state.reset();
+    await this.routes.start();
   }
 
-  sync(targets: readonly InterceptTarget[]): Promise<void> {
-    return this.state.sync(targets);
+  /** Installs the table, then the VIPs' local routes (a VIP turns local only once it is caught). */
+  async sync(targets: readonly InterceptTarget[]): Promise<void> {
+    await this.state.sync(targets);
+    await this.routes.syncTargets(targets);
   }
 
-  /** Drift check on the table's shape (chains, rule and element counts); re-installs when it differs. */
-  repair(): Promise<boolean> {
-    return this.state.repair();
+  /**
+   * Drift check on the table's shape (chains, rule and element counts) and the VIP routes;
+   * re-installs what differs.
+   */
+  async repair(): Promise<boolean> {
+    const rules = await this.state.repair();
+    const routes = await this.routes.reconcile();
+    return rules || routes;
   }
 
   async stop(): Promise<void> {
+    // Routes first: a VIP still local after its redirect is gone would refuse connections.
+    await this.routes.clear();
     await this.nft(renderCleanup());
     this.state.reset();
   }

@@ -2,19 +2,25 @@
 // nftables ...): real rules in a throwaway netns, real connections through them.
 // Plan: lo holds "ClusterIPs" 10.96.0.10 and 10.96.0.11 locally, so a connection
 // that is NOT redirected reaches the "direct" server on :80, and one that is redirected reaches
-// the server on the target's toPort (21000 → "port-a", 21001 → "port-b").
+// the server on the target's toPort (21000 → "port-a", 21001 → "port-b"). ClusterIP 10.97.0.10 is
+// not local: 10.97.0.0/16 is routed to a 1500-MTU bridge (as a service CIDR is on a node), so only
+// the interceptor's local VIP route (vip-routes.ts) gives its node-local clients lo's MTU. A pod
+// namespace (10.245.0.2, veth to the node at 10.245.0.1) is the client from elsewhere.
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Interceptor, InterceptTarget } from '../../src/proxier/interceptor.ts';
 import type { RuleOptions } from '../../src/proxier/iptables-render.ts';
+import { ROUTE_PROTO } from '../../src/proxier/vip-routes.ts';
 import { silentLogger } from '../../src/util/log.ts';
 import { runProcess } from '../../src/util/run-process.ts';
+import { repoRoot } from '../helpers/cli.ts';
 import { createNetns, type Netns } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 
 /** How one implementation plugs into the suite. */
 export interface InterceptorSuiteImpl {
   /** Builds the interceptor, running its tools inside `ns` (commandPrefix). */
-  make(ns: Netns, options: RuleOptions & { log: typeof silentLogger }): Interceptor;
+  make(ns: Netns, options: RuleOptions & { log: typeof silentLogger; localVipRoutes: boolean }): Interceptor;
   /** Adds someone else's rule (must survive everything we do). */
   addForeignRule(ns: Netns): Promise<void>;
   /** The ruleset as this backend shows it, normalized (no counters, no timestamps). */
@@ -51,6 +57,33 @@ const b = (toPort: number): InterceptTarget => ({
   protocol: 'TCP',
   toPort,
 });
+/** The routed (not local) ClusterIP. */
+const ROUTED_VIP = '10.97.0.10';
+const c = (toPort: number): InterceptTarget => ({
+  id: 't/c',
+  clusterIP: ROUTED_VIP,
+  port: 80,
+  protocol: 'TCP',
+  toPort,
+});
+
+/** The MSS of a client socket to ip:80 run under `prefix` (ss -ti, read while it is connected). */
+export async function clientMssVia(prefix: readonly string[], ip: string): Promise<number> {
+  const helper = path.join(repoRoot, 'test/helpers/client-mss.mjs');
+  const r = await runProcess([...prefix, process.execPath, helper, ip, '80'], { timeoutMs: 20_000 });
+  if (r.code !== 0) throw new Error(`client-mss ${ip}: ${r.stderr}`);
+  return (JSON.parse(r.stdout) as { mss: number }).mss;
+}
+
+/** The VIPs that have an edgemesh local route (proto 228) in `ns`. */
+export async function vipRoutes(ns: Netns): Promise<string[]> {
+  const out = await ns.run('ip', '-4', 'route', 'show', 'table', 'local', 'proto', String(ROUTE_PROTO));
+  return out
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/)[1] ?? '')
+    .filter(Boolean)
+    .sort();
+}
 
 /** Strips what changes between two dumps of the same rules. */
 export function normalizeDump(text: string): string {
@@ -66,30 +99,50 @@ export function interceptorSuite(label: string, impl: InterceptorSuiteImpl): voi
   const skip = skipUnlessRoot(`interceptor suite (${label})`);
   describe.skipIf(skip)(`interceptor suite: ${label}`, () => {
     let ns: Netns;
+    let pod: Netns;
     let before = '';
     let interceptor: Interceptor;
+    const options = { log: silentLogger, bypassGid: BYPASS_GID, localVipRoutes: true };
     const reach = async (ip: string, gid?: number): Promise<string> => {
       const cmd = gid === undefined ? ['socat'] : ['setpriv', `--regid=${gid}`, '--clear-groups', 'socat'];
       const prefix = impl.clientPrefix?.(ns) ?? ['ip', 'netns', 'exec', ns.name];
-      const r = await runProcess([...prefix, ...cmd, '-T', '2', '-', `TCP:${ip}:80`], {
+      const r = await runProcess([...prefix, ...cmd, '-T', '2', '-', `TCP:${ip}:80,connect-timeout=3`], {
         input: '',
         timeoutMs: 20_000,
       });
       return r.stdout.trim();
     };
+    /** What a client in the pod namespace gets from ip:80 (over the veth: PREROUTING / sk_lookup). */
+    const reachFromPod = async (ip: string): Promise<string> =>
+      (await pod.exec('socat', ['-T', '2', '-', `TCP:${ip}:80,connect-timeout=3`])).stdout.trim();
+    const clientMss = (ip: string) =>
+      clientMssVia(impl.clientPrefix?.(ns) ?? ['ip', 'netns', 'exec', ns.name], ip);
 
     beforeAll(async () => {
       ns = await createNetns('ic');
       // No dummy devices in this kernel: the VIPs live on lo.
       await ns.run('ip', 'addr', 'add', '10.96.0.10/32', 'dev', 'lo');
       await ns.run('ip', 'addr', 'add', '10.96.0.11/32', 'dev', 'lo');
+      // The service CIDR on a 1500-MTU device (a bridge: this kernel may lack the dummy driver).
+      await ns.run('ip', 'link', 'add', 'svc0', 'type', 'bridge');
+      await ns.run('ip', 'link', 'set', 'svc0', 'up');
+      await ns.run('ip', 'route', 'add', '10.97.0.0/16', 'dev', 'svc0');
+      pod = await createNetns('ip');
+      await ns.run('ip', 'link', 'add', 'vp0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod.name);
+      await ns.run('ip', 'addr', 'add', '10.245.0.1/24', 'dev', 'vp0');
+      await ns.run('ip', 'link', 'set', 'vp0', 'up');
+      await pod.run('ip', 'link', 'set', 'lo', 'up');
+      await pod.run('ip', 'addr', 'add', '10.245.0.2/24', 'dev', 'eth0');
+      await pod.run('ip', 'link', 'set', 'eth0', 'up');
+      await pod.run('ip', 'route', 'add', 'default', 'via', '10.245.0.1');
       await ns.backend('s', ['--text', '80:direct', '--text', '21000:port-a', '--text', '21001:port-b']);
       await impl.addForeignRule(ns);
       before = await impl.snapshot(ns);
-      interceptor = impl.make(ns, { log: silentLogger, bypassGid: BYPASS_GID });
+      interceptor = impl.make(ns, options);
     });
     afterAll(async () => {
       await interceptor?.stop().catch(() => {});
+      await pod?.destroy();
       await ns?.destroy();
     });
 
@@ -125,9 +178,36 @@ export function interceptorSuite(label: string, impl: InterceptorSuiteImpl): voi
       expect(await reach('10.96.0.11')).toBe('port-b');
     });
 
-    it('stop() leaves the ruleset exactly as before start (foreign rules kept)', async () => {
+    it('a node-local client reaches a routed VIP over lo: local route on sync, MSS above 1448', async () => {
+      // Without our route the VIP takes svc0 (MTU 1500): MSS 1448, the cost this route removes.
+      await interceptor.sync([a(21000), b(21001), c(21000)]);
+      // 10.96.0.10/11 are addresses on lo already: only the routed VIP needs (and gets) a route.
+      expect(await vipRoutes(ns)).toEqual([ROUTED_VIP]);
+      expect(await reach(ROUTED_VIP)).toBe('port-a');
+      expect(await clientMss(ROUTED_VIP)).toBeGreaterThan(1448);
+    });
+
+    it('pods over veth still reach routed and local VIPs', async () => {
+      expect(await reachFromPod(ROUTED_VIP)).toBe('port-a');
+      expect(await reachFromPod('10.96.0.11')).toBe('port-b');
+    });
+
+    it('a removed service loses its route; repair() restores a route someone deleted', async () => {
+      await interceptor.sync([a(21000), b(21001)]);
+      expect(await vipRoutes(ns)).toEqual([]);
+      await interceptor.sync([a(21000), b(21001), c(21001)]);
+      expect(await vipRoutes(ns)).toEqual([ROUTED_VIP]);
+      await ns.run('ip', 'route', 'del', 'local', `${ROUTED_VIP}/32`, 'table', 'local');
+      expect(await interceptor.repair?.()).toBe(true);
+      expect(await vipRoutes(ns)).toEqual([ROUTED_VIP]);
+      expect(await reach(ROUTED_VIP)).toBe('port-b');
+      expect(await interceptor.repair?.()).toBe(false);
+    });
+
+    it('stop() leaves the ruleset exactly as before start (foreign rules kept) and removes the VIP routes', async () => {
       await interceptor.stop();
       expect(await impl.snapshot(ns)).toBe(before);
+      expect(await vipRoutes(ns)).toEqual([]);
       expect(await reach('10.96.0.10')).toBe('direct');
     });
 
@@ -136,14 +216,16 @@ export function interceptorSuite(label: string, impl: InterceptorSuiteImpl): voi
         ? `start() adopts the state of a crashed run (${impl.adoptsLeftovers}); the first sync drops what is gone`
         : 'start() removes the leftovers of a crashed run',
       async () => {
-        const crashed = impl.make(ns, { log: silentLogger, bypassGid: BYPASS_GID });
+        const crashed = impl.make(ns, options);
         await crashed.start();
-        await crashed.sync([a(21000), b(21001)]);
+        await crashed.sync([a(21000), b(21001), c(21000)]);
         expect(await impl.snapshot(ns)).not.toBe(before);
         // No stop(): a new agent starts over what the killed one left.
         await impl.kill?.(crashed);
-        interceptor = impl.make(ns, { log: silentLogger, bypassGid: BYPASS_GID });
+        interceptor = impl.make(ns, options);
         await interceptor.start();
+        // VIP routes are adopted whatever the interceptor does with its rules: the first sync decides.
+        expect(await vipRoutes(ns)).toEqual([ROUTED_VIP]);
         if (impl.adoptsLeftovers) {
           expect(await reach('10.96.0.10')).toBe('port-a');
           expect(await reach('10.96.0.11')).toBe('port-b');
@@ -151,6 +233,7 @@ export function interceptorSuite(label: string, impl: InterceptorSuiteImpl): voi
           expect(await impl.snapshot(ns)).toBe(before);
         }
         await interceptor.sync([a(21001)]);
+        expect(await vipRoutes(ns)).toEqual([]);
         expect(await reach('10.96.0.10')).toBe('port-b');
         expect(await reach('10.96.0.11')).toBe('direct');
         await interceptor.stop();

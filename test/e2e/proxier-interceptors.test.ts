@@ -10,11 +10,12 @@ import { findCgroup2Root } from '../../src/proxier/ebpf/probe.ts';
 import type { Interceptor } from '../../src/proxier/interceptor.ts';
 import { IptablesInterceptor } from '../../src/proxier/iptables.ts';
 import { NftablesInterceptor } from '../../src/proxier/nftables.ts';
+import { ROUTE_PROTO } from '../../src/proxier/vip-routes.ts';
 import { silentLogger } from '../../src/util/log.ts';
 import { detachConnect4Link } from '../helpers/connect4-link.ts';
 import { createNetns, type Netns, sh } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
-import { interceptorSuite, normalizeDump } from './interceptor-suite.ts';
+import { clientMssVia, interceptorSuite, normalizeDump, vipRoutes } from './interceptor-suite.ts';
 
 const prefix = (ns: Netns) => ['ip', 'netns', 'exec', ns.name];
 
@@ -134,5 +135,66 @@ describe.skipIf(skipUnlessRoot('interceptor auto probe'))('--intercept auto in a
     expect(choice.interceptor.mode).toBe('iptables');
     expect(choice.reason).toMatch(/auto: iptables nat REDIRECT works; iptables-nft/);
     expect((await ns.run('nft', 'list', 'ruleset')).trim()).toBe('');
+  });
+});
+
+describe.skipIf(skipUnlessRoot('localVipRoutes off'))('localVipRoutes: false', () => {
+  let ns: Netns | undefined;
+  afterAll(async () => {
+    await ns?.destroy();
+  });
+
+  it("adds no route (node-local clients keep the service route: MSS 1448), and start removes a crashed run's routes", async () => {
+    ns = await createNetns('iv');
+    await ns.run('ip', 'link', 'add', 'svc0', 'type', 'bridge');
+    await ns.run('ip', 'link', 'set', 'svc0', 'up');
+    await ns.run('ip', 'route', 'add', '10.97.0.0/16', 'dev', 'svc0');
+    await ns.backend('s', ['--text', '21000:port-a']);
+    // A crashed run's route, and someone else's local route that must stay.
+    await ns.run(
+      'ip',
+      'route',
+      'add',
+      'local',
+      '10.97.0.99/32',
+      'dev',
+      'lo',
+      'table',
+      'local',
+      'proto',
+      String(ROUTE_PROTO),
+    );
+    await ns.run(
+      'ip',
+      'route',
+      'add',
+      'local',
+      '10.97.0.98/32',
+      'dev',
+      'lo',
+      'table',
+      'local',
+      'proto',
+      'static',
+    );
+    const ic = new IptablesInterceptor({
+      log: silentLogger,
+      binary: 'iptables-nft',
+      commandPrefix: prefix(ns),
+      localVipRoutes: false,
+    });
+    await ic.start();
+    try {
+      expect(await vipRoutes(ns)).toEqual([]);
+      await ic.sync([{ id: 't/c', clusterIP: '10.97.0.10', port: 80, protocol: 'TCP', toPort: 21000 }]);
+      expect(await vipRoutes(ns)).toEqual([]);
+      expect(await ic.repair()).toBe(false);
+      expect(await clientMssVia(prefix(ns), '10.97.0.10')).toBe(1448);
+      expect(await ns.run('ip', '-4', 'route', 'show', 'table', 'local', '10.97.0.98')).toMatch(
+        /proto static/,
+      );
+    } finally {
+      await ic.stop();
+    }
   });
 });

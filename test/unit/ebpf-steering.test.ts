@@ -1,7 +1,8 @@
 // Parsers behind sk_lookup steering: which process/fd owns a proxy listener (`ss -tlnp`), and which
 // VIPs already have a local route (`ip route show table local`).
 import { describe, expect, it } from 'vitest';
-import { parseLocalRoutes, parseSsListener, ROUTE_PROTO } from '../../src/proxier/ebpf/sk-lookup-steering.ts';
+import { parseSsListener } from '../../src/proxier/ebpf/sk-lookup-steering.ts';
+import { parseLocalRoutes, ROUTE_PROTO } from '../../src/proxier/vip-routes.ts';
 
 describe('sk_lookup steering parsers', () => {
   it('finds the owner pid and fd of a listener in `ss -Htlnp` output', () => {

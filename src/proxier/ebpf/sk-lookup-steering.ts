@@ -2,15 +2,12 @@
 // steered VIP (sk_lookup only runs for packets delivered locally) and the proxy's listening sockets
 // in edgemesh_lst_v1 (the program hands SYNs to them). Both are reconciled against the complete
 // desired state on every sync and on drift repair; stop() removes the routes it added.
-import net from 'node:net';
 import { errorMessage } from '../../errors.ts';
 import type { NativeBinding } from '../../native/index.ts';
 import type { Logger } from '../../util/log.ts';
 import { type CommandPrefix, runCommand } from '../run-command.ts';
+import { VipRoutes } from '../vip-routes.ts';
 import { encodeU32, MapName } from './map-layout.ts';
-
-/** Routing protocol number that marks edgemesh's local VIP routes (`ip route show proto 228`). */
-export const ROUTE_PROTO = 228;
 
 export interface SkLookupSteeringOptions {
   log: Logger;
@@ -25,75 +22,35 @@ export function parseSsListener(text: string): { pid: number; fd: number } | und
   return m ? { pid: Number(m[1]), fd: Number(m[2]) } : undefined;
 }
 
-/**
- * Addresses with a `local` /32 route in `ip -4 route show table local` output: all of them, and
- * those edgemesh added (protocol ROUTE_PROTO).
- */
-export function parseLocalRoutes(text: string): { all: Set<string>; ours: Set<string> } {
-  const all = new Set<string>();
-  const ours = new Set<string>();
-  for (const line of text.split('\n')) {
-    const words = line.trim().split(/\s+/);
-    const ip = words[1]?.replace(/\/32$/, '');
-    if (words[0] !== 'local' || !ip || !net.isIPv4(ip)) continue;
-    all.add(ip);
-    const proto = words.indexOf('proto');
-    if (proto > 0 && words[proto + 1] === String(ROUTE_PROTO)) ours.add(ip);
-  }
-  return { all, ours };
-}
-
 /** Keeps VIP routes and proxy listeners in line with what the BPF service map steers. */
 export class SkLookupSteering {
-  private vips = new Set<string>();
   private ports = new Set<number>();
+  private readonly routes: VipRoutes;
 
-  constructor(private readonly opts: SkLookupSteeringOptions) {}
+  constructor(private readonly opts: SkLookupSteeringOptions) {
+    this.routes = new VipRoutes({
+      log: opts.log,
+      commandPrefix: opts.commandPrefix,
+      owner: 'sk_lookup',
+      consequence: 'clients outside the cgroup (pods, other hosts) are not steered to the proxy',
+    });
+  }
 
   /** Records the desired VIPs and listener ports and reconciles; true when anything had to change. */
   async sync(handle: number, vips: ReadonlySet<string>, ports: ReadonlySet<number>): Promise<boolean> {
-    this.vips = new Set(vips);
     this.ports = new Set(ports);
-    return this.reconcile(handle);
+    const [r, l] = await Promise.all([this.routes.sync(vips), this.reconcileListeners(handle)]);
+    return r || l;
   }
 
   /** Re-applies the last desired state (drift repair); true when something was missing or extra. */
   reconcile(handle: number): Promise<boolean> {
-    return Promise.all([this.reconcileRoutes(), this.reconcileListeners(handle)]).then(([r, l]) => r || l);
+    return Promise.all([this.routes.reconcile(), this.reconcileListeners(handle)]).then(([r, l]) => r || l);
   }
 
   /** Deletes the routes edgemesh added (other local routes, e.g. addresses on lo, are not ours). */
-  async clear(): Promise<void> {
-    this.vips = new Set();
-    await runCommand(this.opts.commandPrefix, 'ip', [
-      '-4',
-      'route',
-      'flush',
-      'table',
-      'local',
-      'proto',
-      String(ROUTE_PROTO),
-    ]).catch(() => undefined);
-  }
-
-  private async reconcileRoutes(): Promise<boolean> {
-    const { commandPrefix: prefix, log } = this.opts;
-    // One process per check: the agent forks this on every drift check.
-    const shown = await runCommand(prefix, 'ip', ['-4', 'route', 'show', 'table', 'local']);
-    const { all: present, ours: mine } = parseLocalRoutes(shown.stdout);
-    // A VIP that is already local (an address on lo, someone else's route) needs nothing from us.
-    const add = [...this.vips].filter((v) => !present.has(v));
-    const del = [...mine].filter((v) => !this.vips.has(v));
-    if (add.length === 0 && del.length === 0) return false;
-    const batch = [
-      ...add.map((v) => `route add local ${v}/32 dev lo table local proto ${ROUTE_PROTO}`),
-      ...del.map((v) => `route del local ${v}/32 dev lo table local proto ${ROUTE_PROTO}`),
-    ].join('\n');
-    const r = await runCommand(prefix, 'ip', ['-force', '-batch', '-'], `${batch}\n`);
-    if (r.code !== 0)
-      log.warn({ stderr: r.stderr.trim() }, 'sk_lookup: some VIP routes could not be changed');
-    log.debug({ added: add.length, removed: del.length }, 'sk_lookup VIP routes synced');
-    return true;
+  clear(): Promise<void> {
+    return this.routes.clear();
   }
 
   private async reconcileListeners(handle: number): Promise<boolean> {

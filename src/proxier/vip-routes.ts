@@ -1,0 +1,161 @@
+// Local /32 routes for intercepted ClusterIPs (`ip route add local <vip>/32 dev lo table local
+// proto 228`), shared by every interceptor. Why: without one a node-local client's connect to a
+// VIP takes the service-CIDR/default route, a 1500-MTU device, so its socket gets MSS 1448 for what
+// is in fact a loopback leg to the proxy (bulk throughput pays ~20 %); with a local route the VIP
+// is delivered over lo (MTU 65536) and REDIRECT/sk_lookup still act on it. sk_lookup needs these
+// routes anyway (it only runs for locally delivered packets). The routes are reconciled against
+// the complete desired set on every sync and drift check, adopted across a restart (never flushed
+// on start: a new agent keeps serving a crashed one's VIPs until its first sync), removed on stop.
+import net from 'node:net';
+import { errorMessage } from '../errors.ts';
+import type { Logger } from '../util/log.ts';
+import type { InterceptTarget } from './interceptor.ts';
+import { type CommandPrefix, runCommand } from './run-command.ts';
+
+/** Routing protocol number that marks edgemesh's local VIP routes (`ip route show proto 228`). */
+export const ROUTE_PROTO = 228;
+
+/**
+ * Addresses with a `local` /32 route in `ip -4 route show table local` output: all of them, and
+ * those edgemesh added (protocol ROUTE_PROTO).
+ */
+export function parseLocalRoutes(text: string): { all: Set<string>; ours: Set<string> } {
+  const all = new Set<string>();
+  const ours = new Set<string>();
+  for (const line of text.split('\n')) {
+    const words = line.trim().split(/\s+/);
+    const ip = words[1]?.replace(/\/32$/, '');
+    if (words[0] !== 'local' || !ip || !net.isIPv4(ip)) continue;
+    all.add(ip);
+    const proto = words.indexOf('proto');
+    if (proto > 0 && words[proto + 1] === String(ROUTE_PROTO)) ours.add(ip);
+  }
+  return { all, ours };
+}
+
+/** The distinct IPv4 ClusterIPs of `targets` (what an iptables/nftables interceptor catches). */
+export function vipsOf(targets: readonly InterceptTarget[]): Set<string> {
+  return new Set(targets.map((t) => t.clusterIP).filter((ip) => net.isIPv4(ip)));
+}
+
+/** The `ip -batch` lines that turn what is installed into `desired` (only our routes are deleted). */
+export function renderRouteBatch(desired: ReadonlySet<string>, installed: string): string[] {
+  const { all, ours } = parseLocalRoutes(installed);
+  // A VIP that is already local (an address on lo, kube-proxy's IPVS device, someone else's route)
+  // needs nothing from us.
+  const add = [...desired].filter((v) => !all.has(v)).sort();
+  const del = [...ours].filter((v) => !desired.has(v)).sort();
+  return [
+    ...add.map((v) => `route add local ${v}/32 dev lo table local proto ${ROUTE_PROTO}`),
+    ...del.map((v) => `route del local ${v}/32 dev lo table local proto ${ROUTE_PROTO}`),
+  ];
+}
+
+export interface VipRoutesOptions {
+  log: Logger;
+  /** Runs `ip` in the namespace the interceptor works in ([] = this process's). */
+  commandPrefix: CommandPrefix;
+  /** Who uses the routes (log context: 'iptables', 'nftables', 'sk_lookup'). */
+  owner: string;
+  /** What breaks while the routes cannot be managed (said in the one warning). */
+  consequence?: string;
+  /**
+   * false (`localVipRoutes: false`): adds none; start() and clear() still remove the routes a
+   * crashed earlier run left. Default true.
+   */
+  enabled?: boolean;
+}
+
+/** Keeps edgemesh's local VIP routes equal to a desired set; failures warn once and never throw. */
+export class VipRoutes {
+  private desired = new Set<string>();
+  /** The reason last warned about (a failure repeats on every drift check: warn once per reason). */
+  private warned: string | undefined;
+
+  constructor(private readonly opts: VipRoutesOptions) {}
+
+  /** Adopts the routes an earlier run left (they stay until the first sync says otherwise). */
+  async start(): Promise<void> {
+    this.desired = new Set();
+    if (this.opts.enabled === false) return this.clear();
+    const shown = await this.show();
+    const adopted = shown === undefined ? 0 : parseLocalRoutes(shown).ours.size;
+    if (adopted > 0)
+      this.opts.log.info(
+        { routes: adopted, owner: this.opts.owner },
+        'adopting local VIP routes of an earlier run',
+      );
+  }
+
+  /** Records the desired VIPs and reconciles; true when a route had to change. */
+  sync(vips: ReadonlySet<string>): Promise<boolean> {
+    this.desired = new Set(vips);
+    return this.reconcile();
+  }
+
+  /** sync() with the ClusterIPs of an interceptor's targets. */
+  syncTargets(targets: readonly InterceptTarget[]): Promise<boolean> {
+    return this.sync(vipsOf(targets));
+  }
+
+  /** Re-applies the last desired set (drift repair); true when a route was missing or extra. */
+  async reconcile(): Promise<boolean> {
+    if (this.opts.enabled === false) return false;
+    const shown = await this.show();
+    if (shown === undefined) return false;
+    const batch = renderRouteBatch(this.desired, shown);
+    if (batch.length === 0) return false;
+    // One process for the whole change; -force keeps going past a line that fails (a route
+    // someone else added meanwhile) so the others still apply.
+    const r = await this.ip(['-force', '-batch', '-'], `${batch.join('\n')}\n`);
+    if (r === undefined) return false;
+    if (r.code !== 0) this.warn(`ip -batch failed: ${r.stderr.trim() || `exit ${r.code}`}`);
+    else this.warned = undefined;
+    this.opts.log.debug({ changes: batch.length, owner: this.opts.owner }, 'local VIP routes synced');
+    return true;
+  }
+
+  /** Deletes every route edgemesh added (other local routes, e.g. addresses on lo, are not ours). */
+  async clear(): Promise<void> {
+    this.desired = new Set();
+    const shown = await this.show();
+    // Look first: a flush with nothing to flush is another process on every stop, and `ip route
+    // flush` of an empty selection exits non-zero on some iproute2 versions.
+    if (shown === undefined || parseLocalRoutes(shown).ours.size === 0) return;
+    const r = await this.ip(['-4', 'route', 'flush', 'table', 'local', 'proto', String(ROUTE_PROTO)]);
+    if (r && r.code !== 0) this.warn(`ip route flush failed: ${r.stderr.trim() || `exit ${r.code}`}`);
+  }
+
+  private async show(): Promise<string | undefined> {
+    const r = await this.ip(['-4', 'route', 'show', 'table', 'local']);
+    if (r === undefined) return undefined;
+    if (r.code !== 0) {
+      this.warn(`ip route show failed: ${r.stderr.trim() || `exit ${r.code}`}`);
+      return undefined;
+    }
+    return r.stdout;
+  }
+
+  /** Runs `ip`; undefined (after a warning) when it cannot run at all. */
+  private async ip(args: string[], input?: string) {
+    try {
+      return await runCommand(this.opts.commandPrefix, 'ip', args, input);
+    } catch (err) {
+      this.warn(errorMessage(err));
+      return undefined;
+    }
+  }
+
+  private warn(reason: string): void {
+    // Switched off, the only calls are best-effort leftover cleanups: nothing to warn about.
+    if (this.warned === reason || this.opts.enabled === false) {
+      this.opts.log.debug({ reason, owner: this.opts.owner }, 'local VIP routes still failing');
+      return;
+    }
+    this.warned = reason;
+    const consequence =
+      this.opts.consequence ??
+      'interception still works, but node-local clients reach the proxy over the service route (its MTU, e.g. MSS 1448)';
+    this.opts.log.warn({ reason, owner: this.opts.owner }, `cannot manage local VIP routes: ${consequence}`);
+  }
+}

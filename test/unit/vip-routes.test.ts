@@ -1,0 +1,85 @@
+// The local VIP route reconciler without root: what it would change (pure), and that a missing or
+// failing `ip` costs one warning and never an exception (the real routes are tested in the shared
+// interceptor suite, test/e2e/interceptor-suite.ts).
+import pino from 'pino';
+import { describe, expect, it } from 'vitest';
+import type { InterceptTarget } from '../../src/proxier/interceptor.ts';
+import { ROUTE_PROTO, renderRouteBatch, VipRoutes, vipsOf } from '../../src/proxier/vip-routes.ts';
+
+const target = (clusterIP: string, port: number): InterceptTarget => ({
+  id: `t/${clusterIP}:${port}`,
+  clusterIP,
+  port,
+  protocol: 'TCP',
+  toPort: 40001,
+});
+
+/** A logger that keeps warn-and-above records. */
+function recordingLogger() {
+  const warnings: Array<{ msg: string; reason?: string }> = [];
+  const log = pino({ level: 'warn' }, { write: (s: string) => void warnings.push(JSON.parse(s)) });
+  return { log, warnings };
+}
+
+describe('vip routes: desired set and batch', () => {
+  it('wants each IPv4 ClusterIP of the targets once', () => {
+    const vips = vipsOf([target('10.96.0.10', 80), target('10.96.0.10', 443), target('fd00::1', 80)]);
+    expect([...vips]).toEqual(['10.96.0.10']);
+  });
+
+  it('adds what is not local yet, deletes only our routes that are no longer wanted', () => {
+    const installed = [
+      'local 10.96.0.10 dev lo proto kernel scope host src 10.96.0.10 ', // an address on lo: not ours
+      `local 10.96.0.12 dev lo proto ${ROUTE_PROTO} scope host `, // ours, still wanted
+      `local 10.96.0.13 dev lo proto ${ROUTE_PROTO} scope host `, // ours, gone
+      'local 10.96.0.14 dev lo proto static scope host ', // someone else's, not wanted: kept
+      'local 127.0.0.0/8 dev lo proto kernel scope host src 127.0.0.1 ',
+    ].join('\n');
+    const desired = new Set(['10.96.0.20', '10.96.0.10', '10.96.0.12', '10.96.0.11']);
+    expect(renderRouteBatch(desired, installed)).toEqual([
+      `route add local 10.96.0.11/32 dev lo table local proto ${ROUTE_PROTO}`,
+      `route add local 10.96.0.20/32 dev lo table local proto ${ROUTE_PROTO}`,
+      `route del local 10.96.0.13/32 dev lo table local proto ${ROUTE_PROTO}`,
+    ]);
+    expect(renderRouteBatch(new Set(['10.96.0.12']), installed)).toEqual([
+      `route del local 10.96.0.13/32 dev lo table local proto ${ROUTE_PROTO}`,
+    ]);
+  });
+});
+
+describe('vip routes: failures never throw and warn once', () => {
+  it('`ip` not found: one warning naming the reason, sync and repair report no change', async () => {
+    const { log, warnings } = recordingLogger();
+    const routes = new VipRoutes({ log, commandPrefix: ['/nonexistent/edgemesh-test'], owner: 'iptables' });
+    await routes.start();
+    expect(await routes.syncTargets([target('10.96.0.10', 80)])).toBe(false);
+    expect(await routes.reconcile()).toBe(false);
+    await routes.clear();
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]!.msg).toMatch(/cannot manage local VIP routes: interception still works/);
+    expect(warnings[0]!.reason).toMatch(/cannot run/);
+  });
+
+  it('`ip` failing: one warning with its exit status', async () => {
+    const { log, warnings } = recordingLogger();
+    // `sh -c 'exit 3' x ip ...`: an ip that always fails.
+    const routes = new VipRoutes({ log, commandPrefix: ['sh', '-c', 'exit 3', 'x'], owner: 'nftables' });
+    expect(await routes.syncTargets([target('10.96.0.10', 80)])).toBe(false);
+    expect(await routes.reconcile()).toBe(false);
+    expect(warnings.map((w) => w.reason)).toEqual(['ip route show failed: exit 3']);
+  });
+
+  it('switched off: nothing is changed and nothing warned, even without `ip`', async () => {
+    const { log, warnings } = recordingLogger();
+    const routes = new VipRoutes({
+      log,
+      commandPrefix: ['/nonexistent/edgemesh-test'],
+      owner: 'iptables',
+      enabled: false,
+    });
+    await routes.start();
+    expect(await routes.syncTargets([target('10.96.0.10', 80)])).toBe(false);
+    await routes.clear();
+    expect(warnings).toEqual([]);
+  });
+});
