@@ -6,6 +6,8 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -573,4 +575,54 @@ TEST(plane_parks_small_payloads_for_a_slow_reader_in_order) {
   close(c);
   CHECK_EQ(WaitIdle(p), 0u);
   CHECK_EQ(p.Counter(edgemesh::kBytesDown), static_cast<uint64_t>(payload.size()));
+}
+
+// Closing needs no EPOLL_CTL_DEL because events carry the connection's generation. A child forked
+// while connections are open (the agent forks ip, ss, iptables-save ...) keeps their sockets, and
+// so their epoll registrations, alive after the plane closed them: the late events they raise must
+// be dropped, not pumped into the new connections that reuse the slots and fd numbers.
+TEST(plane_drops_events_of_closed_sockets_a_forked_child_still_holds) {
+  PlaneToBackend f;
+  RunningPlane& p = f.p;
+  std::vector<int> first;
+  for (int i = 0; i < 8; ++i) {
+    int c = Connect(p.port());
+    CHECK(c >= 0);
+    std::string got;
+    CHECK(WriteAll(c, "x") && ReadExactly(c, 1, &got));
+    first.push_back(c);
+  }
+  pid_t child = fork();
+  if (child == 0) {
+    timespec t{0, 400 * 1000 * 1000};
+    nanosleep(&t, nullptr);  // holds a copy of every fd meanwhile
+    _exit(0);
+  }
+  CHECK(child > 0);
+  // The plane closes its sides of these (the child's copies keep the sockets and their
+  // registrations); the backend's close then raises events on them.
+  for (int c : first) {
+    shutdown(c, SHUT_WR);
+    std::string rest;
+    CHECK_EQ(ReadAll(c, &rest), 0L);
+    close(c);
+  }
+  // New connections reuse the slots (and likely the fd numbers) while those events arrive.
+  for (int i = 0; i < 40; ++i) {
+    int c = Connect(p.port());
+    CHECK(c >= 0);
+    const std::string msg = Payload(100 + static_cast<size_t>(i));
+    std::string got;
+    CHECK(WriteAll(c, msg) && ReadExactly(c, msg.size(), &got));
+    CHECK(got == msg);
+    shutdown(c, SHUT_WR);
+    std::string rest;
+    CHECK_EQ(ReadAll(c, &rest), 0L);
+    close(c);
+  }
+  int status = 0;
+  CHECK_EQ(waitpid(child, &status, 0), child);
+  CHECK_EQ(WaitIdle(p), 0u);
+  CHECK_EQ(p.Counter(edgemesh::kEstablished), 48u);
+  CHECK_EQ(p.Counter(edgemesh::kResets), 0u);
 }
