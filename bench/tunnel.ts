@@ -2,7 +2,9 @@
 // relay in the cloud → agent in LAN B → backend) versus plain routed TCP over the same namespaces
 // and links (LAN A gateway → cloud → LAN B gateway, NAT on the way out), which is the limit.
 // Throughput by iperf3; time to first byte as the per-connection cycle (connect, 1-byte request,
-// reply) of the load generator, one client thread. Topology: test/helpers/lans.ts.
+// reply) of the load generator, one client thread. Topology: test/helpers/lans.ts. Two far nodes in
+// LAN B: b1 takes sealed streams (data connections, sealed records, relay splice), b2 has
+// sealedData off, so the same client agent and relay carry its streams framed over TLS.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -17,34 +19,36 @@ import { superviseTree } from './lib/supervise.ts';
 
 const binPath = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../src/cli/bin.js');
 const VIP = '10.96.0.31';
+const VIP_FRAMED = '10.96.0.32';
 const IPERF_PORT = 5201;
 const ECHO_PORT = 7000;
 const RELAY_PORT = 20007;
 
-const manifests = (podIP: string) => `
+const manifests = (name: string, node: string, vip: string, podIP: string) => `
 apiVersion: v1
 kind: Pod
-metadata: { name: far-0, namespace: bench, labels: { app: far } }
-spec: { nodeName: b1, containers: [{ name: c, image: x }] }
+metadata: { name: ${name}-0, namespace: bench, labels: { app: ${name} } }
+spec: { nodeName: ${node}, containers: [{ name: c, image: x }] }
 status: { podIP: ${podIP}, phase: Running }
 ---
 apiVersion: v1
 kind: Service
-metadata: { name: far, namespace: bench }
+metadata: { name: ${name}, namespace: bench }
 spec:
-  clusterIP: ${VIP}
-  selector: { app: far }
+  clusterIP: ${vip}
+  selector: { app: ${name} }
   ports:
     - { name: tcp-iperf, port: ${IPERF_PORT}, targetPort: ${IPERF_PORT}, protocol: TCP }
     - { name: tcp-echo, port: ${ECHO_PORT}, targetPort: ${ECHO_PORT}, protocol: TCP }
 `;
 
 // b1 advertises an address nobody routes, so a1 stays on the relay even once the LANs are routed.
-const agentYaml = (psk: string, proxy: boolean) => `
+const agentYaml = (psk: string, proxy: boolean, sealed = true) => `
 modules:
   edgeProxy: { enable: ${proxy} }
   edgeTunnel:
     enable: true
+    sealedData: ${sealed}
     pskFile: ${psk}
     advertiseAddress: ["192.0.2.1"]
     relayNodes: [{ nodeName: relay-1, advertiseAddress: ["${CLOUD_IP}:${RELAY_PORT}"] }]
@@ -75,7 +79,7 @@ async function until(check: () => Promise<boolean>, ms: number, what: string): P
 export const run: BenchModule = async (options) => {
   const seconds = options.quick ? 1 : 5;
   const rounds = options.rounds ?? (options.quick ? 1 : 3);
-  const lans = await createLans('bt', [1, 1]);
+  const lans = await createLans('bt', [1, 2]);
   // Ctrl-C cannot wait for async teardown: delete the namespaces synchronously then.
   const unregister = onCleanup(() => {
     for (const ns of [lans.cloud, ...Object.values(lans.nodes).flat()])
@@ -86,20 +90,27 @@ export const run: BenchModule = async (options) => {
   try {
     const a1 = lans.nodes[1]![0]!;
     const b1 = lans.nodes[2]![0]!;
+    const b2 = lans.nodes[2]![1]!;
     const psk = path.join(dir, 'psk');
     fs.writeFileSync(psk, 'benchmark pre-shared key, not secret\n');
     fs.mkdirSync(path.join(dir, 'manifests'));
-    fs.writeFileSync(path.join(dir, 'manifests', 'far.yaml'), manifests(lans.ip(2, 0)));
+    fs.writeFileSync(path.join(dir, 'manifests', 'far.yaml'), manifests('far', 'b1', VIP, lans.ip(2, 0)));
+    fs.writeFileSync(
+      path.join(dir, 'manifests', 'far-framed.yaml'),
+      manifests('far-framed', 'b2', VIP_FRAMED, lans.ip(2, 1)),
+    );
     fs.writeFileSync(path.join(dir, 'a1.yaml'), agentYaml(psk, true));
     fs.writeFileSync(path.join(dir, 'b1.yaml'), agentYaml(psk, false));
+    fs.writeFileSync(path.join(dir, 'b2.yaml'), agentYaml(psk, false, false));
 
-    for (const argv of [
-      ['iperf3', '-s', '-p', String(IPERF_PORT)],
-      [await loadgenBinary(), 'serve', String(ECHO_PORT)],
-    ]) {
-      const p = startCli([], { command: inNs(b1.name, argv) });
-      stops.push(async () => void (await p.stop('SIGKILL')));
-    }
+    for (const ns of [b1, b2])
+      for (const argv of [
+        ['iperf3', '-s', '-p', String(IPERF_PORT)],
+        [await loadgenBinary(), 'serve', String(ECHO_PORT)],
+      ]) {
+        const p = startCli([], { command: inNs(ns.name, argv) });
+        stops.push(async () => void (await p.stop('SIGKILL')));
+      }
     const relay = await superviseTree(
       inNs(lans.cloud.name, [
         process.execPath,
@@ -151,16 +162,19 @@ export const run: BenchModule = async (options) => {
           ),
       );
     stops.push((await agent(b1.name, 'b1', [])).stop);
+    stops.push((await agent(b2.name, 'b2', [])).stop);
     stops.push((await agent(a1.name, 'a1', ['--intercept', 'iptables'])).stop);
     const status = JSON.parse(
       (await exec(['curl', '-s', 'http://127.0.0.1:10551/status'], { ns: a1.name })).stdout,
     );
     const dataplane = String(status.dataplane?.mode ?? 'unknown');
-    await until(
-      async () => (await connRate(a1.name, VIP, ECHO_PORT, 0.2, 1)).connections > 0,
-      20_000,
-      'service via relay',
-    );
+    for (const vip of [VIP, VIP_FRAMED])
+      await until(
+        async () => (await connRate(a1.name, vip, ECHO_PORT, 0.2, 1)).connections > 0,
+        20_000,
+        `service ${vip} via relay`,
+      );
+    const pump = String(status.tunnel?.sealed?.pump ?? 'unknown');
     await lans.routeLans();
 
     const contenders = [
@@ -168,7 +182,12 @@ export const run: BenchModule = async (options) => {
       {
         name: 'edgemesh-relay',
         host: VIP,
-        path: `${dataplane} data plane → TLS tunnel → relay → TLS tunnel`,
+        path: `${dataplane} data plane → sealed data connection (${pump} pump) → relay splice → sealed (${pump} pump)`,
+      },
+      {
+        name: 'edgemesh-relay-framed',
+        host: VIP_FRAMED,
+        path: `${dataplane} data plane → TLS tunnel → relay → TLS tunnel (far agent sealedData: false)`,
       },
     ].filter((c) => !options.contenders || options.contenders.includes(c.name));
     const records = new Map<string, BenchRecord>();

@@ -8,8 +8,28 @@ import { ErrorCode } from '../errors.ts';
 import type { Logger } from '../util/log.ts';
 import { checkDataProof, DATA_HELLO_BYTES, parseDataHello } from './data-hello.ts';
 
-/** What a claimed token hands its owner: the data connection (paused) and bytes read past the hello. */
-export type DataClaim = (socket: net.Socket, head: Buffer) => void;
+/**
+ * What a claimed token hands its owner: the data connection, paused, with any bytes that came
+ * after the hello still in its read buffer (take them with takeBuffered() right before the pump).
+ */
+export type DataClaim = (socket: net.Socket) => void;
+
+/**
+ * Takes the bytes a paused socket holds in its read buffer (they go to the pump as its head).
+ * Returns undefined when the socket already ended with nothing buffered: its 'end' event is gone,
+ * so a pump would never see it (the stream was cut before a single record).
+ */
+export function takeBuffered(s: net.Socket): Buffer | undefined {
+  if (s.readableEnded || s.destroyed) return undefined;
+  // read() on an empty buffer would start the socket reading into JS: only drain what is there.
+  const parts: Buffer[] = [];
+  while (s.readableLength > 0) {
+    const c = s.read() as Buffer | null;
+    if (c === null) break;
+    parts.push(c);
+  }
+  return Buffer.concat(parts);
+}
 
 interface Expected {
   proofKey: Buffer;
@@ -22,7 +42,6 @@ interface Waiting {
   socket: net.Socket;
   token: Buffer;
   proof: Buffer;
-  rest: Buffer;
   timer: NodeJS.Timeout;
 }
 
@@ -72,7 +91,7 @@ export class DataTokens {
     if (w) {
       this.waiting.delete(key);
       clearTimeout(w.timer);
-      this.present(w.socket, w.token, w.proof, w.rest);
+      this.present(w.socket, w.token, w.proof);
     }
     return () => {
       const e = this.expected.get(key);
@@ -88,6 +107,9 @@ export class DataTokens {
    * the rest of the hello and hands the connection to the token's owner, or refuses it.
    */
   accept(socket: net.Socket, first: Buffer): void {
+    // Its end must wait for the pump: a socket that is not half-open answers the peer's FIN with
+    // its own the moment 'end' fires (a short stream's FIN can arrive while it waits here).
+    (socket as unknown as { allowHalfOpen: boolean }).allowHalfOpen = true;
     let got = first;
     this.reading.add(socket);
     const timer = setTimeout(
@@ -110,14 +132,17 @@ export class DataTokens {
         this.refuse(socket, error ?? 'bad data hello');
         return;
       }
-      // Nothing more is read here: the pump takes the socket over from this point.
+      // Nothing more is read here: the pump takes the socket over from this point. Bytes past
+      // the hello go back into the read buffer, which also keeps 'end' from firing before the
+      // pump listens (it fires only once the buffer is drained).
       socket.pause();
       const parsed = parseDataHello(hello);
       if ('error' in parsed) {
         this.refuse(socket, parsed.error);
         return;
       }
-      this.present(socket, parsed.token, parsed.proof, hello.subarray(DATA_HELLO_BYTES));
+      if (hello.length > DATA_HELLO_BYTES) socket.unshift(hello.subarray(DATA_HELLO_BYTES));
+      this.present(socket, parsed.token, parsed.proof);
     };
     socket.on('error', () => {});
     if (got.length >= DATA_HELLO_BYTES) {
@@ -143,7 +168,7 @@ export class DataTokens {
     this.reading.clear();
   }
 
-  private present(socket: net.Socket, token: Buffer, proof: Buffer, rest: Buffer): void {
+  private present(socket: net.Socket, token: Buffer, proof: Buffer): void {
     const key = token.toString('hex');
     const e = this.expected.get(key);
     if (!e) {
@@ -160,7 +185,7 @@ export class DataTokens {
         this.o.waitMs ?? (this.o.ttlMs ?? 5000) / 4,
       );
       timer.unref();
-      this.waiting.set(key, { socket, token, proof, rest, timer });
+      this.waiting.set(key, { socket, token, proof, timer });
       // A waiting connection that goes away is forgotten at once.
       socket.once('close', () => {
         const w = this.waiting.get(key);
@@ -179,7 +204,7 @@ export class DataTokens {
     clearTimeout(e.timer);
     this.expected.delete(key);
     this.stats.claimed++;
-    e.onClaim(socket, rest);
+    e.onClaim(socket);
   }
 
   private refuse(socket: net.Socket, reason: string): void {

@@ -24,11 +24,17 @@ import type { Logger } from '../util/log.ts';
 import { parseHostPort } from '../util/net.ts';
 import { clientTlsOptions, loadCredentials, type TunnelCredentials } from './credentials.ts';
 import { dialData, newToken } from './data-hello.ts';
-import { DataTokens } from './data-tokens.ts';
+import { DataTokens, takeBuffered } from './data-tokens.ts';
 import type { OpenTarget, SealedOpen } from './frames.ts';
 import { joinStreams } from './join-streams.ts';
 import { SealedControl } from './sealed-control.ts';
-import { mirrorKeys, newSealedKeys, type PumpResult, startSealedPump } from './sealed-pump.ts';
+import {
+  mirrorKeys,
+  newSealedKeys,
+  type PumpResult,
+  sealedPumpMode,
+  startSealedPump,
+} from './sealed-pump.ts';
 import {
   type HelloInfo,
   type PeerAnnouncement,
@@ -48,6 +54,8 @@ export interface TunnelStatus {
   relays: Array<{ node: string; address: string; connected: boolean }>;
   peers: Array<{ node: string; path: PeerPath; address?: string }>;
   endpoints: Array<{ node: string; endpoint: string; local: string }>;
+  /** Sealed data connections: offered at all (sealedData), and which pump runs them and why. */
+  sealed: { enabled: boolean; pump: 'native' | 'ts'; reason: string };
 }
 
 export interface EdgeTunnelOptions {
@@ -390,6 +398,10 @@ export class EdgeTunnel implements Service {
         endpoint: `${lp.ip}:${lp.targetPort}`,
         local: `127.0.0.1:${lp.port}`,
       })),
+      sealed: (() => {
+        const m = sealedPumpMode();
+        return { enabled: this.cfg.sealedData, pump: m.mode, reason: m.reason };
+      })(),
     };
   }
 
@@ -495,10 +507,11 @@ export class EdgeTunnel implements Service {
       ctl = new SealedControl(session, id, fail);
       return ctl;
     });
-    const run = (d: net.Socket, head: Buffer) => {
-      if (settled || socket.destroyed) {
-        d.destroy();
-        if (!settled) fail('client went away');
+    const run = (d: net.Socket) => {
+      const head = takeBuffered(d);
+      if (settled || socket.destroyed || !head) {
+        d.resetAndDestroy();
+        if (!settled) fail(head ? 'client went away' : 'data connection ended before any record');
         return;
       }
       settled = true;
@@ -513,7 +526,7 @@ export class EdgeTunnel implements Service {
       dialData(dialed.host, dialed.port, token, keys.txKey, this.dataTimeoutMs()).then(
         (d) => {
           data = d;
-          run(d, Buffer.alloc(0));
+          run(d);
         },
         (err: unknown) => {
           ctl?.reset('no data connection');
@@ -552,7 +565,7 @@ export class EdgeTunnel implements Service {
       return { reject: `${key} is not an endpoint of node '${this.own}'` };
     }
     let settled = false;
-    let data: { socket: net.Socket; head: Buffer } | undefined;
+    let data: net.Socket | undefined;
     let podUp = false;
     let cancel: (() => void) | undefined;
     const pod = new net.Socket({ allowHalfOpen: true });
@@ -566,8 +579,8 @@ export class EdgeTunnel implements Service {
       this.settingUp.delete(pod);
       pod.destroy();
       if (data) {
-        this.settingUp.delete(data.socket);
-        data.socket.resetAndDestroy();
+        this.settingUp.delete(data);
+        data.resetAndDestroy();
       }
       this.metrics.sealedFailures.inc();
       this.o.log.debug(
@@ -578,14 +591,20 @@ export class EdgeTunnel implements Service {
     const ctl = new SealedControl(session, id, fail);
     const start = () => {
       if (settled || !podUp || !data) return;
+      const sealedHead = takeBuffered(data);
+      const plainHead = takeBuffered(pod);
+      if (!sealedHead || !plainHead) {
+        ctl.reset('a connection ended before the stream started');
+        fail('a connection ended before the stream started');
+        return;
+      }
       settled = true;
       ctl.finish();
       this.settingUp.delete(pod);
-      this.settingUp.delete(data.socket);
+      this.settingUp.delete(data);
       this.metrics.sealed.inc({ path, side: 'in' });
-      const plainHead = drain(pod);
-      void startSealedPump(pod, data.socket, open.keys, {
-        ...(data.head.length > 0 ? { sealedHead: data.head } : {}),
+      void startSealedPump(pod, data, open.keys, {
+        ...(sealedHead.length > 0 ? { sealedHead } : {}),
         ...(plainHead.length > 0 ? { plainHead } : {}),
       }).then((r) => this.pumpDone(r, path, t));
     };
@@ -602,20 +621,20 @@ export class EdgeTunnel implements Service {
       fail(`connect ${key}: ${errorMessage(err)}`);
     });
     pod.connect(t.port, t.ip);
-    const took = (socket: net.Socket, head: Buffer) => {
+    const took = (socket: net.Socket) => {
       if (settled) {
         socket.resetAndDestroy();
         return;
       }
       this.settingUp.add(socket);
-      data = { socket, head };
+      data = socket;
       start();
     };
     const dialed = session.dialed;
     if (dialer && dialed) {
       // Dialed alongside the pod's connect: the two handshakes overlap.
       dialData(dialed.host, dialed.port, open.token, open.keys.txKey, this.dataTimeoutMs()).then(
-        (d) => took(d, Buffer.alloc(0)),
+        (d) => took(d),
         (err: unknown) => {
           ctl.reset('no data connection');
           fail(`data connection: ${errorMessage(err)}`);
@@ -905,14 +924,6 @@ export class EdgeTunnel implements Service {
 
 function localKey(e: Endpoint): string {
   return `${e.nodeName ?? ''}|${e.ip}|${e.port}`;
-}
-
-/** Bytes a socket already buffered in JS (none while paused from the start; kept for the pump). */
-function drain(s: net.Socket): Buffer {
-  const parts: Buffer[] = [];
-  if (s.readableLength > 0)
-    for (let c = s.read() as Buffer | null; c !== null; c = s.read() as Buffer | null) parts.push(c);
-  return Buffer.concat(parts);
 }
 
 function closeServer(s: net.Server): Promise<void> {

@@ -11,7 +11,7 @@ import type { Service } from '../util/lifecycle.ts';
 import type { Logger } from '../util/log.ts';
 import type { TunnelCredentials } from './credentials.ts';
 import { newToken } from './data-hello.ts';
-import { DataTokens } from './data-tokens.ts';
+import { DataTokens, takeBuffered } from './data-tokens.ts';
 import type { OpenTarget, SealedOpen } from './frames.ts';
 import { SpliceEnd, spliceStreams } from './relay-splice.ts';
 import { SealedControl } from './sealed-control.ts';
@@ -230,14 +230,14 @@ export class RelayServer implements Service {
       };
     }
     this.metrics.streams.inc({ src, dst: target.node });
-    const ends: { a?: { s: net.Socket; head: Buffer }; b?: { s: net.Socket; head: Buffer } } = {};
+    const ends: { a?: net.Socket; b?: net.Socket } = {};
     let settled = false;
     const cancels: Array<() => void> = [];
     const abort = (reason: string) => {
       if (settled) return;
       settled = true;
       for (const c of cancels) c();
-      for (const e of [ends.a, ends.b]) if (e) e.s.resetAndDestroy();
+      for (const e of [ends.a, ends.b]) e?.resetAndDestroy();
       inbound.reset(reason);
       outbound?.reset(reason);
     };
@@ -245,31 +245,37 @@ export class RelayServer implements Service {
     let outbound: SealedControl | undefined;
     const pair = () => {
       if (settled || !ends.a || !ends.b) return;
+      const { a, b } = ends;
+      const aHead = takeBuffered(a);
+      const bHead = takeBuffered(b);
+      if (!aHead || !bHead) {
+        abort('a data connection ended before its first record');
+        return;
+      }
       settled = true;
       inbound.finish();
       outbound?.finish();
-      const { a, b } = ends;
       const srcBytes = this.metrics.byteTally(src);
       const dstBytes = this.metrics.byteTally(target.node);
-      void startSplicePump(a.s, b.s, {
-        ...(a.head.length > 0 ? { aHead: a.head } : {}),
-        ...(b.head.length > 0 ? { bHead: b.head } : {}),
+      void startSplicePump(a, b, {
+        ...(aHead.length > 0 ? { aHead } : {}),
+        ...(bHead.length > 0 ? { bHead } : {}),
       }).then((r) => {
-        this.dataSockets.delete(a.s);
-        this.dataSockets.delete(b.s);
+        this.dataSockets.delete(a);
+        this.dataSockets.delete(b);
         srcBytes.rx += r.aToB;
         dstBytes.tx += r.aToB;
         dstBytes.rx += r.bToA;
         srcBytes.tx += r.bToA;
       });
     };
-    const arrived = (side: 'a' | 'b') => (s: net.Socket, head: Buffer) => {
+    const arrived = (side: 'a' | 'b') => (s: net.Socket) => {
       if (settled) {
         s.resetAndDestroy();
         return;
       }
       this.dataSockets.add(s);
-      ends[side] = { s, head };
+      ends[side] = s;
       // One leg gone before its partner came: the other must not wait for the timeout.
       s.once('close', () => {
         this.dataSockets.delete(s);
