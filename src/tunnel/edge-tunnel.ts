@@ -609,6 +609,7 @@ export class EdgeTunnel implements Service {
       }).then((r) => this.pumpDone(r, path, t));
     };
     pod.once('connect', () => {
+      clearTimeout(connectTimer);
       pod.setNoDelay(true);
       podUp = true;
       this.metrics.inbound.inc({ result: 'connected' });
@@ -620,6 +621,16 @@ export class EdgeTunnel implements Service {
       ctl.reset(`connect ${key}: ${errorMessage(err)}`);
       fail(`connect ${key}: ${errorMessage(err)}`);
     });
+    // A pod that never answers must not hold the client forever: the same bound as the data plane's.
+    const connectMs = this.o.config.modules.edgeProxy.connectTimeoutMs || 5000;
+    const connectTimer = setTimeout(() => {
+      if (podUp || settled) return;
+      this.metrics.inbound.inc({ result: 'refused' });
+      ctl.reset(`connect ${key}: no answer in ${connectMs} ms`);
+      fail(`connect ${key}: no answer in ${connectMs} ms`);
+    }, connectMs);
+    connectTimer.unref();
+    pod.once('close', () => clearTimeout(connectTimer));
     pod.connect(t.port, t.ip);
     const took = (socket: net.Socket) => {
       if (settled) {
