@@ -1,5 +1,6 @@
 // The iptables interceptor: nat chain EDGEMESH jumped from OUTPUT and PREROUTING, one REDIRECT
 // rule per ClusterIP:port, applied with one `iptables-restore --noflush` per sync.
+import type { ServiceTable } from '../controller/types.ts';
 import type { Logger } from '../util/log.ts';
 import type { Interceptor, InterceptTarget } from './interceptor.ts';
 import {
@@ -70,6 +71,11 @@ export class IptablesInterceptor implements Interceptor {
     }
     this.state.reset();
     await this.routes.start();
+  }
+
+  /** Records the snapshot for the VIP routes (an endpoint address never gets one). */
+  observe(table: ServiceTable): void {
+    this.routes.observe(table);
   }
 
   /** Installs the rules, then the VIPs' local routes (a VIP turns local only once it is caught). */

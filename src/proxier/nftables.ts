@@ -1,5 +1,6 @@
 // The nftables interceptor: table `ip edgemesh` with port maps keyed by `ip daddr . dport`,
 // replaced atomically with one `nft -f` per sync.
+import type { ServiceTable } from '../controller/types.ts';
 import type { Logger } from '../util/log.ts';
 import type { Interceptor, InterceptTarget } from './interceptor.ts';
 import type { RuleOptions } from './iptables-render.ts';
@@ -55,6 +56,11 @@ export class NftablesInterceptor implements Interceptor {
     }
     this.state.reset();
     await this.routes.start();
+  }
+
+  /** Records the snapshot for the VIP routes (an endpoint address never gets one). */
+  observe(table: ServiceTable): void {
+    this.routes.observe(table);
   }
 
   /** Installs the table, then the VIPs' local routes (a VIP turns local only once it is caught). */

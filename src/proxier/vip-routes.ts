@@ -7,6 +7,7 @@
 // the complete desired set on every sync and drift check, adopted across a restart (never flushed
 // on start: a new agent keeps serving a crashed one's VIPs until its first sync), removed on stop.
 import net from 'node:net';
+import type { ServiceTable } from '../controller/types.ts';
 import { errorMessage } from '../errors.ts';
 import type { Logger } from '../util/log.ts';
 import type { InterceptTarget } from './interceptor.ts';
@@ -36,6 +37,19 @@ export function parseLocalRoutes(text: string): { all: Set<string>; ours: Set<st
 /** The distinct IPv4 ClusterIPs of `targets` (what an iptables/nftables interceptor catches). */
 export function vipsOf(targets: readonly InterceptTarget[]): Set<string> {
   return new Set(targets.map((t) => t.clusterIP).filter((ip) => net.isIPv4(ip)));
+}
+
+/**
+ * Every endpoint address of the snapshot. A ClusterIP that is also some service's endpoint (a
+ * selectorless service pointing at another service's address, a machine that really owns it) gets
+ * no local route: the proxy's own bypassed connection to it must leave the node, not be refused
+ * by lo.
+ */
+export function endpointAddresses(table: ServiceTable): Set<string> {
+  const out = new Set<string>();
+  for (const svc of table.services.values())
+    for (const port of svc.ports) for (const ep of port.endpoints) out.add(ep.ip);
+  return out;
 }
 
 /** The `ip -batch` lines that turn what is installed into `desired` (only our routes are deleted). */
@@ -69,6 +83,8 @@ export interface VipRoutesOptions {
 /** Keeps edgemesh's local VIP routes equal to a desired set; failures warn once and never throw. */
 export class VipRoutes {
   private desired = new Set<string>();
+  /** Addresses that must stay non-local (endpointAddresses of the last observed snapshot). */
+  private endpoints: ReadonlySet<string> = new Set();
   /** The reason last warned about (a failure repeats on every drift check: warn once per reason). */
   private warned: string | undefined;
 
@@ -93,9 +109,16 @@ export class VipRoutes {
     return this.reconcile();
   }
 
-  /** sync() with the ClusterIPs of an interceptor's targets. */
+  /** Records the snapshot the next syncTargets() goes with (its endpoint addresses get no route). */
+  observe(table: ServiceTable): void {
+    this.endpoints = endpointAddresses(table);
+  }
+
+  /** sync() with the ClusterIPs of an interceptor's targets, less the observed endpoint addresses. */
   syncTargets(targets: readonly InterceptTarget[]): Promise<boolean> {
-    return this.sync(vipsOf(targets));
+    const vips = vipsOf(targets);
+    for (const ip of this.endpoints) vips.delete(ip);
+    return this.sync(vips);
   }
 
   /** Re-applies the last desired set (drift repair); true when a route was missing or extra. */

@@ -1,10 +1,15 @@
 // The local VIP route reconciler without root: what it would change (pure), and that a missing or
 // failing `ip` costs one warning and never an exception (the real routes are tested in the shared
 // interceptor suite, test/e2e/interceptor-suite.ts).
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import pino from 'pino';
 import { describe, expect, it } from 'vitest';
+import { EMPTY_TABLE, type ServiceEntry, type ServiceTable } from '../../src/controller/types.ts';
 import type { InterceptTarget } from '../../src/proxier/interceptor.ts';
 import { ROUTE_PROTO, renderRouteBatch, VipRoutes, vipsOf } from '../../src/proxier/vip-routes.ts';
+import { silentLogger } from '../../src/util/log.ts';
 
 const target = (clusterIP: string, port: number): InterceptTarget => ({
   id: `t/${clusterIP}:${port}`,
@@ -44,6 +49,35 @@ describe('vip routes: desired set and batch', () => {
     expect(renderRouteBatch(new Set(['10.96.0.12']), installed)).toEqual([
       `route del local 10.96.0.13/32 dev lo table local proto ${ROUTE_PROTO}`,
     ]);
+  });
+});
+
+describe('vip routes: endpoint addresses stay non-local', () => {
+  it('a ClusterIP that is also an endpoint gets no route (the proxy connects to it for real)', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'em-vip-routes-'));
+    try {
+      const batch = path.join(dir, 'batch');
+      // A stand-in `ip`: `show` lists one route of ours, `-force -batch -` keeps its input.
+      const fakeIp = `if [ "$2" = -force ]; then cat > "$0"; else echo 'local 10.96.0.12 dev lo proto ${ROUTE_PROTO} scope host'; fi`;
+      const routes = new VipRoutes({
+        log: silentLogger,
+        commandPrefix: ['sh', '-c', fakeIp, batch],
+        owner: 'iptables',
+      });
+      // "chain" (10.96.0.103) has an endpoint at 10.96.0.104, the ClusterIP of "shadow".
+      const chain = {
+        ports: [{ endpoints: [{ ip: '10.96.0.104', port: 9376 }] }],
+      } as unknown as ServiceEntry;
+      const table: ServiceTable = { ...EMPTY_TABLE, services: new Map([['t/chain', chain]]) };
+      routes.observe(table);
+      expect(await routes.syncTargets([target('10.96.0.103', 80), target('10.96.0.104', 9376)])).toBe(true);
+      expect(readFileSync(batch, 'utf8').trim().split('\n')).toEqual([
+        `route add local 10.96.0.103/32 dev lo table local proto ${ROUTE_PROTO}`,
+        `route del local 10.96.0.12/32 dev lo table local proto ${ROUTE_PROTO}`,
+      ]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
