@@ -305,6 +305,17 @@ function bothClosed(a: net.Socket, b: net.Socket): Promise<void> {
   return Promise.all([closed(a), closed(b)]).then(() => undefined);
 }
 
+/**
+ * Closes `s` with a RST. Once end() has shut its writing side down, libuv refuses the reset
+ * (uv_tcp_close_reset after uv_shutdown: EINVAL) and Node then never emits 'close': a plain
+ * destroy is all that is left (the FIN went out already).
+ */
+function resetSocket(s: net.Socket): void {
+  if (s.destroyed) return;
+  if (s.writableEnded) s.destroy();
+  else s.resetAndDestroy();
+}
+
 /** Lets each readable side end alone: our pump decides when the writable side ends. */
 function halfOpen(s: net.Socket): void {
   (s as unknown as { allowHalfOpen: boolean }).allowHalfOpen = true;
@@ -339,8 +350,8 @@ function tsSealedPump(
   const abort = (why: string) => {
     result.error ??= why;
     // A reset, not a FIN: the far end must not take a cut stream for a complete one.
-    if (!plain.destroyed) plain.resetAndDestroy();
-    if (!sealed.destroyed) sealed.resetAndDestroy();
+    resetSocket(plain);
+    resetSocket(sealed);
   };
   const refuse = (err: unknown) => {
     if (err instanceof SealedStreamError) tsCounters[FAILURE_COUNTER[err.reason]]++;
@@ -427,8 +438,8 @@ function tsSplicePump(
   const done = bothClosed(a, b).then(() => result);
   const abort = (why: string) => {
     result.error ??= why;
-    if (!a.destroyed) a.resetAndDestroy();
-    if (!b.destroyed) b.resetAndDestroy();
+    resetSocket(a);
+    resetSocket(b);
   };
   if (a.destroyed || b.destroyed) {
     abort('socket already closed');

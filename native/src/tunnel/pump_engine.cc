@@ -107,8 +107,8 @@ class Pump {
   uint64_t id_;
   int fd_[2];
   int epfd_ = -1;
-  // "May be readable/writable": set by epoll edges, cleared when a syscall says EAGAIN or moves
-  // less than asked (edge-triggered: the next edge comes with the next change).
+  // "May be readable/writable": set by epoll edges; cleared by EAGAIN, and for writes also by a
+  // short write (edge-triggered: the next edge comes when room frees up).
   bool rd_[2] = {true, true};
   bool wr_[2] = {true, true};
   bool done_ = false;
@@ -210,8 +210,9 @@ class SealedPump final : public Pump {
       if (!SealOne(0)) FailPlain("seal", EIO);
       return true;
     }
+    // A short read does not prove the socket drained: a FIN queued behind the data raises no new
+    // edge, so only EAGAIN clears the flag (else a half-close could be missed for good).
     size_t got = static_cast<size_t>(n);
-    if (got < slots * kMaxPlaintext) rd_[kPlain] = false;
     plain_to_sealed_ += got;
     engine_.Add(kPlainToSealedBytes, got);
     while (got > 0) {
@@ -286,7 +287,6 @@ class SealedPump final : public Pump {
       }
       return true;
     }
-    if (static_cast<size_t>(n) < room) rd_[kSealed] = false;
     if (ended_) {
       engine_.Add(kAfterEndErrors, 1);
       Fail(plain_to_sealed_, sealed_to_plain_, "sealed stream: bytes after the end-of-stream record");
