@@ -309,6 +309,11 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
   });
 
   it('a killed relay is replaced by the other within 2 s for new connections', async () => {
+    // Precondition: both ends hold sessions to both relays (a session lost earlier, e.g. to missed
+    // keepalives on a loaded machine, reconnects with up to 2 s of backoff).
+    const connected = (ns: Netns) =>
+      metric(ns, 'http://127.0.0.1:10551/metrics', 'edgemesh_tunnel_relay_connected');
+    await eventually(async () => (await connected(a1)) === 2 && (await connected(b1)) === 2, 10_000);
     await relays[0]!.stop('SIGKILL');
     const t0 = Date.now();
     // Each attempt gives up 1 s after sending (socat -t 1): a connection caught in the switch-over
