@@ -139,10 +139,19 @@ describe.skipIf(skip)('tunnel in certificate mode (agents + relay in network nam
   });
 
   it('reaches the pod in LAN B through the relay with CA-signed node certificates', async () => {
+    const sealedOut = async () => {
+      const m = await a1.run('curl', '-s', 'http://127.0.0.1:10551/metrics');
+      return Number(
+        /^edgemesh_tunnel_sealed_streams_total\{path="relay",side="out"\} (\d+)/m.exec(m)?.[1] ?? 0,
+      );
+    };
     const before = await relayMetric('edgemesh_relay_streams_total');
+    const sealedBefore = await sealedOut();
     expect(await http()).toBe('pod-b');
     expect(await echo('cert mode\n')).toBe('cert mode\n');
     expect(await relayMetric('edgemesh_relay_streams_total')).toBeGreaterThanOrEqual(before + 1);
+    // The echo's stream went on a sealed data connection (keys handed over the cert-authenticated sessions).
+    expect(await sealedOut()).toBeGreaterThanOrEqual(sealedBefore + 1);
     const status = JSON.parse(await a1.run('curl', '-s', 'http://127.0.0.1:10551/status'));
     expect(status.tunnel.peers).toContainEqual({ node: 'b1', path: 'relay' });
     expect((await relayAgents()).map((a) => a.node).sort()).toEqual(['a1', 'b1']);
