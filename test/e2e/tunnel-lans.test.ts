@@ -3,8 +3,9 @@
 // Topology (all in throwaway network namespaces): a cloud namespace, and three LANs (bridges in their
 // gateway namespaces, MASQUERADE toward the cloud) whose nodes cannot route to each other. Agents on
 // a1 + a2 (LAN A), b1 (LAN B), c1 (LAN C) and the cloud; two relays in the cloud. A client on a1
-// reaches services whose only pod is in LAN B or LAN C (via relay; 16 MiB byte-exact to LAN B), in
-// the cloud, and on a2 in its own LAN (direct: relay counters do not move); LAN C reaches the cloud
+// reaches services whose only pod is in LAN B or LAN C (via relay; 16 MiB byte-exact to LAN B on a
+// sealed data connection the relay splices), in the cloud, and on a2 in its own LAN (direct, sealed
+// too: relay counters do not move); LAN C reaches the cloud
 // but not LAN A or B; a killed relay is replaced by the other within 2 s; a wrong PSK is rejected
 // with a log line on both sides; with every relay gone, the same-LAN path still works.
 import fs from 'node:fs';
@@ -70,18 +71,7 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
   const relays: RunningCli[] = [];
   const agents = new Map<string, RunningCli>();
 
-  /** Relay streams forwarded so far, summed over the relays still running. */
-  async function relayStreams(): Promise<number> {
-    let sum = 0;
-    for (const i of [0, 1]) {
-      if (relays[i]!.child.exitCode !== null || relays[i]!.child.signalCode !== null) continue;
-      const r = await cloud.exec('curl', ['-s', `http://127.0.0.1:${10553 + i}/metrics`]);
-      for (const m of r.stdout.matchAll(/^edgemesh_relay_streams_total\{[^}]*\} (\d+)/gm))
-        sum += Number(m[1]);
-    }
-    return sum;
-  }
-  /** Sum of the samples of metric `name` whose labels include `labels` (e.g. `path="relay"`). */
+  /** Sum of the samples of metric `name` at `url` whose labels include `labels` (e.g. `path="relay"`). */
   async function metric(ns: Netns, url: string, name: string, ...labels: string[]): Promise<number> {
     const text = (await ns.exec('curl', ['-s', url])).stdout;
     let sum = 0;
@@ -89,6 +79,20 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
       if (labels.every((l) => (m[1] ?? '').includes(l))) sum += Number(m[2]);
     return sum;
   }
+  /** Like metric(), summed over the relays still running. */
+  async function relayMetric(name: string, ...labels: string[]): Promise<number> {
+    let sum = 0;
+    for (const i of [0, 1]) {
+      if (relays[i]!.child.exitCode !== null || relays[i]!.child.signalCode !== null) continue;
+      sum += await metric(cloud, `http://127.0.0.1:${10553 + i}/metrics`, name, ...labels);
+    }
+    return sum;
+  }
+  /** Relay streams forwarded so far. */
+  const relayStreams = () => relayMetric('edgemesh_relay_streams_total');
+  /** Metric `name` of the agent in `ns`. */
+  const agentMetric = (ns: Netns, name: string, ...labels: string[]) =>
+    metric(ns, 'http://127.0.0.1:10551/metrics', name, ...labels);
   /** Connections a1's native plane forwarded for `service` so far. */
   async function nativeConnections(service: string): Promise<number> {
     const m = await a1.run('curl', '-s', 'http://127.0.0.1:10551/metrics');
@@ -220,29 +224,14 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
   });
 
   it('moves 16 MiB byte-exact to LAN B through the relay on a sealed data connection', async () => {
-    const AGENT = 'http://127.0.0.1:10551/metrics';
     const sealedOut = () =>
-      metric(a1, AGENT, 'edgemesh_tunnel_sealed_streams_total', 'path="relay"', 'side="out"');
+      agentMetric(a1, 'edgemesh_tunnel_sealed_streams_total', 'path="relay"', 'side="out"');
     const sealedIn = () =>
-      metric(b1, AGENT, 'edgemesh_tunnel_sealed_streams_total', 'path="relay"', 'side="in"');
+      agentMetric(b1, 'edgemesh_tunnel_sealed_streams_total', 'path="relay"', 'side="in"');
     const sealedTx = () =>
-      metric(a1, AGENT, 'edgemesh_tunnel_sealed_bytes_total', 'path="relay"', 'direction="tx"');
-    const relayRx = async () =>
-      (await metric(
-        cloud,
-        'http://127.0.0.1:10553/metrics',
-        'edgemesh_relay_bytes_total',
-        'node="a1"',
-        'direction="rx"',
-      )) +
-      (await metric(
-        cloud,
-        'http://127.0.0.1:10554/metrics',
-        'edgemesh_relay_bytes_total',
-        'node="a1"',
-        'direction="rx"',
-      ));
-    const failures = () => metric(a1, AGENT, 'edgemesh_tunnel_sealed_failures_total');
+      agentMetric(a1, 'edgemesh_tunnel_sealed_bytes_total', 'path="relay"', 'direction="tx"');
+    const relayRx = () => relayMetric('edgemesh_relay_bytes_total', 'node="a1"', 'direction="rx"');
+    const failures = () => agentMetric(a1, 'edgemesh_tunnel_sealed_failures_total');
     const [streams0, out0, in0, tx0, rx0, fail0] = await Promise.all([
       relayStreams(),
       sealedOut(),
@@ -278,10 +267,14 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
         (p: { node: string; path: string }) => p.node === 'a2' && p.path === 'direct',
       );
     }, 15_000);
-    const before = await relayStreams();
+    const directSealed = () =>
+      agentMetric(a1, 'edgemesh_tunnel_sealed_streams_total', 'path="direct"', 'side="out"');
+    const [before, sealedBefore] = await Promise.all([relayStreams(), directSealed()]);
     expect(await http('10.96.0.23')).toBe('pod-a2');
     expect(await echo('10.96.0.23', 'same lan\n')).toBe('same lan\n');
     expect(await relayStreams()).toBe(before);
+    // The direct stream is sealed too (a data connection to a2's tunnel port, no relay involved).
+    expect(await directSealed()).toBeGreaterThanOrEqual(sealedBefore + 1);
     const out = await a1.run(process.execPath, binPath, 'status');
     expect(out).toMatch(/peer a2 path=direct/);
     expect(out).toMatch(/peer b1 path=relay/);
@@ -311,8 +304,7 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
   it('a killed relay is replaced by the other within 2 s for new connections', async () => {
     // Precondition: both ends hold sessions to both relays (a session lost earlier, e.g. to missed
     // keepalives on a loaded machine, reconnects with up to 2 s of backoff).
-    const connected = (ns: Netns) =>
-      metric(ns, 'http://127.0.0.1:10551/metrics', 'edgemesh_tunnel_relay_connected');
+    const connected = (ns: Netns) => agentMetric(ns, 'edgemesh_tunnel_relay_connected');
     await eventually(async () => (await connected(a1)) === 2 && (await connected(b1)) === 2, 10_000);
     await relays[0]!.stop('SIGKILL');
     const t0 = Date.now();
