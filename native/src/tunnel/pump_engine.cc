@@ -23,6 +23,8 @@ constexpr int kPlain = 0;   // sealed pump: fd 0 is the plain socket, fd 1 the s
 constexpr int kSealed = 1;  // splice pump: fd 0 is a, fd 1 is b
 // Progress-loop rounds per wake-up before a busy pump yields to the others on its thread.
 constexpr int kRoundsPerTurn = 32;
+// Idle record buffers a worker keeps for reuse (each 4 records: 256 KiB).
+constexpr size_t kPooledBuffers = 16;
 
 // Abortive close: RST instead of FIN, so the peer cannot take a cut stream for a complete one.
 void ResetClose(int fd) {
@@ -35,6 +37,28 @@ void ResetClose(int fd) {
 std::string Describe(const char* what, int err) { return std::string(what) + ": " + std::strerror(err); }
 
 }  // namespace
+
+// Record buffers kept by one worker thread for its pumps: an idle pump hands its buffers back, so
+// 10,000 idle streams cost no buffer memory, and a busy one does not malloc per wake-up.
+class BufferPool {
+ public:
+  BufferPool(size_t size, size_t max_cached) : size_(size), max_cached_(max_cached) {}
+  size_t size() const { return size_; }
+  std::unique_ptr<uint8_t[]> Take() {
+    if (free_.empty()) return std::unique_ptr<uint8_t[]>(new uint8_t[size_]);  // no zeroing: always written first
+    auto b = std::move(free_.back());
+    free_.pop_back();
+    return b;
+  }
+  void Give(std::unique_ptr<uint8_t[]> b, size_t size) {
+    if (b && size == size_ && free_.size() < max_cached_) free_.push_back(std::move(b));
+  }
+
+ private:
+  size_t size_;
+  size_t max_cached_;
+  std::vector<std::unique_ptr<uint8_t[]>> free_;
+};
 
 // One pump: two fds owned by one worker thread, driven by a progress loop after each epoll edge.
 class Pump {
@@ -53,7 +77,10 @@ class Pump {
   bool Run() {
     for (int round = 0; round < kRoundsPerTurn; ++round) {
       if (done_) return false;
-      if (!Step()) return false;
+      if (!Step()) {
+        if (!done_) Idle();
+        return false;
+      }
     }
     return !done_;
   }
@@ -63,8 +90,12 @@ class Pump {
     if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) wr_[side] = true;
   }
   bool done() const { return done_; }
-  // The epoll set the fds are in (DEL'd before closing: a JS dup may still hold the file open).
-  void Watch(int epfd) { epfd_ = epfd; }
+  // The epoll set the fds are in (DEL'd before closing: a JS dup may still hold the file open),
+  // and the worker's buffer pool.
+  void Watch(int epfd, BufferPool* pool) {
+    epfd_ = epfd;
+    pool_ = pool;
+  }
   int fd(int side) const { return fd_[side]; }
   uint64_t id() const { return id_; }
   // epoll data for fd `side`: the pump pointer with the side in its low bit.
@@ -73,6 +104,8 @@ class Pump {
  protected:
   // One pass over both directions; true when anything moved.
   virtual bool Step() = 0;
+  // Waiting for epoll: give back what an idle pump does not need.
+  virtual void Idle() {}
 
   // Leaves the epoll set: a closed fd leaves it by itself only when no other fd (JS's, until it
   // is destroyed) refers to the same socket, and a late event would name a deleted pump.
@@ -107,6 +140,7 @@ class Pump {
   uint64_t id_;
   int fd_[2];
   int epfd_ = -1;
+  BufferPool* pool_ = nullptr;
   // "May be readable/writable": set by epoll edges; cleared by EAGAIN, and for writes also by a
   // short write (edge-triggered: the next edge comes when room frees up).
   bool rd_[2] = {true, true};
@@ -126,7 +160,7 @@ class SealedPump final : public Pump {
     size_t batch = std::max<size_t>(2, engine_.options().batch_records);
     size_t head_records = (plain_head.size() + kMaxPlaintext - 1) / kMaxPlaintext;
     up_cap_ = (std::max(batch, head_records + 1)) * kMaxRecord;
-    up_ = std::make_unique<uint8_t[]>(up_cap_);
+    if (!plain_head.empty()) up_.reset(new uint8_t[up_cap_]);
     for (size_t off = 0; off < plain_head.size(); off += kMaxPlaintext) {
       size_t n = std::min(kMaxPlaintext, plain_head.size() - off);
       std::memcpy(up_.get() + up_end_ + kHeaderBytes, plain_head.data() + off, n);
@@ -136,8 +170,10 @@ class SealedPump final : public Pump {
     engine_.Add(kPlainToSealedBytes, plain_head.size());
     // The sealed head must fit with room for one more whole record after it.
     down_cap_ = std::max(batch * kMaxRecord, sealed_head.size() + kMaxRecord);
-    down_ = std::make_unique<uint8_t[]>(down_cap_);
-    std::memcpy(down_.get(), sealed_head.data(), sealed_head.size());
+    if (!sealed_head.empty()) {
+      down_.reset(new uint8_t[down_cap_]);
+      std::memcpy(down_.get(), sealed_head.data(), sealed_head.size());
+    }
     down_end_ = sealed_head.size();
     parse_pending_ = !sealed_head.empty();
     return true;
@@ -167,6 +203,23 @@ class SealedPump final : public Pump {
   }
 
  private:
+  void Idle() override {
+    if (up_ && up_start_ == up_end_) {
+      pool_->Give(std::move(up_), up_cap_);
+      up_start_ = up_end_ = 0;
+    }
+    if (down_ && segs_.empty() && parse_off_ == down_end_) {
+      pool_->Give(std::move(down_), down_cap_);
+      parse_off_ = down_end_ = 0;
+    }
+  }
+
+  // This direction's buffer, from the worker's pool when it has the standard size.
+  std::unique_ptr<uint8_t[]> Buffer(size_t cap) {
+    if (cap == pool_->size()) return pool_->Take();
+    return std::unique_ptr<uint8_t[]>(new uint8_t[cap]);
+  }
+
   bool SealOne(size_t n) {
     size_t rec = sealer_.SealInPlace(up_.get() + up_end_, n);
     if (rec == 0) return false;
@@ -182,6 +235,7 @@ class SealedPump final : public Pump {
   // plain -> up buffer: one readv fills several record slots, each sealed in place.
   bool ReadPlain() {
     if (plain_eof_ || !rd_[kPlain]) return false;
+    if (!up_) up_ = Buffer(up_cap_);
     if (up_cap_ - up_end_ < kMaxRecord && up_start_ > 0) {
       std::memmove(up_.get(), up_.get() + up_start_, up_end_ - up_start_);
       up_end_ -= up_start_;
@@ -258,6 +312,7 @@ class SealedPump final : public Pump {
   // sealed -> down buffer, then Parse opens every whole record in place.
   bool ReadSealed() {
     if (!rd_[kSealed] || sealed_eof_) return false;
+    if (!down_) down_ = Buffer(down_cap_);
     if (segs_.empty() && parse_off_ > 0 && down_cap_ - down_end_ < kMaxRecord) {
       // Only the unparsed tail (less than one record) is live: move it to the front.
       std::memmove(down_.get(), down_.get() + parse_off_, down_end_ - parse_off_);
@@ -518,7 +573,9 @@ class SplicePump final : public Pump {
 // One epoll thread and the pumps it owns.
 class PumpWorker {
  public:
-  explicit PumpWorker(PumpEngine& engine) : engine_(engine) {}
+  explicit PumpWorker(PumpEngine& engine)
+      : engine_(engine),
+        pool_(std::max<size_t>(2, engine.options().batch_records) * kMaxRecord, kPooledBuffers) {}
   ~PumpWorker() { Stop(); }
 
   std::optional<SyscallError> Start() {
@@ -575,7 +632,7 @@ class PumpWorker {
     for (auto& owned : batch) {
       Pump* p = owned.release();
       pumps_.insert(p);
-      p->Watch(epfd_);
+      p->Watch(epfd_, &pool_);
       bool ok = true;
       for (int side = 0; side < 2 && ok; ++side) {
         epoll_event ev{};
@@ -651,6 +708,7 @@ class PumpWorker {
   std::unordered_set<Pump*> pumps_;  // owned; only the worker thread touches these
   std::vector<Pump*> ready_;
   std::vector<Pump*> touched_;
+  BufferPool pool_;  // declared last: destroyed after the pumps that hand buffers back
 };
 
 PumpEngine::PumpEngine(const PumpEngineOptions& options, DoneFn done) : options_(options), done_(std::move(done)) {
