@@ -1,7 +1,7 @@
 // The local VIP route reconciler without root: what it would change (pure), and that a missing or
 // failing `ip` costs one warning and never an exception (the real routes are tested in the shared
 // interceptor suite, test/e2e/interceptor-suite.ts).
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
@@ -75,6 +75,13 @@ describe('vip routes: endpoint addresses stay non-local', () => {
         `route add local 10.96.0.103/32 dev lo table local proto ${ROUTE_PROTO}`,
         `route del local 10.96.0.12/32 dev lo table local proto ${ROUTE_PROTO}`,
       ]);
+      // The same set again runs no `ip` at all; the drift check still looks (and, as this fake `ip`
+      // never changes, finds the same work again).
+      rmSync(batch);
+      expect(await routes.syncTargets([target('10.96.0.104', 9376), target('10.96.0.103', 80)])).toBe(false);
+      expect(existsSync(batch)).toBe(false);
+      expect(await routes.reconcile()).toBe(true);
+      expect(existsSync(batch)).toBe(true);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
