@@ -327,7 +327,11 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
     await relays[1]!.stop('SIGKILL');
     expect(await http('10.96.0.23')).toBe('pod-a2');
     expect(await echo('10.96.0.23', 'offline lan\n')).toBe('offline lan\n');
-    // LAN B is now unreachable: the connection is refused/closed rather than hanging the agent.
+    // LAN B now has no path: the connection is tried on the endpoint itself (README), which LAN A
+    // cannot route to, so nothing comes back; the agent counts it and keeps serving.
+    const noPath = await agentMetric(a1, 'edgemesh_tunnel_no_path_total');
     expect(await echo('10.96.0.21', 'nowhere\n')).toBe('');
+    expect(await agentMetric(a1, 'edgemesh_tunnel_no_path_total')).toBeGreaterThan(noPath);
+    expect(await echo('10.96.0.23', 'still here\n')).toBe('still here\n');
   });
 });
