@@ -2,7 +2,8 @@
 // CA the test makes, node certificates naming each node, a relay in the cloud and agents in two
 // LANs behind NAT (test/helpers/lans.ts). Proves: traffic LAN A → LAN B works through the relay;
 // an agent whose certificate another CA signed is rejected with a log line naming the reason on
-// both sides (the relay says why over the session, so the agent does not see a bare close);
+// both sides (the relay says why over the session, so the agent does not see a bare close), and an
+// agent that does not trust the relay's certificate refuses it (TLS fails, logged on both sides);
 // an agent with a valid certificate for one name cannot register as another node (the real node
 // keeps its registration and its traffic).
 import fs from 'node:fs';
@@ -100,6 +101,8 @@ describe.skipIf(skip)('tunnel in certificate mode (agents + relay in network nam
     // Trusts the right CA, but its own certificate comes from another one.
     const stranger = makeNodeCert(foreign, 'x1');
     fs.writeFileSync(path.join(dir, 'stranger.yaml'), agentYaml(ca, stranger, false, 20016));
+    // An agent of another cluster: trusts only its own CA, so it refuses the relay first.
+    fs.writeFileSync(path.join(dir, 'foreign.yaml'), agentYaml(foreign, stranger, false, 20036));
     // A valid certificate from the right CA, for a9; the agent will claim to be b1.
     fs.writeFileSync(path.join(dir, 'impostor.yaml'), agentYaml(ca, makeNodeCert(ca, 'a9'), false, 20026));
 
@@ -177,6 +180,19 @@ describe.skipIf(skip)('tunnel in certificate mode (agents + relay in network nam
       expect((await relayAgents()).map((a) => a.node)).not.toContain('x1');
     } finally {
       await stranger.stop('SIGKILL');
+    }
+  });
+
+  it('an agent that does not trust the relay certificate refuses it, logged on both sides', async () => {
+    const seen = relay.output().length;
+    const foreign = agent(cloud, 'x2', 'foreign.yaml', ['--metrics-listen', '127.0.0.1:10563']);
+    try {
+      // The agent names the failed certificate check; the relay sees its TLS handshake fail.
+      await foreign.waitFor(/"err":"[^"]*(certificate|verify)[^"]*"[^\n]*relay unreachable/, 15_000);
+      await eventually(async () => /TLS handshake failed/.test(relay.output().slice(seen)), 5000);
+      expect((await relayAgents()).map((a) => a.node)).not.toContain('x2');
+    } finally {
+      await foreign.stop('SIGKILL');
     }
   });
 
