@@ -6,16 +6,14 @@
 // not local: 10.97.0.0/16 is routed to a 1500-MTU bridge (as a service CIDR is on a node), so only
 // the interceptor's local VIP route (vip-routes.ts) gives its node-local clients lo's MTU. A pod
 // namespace (10.245.0.2, veth to the node at 10.245.0.1) is the client from elsewhere.
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Interceptor, InterceptTarget } from '../../src/proxier/interceptor.ts';
 import type { RuleOptions } from '../../src/proxier/iptables-render.ts';
-import { ROUTE_PROTO } from '../../src/proxier/vip-routes.ts';
 import { silentLogger } from '../../src/util/log.ts';
 import { runProcess } from '../../src/util/run-process.ts';
-import { repoRoot } from '../helpers/cli.ts';
 import { createNetns, type Netns } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
+import { clientMss as clientMssVia, vipRoutes } from '../helpers/vip-routes.ts';
 
 /** How one implementation plugs into the suite. */
 export interface InterceptorSuiteImpl {
@@ -66,24 +64,6 @@ const c = (toPort: number): InterceptTarget => ({
   protocol: 'TCP',
   toPort,
 });
-
-/** The MSS of a client socket to ip:80 run under `prefix` (ss -ti, read while it is connected). */
-export async function clientMssVia(prefix: readonly string[], ip: string): Promise<number> {
-  const helper = path.join(repoRoot, 'test/helpers/client-mss.mjs');
-  const r = await runProcess([...prefix, process.execPath, helper, ip, '80'], { timeoutMs: 20_000 });
-  if (r.code !== 0) throw new Error(`client-mss ${ip}: ${r.stderr}`);
-  return (JSON.parse(r.stdout) as { mss: number }).mss;
-}
-
-/** The VIPs that have an edgemesh local route (proto 228) in `ns`. */
-export async function vipRoutes(ns: Netns): Promise<string[]> {
-  const out = await ns.run('ip', '-4', 'route', 'show', 'table', 'local', 'proto', String(ROUTE_PROTO));
-  return out
-    .split('\n')
-    .map((l) => l.trim().split(/\s+/)[1] ?? '')
-    .filter(Boolean)
-    .sort();
-}
 
 /** Strips what changes between two dumps of the same rules. */
 export function normalizeDump(text: string): string {

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunningCli } from '../helpers/cli.ts';
 import { Topology } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
+import { clientMss, vipRoutes } from '../helpers/vip-routes.ts';
 import { normalizeDump } from './interceptor-suite.ts';
 
 const skip = skipUnlessRoot('proxier agent e2e (network namespaces, iptables/nft)');
@@ -158,6 +159,14 @@ for (const mode of ['iptables', 'nftables'] as const) {
       expect(await body('http://10.96.0.100:12345', topo.pods[2]!.ns)).toMatch(/^pod-[01]$/);
     });
 
+    it('a local route per intercepted ClusterIP gives node-local clients loopback MSS (not one that is an endpoint)', async () => {
+      // 10.96.0.104 is "chain"'s endpoint: the proxy's own connection to it must reach pod-2.
+      expect(await vipRoutes(topo.node)).toEqual(['10.96.0.100', '10.96.0.101', '10.96.0.103']);
+      expect(await clientMss(['ip', 'netns', 'exec', topo.node.name], '10.96.0.101', 2701)).toBeGreaterThan(
+        1448,
+      );
+    });
+
     it("never intercepts the proxy's own upstream connections (backend = another ClusterIP)", async () => {
       // Intercepted, 10.96.0.104:9376 is "shadow" → pod-0/1; the proxy's own connection to the same
       // address must go straight to the machine that owns it (pod-2).
@@ -223,6 +232,7 @@ for (const mode of ['iptables', 'nftables'] as const) {
       expect(await agent!.stop('SIGTERM')).toBe(0);
       agent = undefined;
       expect(await ruleset()).toBe(before);
+      expect(await vipRoutes(topo.node)).toEqual([]);
     });
   });
 }

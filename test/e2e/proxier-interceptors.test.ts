@@ -15,7 +15,8 @@ import { silentLogger } from '../../src/util/log.ts';
 import { detachConnect4Link } from '../helpers/connect4-link.ts';
 import { createNetns, type Netns, sh } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
-import { clientMssVia, interceptorSuite, normalizeDump, vipRoutes } from './interceptor-suite.ts';
+import { clientMss, vipRoutes } from '../helpers/vip-routes.ts';
+import { interceptorSuite, normalizeDump } from './interceptor-suite.ts';
 
 const prefix = (ns: Netns) => ['ip', 'netns', 'exec', ns.name];
 
@@ -189,7 +190,7 @@ describe.skipIf(skipUnlessRoot('localVipRoutes off'))('localVipRoutes: false', (
       await ic.sync([{ id: 't/c', clusterIP: '10.97.0.10', port: 80, protocol: 'TCP', toPort: 21000 }]);
       expect(await vipRoutes(ns)).toEqual([]);
       expect(await ic.repair()).toBe(false);
-      expect(await clientMssVia(prefix(ns), '10.97.0.10')).toBe(1448);
+      expect(await clientMss(prefix(ns), '10.97.0.10')).toBe(1448);
       expect(await ns.run('ip', '-4', 'route', 'show', 'table', 'local', '10.97.0.98')).toMatch(
         /proto static/,
       );
