@@ -435,7 +435,12 @@ function tsSplicePump(
   opts: { aHead?: Buffer; bHead?: Buffer },
 ): Promise<SpliceResult> {
   const result: SpliceResult = { aToB: 0, bToA: 0 };
-  const done = bothClosed(a, b).then(() => result);
+  tsCounters.splice_started++;
+  const done = bothClosed(a, b).then(() => {
+    tsCounters[result.error === undefined ? 'finished' : 'failed']++;
+    tsCounters.splice_bytes += result.aToB + result.bToA;
+    return result;
+  });
   const abort = (why: string) => {
     result.error ??= why;
     resetSocket(a);
@@ -475,6 +480,9 @@ function tsSplicePump(
     result.bToA += opts.bHead.length;
     a.write(opts.bHead);
   }
+  // 'end' already emitted before we took over: it will not come again.
+  if (a.readableEnded) b.end();
+  if (b.readableEnded) a.end();
   a.resume();
   b.resume();
   return done;
