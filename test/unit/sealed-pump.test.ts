@@ -7,6 +7,7 @@ import {
   mirrorKeys,
   newSealedKeys,
   type SealedKeys,
+  sealedPumpCounters,
   sealedPumpMode,
   startSealedPump,
   startSplicePump,
@@ -163,6 +164,22 @@ describe.each(['ts', 'native'] as const)('sealed pump (%s)', (mode) => {
     expect(a.data.toString()).toBe('partial');
     expect(a.error).toBe('ECONNRESET');
     expect(res.error).toMatch(/EOF/);
+  });
+
+  it('counts records, bytes and refusals for metrics', async () => {
+    const before = sealedPumpCounters();
+    const { app, raw, pump, enc } = await single(newSealedKeys());
+    const got = collect(app);
+    const good = enc.seal(Buffer.alloc(100));
+    const bad = enc.seal(Buffer.from('tampered'));
+    bad[bad.length - 1] = (bad[bad.length - 1] ?? 0) ^ 1;
+    raw.write(Buffer.concat([good, bad]));
+    await Promise.all([got, pump]);
+    const after = sealedPumpCounters();
+    expect(after.sealed_started - before.sealed_started).toBe(1);
+    expect(after.failed - before.failed).toBe(1);
+    expect(after.auth_failures - before.auth_failures).toBe(1);
+    expect(after.records_opened - before.records_opened).toBeGreaterThanOrEqual(1);
   });
 
   it('resets on a header N out of range', async () => {
