@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import os from 'node:os';
+import { Counter, type Registry } from 'prom-client';
 import { errorMessage } from '../errors.ts';
 import { loadNative, type NativeBinding, type NativePumpDone } from '../native/index.ts';
 import { IV_BYTES, KEY_BYTES, SealedDecoder, SealedEncoder, SealedStreamError } from './sealed-records.ts';
@@ -86,6 +87,25 @@ export function sealedPumpCounters(): Record<PumpCounterName, number> {
     });
   }
   return out;
+}
+
+/** Name of the metric registerPumpMetrics adds (one series per PUMP_COUNTER_NAMES entry). */
+export const PUMP_METRIC = 'edgemesh_tunnel_pump_events_total';
+
+/** Exposes sealedPumpCounters() as `edgemesh_tunnel_pump_events_total{counter}`, read at scrape time; idempotent. */
+export function registerPumpMetrics(registry: Registry): void {
+  if (registry.getSingleMetric(PUMP_METRIC)) return;
+  new Counter({
+    name: PUMP_METRIC,
+    help: 'Sealed and splice pump events and bytes of this process (native engine and TS twin together)',
+    labelNames: ['counter'] as const,
+    registers: [registry],
+    // Plain numbers kept by the pumps, copied at scrape time: nothing per byte touches prom-client.
+    collect() {
+      this.reset();
+      for (const [name, value] of Object.entries(sealedPumpCounters())) this.inc({ counter: name }, value);
+    },
+  });
 }
 
 /** Fresh random keys for one side of one stream. */

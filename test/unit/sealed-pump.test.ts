@@ -2,10 +2,12 @@
 // -> pump -> plain -> app, half-close both ways, and every failure resetting the plain side.
 import { createHash, randomBytes } from 'node:crypto';
 import type net from 'node:net';
+import { Registry } from 'prom-client';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   mirrorKeys,
   newSealedKeys,
+  registerPumpMetrics,
   type SealedKeys,
   sealedPumpCounters,
   sealedPumpMode,
@@ -180,6 +182,13 @@ describe.each(['ts', 'native'] as const)('sealed pump (%s)', (mode) => {
     expect(after.failed - before.failed).toBe(1);
     expect(after.auth_failures - before.auth_failures).toBe(1);
     expect(after.records_opened - before.records_opened).toBeGreaterThanOrEqual(1);
+    const registry = new Registry();
+    registerPumpMetrics(registry);
+    registerPumpMetrics(registry); // idempotent
+    const text = await registry.metrics();
+    expect(text).toContain(
+      `edgemesh_tunnel_pump_events_total{counter="auth_failures"} ${after.auth_failures}`,
+    );
   });
 
   it('resets on a header N out of range', async () => {
