@@ -77,14 +77,20 @@ export class DataTokens {
    * Expects one data connection presenting `token`, proven with `proofKey` (the dialer's txKey):
    * `onClaim` gets it, or `onExpire` runs when none came in time. Returns a cancel function.
    */
-  expect(token: Buffer, proofKey: Buffer, onClaim: DataClaim, onExpire: () => void): () => void {
+  expect(
+    token: Buffer,
+    proofKey: Buffer,
+    onClaim: DataClaim,
+    onExpire: () => void,
+    ttlMs = this.o.ttlMs ?? 5000,
+  ): () => void {
     const key = token.toString('hex');
     const timer = setTimeout(() => {
       if (this.expected.get(key)?.timer !== timer) return;
       this.expected.delete(key);
       this.stats.expired++;
       onExpire();
-    }, this.o.ttlMs ?? 5000);
+    }, ttlMs);
     timer.unref();
     this.expected.set(key, { proofKey, onClaim, onExpire, timer });
     const w = this.waiting.get(key);

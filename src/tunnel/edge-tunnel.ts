@@ -24,8 +24,9 @@ import type { Logger } from '../util/log.ts';
 import { parseHostPort } from '../util/net.ts';
 import { clientTlsOptions, loadCredentials, type TunnelCredentials } from './credentials.ts';
 import { dialData, newToken } from './data-hello.ts';
+import { ClientDataPool, ServerDataPool } from './data-pool.ts';
 import { DataTokens, takeBuffered } from './data-tokens.ts';
-import type { OpenTarget, SealedOpen } from './frames.ts';
+import type { DataPoolAnnouncement, OpenTarget, SealedOpen } from './frames.ts';
 import { joinStreams } from './join-streams.ts';
 import { SealedControl } from './sealed-control.ts';
 import {
@@ -157,6 +158,12 @@ function tunnelMetrics(registry?: Registry) {
       labelNames: ['path', 'direction'] as const,
       registers,
     }),
+    sealedPooled: new Counter({
+      name: 'edgemesh_tunnel_sealed_pooled_total',
+      help: 'Sealed streams that took a pre-dialled (pooled) data connection instead of dialing one, by side',
+      labelNames: ['side'] as const,
+      registers,
+    }),
     sealedFailures: new Counter({
       name: 'edgemesh_tunnel_sealed_failures_total',
       help: 'Sealed streams reset while being set up (refused, no data connection, peer reset)',
@@ -199,6 +206,9 @@ export class EdgeTunnel implements Service {
   private readonly dataTokens: DataTokens;
   /** Sockets of sealed streams (plain, data) still being set up, destroyed on stop. */
   private readonly settingUp = new Set<net.Socket>();
+  /** Idle data connections per session: dialed by us (we are its client) or to us (its server). */
+  private readonly clientPools = new Map<Session, ClientDataPool>();
+  private readonly serverPools = new Map<Session, ServerDataPool>();
 
   constructor(private readonly o: EdgeTunnelOptions) {
     this.cfg = o.config.modules.edgeTunnel;
@@ -489,7 +499,12 @@ export class EdgeTunnel implements Service {
   ): void {
     const keys = newSealedKeys();
     const far = mirrorKeys(keys);
-    const token = newToken();
+    // An idle pooled connection saves a connect + hello on the way to the first byte.
+    const pooled =
+      session.role === 'client'
+        ? this.clientPools.get(session)?.takeAny()
+        : this.serverPools.get(session)?.takeAny();
+    const token = pooled?.token ?? newToken();
     let settled = false;
     let data: net.Socket | undefined;
     let cancel: (() => void) | undefined;
@@ -517,12 +532,16 @@ export class EdgeTunnel implements Service {
       settled = true;
       ctl?.finish();
       this.metrics.sealed.inc({ path, side: 'out' });
+      if (pooled) this.metrics.sealedPooled.inc({ side: 'out' });
       void startSealedPump(socket, d, keys, head.length > 0 ? { sealedHead: head } : {}).then((r) =>
         this.pumpDone(r, path, target),
       );
     };
     const dialed = session.dialed;
-    if (session.role === 'client' && dialed) {
+    if (pooled) {
+      data = pooled.socket;
+      run(pooled.socket);
+    } else if (session.role === 'client' && dialed) {
       dialData(dialed.host, dialed.port, token, keys.txKey, this.dataTimeoutMs()).then(
         (d) => {
           data = d;
@@ -554,8 +573,9 @@ export class EdgeTunnel implements Service {
         { from: t.src, target: key, node: t.node },
         'tunnel: refused a stream to an endpoint not on this node',
       );
-      // A data connection already on its way here is cut at once instead of waiting for expiry.
-      if (!dialer)
+      // A data connection already on its way here (or pooled) is cut at once, not at expiry.
+      if (dialer) this.clientPools.get(session)?.take(open.token)?.resetAndDestroy();
+      else if (!this.serverPools.get(session)?.claim(open.token, (d) => d?.resetAndDestroy()))
         this.dataTokens.expect(
           open.token,
           open.keys.rxKey,
@@ -603,6 +623,7 @@ export class EdgeTunnel implements Service {
       this.settingUp.delete(pod);
       this.settingUp.delete(data);
       this.metrics.sealed.inc({ path, side: 'in' });
+      if (pooledIn) this.metrics.sealedPooled.inc({ side: 'in' });
       void startSealedPump(pod, data, open.keys, {
         ...(sealedHead.length > 0 ? { sealedHead } : {}),
         ...(plainHead.length > 0 ? { plainHead } : {}),
@@ -632,6 +653,7 @@ export class EdgeTunnel implements Service {
     connectTimer.unref();
     pod.once('close', () => clearTimeout(connectTimer));
     pod.connect(t.port, t.ip);
+    let pooledIn = false;
     const took = (socket: net.Socket) => {
       if (settled) {
         socket.resetAndDestroy();
@@ -642,7 +664,23 @@ export class EdgeTunnel implements Service {
       start();
     };
     const dialed = session.dialed;
-    if (dialer && dialed) {
+    const ours = dialer ? this.clientPools.get(session)?.take(open.token) : undefined;
+    if (ours) {
+      pooledIn = true;
+      took(ours);
+    } else if (
+      !dialer &&
+      this.serverPools.get(session)?.claim(open.token, (d) => {
+        pooledIn = true;
+        if (d) took(d);
+        else {
+          ctl.reset('pooled data connection never came');
+          fail('pooled data connection never came');
+        }
+      })
+    ) {
+      // A pooled connection the peer dialed: here already, or handed over on arrival.
+    } else if (dialer && dialed) {
       // Dialed alongside the pod's connect: the two handshakes overlap.
       dialData(dialed.host, dialed.port, open.token, open.keys.txKey, this.dataTimeoutMs()).then(
         (d) => took(d),
@@ -707,13 +745,40 @@ export class EdgeTunnel implements Service {
   private track(s: Session): void {
     this.sessions.add(s);
     s.on('open', (stream: TunnelStream, t: OpenTarget) => this.onInbound(stream, t));
-    if (this.cfg.sealedData) s.sealedOpener = (id, open) => this.onSealedInbound(s, id, open);
+    if (this.cfg.sealedData) {
+      s.sealedOpener = (id, open) => this.onSealedInbound(s, id, open);
+      if (s.isReady) this.startPool(s);
+      else s.once('ready', () => this.startPool(s));
+    }
     s.on('frameError', () => this.metrics.frameErrors.inc());
     s.on('authFailure', () => this.metrics.authFailures.inc());
     s.once('close', () => {
       this.sessions.delete(s);
       this.updatePathMetrics();
     });
+  }
+
+  /** Idle data connections for a sealed session: we dial them as its client, or take them as its server. */
+  private startPool(s: Session): void {
+    if (!s.shares(SEALED_CAP) || this.stopped) return;
+    const dialed = s.dialed;
+    if (s.role === 'client' && dialed) {
+      const pool = new ClientDataPool(s, dialed.host, dialed.port, this.o.log, this.dataTimeoutMs());
+      this.clientPools.set(s, pool);
+      s.once('close', () => {
+        pool.close();
+        this.clientPools.delete(s);
+      });
+      pool.fill();
+    } else if (s.role === 'server') {
+      const pool = new ServerDataPool(this.dataTokens);
+      this.serverPools.set(s, pool);
+      s.on('dataPool', (a: DataPoolAnnouncement) => pool.announce(a));
+      s.once('close', () => {
+        pool.close();
+        this.serverPools.delete(s);
+      });
+    }
   }
 
   /** A TLS session to host:port that must present `expectNode`'s identity (relay or direct peer). */

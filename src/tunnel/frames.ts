@@ -17,6 +17,8 @@ export const FrameType = {
   AUTH_FAIL: 10,
   /** Opens a stream whose bytes go over its own sealed data connection (only to `sealed-v1` peers). */
   SEALED_OPEN: 11,
+  /** A client announces idle data connections it is about to dial (tokens + their proof key). */
+  DATA_POOL: 12,
 } as const;
 
 export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];
@@ -59,6 +61,7 @@ const connectionTypes = new Set<number>([
   FrameType.PONG,
   FrameType.PEERS,
   FrameType.AUTH_FAIL,
+  FrameType.DATA_POOL,
 ]);
 
 /** Encodes one frame (header + payload) into a single buffer. */
@@ -273,4 +276,31 @@ export function decodeSealedOpen(p: Buffer): SealedOpen {
   };
   const token = take(TOKEN_BYTES);
   return { target, token, keys: { txKey: take(32), txIv: take(12), rxKey: take(32), rxIv: take(12) } };
+}
+
+/**
+ * DATA_POOL payload: which end may name these connections in a SEALED_OPEN (u8: 0 = the server,
+ * for streams toward the client; 1 = the client, for its own streams — never both, so the two
+ * ends cannot pick the same one at once), the 32-byte key that proves them, then 1..64 tokens.
+ */
+export interface DataPoolAnnouncement {
+  picker: 'server' | 'client';
+  proofKey: Buffer;
+  tokens: Buffer[];
+}
+
+/** Encodes a DATA_POOL payload. */
+export function encodeDataPool(a: DataPoolAnnouncement): Buffer {
+  return Buffer.concat([Buffer.from([a.picker === 'server' ? 0 : 1]), a.proofKey, ...a.tokens]);
+}
+
+/** Parses a DATA_POOL payload; throws FrameError unless it is a picker, a key and 1..64 whole tokens. */
+export function decodeDataPool(p: Buffer): DataPoolAnnouncement {
+  const n = (p.length - 33) / TOKEN_BYTES;
+  if (p.length < 33 + TOKEN_BYTES || !Number.isInteger(n) || n > 64 || p[0]! > 1)
+    throw new FrameError('DATA_POOL has a bad length or picker');
+  const tokens: Buffer[] = [];
+  for (let i = 0; i < n; i++)
+    tokens.push(Buffer.from(p.subarray(33 + i * TOKEN_BYTES, 33 + (i + 1) * TOKEN_BYTES)));
+  return { picker: p[0] === 0 ? 'server' : 'client', proofKey: Buffer.from(p.subarray(1, 33)), tokens };
 }

@@ -11,8 +11,9 @@ import type { Service } from '../util/lifecycle.ts';
 import type { Logger } from '../util/log.ts';
 import type { TunnelCredentials } from './credentials.ts';
 import { newToken } from './data-hello.ts';
+import { ServerDataPool } from './data-pool.ts';
 import { DataTokens, takeBuffered } from './data-tokens.ts';
-import type { OpenTarget, SealedOpen } from './frames.ts';
+import type { DataPoolAnnouncement, OpenTarget, SealedOpen } from './frames.ts';
 import { SpliceEnd, spliceStreams } from './relay-splice.ts';
 import { SealedControl } from './sealed-control.ts';
 import { startSplicePump } from './sealed-pump.ts';
@@ -97,6 +98,8 @@ export class RelayServer implements Service {
   private readonly metrics;
   private readonly dataTokens: DataTokens;
   private readonly sealed: boolean;
+  /** Idle data connections each agent dialed ahead of its streams. */
+  private readonly pools = new Map<Session, ServerDataPool>();
   /** Data connections waiting for their partner or spliced, destroyed on stop. */
   private readonly dataSockets = new Set<net.Socket>();
   /** Bound address after start(). */
@@ -164,7 +167,16 @@ export class RelayServer implements Service {
       this.announce();
     });
     s.opener = (id, target) => this.forward(s, id, target);
-    if (this.sealed) s.sealedOpener = (id, open) => this.forwardSealed(s, id, open);
+    if (this.sealed) {
+      s.sealedOpener = (id, open) => this.forwardSealed(s, id, open);
+      const pool = new ServerDataPool(this.dataTokens);
+      this.pools.set(s, pool);
+      s.on('dataPool', (a: DataPoolAnnouncement) => pool.announce(a));
+      s.once('close', () => {
+        pool.close();
+        this.pools.delete(s);
+      });
+    }
     s.on('close', (err?: Error) => {
       this.all.delete(s);
       const node = s.peer?.node;
@@ -216,13 +228,14 @@ export class RelayServer implements Service {
     const srcProof = open.keys.rxKey;
     if (!to?.isReady || target.node === src || !to.peer?.caps?.includes(SEALED_CAP)) {
       this.metrics.rejected.inc();
-      // Its data connection may be on the way already: cut it at once rather than at expiry.
-      this.dataTokens.expect(
-        open.token,
-        srcProof,
-        (d) => d.resetAndDestroy(),
-        () => {},
-      );
+      // Its data connection may be pooled or on the way already: cut it now, not at expiry.
+      if (!this.pools.get(from)?.claim(open.token, (d) => d?.resetAndDestroy()))
+        this.dataTokens.expect(
+          open.token,
+          srcProof,
+          (d) => d.resetAndDestroy(),
+          () => {},
+        );
       return {
         reject: to?.isReady
           ? `node '${target.node}' takes no sealed streams`
@@ -284,14 +297,22 @@ export class RelayServer implements Service {
       pair();
     };
     const expired = () => abort('data connections did not arrive in time');
-    cancels.push(this.dataTokens.expect(open.token, srcProof, arrived('a'), expired));
-    const token = newToken();
+    // The source's connection: one of its pooled ones (here or arriving), else dialed for this stream.
+    const pooledA = this.pools.get(from)?.claim(open.token, (d) => {
+      if (d) arrived('a')(d);
+      else abort('pooled data connection never came');
+    });
+    if (!pooledA) cancels.push(this.dataTokens.expect(open.token, srcProof, arrived('a'), expired));
+    // The target's: an idle one it pooled here (its token tells it which), else a fresh token it dials.
+    const pooledB = this.pools.get(to)?.takeAny();
+    const token = pooledB?.token ?? newToken();
     // The receiving agent's data connection proves itself with its own txKey.
-    cancels.push(this.dataTokens.expect(token, open.keys.txKey, arrived('b'), expired));
+    if (!pooledB) cancels.push(this.dataTokens.expect(token, open.keys.txKey, arrived('b'), expired));
     to.openSealed({ target: { ...target, src }, token, keys: open.keys }, (outId) => {
       outbound = new SealedControl(to, outId, abort);
       return outbound;
     });
+    if (pooledB) arrived('b')(pooledB.socket);
     return inbound;
   }
 

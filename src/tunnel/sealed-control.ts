@@ -16,6 +16,11 @@ export class SealedControl implements StreamSink {
     private readonly onAbort: (reason: string) => void,
   ) {}
 
+  /** True once the stream is reset or handed to its data connection. */
+  get closed(): boolean {
+    return this.over;
+  }
+
   onData(): void {
     throw new FrameError(`DATA on sealed stream ${this.id}`);
   }

@@ -8,6 +8,7 @@ import { EdgemeshError, ErrorCode, errorMessage } from '../errors.ts';
 import type { Logger } from '../util/log.ts';
 import { certificateNames, type TunnelCredentials } from './credentials.ts';
 import {
+  decodeDataPool,
   decodeJson,
   decodeOpen,
   decodeSealedOpen,
@@ -52,6 +53,8 @@ export interface StreamSink {
   onWindow(increment: number): void;
   onClose(): void;
   onReset(reason: string): void;
+  /** True once the sink is done with its id (a sealed stream set up before its opener returned). */
+  readonly closed?: boolean;
 }
 
 /**
@@ -93,7 +96,8 @@ function helloMac(psk: Buffer, ekm: Buffer, role: string, hello: HelloInfo): str
 
 /**
  * A tunnel session. Events: `ready` (peer HelloInfo), `open` (stream, target) for streams the far
- * end opened, `peers` (PeerAnnouncement[]), `authFailure` (reason), `frameError` (err), `close`.
+ * end opened, `peers` (PeerAnnouncement[]), `dataPool` (DataPoolAnnouncement), `authFailure`
+ * (reason), `frameError` (err), `close`.
  */
 export class Session extends EventEmitter implements StreamOwner {
   peer: HelloInfo | undefined;
@@ -345,6 +349,9 @@ export class Session extends EventEmitter implements StreamOwner {
       case FrameType.PEERS:
         this.emit('peers', parsePeers(decodeJson(payload)));
         return;
+      case FrameType.DATA_POOL:
+        this.emit('dataPool', decodeDataPool(payload));
+        return;
       case FrameType.HELLO:
       case FrameType.AUTH_FAIL:
         throw new FrameError(`unexpected frame type ${type} after the handshake`);
@@ -355,7 +362,7 @@ export class Session extends EventEmitter implements StreamOwner {
           throw new FrameError(`SEALED_OPEN reuses stream id ${id}`);
         const sink = this.sealedOpener?.(id, open) ?? { reject: 'this end takes no sealed streams' };
         if ('reject' in sink) this.send(FrameType.RESET, id, Buffer.from(sink.reject.slice(0, 200)));
-        else this.streams.set(id, sink);
+        else if (!sink.closed) this.streams.set(id, sink);
         return;
       }
       case FrameType.OPEN: {

@@ -169,6 +169,15 @@ describe(`sealed tunnel streams (pump: ${sealedPumpMode().mode})`, () => {
       async () => (await metric(r.registry, 'edgemesh_relay_bytes_total')) >= 2 * payload.length,
     );
     expect(await sealedIn()).toBe(sealedInBefore + 1);
+    // Once the pools are filled, both agents take pre-dialled data connections (no connect on the
+    // way to the first byte).
+    await eventually(async () => {
+      await exchange(echoLocal!, 'pooled');
+      return (
+        (await metric(a.registry, 'edgemesh_tunnel_sealed_pooled_total', { side: 'out' })) > 0 &&
+        (await metric(b.registry, 'edgemesh_tunnel_sealed_pooled_total', { side: 'in' })) > 0
+      );
+    });
 
     expect((await exchange(finLocal!, Buffer.alloc(MiB, 2))).toString()).toBe(`got ${MiB}`);
 
