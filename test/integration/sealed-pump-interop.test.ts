@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
+import { Worker } from 'node:worker_threads';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   mirrorKeys,
@@ -340,11 +341,58 @@ describe('sealed decoders under fuzzed streams', () => {
   });
 });
 
+/** A worker thread that runs two native pumps and streams through them until terminated. */
+const WORKER = `
+import { register } from 'tsx/esm/api';
+import { parentPort, workerData } from 'node:worker_threads';
+register();
+const { tcpPair } = await import(workerData.sockets);
+const { startSealedPump, newSealedKeys, mirrorKeys, sealedPumpMode } = await import(workerData.pump);
+const pa = await tcpPair(), pb = await tcpPair(), w = await tcpPair();
+const keys = newSealedKeys();
+startSealedPump(pa.server, w.client, keys);
+startSealedPump(pb.client, w.server, mirrorKeys(keys));
+let got = 0, told = false;
+pb.server.on('data', (d) => {
+  got += d.length;
+  if (!told && got >= 4 << 20) { told = true; parentPort.postMessage({ mode: sealedPumpMode().mode, got }); }
+});
+pb.server.resume();
+const buf = Buffer.alloc(1 << 20, 1);
+const write = () => { while (pa.client.write(buf)); pa.client.once('drain', write); };
+write();
+`;
+
 function openFds(): number {
   return fs.readdirSync('/proc/self/fd').length;
 }
 
 describe('sealed pump resources', () => {
+  it('runs in worker threads (engine per thread); terminating one mid-stream leaves the process intact', async () => {
+    const workerData = {
+      sockets: new URL('../helpers/sockets.ts', import.meta.url).href,
+      pump: new URL('../../src/tunnel/sealed-pump.ts', import.meta.url).href,
+    };
+    for (let i = 0; i < 2; i++) {
+      const w = new Worker(WORKER, { eval: true, workerData });
+      const said = await new Promise<{ mode: string; got: number }>((resolve, reject) => {
+        w.once('message', resolve);
+        w.once('error', reject);
+      });
+      expect(said.mode).toBe('native');
+      expect(said.got).toBeGreaterThanOrEqual(4 << 20);
+      // Streams still flowing: the environment's cleanup hook stops its engine threads.
+      await w.terminate();
+    }
+    // This thread's own pumps still work afterwards.
+    const { appA, appB, pumpA, pumpB } = await chain('native', 'native');
+    const gotB = collect(appB);
+    appA.end('after workers');
+    appB.on('end', () => appB.end());
+    const [rb] = await Promise.all([gotB, pumpA, pumpB]);
+    expect(rb.data.toString()).toBe('after workers');
+  });
+
   it('1,000 short native pumps (sealed and splice) leave the fd count where it was', async () => {
     const server = net.createServer({ pauseOnConnect: true });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
