@@ -172,6 +172,17 @@ export function interceptorSuite(label: string, impl: InterceptorSuiteImpl): voi
       expect(await reachFromPod('10.96.0.11')).toBe('port-b');
     });
 
+    it('a routed VIP port with no service is refused at once (node and pod), as kube-proxy rejects it', async () => {
+      const prefix = impl.clientPrefix?.(ns) ?? ['ip', 'netns', 'exec', ns.name];
+      const dial = `TCP:${ROUTED_VIP}:81,connect-timeout=3`;
+      const node = await runProcess([...prefix, 'socat', '-T', '2', '-', dial], {
+        input: '',
+        timeoutMs: 20_000,
+      });
+      expect(node.stderr).toMatch(/Connection refused/);
+      expect((await pod.exec('socat', ['-T', '2', '-', dial])).stderr).toMatch(/Connection refused/);
+    });
+
     it('a removed service loses its route; repair() restores a route someone deleted', async () => {
       await interceptor.sync([a(21000), b(21001)]);
       expect(await vipRoutes(ns)).toEqual([]);
