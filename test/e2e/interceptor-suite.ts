@@ -7,6 +7,7 @@
 // the interceptor's local VIP route (vip-routes.ts) gives its node-local clients lo's MTU. A pod
 // namespace (10.245.0.2, veth to the node at 10.245.0.1) is the client from elsewhere.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EMPTY_TABLE, type ServiceEntry } from '../../src/controller/types.ts';
 import type { Interceptor, InterceptTarget } from '../../src/proxier/interceptor.ts';
 import type { RuleOptions } from '../../src/proxier/iptables-render.ts';
 import { silentLogger } from '../../src/util/log.ts';
@@ -181,6 +182,24 @@ export function interceptorSuite(label: string, impl: InterceptorSuiteImpl): voi
       });
       expect(node.stderr).toMatch(/Connection refused/);
       expect((await pod.exec('socat', ['-T', '2', '-', dial])).stderr).toMatch(/Connection refused/);
+    });
+
+    it('a VIP that is also an endpoint address gets no route (the proxy connects to it for real)', async () => {
+      // Service "chain" has an endpoint at the routed VIP (the address of another service).
+      const chain = {
+        key: 't/chain',
+        clusterIPs: ['10.96.0.12'],
+        headless: false,
+        proxied: false,
+        sessionAffinity: { type: 'None', timeoutSeconds: 0 },
+        ports: [{ port: 80, protocol: 'TCP', endpoints: [{ ip: ROUTED_VIP, port: 80, ready: true }] }],
+      } as unknown as ServiceEntry;
+      interceptor.observe?.({ ...EMPTY_TABLE, services: new Map([[chain.key, chain]]) });
+      await interceptor.sync([a(21000), b(21001), c(21000)]);
+      expect(await vipRoutes(ns)).toEqual([]);
+      interceptor.observe?.(EMPTY_TABLE);
+      await interceptor.sync([a(21000), b(21001), c(21000)]);
+      expect(await vipRoutes(ns)).toEqual([ROUTED_VIP]);
     });
 
     it('a removed service loses its route; repair() restores a route someone deleted', async () => {

@@ -12,6 +12,7 @@ import type { NativeBinding } from '../../native/index.ts';
 import type { Logger } from '../../util/log.ts';
 import type { Interceptor, InterceptTarget } from '../interceptor.ts';
 import type { CommandPrefix } from '../run-command.ts';
+import { endpointAddresses } from '../vip-routes.ts';
 import {
   Action,
   ConfigFlag,
@@ -244,13 +245,19 @@ export class EbpfInterceptor implements Interceptor {
     return binding.bpfMapKeys(handle, MapName.backend).length / Layout.backendKey.size !== slots;
   }
 
-  /** Routes and listeners for sk_lookup: every VIP:port with a proxy port. */
+  /**
+   * Routes and listeners for sk_lookup: every VIP:port with a proxy port. A VIP that is also an
+   * endpoint address gets no local route: the proxy's own connection to it would otherwise be
+   * delivered locally and steered straight back into the proxy (a loop); without the route it
+   * leaves the node for the machine that owns the address.
+   */
   private async steer(): Promise<void> {
     if (this.handle === undefined) return;
     const steered = this.rendered.filter((e) => e.proxyPort > 0);
+    const endpoints = endpointAddresses(this.table);
     await this.steering.sync(
       this.handle,
-      new Set(steered.map((e) => e.clusterIP)),
+      new Set(steered.map((e) => e.clusterIP).filter((ip) => !endpoints.has(ip))),
       new Set(steered.map((e) => e.proxyPort)),
     );
   }
