@@ -248,8 +248,8 @@ export class EbpfInterceptor implements Interceptor {
   /**
    * Routes and listeners for sk_lookup: every VIP:port with a proxy port. A VIP that is also an
    * endpoint address gets no local route: the proxy's own connection to it would otherwise be
-   * delivered locally and steered straight back into the proxy (a loop); without the route it
-   * leaves the node for the machine that owns the address.
+   * delivered locally (to sk_lookup's steering back into the proxy, or to nothing); without the
+   * route it leaves the node for the machine that owns the address.
    */
   private async steer(): Promise<void> {
     if (this.handle === undefined) return;
