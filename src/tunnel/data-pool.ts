@@ -24,6 +24,10 @@ export class ClientDataPool {
   /** Idle connections by picker: `client` ones we name, `server` ones the far end names. */
   private readonly idle = { client: new Map<string, net.Socket>(), server: new Map<string, net.Socket>() };
   private readonly pending = { client: 0, server: 0 };
+  private readonly refillTimer: Record<'client' | 'server', NodeJS.Immediate | undefined> = {
+    client: undefined,
+    server: undefined,
+  };
   private closed = false;
   private readonly proofKey = crypto.randomBytes(32);
 
@@ -76,11 +80,24 @@ export class ClientDataPool {
     }
   }
 
+  /**
+   * Refills after this turn of the event loop: the stream that just took a connection sends its
+   * SEALED_OPEN first (DATA_POOL and the new connects must not queue ahead of it), and streams
+   * opened back to back still find the pool full.
+   */
+  private refillSoon(picker: 'client' | 'server'): void {
+    if (this.refillTimer[picker]) return;
+    this.refillTimer[picker] = setImmediate(() => {
+      this.refillTimer[picker] = undefined;
+      this.fillFor(picker);
+    });
+  }
+
   /** Takes an idle connection we pick (its token goes in SEALED_OPEN); refills in the background. */
   takeAny(): { token: Buffer; socket: net.Socket } | undefined {
     for (const [key, socket] of this.idle.client) {
       this.idle.client.delete(key);
-      this.fillFor('client');
+      this.refillSoon('client');
       if (!socket.destroyed) return { token: Buffer.from(key, 'hex'), socket };
     }
     return undefined;
@@ -92,13 +109,15 @@ export class ClientDataPool {
     const socket = this.idle.server.get(key);
     if (!socket) return undefined;
     this.idle.server.delete(key);
-    this.fillFor('server');
+    this.refillSoon('server');
     return socket.destroyed ? undefined : socket;
   }
 
   /** Closes every idle connection (the session is gone). */
   close(): void {
     this.closed = true;
+    clearImmediate(this.refillTimer.client);
+    clearImmediate(this.refillTimer.server);
     for (const idle of [this.idle.client, this.idle.server]) {
       for (const s of idle.values()) s.destroy();
       idle.clear();
