@@ -140,12 +140,23 @@ function haproxyContender(redirect: boolean): Contender {
       ]);
       const iptables = (op: string, rule: string[]) =>
         exec(['iptables', '-t', 'nat', op, 'OUTPUT', ...rule], { ns: topo.nodeNs });
+      // The same local VIP route the edgemesh interceptors install (modules.edgeProxy.localVipRoutes):
+      // without it the client leg takes the 1500-MTU service route and HAProxy pays for MSS 1448.
+      const vipRoute = (op: string) =>
+        exec(['ip', 'route', op, 'local', `${BENCH_VIP}/32`, 'dev', 'lo', 'table', 'local'], {
+          ns: topo.nodeNs,
+        });
       try {
         for (const rule of rules) {
           const r = await iptables('-A', rule);
           if (r.code !== 0) throw new Error(`iptables: ${r.stderr.trim()}`);
         }
+        const r = await vipRoute('add');
+        if (r.code !== 0) throw new Error(`ip route: ${r.stderr.trim()}`);
       } catch (err) {
+        // Undo whatever got in (deleting what is absent fails harmlessly).
+        for (const rule of rules) await iptables('-D', rule);
+        await vipRoute('del');
         await d.stop();
         throw err;
       }
@@ -153,9 +164,10 @@ function haproxyContender(redirect: boolean): Contender {
         bulk: { host: BENCH_VIP, port: backend.bulk },
         echo: { host: BENCH_VIP, port: backend.echo },
         pid: d.pid,
-        path: 'splice, iptables REDIRECT from the ClusterIP',
+        path: 'splice, iptables REDIRECT from the ClusterIP (local VIP route)',
         stop: async () => {
           for (const rule of rules) await iptables('-D', rule);
+          await vipRoute('del');
           // Leave no nat table behind: the next contender must not pay for conntrack it did not ask for.
           await exec(['nft', 'delete', 'table', 'ip', 'nat'], { ns: topo.nodeNs });
           await d.stop();
