@@ -7,8 +7,9 @@
 //   sealed-ts     the TS twin (node:crypto on the event loop)
 //   tls-node      Node TLS on the wire with JS pipes either side (today's tunnel hop shape)
 // Reports Gbit/s and this process's CPU seconds per GB (getrusage: every thread, native included).
-// Usage: npx tsx bench/sealed-pump.ts [--mib 256] [--rounds 3] [--only a,b]
-import { execFileSync, spawn } from 'node:child_process';
+// --iperf: iperf3 is the source and sink instead (a C source: the JS child tops out first).
+// Usage: npx tsx bench/sealed-pump.ts [--mib 256] [--rounds 3] [--only a,b] [--iperf]
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -128,7 +129,29 @@ async function main(): Promise<void> {
   const messages: Array<(m: { type: string; port?: number; n?: number }) => void> = [];
   child.on('message', (m: { type: string }) => messages.shift()?.(m));
   const next = () => new Promise<{ type: string; port?: number; n?: number }>((r) => messages.push(r));
-  const sinkPort = (await next()).port as number;
+  const iperf = process.argv.includes('--iperf');
+  let sinkPort = (await next()).port as number;
+  if (iperf) {
+    const probe = await listen(() => {});
+    sinkPort = portOf(probe);
+    probe.close();
+    const server = spawn('iperf3', ['-s', '-p', String(sinkPort)], { stdio: 'ignore' });
+    process.on('exit', () => server.kill());
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  /** One iperf3 transfer of `mib` MiB through `port`: bytes received by the server. */
+  const iperfRun = (port: number) =>
+    new Promise<number>((resolve, reject) =>
+      execFile('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-n', `${mib}M`, '-J'], (err, stdout) => {
+        if (err) reject(err);
+        else
+          resolve(
+            Number(
+              (JSON.parse(stdout) as { end: { sum_received: { bytes: number } } }).end.sum_received.bytes,
+            ),
+          );
+      }),
+    );
   const creds = selfSigned();
 
   /** Sets up the contender's entry port; every accepted stream is forwarded to the child's sink. */
@@ -182,14 +205,18 @@ async function main(): Promise<void> {
       const e = await entry(name);
       const cpu0 = process.cpuUsage();
       const t0 = process.hrtime.bigint();
-      const sunk = next();
-      child.send({ type: 'send', port: e.port, mib });
-      const m = await sunk;
+      let bytes: number;
+      if (iperf) {
+        bytes = await iperfRun(e.port);
+      } else {
+        const sunk = next();
+        child.send({ type: 'send', port: e.port, mib });
+        bytes = (await sunk).n ?? 0;
+        if (bytes !== mib * 1024 * 1024) throw new Error(`${name}: sink got ${bytes} bytes, sent ${mib} MiB`);
+      }
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
       const cpu = process.cpuUsage(cpu0);
       e.close();
-      const bytes = m.n ?? 0;
-      if (bytes !== mib * 1024 * 1024) throw new Error(`${name}: sink got ${bytes} bytes, sent ${mib} MiB`);
       const gb = bytes / 1e9;
       const row = { gbps: (bytes * 8) / secs / 1e9, cpuPerGB: (cpu.user + cpu.system) / 1e6 / gb };
       results.set(name, [...(results.get(name) ?? []), row]);
