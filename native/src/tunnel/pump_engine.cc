@@ -90,6 +90,14 @@ class Pump {
     if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) wr_[side] = true;
   }
   bool done() const { return done_; }
+  // Closes our dups without touching the socket (no SO_LINGER): used when the pump never started,
+  // so the caller's own fds (and the TS twin that takes over) keep a normal close.
+  void Abandon() {
+    for (int& fd : fd_) {
+      if (fd >= 0) close(fd);
+      fd = -1;
+    }
+  }
   // The epoll set the fds are in (DEL'd before closing: a JS dup may still hold the file open),
   // and the worker's buffer pool.
   void Watch(int epfd, BufferPool* pool) {
@@ -763,18 +771,22 @@ uint64_t PumpEngine::AddSealed(int plain_fd, int sealed_fd, const PumpKeys& keys
   PumpWorker* w = NextWorker();
   if (!w) {
     *error = SyscallError{"sealedPumpStart (engine not started)", ESHUTDOWN};
+    pump->Abandon();
     return 0;
   }
   if (auto e = NonBlocking(plain_fd)) {
     *error = e;
+    pump->Abandon();
     return 0;
   }
   if (auto e = NonBlocking(sealed_fd)) {
     *error = e;
+    pump->Abandon();
     return 0;
   }
   if (!pump->Init(keys, plain_head, sealed_head)) {
     *error = SyscallError{"EVP_CIPHER_CTX (AES-256-GCM setup)", ENOMEM};
+    pump->Abandon();
     return 0;
   }
   Add(kSealedStarted, 1);
@@ -789,16 +801,19 @@ uint64_t PumpEngine::AddSplice(int a_fd, int b_fd, std::vector<uint8_t> a_head, 
   PumpWorker* w = NextWorker();
   if (!w) {
     *error = SyscallError{"splicePumpStart (engine not started)", ESHUTDOWN};
+    pump->Abandon();
     return 0;
   }
   for (int fd : {a_fd, b_fd}) {
     if (auto e = NonBlocking(fd)) {
       *error = e;
+      pump->Abandon();
       return 0;
     }
   }
   if (auto e = pump->Init(std::move(a_head), std::move(b_head))) {
     *error = e;
+    pump->Abandon();
     return 0;
   }
   Add(kSpliceStarted, 1);

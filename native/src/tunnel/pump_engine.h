@@ -73,8 +73,9 @@ class PumpEngine {
 
   // Starts the threads (once); the error names the syscall that failed.
   std::optional<SyscallError> Start();
-  // Takes ownership of both fds (closed on every path, also when this fails) and returns the
-  // pump id (> 0), or the syscall that failed.
+  // Takes ownership of both fds (closed on every path; when this fails, plainly, without a reset,
+  // so the caller's sockets and the TS twin keep a normal close) and returns the pump id (> 0), or the
+  // syscall that failed.
   uint64_t AddSealed(int plain_fd, int sealed_fd, const PumpKeys& keys, std::vector<uint8_t> plain_head,
                      std::vector<uint8_t> sealed_head, std::optional<SyscallError>* error);
   uint64_t AddSplice(int a_fd, int b_fd, std::vector<uint8_t> a_head, std::vector<uint8_t> b_head,
