@@ -33,6 +33,7 @@ import {
   mirrorKeys,
   newSealedKeys,
   type PumpResult,
+  registerPumpMetrics,
   sealedPumpMode,
   startSealedPump,
 } from './sealed-pump.ts';
@@ -214,6 +215,8 @@ export class EdgeTunnel implements Service {
     this.cfg = o.config.modules.edgeTunnel;
     this.own = o.config.nodeName;
     this.metrics = tunnelMetrics(o.registry);
+    // Live pump counters (bytes as they move; the per-stream ones count when a stream ends).
+    if (o.registry) registerPumpMetrics(o.registry);
     const addrs = this.cfg.advertiseAddress.length > 0 ? this.cfg.advertiseAddress : hostAddresses();
     this.hello = {
       node: this.own,

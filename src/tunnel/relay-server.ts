@@ -16,7 +16,7 @@ import { DataTokens, takeBuffered } from './data-tokens.ts';
 import type { DataPoolAnnouncement, OpenTarget, SealedOpen } from './frames.ts';
 import { SpliceEnd, spliceStreams } from './relay-splice.ts';
 import { SealedControl } from './sealed-control.ts';
-import { startSplicePump } from './sealed-pump.ts';
+import { registerPumpMetrics, startSplicePump } from './sealed-pump.ts';
 import { SEALED_CAP, type Session } from './session.ts';
 import { TlsListener } from './tls-listener.ts';
 
@@ -107,6 +107,8 @@ export class RelayServer implements Service {
 
   constructor(private readonly o: RelayServerOptions) {
     this.metrics = relayMetrics(o.registry);
+    // Live splice byte counters (edgemesh_relay_bytes_total counts a stream when it ends).
+    if (o.registry) registerPumpMetrics(o.registry);
     this.sealed = o.sealedData ?? true;
     this.dataTokens = new DataTokens({ log: o.log, ttlMs: o.dataTimeoutMs ?? 5000 });
     this.listener = new TlsListener({

@@ -168,6 +168,10 @@ describe(`sealed tunnel streams (pump: ${sealedPumpMode().mode})`, () => {
     await eventually(
       async () => (await metric(r.registry, 'edgemesh_relay_bytes_total')) >= 2 * payload.length,
     );
+    // The pump counters are exposed live on the same registry.
+    expect(
+      await metric(r.registry, 'edgemesh_tunnel_pump_events_total', { counter: 'splice_started' }),
+    ).toBeGreaterThan(0);
     expect(await sealedIn()).toBe(sealedInBefore + 1);
     // Once the pools are filled, both agents take pre-dialled data connections (no connect on the
     // way to the first byte).
