@@ -232,13 +232,18 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
       agentMetric(a1, 'edgemesh_tunnel_sealed_bytes_total', 'path="relay"', 'direction="tx"');
     const relayRx = () => relayMetric('edgemesh_relay_bytes_total', 'node="a1"', 'direction="rx"');
     const failures = () => agentMetric(a1, 'edgemesh_tunnel_sealed_failures_total');
-    const [streams0, out0, in0, tx0, rx0, fail0] = await Promise.all([
+    // The relay's own pump counters: a splice pump started for the stream and carried its bytes.
+    const relaySplices = () => relayMetric('edgemesh_tunnel_pump_events_total', 'counter="splice_started"');
+    const relaySpliced = () => relayMetric('edgemesh_tunnel_pump_events_total', 'counter="splice_bytes"');
+    const [streams0, out0, in0, tx0, rx0, fail0, splices0, spliced0] = await Promise.all([
       relayStreams(),
       sealedOut(),
       sealedIn(),
       sealedTx(),
       relayRx(),
       failures(),
+      relaySplices(),
+      relaySpliced(),
     ]);
     const r = await a1.exec(process.execPath, [tool, 'bulk', '10.96.0.21', '2702', String(16 << 20)], {
       timeoutMs: 30_000,
@@ -253,6 +258,8 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
     expect(await sealedIn()).toBe(in0 + 1);
     await eventually(async () => (await sealedTx()) >= tx0 + (16 << 20), 5000);
     await eventually(async () => (await relayRx()) >= rx0 + (16 << 20), 5000);
+    expect(await relaySplices()).toBe(splices0 + 1);
+    expect(await relaySpliced()).toBeGreaterThanOrEqual(spliced0 + (16 << 20));
     expect(await failures()).toBe(fail0);
     const status = JSON.parse(await a1.run('curl', '-s', 'http://127.0.0.1:10551/status'));
     expect(status.tunnel.sealed).toMatchObject({ enabled: true, pump: 'native' });
