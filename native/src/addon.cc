@@ -21,30 +21,15 @@
 #include "bpf/bpf_napi.h"
 #include "dns/dns_napi.h"
 #include "tunnel/pump_napi.h"
+#include "napi_args.h"
 
 namespace {
 
+using edgemesh::napi::ThrowSyscall;
+using edgemesh::napi::ThrowUsage;
+using edgemesh::napi::U32Arg;
+
 constexpr const char* kAddonVersion = "0.1.0";
-
-// Throws a JS Error carrying the syscall and errno; src/native/index.ts maps it to an
-// EdgemeshError with a stable code.
-[[noreturn]] void ThrowSyscall(Napi::Env env, const edgemesh::SyscallError& e) {
-  Napi::Error err = Napi::Error::New(env, e.syscall + " failed: " + std::strerror(e.err));
-  err.Set("syscall", Napi::String::New(env, e.syscall));
-  err.Set("errno", Napi::Number::New(env, e.err));
-  throw err;
-}
-
-[[noreturn]] void ThrowUsage(Napi::Env env, const char* usage) {
-  throw Napi::TypeError::New(env, std::string("Usage: ") + usage);
-}
-
-uint32_t U32Arg(const Napi::CallbackInfo& info, size_t i, const char* usage) {
-  if (info.Length() <= i || !info[i].IsNumber()) ThrowUsage(info.Env(), usage);
-  int64_t v = info[i].As<Napi::Number>().Int64Value();
-  if (v < 0 || v > 0xffffffffLL) ThrowUsage(info.Env(), usage);
-  return static_cast<uint32_t>(v);
-}
 
 std::string StringArg(const Napi::CallbackInfo& info, size_t i, const char* usage) {
   if (info.Length() <= i || !info[i].IsString()) ThrowUsage(info.Env(), usage);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bpf/bpf_loader.h"
+#include "napi_args.h"
 
 #ifdef EDGEMESH_HAVE_LIBBPF
 #include <bpf/bpf.h>
@@ -22,44 +23,34 @@
 namespace edgemesh::bpf {
 namespace {
 
+using napi::ThrowSyscall;
+using napi::ThrowUsage;
+
 struct BpfState {
   int next_handle = 1;
   std::map<int, std::unique_ptr<Loaded>> loaded;
 };
 
-[[noreturn]] void Usage(Napi::Env env, const char* usage) {
-  throw Napi::TypeError::New(env, std::string("Usage: ") + usage);
-}
-
-[[noreturn]] void Syscall(Napi::Env env, const std::string& syscall, int err, const std::string& detail = "") {
-  std::string msg = syscall + " failed: " + std::strerror(err);
-  if (!detail.empty()) msg += "\n" + detail;
-  Napi::Error e = Napi::Error::New(env, msg);
-  e.Set("syscall", Napi::String::New(env, syscall));
-  e.Set("errno", Napi::Number::New(env, err));
-  throw e;
-}
-
 BpfState* State(const Napi::CallbackInfo& info) { return static_cast<BpfState*>(info.Data()); }
 
 Loaded* HandleArg(const Napi::CallbackInfo& info, const char* usage) {
-  if (info.Length() < 1 || !info[0].IsNumber()) Usage(info.Env(), usage);
+  if (info.Length() < 1 || !info[0].IsNumber()) ThrowUsage(info.Env(), usage);
   auto it = State(info)->loaded.find(info[0].As<Napi::Number>().Int32Value());
-  if (it == State(info)->loaded.end()) Usage(info.Env(), usage);
+  if (it == State(info)->loaded.end()) ThrowUsage(info.Env(), usage);
   return it->second.get();
 }
 
 MapInfo MapArg(const Napi::CallbackInfo& info, Loaded* loaded, const char* usage) {
-  if (info.Length() < 2 || !info[1].IsString()) Usage(info.Env(), usage);
+  if (info.Length() < 2 || !info[1].IsString()) ThrowUsage(info.Env(), usage);
   auto map = loaded->Map(info[1].As<Napi::String>().Utf8Value());
-  if (!map) Usage(info.Env(), usage);
+  if (!map) ThrowUsage(info.Env(), usage);
   return *map;
 }
 
 Napi::Buffer<uint8_t> BufferArg(const Napi::CallbackInfo& info, size_t i, size_t unit, const char* usage) {
-  if (info.Length() <= i || !info[i].IsBuffer()) Usage(info.Env(), usage);
+  if (info.Length() <= i || !info[i].IsBuffer()) ThrowUsage(info.Env(), usage);
   auto buf = info[i].As<Napi::Buffer<uint8_t>>();
-  if (unit == 0 || buf.Length() % unit != 0) Usage(info.Env(), usage);
+  if (unit == 0 || buf.Length() % unit != 0) ThrowUsage(info.Env(), usage);
   return buf;
 }
 
@@ -70,21 +61,21 @@ Napi::Value OpenFn(const Napi::CallbackInfo& info) {
   static constexpr const char* kUsage =
       "bpfOpen(objectPaths: string[], pinDir: string, cgroupPath: string, netnsPath?: string)";
   if (info.Length() < 3 || !info[0].IsArray() || !info[1].IsString() || !info[2].IsString())
-    Usage(info.Env(), kUsage);
-  if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsString()) Usage(info.Env(), kUsage);
+    ThrowUsage(info.Env(), kUsage);
+  if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsString()) ThrowUsage(info.Env(), kUsage);
   std::string netns = info.Length() > 3 && info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : "";
   auto arr = info[0].As<Napi::Array>();
   std::vector<std::string> objects;
   for (uint32_t i = 0; i < arr.Length(); i++) {
     Napi::Value v = arr.Get(i);
-    if (!v.IsString()) Usage(info.Env(), kUsage);
+    if (!v.IsString()) ThrowUsage(info.Env(), kUsage);
     objects.push_back(v.As<Napi::String>().Utf8Value());
   }
   std::string pin_dir = info[1].As<Napi::String>().Utf8Value();
   std::string cgroup = info[2].As<Napi::String>().Utf8Value();
-  if (objects.empty() || pin_dir.empty() || pin_dir[0] != '/' || cgroup.empty()) Usage(info.Env(), kUsage);
+  if (objects.empty() || pin_dir.empty() || pin_dir[0] != '/' || cgroup.empty()) ThrowUsage(info.Env(), kUsage);
   OpenResult r = Open(objects, pin_dir, cgroup, netns);
-  if (r.error) Syscall(info.Env(), r.error->syscall, r.error->err, r.detail);
+  if (r.error) ThrowSyscall(info.Env(), r.error->syscall, r.error->err, r.detail);
   BpfState* st = State(info);
   int handle = st->next_handle++;
   st->loaded[handle] = std::move(r.loaded);
@@ -95,7 +86,7 @@ Napi::Value OpenFn(const Napi::CallbackInfo& info) {
 Napi::Value CloseFn(const Napi::CallbackInfo& info) {
   static constexpr const char* kUsage = "bpfClose(handle: number, unpin: boolean)";
   Loaded* loaded = HandleArg(info, kUsage);
-  if (info.Length() < 2 || !info[1].IsBoolean()) Usage(info.Env(), kUsage);
+  if (info.Length() < 2 || !info[1].IsBoolean()) ThrowUsage(info.Env(), kUsage);
   loaded->Close(info[1].As<Napi::Boolean>().Value());
   State(info)->loaded.erase(info[0].As<Napi::Number>().Int32Value());
   return info.Env().Undefined();
@@ -122,15 +113,15 @@ Napi::Value MapUpdateFn(const Napi::CallbackInfo& info) {
   static constexpr const char* kUsage = "bpfMapUpdate(handle: number, map: string, keys: Buffer, values: Buffer)";
   Loaded* loaded = HandleArg(info, kUsage);
   MapInfo m = MapArg(info, loaded, kUsage);
-  if (m.per_cpu) Usage(info.Env(), kUsage);
+  if (m.per_cpu) ThrowUsage(info.Env(), kUsage);
   auto keys = BufferArg(info, 2, m.key_size, kUsage);
   auto values = BufferArg(info, 3, m.value_size, kUsage);
   size_t n = keys.Length() / m.key_size;
-  if (values.Length() / m.value_size != n) Usage(info.Env(), kUsage);
+  if (values.Length() / m.value_size != n) ThrowUsage(info.Env(), kUsage);
 #ifdef EDGEMESH_HAVE_LIBBPF
   for (size_t i = 0; i < n; i++) {
     if (bpf_map_update_elem(m.fd, keys.Data() + i * m.key_size, values.Data() + i * m.value_size, BPF_ANY) != 0)
-      Syscall(info.Env(), "bpf(BPF_MAP_UPDATE_ELEM)", errno);
+      ThrowSyscall(info.Env(), "bpf(BPF_MAP_UPDATE_ELEM)", errno);
   }
 #endif
   return Napi::Number::New(info.Env(), static_cast<double>(n));
@@ -149,7 +140,7 @@ Napi::Value MapDeleteFn(const Napi::CallbackInfo& info) {
     if (bpf_map_delete_elem(m.fd, keys.Data() + i * m.key_size) == 0)
       deleted++;
     else if (errno != ENOENT)
-      Syscall(info.Env(), "bpf(BPF_MAP_DELETE_ELEM)", errno);
+      ThrowSyscall(info.Env(), "bpf(BPF_MAP_DELETE_ELEM)", errno);
   }
 #endif
   return Napi::Number::New(info.Env(), static_cast<double>(deleted));
@@ -161,12 +152,12 @@ Napi::Value MapLookupFn(const Napi::CallbackInfo& info) {
   Loaded* loaded = HandleArg(info, kUsage);
   MapInfo m = MapArg(info, loaded, kUsage);
   auto key = BufferArg(info, 2, m.key_size, kUsage);
-  if (key.Length() != m.key_size) Usage(info.Env(), kUsage);
+  if (key.Length() != m.key_size) ThrowUsage(info.Env(), kUsage);
 #ifdef EDGEMESH_HAVE_LIBBPF
   std::vector<uint8_t> value(PerCpuValueSize(m));
   if (bpf_map_lookup_elem(m.fd, key.Data(), value.data()) != 0) {
     if (errno == ENOENT) return info.Env().Null();
-    Syscall(info.Env(), "bpf(BPF_MAP_LOOKUP_ELEM)", errno);
+    ThrowSyscall(info.Env(), "bpf(BPF_MAP_LOOKUP_ELEM)", errno);
   }
   return Napi::Buffer<uint8_t>::Copy(info.Env(), value.data(), value.size());
 #else
@@ -218,22 +209,22 @@ Napi::Value SockmapAddFn(const Napi::CallbackInfo& info) {
   MapInfo m = MapArg(info, loaded, kUsage);
   auto key = BufferArg(info, 2, m.key_size, kUsage);
   if (key.Length() != m.key_size || info.Length() < 5 || !info[3].IsNumber() || !info[4].IsNumber())
-    Usage(info.Env(), kUsage);
+    ThrowUsage(info.Env(), kUsage);
   int pid = info[3].As<Napi::Number>().Int32Value();
   int fd = info[4].As<Napi::Number>().Int32Value();
-  if (pid <= 0 || fd < 0 || (m.value_size != 4 && m.value_size != 8)) Usage(info.Env(), kUsage);
+  if (pid <= 0 || fd < 0 || (m.value_size != 4 && m.value_size != 8)) ThrowUsage(info.Env(), kUsage);
 #ifdef EDGEMESH_HAVE_LIBBPF
   int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
-  if (pidfd < 0) Syscall(info.Env(), "pidfd_open", errno);
+  if (pidfd < 0) ThrowSyscall(info.Env(), "pidfd_open", errno);
   int sfd = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, fd, 0));
   int e = errno;
   close(pidfd);
-  if (sfd < 0) Syscall(info.Env(), "pidfd_getfd", e);
+  if (sfd < 0) ThrowSyscall(info.Env(), "pidfd_getfd", e);
   uint64_t value = static_cast<uint64_t>(sfd);
   int rc = bpf_map_update_elem(m.fd, key.Data(), &value, BPF_ANY);
   e = errno;
   close(sfd);
-  if (rc != 0) Syscall(info.Env(), "bpf(BPF_MAP_UPDATE_ELEM)", e);
+  if (rc != 0) ThrowSyscall(info.Env(), "bpf(BPF_MAP_UPDATE_ELEM)", e);
 #endif
   return info.Env().Undefined();
 }

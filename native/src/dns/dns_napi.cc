@@ -11,9 +11,14 @@
 
 #include "dns/dns_responder.h"
 #include "dns/dns_table.h"
+#include "napi_args.h"
 
 namespace edgemesh::dns {
 namespace {
+
+using napi::ThrowSyscall;
+using napi::ThrowUsage;
+using napi::U32Arg;
 
 struct MissBatch {
   std::vector<uint8_t> bytes;
@@ -48,28 +53,10 @@ struct DnsState {
   std::map<int, Entry> entries;
 };
 
-[[noreturn]] void Usage(Napi::Env env, const char* usage) {
-  throw Napi::TypeError::New(env, std::string("Usage: ") + usage);
-}
-
-[[noreturn]] void Syscall(Napi::Env env, const SyscallError& e) {
-  Napi::Error err = Napi::Error::New(env, e.syscall + " failed: " + std::strerror(e.err));
-  err.Set("syscall", Napi::String::New(env, e.syscall));
-  err.Set("errno", Napi::Number::New(env, e.err));
-  throw err;
-}
-
 DnsState* State(const Napi::CallbackInfo& info) { return static_cast<DnsState*>(info.Data()); }
 
-uint32_t U32(const Napi::CallbackInfo& info, size_t i, const char* usage) {
-  if (info.Length() <= i || !info[i].IsNumber()) Usage(info.Env(), usage);
-  int64_t v = info[i].As<Napi::Number>().Int64Value();
-  if (v < 0 || v > 0xffffffffLL) Usage(info.Env(), usage);
-  return static_cast<uint32_t>(v);
-}
-
 Entry* HandleArg(const Napi::CallbackInfo& info, const char* usage) {
-  if (info.Length() < 1 || !info[0].IsNumber()) Usage(info.Env(), usage);
+  if (info.Length() < 1 || !info[0].IsNumber()) ThrowUsage(info.Env(), usage);
   auto it = State(info)->entries.find(info[0].As<Napi::Number>().Int32Value());
   if (it == State(info)->entries.end())
     throw Napi::Error::New(info.Env(), "no native DNS responder with that handle (closed?)");
@@ -86,12 +73,12 @@ Napi::Value Listen(const Napi::CallbackInfo& info) {
   static constexpr const char* kUsage =
       "dnsListen(address: string, port: number, rcvbuf: number, batch: number, onMisses: (batch: Buffer, count: "
       "number) => void)";
-  if (info.Length() < 5 || !info[0].IsString() || !info[4].IsFunction()) Usage(info.Env(), kUsage);
+  if (info.Length() < 5 || !info[0].IsString() || !info[4].IsFunction()) ThrowUsage(info.Env(), kUsage);
   std::string address = info[0].As<Napi::String>().Utf8Value();
-  uint32_t port = U32(info, 1, kUsage);
-  uint32_t rcvbuf = U32(info, 2, kUsage);
-  uint32_t batch = U32(info, 3, kUsage);
-  if (port > 65535 || batch == 0 || batch > 1024 || rcvbuf > (1u << 30)) Usage(info.Env(), kUsage);
+  uint32_t port = U32Arg(info, 1, kUsage);
+  uint32_t rcvbuf = U32Arg(info, 2, kUsage);
+  uint32_t batch = U32Arg(info, 3, kUsage);
+  if (port > 65535 || batch == 0 || batch > 1024 || rcvbuf > (1u << 30)) ThrowUsage(info.Env(), kUsage);
   Entry entry;
   entry.tsfn = MissFn::New(info.Env(), info[4].As<Napi::Function>(), "edgemesh-dns-misses", 1024, 1);
   // The responder keeps the process alive only through the JS server's TCP listener.
@@ -107,11 +94,11 @@ Napi::Value Listen(const Napi::CallbackInfo& info) {
   });
   if (auto err = entry.responder->Bind(address, static_cast<uint16_t>(port), static_cast<int>(rcvbuf))) {
     entry.tsfn.Release();
-    Syscall(info.Env(), *err);
+    ThrowSyscall(info.Env(), *err);
   }
   if (auto err = entry.responder->Start()) {
     entry.tsfn.Release();
-    Syscall(info.Env(), *err);
+    ThrowSyscall(info.Env(), *err);
   }
   DnsState* state = State(info);
   int handle = state->next_handle++;
@@ -128,11 +115,11 @@ Napi::Value BoundPort(const Napi::CallbackInfo& info) {
 Napi::Value SetTable(const Napi::CallbackInfo& info) {
   static constexpr const char* kUsage = "dnsSetTable(handle: number, table: Buffer)";
   Entry* e = HandleArg(info, kUsage);
-  if (info.Length() < 2 || !info[1].IsBuffer()) Usage(info.Env(), kUsage);
+  if (info.Length() < 2 || !info[1].IsBuffer()) ThrowUsage(info.Env(), kUsage);
   auto buf = info[1].As<Napi::Buffer<uint8_t>>();
   std::string error;
   auto table = AnswerTable::Decode(buf.Data(), buf.Length(), &error);
-  if (!table) Usage(info.Env(), (std::string(kUsage) + ": " + error).c_str());
+  if (!table) ThrowUsage(info.Env(), (std::string(kUsage) + ": " + error).c_str());
   uint32_t generation = table->generation;
   e->responder->SetTable(std::move(table));
   return Napi::Number::New(info.Env(), generation);
@@ -142,12 +129,12 @@ Napi::Value SetTable(const Napi::CallbackInfo& info) {
 Napi::Value Send(const Napi::CallbackInfo& info) {
   static constexpr const char* kUsage = "dnsSend(handle: number, addr: Buffer, reply: Buffer)";
   Entry* e = HandleArg(info, kUsage);
-  if (info.Length() < 3 || !info[1].IsBuffer() || !info[2].IsBuffer()) Usage(info.Env(), kUsage);
+  if (info.Length() < 3 || !info[1].IsBuffer() || !info[2].IsBuffer()) ThrowUsage(info.Env(), kUsage);
   auto addr = info[1].As<Napi::Buffer<uint8_t>>();
   auto reply = info[2].As<Napi::Buffer<uint8_t>>();
-  if (addr.Length() != kMissAddrSize) Usage(info.Env(), kUsage);
+  if (addr.Length() != kMissAddrSize) ThrowUsage(info.Env(), kUsage);
   if (auto err = e->responder->Send(addr.Data(), addr.Length(), reply.Data(), reply.Length()))
-    Syscall(info.Env(), *err);
+    ThrowSyscall(info.Env(), *err);
   return info.Env().Undefined();
 }
 
@@ -166,7 +153,7 @@ Napi::Value Counters(const Napi::CallbackInfo& info) {
 // dnsClose(handle) -> whether it existed. Stops the thread and closes the socket.
 Napi::Value Close(const Napi::CallbackInfo& info) {
   static constexpr const char* kUsage = "dnsClose(handle: number)";
-  if (info.Length() < 1 || !info[0].IsNumber()) Usage(info.Env(), kUsage);
+  if (info.Length() < 1 || !info[0].IsNumber()) ThrowUsage(info.Env(), kUsage);
   auto& entries = State(info)->entries;
   auto it = entries.find(info[0].As<Napi::Number>().Int32Value());
   if (it == entries.end()) return Napi::Boolean::New(info.Env(), false);

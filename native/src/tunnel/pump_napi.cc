@@ -15,9 +15,13 @@
 #include <vector>
 
 #include "tunnel/pump_engine.h"
+#include "napi_args.h"
 
 namespace edgemesh::tunnel {
 namespace {
+
+using napi::ThrowSyscall;
+using napi::ThrowUsage;
 
 struct TunnelState;
 
@@ -65,30 +69,19 @@ void CallJs(Napi::Env env, Napi::Function callback, TunnelState* state, std::nul
   }
 }
 
-[[noreturn]] void Usage(Napi::Env env, const char* usage) {
-  throw Napi::TypeError::New(env, std::string("Usage: ") + usage);
-}
-
-[[noreturn]] void Syscall(Napi::Env env, const SyscallError& e) {
-  Napi::Error err = Napi::Error::New(env, e.syscall + " failed: " + std::strerror(e.err));
-  err.Set("syscall", Napi::String::New(env, e.syscall));
-  err.Set("errno", Napi::Number::New(env, e.err));
-  throw err;
-}
-
 TunnelState* State(const Napi::CallbackInfo& info) { return static_cast<TunnelState*>(info.Data()); }
 
 int Fd(const Napi::CallbackInfo& info, size_t i, const char* usage) {
-  if (info.Length() <= i || !info[i].IsNumber()) Usage(info.Env(), usage);
+  if (info.Length() <= i || !info[i].IsNumber()) ThrowUsage(info.Env(), usage);
   int64_t fd = info[i].As<Napi::Number>().Int64Value();
-  if (fd < 0 || fd > 0x7fffffff) Usage(info.Env(), usage);
+  if (fd < 0 || fd > 0x7fffffff) ThrowUsage(info.Env(), usage);
   return static_cast<int>(fd);
 }
 
 // An optional Buffer argument (undefined/null: empty).
 std::vector<uint8_t> Head(const Napi::CallbackInfo& info, size_t i, const char* usage) {
   if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return {};
-  if (!info[i].IsBuffer()) Usage(info.Env(), usage);
+  if (!info[i].IsBuffer()) ThrowUsage(info.Env(), usage);
   auto b = info[i].As<Napi::Buffer<uint8_t>>();
   return std::vector<uint8_t>(b.Data(), b.Data() + b.Length());
 }
@@ -96,12 +89,12 @@ std::vector<uint8_t> Head(const Napi::CallbackInfo& info, size_t i, const char* 
 // Our own descriptors for the caller's two sockets; both or neither.
 void DupPair(Napi::Env env, int a, int b, int* da, int* db) {
   *da = fcntl(a, F_DUPFD_CLOEXEC, 0);
-  if (*da < 0) Syscall(env, SyscallError{"dup", errno});
+  if (*da < 0) ThrowSyscall(env, SyscallError{"dup", errno});
   *db = fcntl(b, F_DUPFD_CLOEXEC, 0);
   if (*db < 0) {
     int err = errno;
     close(*da);
-    Syscall(env, SyscallError{"dup", err});
+    ThrowSyscall(env, SyscallError{"dup", err});
   }
 }
 
@@ -109,9 +102,9 @@ void DupPair(Napi::Env env, int a, int b, int* da, int* db) {
 Napi::Value SetDone(const Napi::CallbackInfo& info) {
   static constexpr const char* kUsage =
       "pumpSetDone(onDone: (done: {id, aToB, bToA, error?}[]) => void, threads: number)";
-  if (info.Length() < 2 || !info[0].IsFunction() || !info[1].IsNumber()) Usage(info.Env(), kUsage);
+  if (info.Length() < 2 || !info[0].IsFunction() || !info[1].IsNumber()) ThrowUsage(info.Env(), kUsage);
   int threads = info[1].As<Napi::Number>().Int32Value();
-  if (threads < 1 || threads > 64) Usage(info.Env(), kUsage);
+  if (threads < 1 || threads > 64) ThrowUsage(info.Env(), kUsage);
   TunnelState* state = State(info);
   if (state->has_tsfn) throw Napi::Error::New(info.Env(), "pumpSetDone: already set for this thread");
   state->tsfn = DoneFn::New(info.Env(), info[0].As<Napi::Function>(), "edgemesh-pump-done", 0, 1, state);
@@ -131,7 +124,7 @@ Napi::Value SetDone(const Napi::CallbackInfo& info) {
   });
   if (auto err = state->engine->Start()) {
     state->engine.reset();
-    Syscall(info.Env(), *err);
+    ThrowSyscall(info.Env(), *err);
   }
   return info.Env().Undefined();
 }
@@ -154,9 +147,9 @@ Napi::Value SealedStart(const Napi::CallbackInfo& info) {
       "sealedPumpStart(plainFd: number, sealedFd: number, keys: Buffer(88), plainHead?: Buffer, sealedHead?: Buffer)";
   int plain = Fd(info, 0, kUsage);
   int sealed = Fd(info, 1, kUsage);
-  if (info.Length() < 3 || !info[2].IsBuffer()) Usage(info.Env(), kUsage);
+  if (info.Length() < 3 || !info[2].IsBuffer()) ThrowUsage(info.Env(), kUsage);
   auto kb = info[2].As<Napi::Buffer<uint8_t>>();
-  if (kb.Length() != sizeof(PumpKeys) || plain == sealed) Usage(info.Env(), kUsage);
+  if (kb.Length() != sizeof(PumpKeys) || plain == sealed) ThrowUsage(info.Env(), kUsage);
   PumpKeys keys;
   std::memcpy(&keys, kb.Data(), sizeof(keys));
   auto plain_head = Head(info, 3, kUsage);
@@ -166,7 +159,7 @@ Napi::Value SealedStart(const Napi::CallbackInfo& info) {
   DupPair(info.Env(), plain, sealed, &dp, &ds);
   std::optional<SyscallError> err;
   uint64_t id = engine.AddSealed(dp, ds, keys, std::move(plain_head), std::move(sealed_head), &err);
-  if (id == 0) Syscall(info.Env(), err.value_or(SyscallError{"sealedPumpStart", EINVAL}));
+  if (id == 0) ThrowSyscall(info.Env(), err.value_or(SyscallError{"sealedPumpStart", EINVAL}));
   Started(info);
   return Napi::Number::New(info.Env(), static_cast<double>(id));
 }
@@ -176,7 +169,7 @@ Napi::Value SpliceStart(const Napi::CallbackInfo& info) {
   static constexpr const char* kUsage = "splicePumpStart(aFd: number, bFd: number, aHead?: Buffer, bHead?: Buffer)";
   int a = Fd(info, 0, kUsage);
   int b = Fd(info, 1, kUsage);
-  if (a == b) Usage(info.Env(), kUsage);
+  if (a == b) ThrowUsage(info.Env(), kUsage);
   auto a_head = Head(info, 2, kUsage);
   auto b_head = Head(info, 3, kUsage);
   PumpEngine& engine = EngineOf(info);
@@ -184,7 +177,7 @@ Napi::Value SpliceStart(const Napi::CallbackInfo& info) {
   DupPair(info.Env(), a, b, &da, &db);
   std::optional<SyscallError> err;
   uint64_t id = engine.AddSplice(da, db, std::move(a_head), std::move(b_head), &err);
-  if (id == 0) Syscall(info.Env(), err.value_or(SyscallError{"splicePumpStart", EINVAL}));
+  if (id == 0) ThrowSyscall(info.Env(), err.value_or(SyscallError{"splicePumpStart", EINVAL}));
   Started(info);
   return Napi::Number::New(info.Env(), static_cast<double>(id));
 }
