@@ -1,8 +1,5 @@
 // The iptables interceptor: nat chain EDGEMESH jumped from OUTPUT and PREROUTING, one REDIRECT
 // rule per ClusterIP:port, applied with one `iptables-restore --noflush` per sync.
-import type { ServiceTable } from '../controller/types.ts';
-import type { Logger } from '../util/log.ts';
-import type { Interceptor, InterceptTarget } from './interceptor.ts';
 import {
   inSync,
   parseSave,
@@ -12,27 +9,21 @@ import {
   renderFull,
   type SavedNat,
 } from './iptables-render.ts';
+import { RuleInterceptor, type RuleInterceptorOptions } from './rule-interceptor.ts';
 import { RuleSetSync } from './rule-set-sync.ts';
 import { type CommandPrefix, mustRun, runCommand } from './run-command.ts';
-import { VipRoutes } from './vip-routes.ts';
 
 /** Which binaries: `iptables` (whatever the system's alternative is), or an explicit backend. */
 export type IptablesBinary = 'iptables' | 'iptables-legacy' | 'iptables-nft';
 
-export interface IptablesInterceptorOptions extends RuleOptions {
-  log: Logger;
+export interface IptablesInterceptorOptions extends RuleOptions, RuleInterceptorOptions {
   binary: IptablesBinary;
-  /** Adds a local /32 route per intercepted ClusterIP (vip-routes.ts): node-local clients get lo's MTU. */
-  localVipRoutes?: boolean;
-  /** Prefix for every command (tests run the tools inside a netns). */
-  commandPrefix?: CommandPrefix;
 }
 
 /** Installs REDIRECT rules with iptables-restore; removes exactly its own rules on stop(). */
-export class IptablesInterceptor implements Interceptor {
-  readonly name = 'interceptor';
+export class IptablesInterceptor extends RuleInterceptor {
   readonly mode = 'iptables' as const;
-  private readonly state = new RuleSetSync({
+  protected readonly state = new RuleSetSync({
     applyFull: async (targets) => this.restore(renderFull(targets, this.options, await this.save())),
     renderDelta,
     applyDelta: (payload) => this.restore(payload),
@@ -41,15 +32,8 @@ export class IptablesInterceptor implements Interceptor {
   /** Whether the binaries are the nf_tables-backed ones (known after the first check). */
   private nfTables: boolean | undefined;
 
-  private readonly routes: VipRoutes;
-
   constructor(private readonly options: IptablesInterceptorOptions) {
-    this.routes = new VipRoutes({
-      log: options.log,
-      commandPrefix: this.prefix,
-      owner: 'iptables',
-      enabled: options.localVipRoutes ?? false,
-    });
+    super(options, 'iptables');
   }
 
   /** The binary set in use (for status and logs). */
@@ -57,46 +41,21 @@ export class IptablesInterceptor implements Interceptor {
     return this.options.binary;
   }
 
-  /** Cleans up whatever a crashed earlier run left behind. */
-  async start(): Promise<void> {
+  protected async removeLeftovers(): Promise<void> {
     const saved = await this.save();
     const cleanup = renderCleanup(saved);
-    if (cleanup) {
-      this.options.log.info(
-        { rules: saved.chainRules.length, jumps: saved.jumps.length },
-        'removing leftover edgemesh iptables rules',
-      );
-      await this.restore(cleanup);
-      await this.dropEmptyNftChains();
-    }
-    this.state.reset();
-    await this.routes.start();
+    if (!cleanup) return;
+    this.options.log.info(
+      { rules: saved.chainRules.length, jumps: saved.jumps.length },
+      'removing leftover edgemesh iptables rules',
+    );
+    await this.restore(cleanup);
+    await this.dropEmptyNftChains();
   }
 
-  /** Records the snapshot for the VIP routes (an endpoint address never gets one). */
-  observe(table: ServiceTable): void {
-    this.routes.observe(table);
-  }
-
-  /** Installs the rules, then the VIPs' local routes (a VIP turns local only once it is caught). */
-  async sync(targets: readonly InterceptTarget[]): Promise<void> {
-    await this.state.sync(targets);
-    await this.routes.syncTargets(targets);
-  }
-
-  /** Drift check: when someone changed our rules, jumps or VIP routes, re-installs them; true when it repaired. */
-  async repair(): Promise<boolean> {
-    const rules = await this.state.repair();
-    const routes = await this.routes.reconcile();
-    return rules || routes;
-  }
-
-  async stop(): Promise<void> {
-    // Routes first: a VIP still local after its REDIRECT is gone would refuse connections.
-    await this.routes.clear();
+  protected async removeRules(): Promise<void> {
     const cleanup = renderCleanup(await this.save());
     if (cleanup) await this.restore(cleanup);
-    this.state.reset();
     await this.dropEmptyNftChains();
   }
 

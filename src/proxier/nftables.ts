@@ -1,21 +1,13 @@
 // The nftables interceptor: table `ip edgemesh` with port maps keyed by `ip daddr . dport`,
 // replaced atomically with one `nft -f` per sync.
-import type { ServiceTable } from '../controller/types.ts';
-import type { Logger } from '../util/log.ts';
-import type { Interceptor, InterceptTarget } from './interceptor.ts';
+import type { InterceptTarget } from './interceptor.ts';
 import type { RuleOptions } from './iptables-render.ts';
 import { expectedShape, renderCleanup, renderDelta, renderFull, TABLE } from './nftables-render.ts';
+import { RuleInterceptor, type RuleInterceptorOptions } from './rule-interceptor.ts';
 import { RuleSetSync } from './rule-set-sync.ts';
 import { type CommandPrefix, mustRun, runCommand } from './run-command.ts';
-import { VipRoutes } from './vip-routes.ts';
 
-export interface NftablesInterceptorOptions extends RuleOptions {
-  log: Logger;
-  /** Adds a local /32 route per intercepted ClusterIP (vip-routes.ts): node-local clients get lo's MTU. */
-  localVipRoutes?: boolean;
-  /** Prefix for every command (tests run nft inside a netns). */
-  commandPrefix?: CommandPrefix;
-}
+export interface NftablesInterceptorOptions extends RuleOptions, RuleInterceptorOptions {}
 
 interface NftJson {
   nftables?: Array<{
@@ -26,64 +18,28 @@ interface NftJson {
 }
 
 /** Installs table `ip edgemesh`; stop() deletes that table and nothing else. */
-export class NftablesInterceptor implements Interceptor {
-  readonly name = 'interceptor';
+export class NftablesInterceptor extends RuleInterceptor {
   readonly mode = 'nftables' as const;
-  private readonly state = new RuleSetSync({
+  protected readonly state = new RuleSetSync({
     applyFull: (targets) => this.nft(renderFull(targets, this.options)),
     renderDelta,
     applyDelta: (payload) => this.nft(payload),
     installed: (targets) => this.matches(targets),
   });
 
-  private readonly routes: VipRoutes;
-
   constructor(private readonly options: NftablesInterceptorOptions) {
-    this.routes = new VipRoutes({
-      log: options.log,
-      commandPrefix: this.prefix,
-      owner: 'nftables',
-      enabled: options.localVipRoutes ?? false,
-    });
+    super(options, 'nftables');
   }
 
-  /** Removes a table left by a crashed earlier run. */
-  async start(): Promise<void> {
+  protected async removeLeftovers(): Promise<void> {
     const r = await runCommand(this.prefix, 'nft', ['list', 'table', 'ip', TABLE]);
-    if (r.code === 0) {
-      this.options.log.info('removing leftover edgemesh nftables table');
-      await this.nft(renderCleanup());
-    }
-    this.state.reset();
-    await this.routes.start();
-  }
-
-  /** Records the snapshot for the VIP routes (an endpoint address never gets one). */
-  observe(table: ServiceTable): void {
-    this.routes.observe(table);
-  }
-
-  /** Installs the table, then the VIPs' local routes (a VIP turns local only once it is caught). */
-  async sync(targets: readonly InterceptTarget[]): Promise<void> {
-    await this.state.sync(targets);
-    await this.routes.syncTargets(targets);
-  }
-
-  /**
-   * Drift check on the table's shape (chains, rule and element counts) and the VIP routes;
-   * re-installs what differs.
-   */
-  async repair(): Promise<boolean> {
-    const rules = await this.state.repair();
-    const routes = await this.routes.reconcile();
-    return rules || routes;
-  }
-
-  async stop(): Promise<void> {
-    // Routes first: a VIP still local after its redirect is gone would refuse connections.
-    await this.routes.clear();
+    if (r.code !== 0) return;
+    this.options.log.info('removing leftover edgemesh nftables table');
     await this.nft(renderCleanup());
-    this.state.reset();
+  }
+
+  protected async removeRules(): Promise<void> {
+    await this.nft(renderCleanup());
   }
 
   private async matches(targets: readonly InterceptTarget[]): Promise<boolean> {
