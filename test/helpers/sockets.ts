@@ -33,3 +33,28 @@ export function socketFd(socket: net.Socket): number {
   if (typeof fd !== 'number' || fd < 0) throw new Error('socket has no fd');
   return fd;
 }
+
+/** What a socket received until it closed, whether a FIN ('end') came, and the error code if any. */
+export interface Collected {
+  data: Buffer;
+  ended: boolean;
+  error?: string;
+}
+
+/** Collects everything `s` receives until it closes (resumes it: accepted sockets may start paused). */
+export function collect(s: net.Socket): Promise<Collected> {
+  const chunks: Buffer[] = [];
+  let ended = false;
+  let error: string | undefined;
+  s.on('data', (c: Buffer) => chunks.push(c));
+  s.on('end', () => {
+    ended = true;
+  });
+  s.on('error', (e: NodeJS.ErrnoException) => {
+    error = e.code ?? e.message;
+  });
+  s.resume();
+  return new Promise((resolve) =>
+    s.on('close', () => resolve({ data: Buffer.concat(chunks), ended, error })),
+  );
+}

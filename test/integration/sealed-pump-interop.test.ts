@@ -18,7 +18,7 @@ import {
   startSplicePump,
 } from '../../src/tunnel/sealed-pump.ts';
 import { SealedDecoder, SealedEncoder, SealedStreamError } from '../../src/tunnel/sealed-records.ts';
-import { tcpPair } from '../helpers/sockets.ts';
+import { type Collected, collect, tcpPair } from '../helpers/sockets.ts';
 
 type Impl = 'native' | 'ts';
 const prevMode = process.env.EDGEMESH_SEALED_PUMP;
@@ -33,29 +33,6 @@ function pumpWith(impl: Impl, plain: net.Socket, sealed: net.Socket, keys: Seale
     if (prevMode === undefined) delete process.env.EDGEMESH_SEALED_PUMP;
     else process.env.EDGEMESH_SEALED_PUMP = prevMode;
   }
-}
-
-interface Collected {
-  data: Buffer;
-  ended: boolean;
-  error?: string;
-}
-
-function collect(s: net.Socket): Promise<Collected> {
-  const chunks: Buffer[] = [];
-  let ended = false;
-  let error: string | undefined;
-  s.on('data', (c: Buffer) => chunks.push(c));
-  s.on('end', () => {
-    ended = true;
-  });
-  s.on('error', (e: NodeJS.ErrnoException) => {
-    error = e.code ?? e.message;
-  });
-  s.resume();
-  return new Promise((resolve) =>
-    s.on('close', () => resolve({ data: Buffer.concat(chunks), ended, error })),
-  );
 }
 
 /**

@@ -15,32 +15,7 @@ import {
   startSplicePump,
 } from '../../src/tunnel/sealed-pump.ts';
 import { SealedEncoder } from '../../src/tunnel/sealed-records.ts';
-import { tcpPair } from '../helpers/sockets.ts';
-
-interface Collected {
-  data: Buffer;
-  ended: boolean;
-  error?: string;
-}
-
-/** Everything `s` receives until it closes, whether a FIN ('end') came, and the error code if any. */
-function collect(s: net.Socket): Promise<Collected> {
-  const chunks: Buffer[] = [];
-  let ended = false;
-  let error: string | undefined;
-  s.on('data', (c: Buffer) => chunks.push(c));
-  s.on('end', () => {
-    ended = true;
-  });
-  s.on('error', (e: NodeJS.ErrnoException) => {
-    error = e.code ?? e.message;
-  });
-  // Accepted sockets start paused (pauseOnConnect): a 'data' listener alone does not resume them.
-  s.resume();
-  return new Promise((resolve) =>
-    s.on('close', () => resolve({ data: Buffer.concat(chunks), ended, error })),
-  );
-}
+import { collect, tcpPair } from '../helpers/sockets.ts';
 
 function firstData(s: net.Socket): Promise<Buffer> {
   const got = new Promise<Buffer>((resolve) => s.once('data', resolve));
