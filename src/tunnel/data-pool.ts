@@ -103,14 +103,23 @@ export class ClientDataPool {
     return undefined;
   }
 
-  /** Takes the idle connection named `token` (the far end picked it), if it is one of ours. */
+  /**
+   * Takes the idle connection named `token` (the far end picked it), if it is one of ours. The
+   * caller calls refill() once its stream is set up (or failed): refilling here put a DATA_POOL,
+   * two connects and their hellos on this event loop between the stream's pod connect and its
+   * completion, i.e. on the critical path to the first byte (~0.2 ms and more under load).
+   */
   take(token: Buffer): net.Socket | undefined {
     const key = token.toString('hex');
     const socket = this.idle.server.get(key);
     if (!socket) return undefined;
     this.idle.server.delete(key);
-    this.refillSoon('server');
     return socket.destroyed ? undefined : socket;
+  }
+
+  /** Tops up the connections the far end picks (after take(); harmless when nothing is missing). */
+  refill(): void {
+    this.refillSoon('server');
   }
 
   /** Closes every idle connection (the session is gone). */

@@ -577,8 +577,11 @@ export class EdgeTunnel implements Service {
         'tunnel: refused a stream to an endpoint not on this node',
       );
       // A data connection already on its way here (or pooled) is cut at once, not at expiry.
-      if (dialer) this.clientPools.get(session)?.take(open.token)?.resetAndDestroy();
-      else if (!this.serverPools.get(session)?.claim(open.token, (d) => d?.resetAndDestroy()))
+      if (dialer) {
+        const pool = this.clientPools.get(session);
+        pool?.take(open.token)?.resetAndDestroy();
+        pool?.refill();
+      } else if (!this.serverPools.get(session)?.claim(open.token, (d) => d?.resetAndDestroy()))
         this.dataTokens.expect(
           open.token,
           open.keys.rxKey,
@@ -591,6 +594,8 @@ export class EdgeTunnel implements Service {
     let data: net.Socket | undefined;
     let podUp = false;
     let cancel: (() => void) | undefined;
+    // The pool we may take a connection from refills once this stream is set up (or failed).
+    const pool = dialer ? this.clientPools.get(session) : undefined;
     const pod = new net.Socket({ allowHalfOpen: true });
     pod.pause();
     pod.on('error', () => {});
@@ -605,6 +610,7 @@ export class EdgeTunnel implements Service {
         this.settingUp.delete(data);
         data.resetAndDestroy();
       }
+      pool?.refill();
       this.metrics.sealedFailures.inc();
       this.o.log.debug(
         { from: t.src, target: key, reason },
@@ -631,6 +637,7 @@ export class EdgeTunnel implements Service {
         ...(sealedHead.length > 0 ? { sealedHead } : {}),
         ...(plainHead.length > 0 ? { plainHead } : {}),
       }).then((r) => this.pumpDone(r, path, t));
+      pool?.refill();
     };
     pod.once('connect', () => {
       clearTimeout(connectTimer);
@@ -667,7 +674,7 @@ export class EdgeTunnel implements Service {
       start();
     };
     const dialed = session.dialed;
-    const ours = dialer ? this.clientPools.get(session)?.take(open.token) : undefined;
+    const ours = pool?.take(open.token);
     if (ours) {
       pooledIn = true;
       took(ours);

@@ -299,21 +299,24 @@ export class RelayServer implements Service {
       pair();
     };
     const expired = () => abort('data connections did not arrive in time');
+    // The target's connection: an idle one it pooled here (its token tells it which), else a fresh
+    // token it dials. Its SEALED_OPEN goes out first (and at once, see Session.openSealed): the
+    // target's pod connect is the longest wait on the way to the first byte, and nothing below
+    // needs to happen before it starts.
+    const pooledB = this.pools.get(to)?.takeAny();
+    const token = pooledB?.token ?? newToken();
+    to.openSealed({ target: { ...target, src }, token, keys: open.keys }, (outId) => {
+      outbound = new SealedControl(to, outId, abort);
+      return outbound;
+    });
+    // The receiving agent's data connection proves itself with its own txKey.
+    if (!pooledB) cancels.push(this.dataTokens.expect(token, open.keys.txKey, arrived('b'), expired));
     // The source's connection: one of its pooled ones (here or arriving), else dialed for this stream.
     const pooledA = this.pools.get(from)?.claim(open.token, (d) => {
       if (d) arrived('a')(d);
       else abort('pooled data connection never came');
     });
     if (!pooledA) cancels.push(this.dataTokens.expect(open.token, srcProof, arrived('a'), expired));
-    // The target's: an idle one it pooled here (its token tells it which), else a fresh token it dials.
-    const pooledB = this.pools.get(to)?.takeAny();
-    const token = pooledB?.token ?? newToken();
-    // The receiving agent's data connection proves itself with its own txKey.
-    if (!pooledB) cancels.push(this.dataTokens.expect(token, open.keys.txKey, arrived('b'), expired));
-    to.openSealed({ target: { ...target, src }, token, keys: open.keys }, (outId) => {
-      outbound = new SealedControl(to, outId, abort);
-      return outbound;
-    });
     if (pooledB) arrived('b')(pooledB.socket);
     return inbound;
   }
