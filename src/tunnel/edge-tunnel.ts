@@ -426,7 +426,8 @@ export class EdgeTunnel implements Service {
   }
 
   private async openLocalPort(key: string, w: { node: string; ip: string; port: number }): Promise<void> {
-    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) =>
+    // noDelay: the client's socket goes to the sealed pump as is (replies leave record by record).
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) =>
       this.onLocalConnection(socket, lp),
     );
     await new Promise<void>((resolve, reject) => {

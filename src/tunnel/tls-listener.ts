@@ -60,7 +60,11 @@ export class TlsListener {
       );
       this.o.onAuthFailure?.();
     });
-    const server = net.createServer({ pauseOnConnect: true }, (socket) => this.sniff(socket, tlsServer));
+    // noDelay: accepted data connections are spliced or pumped as they are (dup'd fds keep the
+    // option), and Nagle would hold a second small record behind the first one's ACK.
+    const server = net.createServer({ pauseOnConnect: true, noDelay: true }, (socket) =>
+      this.sniff(socket, tlsServer),
+    );
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) =>
