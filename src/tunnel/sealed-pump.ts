@@ -8,6 +8,14 @@ import os from 'node:os';
 import { Counter, type Registry } from 'prom-client';
 import { errorMessage } from '../errors.ts';
 import { loadNative, type NativeBinding, type NativePumpDone } from '../native/index.ts';
+import {
+  flushed,
+  notHandable,
+  resumeReading,
+  socketFd,
+  stopReading,
+  takeBuffered,
+} from '../util/socket-handoff.ts';
 import { IV_BYTES, KEY_BYTES, SealedDecoder, SealedEncoder, SealedStreamError } from './sealed-records.ts';
 
 /** Per-stream keys of one end: it seals with tx, opens with rx. */
@@ -204,73 +212,6 @@ function nativeEngine(start: boolean): NativeEngine | undefined {
   return engineState;
 }
 
-interface StreamHandle {
-  fd?: number;
-  reading?: boolean;
-  readStop?: () => number;
-  readStart?: () => number;
-}
-
-function handleOf(s: net.Socket): StreamHandle | undefined {
-  return (s as unknown as { _handle?: StreamHandle | null })._handle ?? undefined;
-}
-
-function fdOf(s: net.Socket): number {
-  const fd = handleOf(s)?.fd;
-  return typeof fd === 'number' ? fd : -1;
-}
-
-/** libuv stops reading this socket: nothing more lands in JS (synchronous). */
-function stopReading(s: net.Socket): void {
-  const h = handleOf(s);
-  if (!h?.readStop) return;
-  h.reading = false;
-  h.readStop();
-}
-
-/** Undoes stopReading when the pump stays in JS after all. */
-function resumeReading(s: net.Socket): void {
-  const h = handleOf(s);
-  if (!h?.readStart || h.reading || s.destroyed) return;
-  h.reading = true;
-  h.readStart();
-}
-
-/** `head`, then everything JS has read from `s` and not handed on. */
-function takeBuffered(s: net.Socket, head: Buffer | undefined): Buffer | undefined {
-  const chunks: Buffer[] = head && head.length > 0 ? [head] : [];
-  for (let c = s.read() as Buffer | null; c !== null; c = s.read() as Buffer | null) chunks.push(c);
-  if (chunks.length === 0) return undefined;
-  return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
-}
-
-/** Why native code cannot take `s` over (its EOF or its state lives only in JS), or undefined. */
-function notNative(s: net.Socket): string | undefined {
-  if (s.destroyed) return 'destroyed';
-  if (s.connecting) return 'connecting';
-  if (fdOf(s) < 0) return 'no fd';
-  const state = (s as unknown as { _readableState?: { ended?: boolean } })._readableState;
-  if (state?.ended || s.readableEnded) return 'EOF already read into JS';
-  if (s.writableEnded) return 'already ended';
-  return undefined;
-}
-
-/** Resolves true when JS's pending writes to `s` reached the kernel (false: closed or 2 s passed). */
-function flushed(s: net.Socket): Promise<boolean> {
-  if (s.writableLength === 0) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const deadline = Date.now() + 2000;
-    // 'drain' fires only after a write that returned false, so look again every millisecond.
-    const check = () => {
-      if (s.destroyed) resolve(false);
-      else if (s.writableLength === 0) resolve(true);
-      else if (Date.now() > deadline) resolve(false);
-      else setTimeout(check, 1);
-    };
-    check();
-  });
-}
-
 /**
  * Moves two sockets into the native engine: their fds are dup'd natively, so destroying the JS
  * sockets afterwards closes only JS's descriptors (no FIN, no RST). Whatever JS already read
@@ -285,12 +226,12 @@ async function handOff<R>(
   start: (xFd: number, yFd: number, xh?: Buffer, yh?: Buffer) => number,
   twin: (xh?: Buffer, yh?: Buffer) => Promise<R>,
 ): Promise<R | NativePumpDone> {
-  if (notNative(x) ?? notNative(y)) return twin(xHead, yHead);
+  if (notHandable(x) ?? notHandable(y)) return twin(xHead, yHead);
   x.pause();
   y.pause();
   if (x.writableLength > 0 || y.writableLength > 0) {
     const [fx, fy] = await Promise.all([flushed(x), flushed(y)]);
-    if (!fx || !fy || notNative(x) || notNative(y)) return twin(xHead, yHead);
+    if (!fx || !fy || notHandable(x) || notHandable(y)) return twin(xHead, yHead);
   }
   // From here to the destroy everything is synchronous: libuv cannot read in between.
   stopReading(x);
@@ -302,7 +243,7 @@ async function handOff<R>(
   stopReading(y);
   let id: number;
   try {
-    id = start(fdOf(x), fdOf(y), xh, yh);
+    id = start(socketFd(x), socketFd(y), xh, yh);
   } catch {
     // dup or the engine failed (EMFILE ...): the twin carries this stream.
     resumeReading(x);
