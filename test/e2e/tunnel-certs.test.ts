@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { nodeAgentArgs } from '../helpers/agent.ts';
 import { makeCa, makeNodeCert, type NodeCert, type TestCa } from '../helpers/certs.ts';
 import { binPath, type RunningCli } from '../helpers/cli.ts';
 import { eventually } from '../helpers/eventually.ts';
@@ -74,18 +75,7 @@ describe.skipIf(skip)('tunnel in certificate mode (agents + relay in network nam
     }>;
   /** Starts an agent in `ns` named `node` with config file `yaml`. */
   const agent = (ns: Netns, node: string, yaml: string, extra: string[]) =>
-    ns.agent([
-      '--config',
-      path.join(dir, yaml),
-      '--manifests',
-      path.join(dir, 'manifests'),
-      '--no-dns',
-      '--node-name',
-      node,
-      '--state-dir',
-      path.join(dir, `state-${yaml}`),
-      ...extra,
-    ]);
+    ns.agent([...nodeAgentArgs(dir, node, yaml, yaml), ...extra]);
 
   beforeAll(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'em-tunnel-certs-'));

@@ -12,6 +12,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { nodeAgentArgs } from '../helpers/agent.ts';
 import { binPath, type RunningCli, repoRoot } from '../helpers/cli.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { CLOUD_IP, createLans, type Lans } from '../helpers/lans.ts';
@@ -147,18 +148,7 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
     }
     await Promise.all(relays.map((r) => r.waitFor(/relay started/, 20_000)));
     const start = (ns: Netns, node: string, yaml: string, extra: string[] = []) => {
-      const a = ns.agent([
-        '--config',
-        path.join(dir, yaml),
-        '--manifests',
-        path.join(dir, 'manifests'),
-        '--no-dns',
-        '--node-name',
-        node,
-        '--state-dir',
-        path.join(dir, `state-${node}`),
-        ...extra,
-      ]);
+      const a = ns.agent([...nodeAgentArgs(dir, node, yaml), ...extra]);
       agents.set(node, a);
       return a;
     };
@@ -289,17 +279,9 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
 
   it('a wrong PSK is rejected with a clear log line on both sides', async () => {
     const bad = a1.agent([
-      '--config',
-      path.join(dir, 'bad.yaml'),
-      '--manifests',
-      path.join(dir, 'manifests'),
-      '--no-dns',
-      '--node-name',
-      'intruder',
+      ...nodeAgentArgs(dir, 'intruder', 'bad.yaml'),
       '--metrics-listen',
       '127.0.0.1:10561',
-      '--state-dir',
-      path.join(dir, 'state-intruder'),
     ]);
     await bad.waitFor(/credentials were not accepted/, 15_000);
     await relays[0]!.waitFor(/pre-shared key mismatch \(peer says it is node 'intruder'\)/, 5000);

@@ -20,3 +20,22 @@ export function agentArgs(dir: string, intercept: string, dataplane: string): st
     'node-a',
   ];
 }
+
+/**
+ * A named node's agent in the multi-node (tunnel) e2e tests: `--config dir/<yaml> --manifests
+ * dir/manifests --no-dns --node-name <node> --state-dir dir/state-<state>` (state defaults to the
+ * node name; give another when two agents claim the same name).
+ */
+export function nodeAgentArgs(dir: string, node: string, yaml: string, state = node): string[] {
+  return [
+    '--config',
+    path.join(dir, yaml),
+    '--manifests',
+    path.join(dir, 'manifests'),
+    '--no-dns',
+    '--node-name',
+    node,
+    '--state-dir',
+    path.join(dir, `state-${state}`),
+  ];
+}
