@@ -6,8 +6,30 @@ import net from 'node:net';
 import { promisify } from 'node:util';
 import dnsPacket from 'dns-packet';
 import type { Endpoint, ServiceEntry, ServicePortEntry, ServiceTable } from '../../src/controller/types.ts';
+import type { DnsServerOptions } from '../../src/dns/dns-server.ts';
+import { silentLogger } from '../../src/util/log.ts';
 
 const exec = promisify(execFile);
+
+/**
+ * DnsServer options for tests on 127.0.0.1 (any port), offline by default: no upstreams and no resolv.conf, so
+ * forwarded names get SERVFAIL at once without sockets; `extra` overrides (upstreams, timeouts, listen, ...).
+ */
+export function dnsServerOptions(extra: Partial<DnsServerOptions> = {}): DnsServerOptions {
+  return {
+    listen: { host: '127.0.0.1', port: 0 },
+    domain: 'cluster.local',
+    ttl: 5,
+    upstreams: [],
+    resolvConf: '/nonexistent/resolv.conf',
+    cacheSize: 100,
+    serveStale: true,
+    log: silentLogger,
+    attemptTimeoutMs: 50,
+    deadlineMs: 100,
+    ...extra,
+  };
+}
 
 /** A Service for tests with defaults filled in. */
 export function svc(

@@ -4,8 +4,7 @@
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DnsServer, type DnsServerOptions } from '../../src/dns/dns-server.ts';
-import { silentLogger } from '../../src/util/log.ts';
-import { dig, type FakeUpstream, startFakeUpstream, svc, table } from '../helpers/dns.ts';
+import { dig, dnsServerOptions, type FakeUpstream, startFakeUpstream, svc, table } from '../helpers/dns.ts';
 import { freePort } from '../helpers/ports.ts';
 
 const cleanups: Array<() => Promise<void>> = [];
@@ -20,18 +19,9 @@ async function upstream(options: Parameters<typeof startFakeUpstream>[0] = {}): 
 }
 
 async function server(upstreams: string[], extra: Partial<DnsServerOptions> = {}): Promise<DnsServer> {
-  const s = new DnsServer({
-    listen: { host: '127.0.0.1', port: 0 },
-    domain: 'cluster.local',
-    ttl: 5,
-    upstreams,
-    cacheSize: 1000,
-    serveStale: true,
-    log: silentLogger,
-    attemptTimeoutMs: 300,
-    deadlineMs: 1500,
-    ...extra,
-  });
+  const s = new DnsServer(
+    dnsServerOptions({ upstreams, cacheSize: 1000, attemptTimeoutMs: 300, deadlineMs: 1500, ...extra }),
+  );
   await s.start();
   cleanups.push(() => s.stop());
   return s;

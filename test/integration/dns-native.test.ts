@@ -10,12 +10,11 @@ import dnsPacket from 'dns-packet';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatStatus } from '../../src/cli/status.ts';
 import { compileAnswerTable, wireName } from '../../src/dns/answer-table.ts';
-import { DnsServer, type DnsServerOptions } from '../../src/dns/dns-server.ts';
+import { DnsServer } from '../../src/dns/dns-server.ts';
 import { NameIndex } from '../../src/dns/name-index.ts';
 import { ErrorCode } from '../../src/errors.ts';
 import { loadNative, type NativeBinding, requireNative } from '../../src/native/index.ts';
-import { silentLogger } from '../../src/util/log.ts';
-import { dig, query, svc, table, udpExchange } from '../helpers/dns.ts';
+import { dig, dnsServerOptions, query, svc, table, udpExchange } from '../helpers/dns.ts';
 
 const exec = promisify(execFile);
 
@@ -45,29 +44,12 @@ const services = [
   }),
 ];
 
-function options(extra: Partial<DnsServerOptions> = {}): DnsServerOptions {
-  return {
-    listen: { host: '127.0.0.1', port: 0 },
-    domain: 'cluster.local',
-    ttl: 5,
-    // No upstream at all: forwarded names get SERVFAIL at once on both servers.
-    upstreams: [],
-    resolvConf: '/nonexistent/resolv.conf',
-    cacheSize: 100,
-    serveStale: true,
-    log: silentLogger,
-    attemptTimeoutMs: 50,
-    deadlineMs: 100,
-    ...extra,
-  };
-}
-
 let native: DnsServer;
 let js: DnsServer;
 
 beforeAll(async () => {
-  native = new DnsServer(options());
-  js = new DnsServer(options({ nativeFastPath: false }));
+  native = new DnsServer(dnsServerOptions());
+  js = new DnsServer(dnsServerOptions({ nativeFastPath: false }));
   await native.start();
   await js.start();
   await native.apply(table(services));
@@ -260,7 +242,7 @@ describe('native DNS fast path', () => {
   });
 
   it('follows new snapshots and answers nothing natively before the first one', async () => {
-    const fresh = new DnsServer(options());
+    const fresh = new DnsServer(dnsServerOptions());
     await fresh.start();
     try {
       const port = fresh.address()!.port;
@@ -280,7 +262,7 @@ describe('native DNS fast path', () => {
 
 describe('IPv6', () => {
   it('listens on ::1: cluster names answered natively, misses answered by JS to the IPv6 client', async () => {
-    const s6 = new DnsServer(options({ listen: { host: '::1', port: 0 } }));
+    const s6 = new DnsServer(dnsServerOptions({ listen: { host: '::1', port: 0 } }));
     await s6.start();
     try {
       await s6.apply(table(services));
@@ -317,7 +299,7 @@ describe('fallback to the JS UDP path', () => {
       [noDns, /unavailable/],
       [failing, /failed to start.*socket/],
     ] as const) {
-      const s = new DnsServer(options({ native: binding }));
+      const s = new DnsServer(dnsServerOptions({ native: binding }));
       await s.start();
       try {
         expect(s.mode).toBe('js');
@@ -332,7 +314,9 @@ describe('fallback to the JS UDP path', () => {
   });
 
   it('a port in use is a listen error, not a silent fallback', async () => {
-    const s = new DnsServer(options({ listen: { host: '127.0.0.1', port: native.address()!.port } }));
+    const s = new DnsServer(
+      dnsServerOptions({ listen: { host: '127.0.0.1', port: native.address()!.port } }),
+    );
     await expect(s.start()).rejects.toMatchObject({ code: ErrorCode.LISTEN });
   });
 });

@@ -3,8 +3,7 @@
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DnsServer } from '../../src/dns/dns-server.ts';
-import { silentLogger } from '../../src/util/log.ts';
-import { dig, query, svc, table, udpExchange } from '../helpers/dns.ts';
+import { dig, dnsServerOptions, query, svc, table, udpExchange } from '../helpers/dns.ts';
 
 const services = [
   svc('default', 'web', {
@@ -35,17 +34,9 @@ let server: DnsServer;
 let port: number;
 
 beforeAll(async () => {
-  server = new DnsServer({
-    listen: { host: '127.0.0.1', port: 0 },
-    domain: 'cluster.local',
-    ttl: 5,
-    upstreams: ['127.0.0.1:9'],
-    cacheSize: 100,
-    serveStale: true,
-    log: silentLogger,
-    attemptTimeoutMs: 200,
-    deadlineMs: 500,
-  });
+  server = new DnsServer(
+    dnsServerOptions({ upstreams: ['127.0.0.1:9'], attemptTimeoutMs: 200, deadlineMs: 500 }),
+  );
   await server.start();
   await server.apply(table(services));
   port = server.address()!.port;

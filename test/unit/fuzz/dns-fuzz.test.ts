@@ -7,8 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AnswerCache } from '../../../src/dns/answer-cache.ts';
 import { DnsServer } from '../../../src/dns/dns-server.ts';
 import { walkMessage } from '../../../src/dns/wire.ts';
-import { silentLogger } from '../../../src/util/log.ts';
-import { dig, query, svc, table, udpExchange } from '../../helpers/dns.ts';
+import { dig, dnsServerOptions, query, svc, table, udpExchange } from '../../helpers/dns.ts';
 
 const ITERATIONS = Number(process.env.EDGEMESH_FUZZ_ITERATIONS ?? 100_000);
 /** `npm run fuzz` takes minutes on 2 busy cores: scale the per-test timeout with the work. */
@@ -108,19 +107,8 @@ function mutate(r: ReturnType<typeof rng>, base: Buffer): Buffer {
 let server: DnsServer;
 
 beforeAll(async () => {
-  server = new DnsServer({
-    listen: { host: '127.0.0.1', port: 0 },
-    domain: 'cluster.local',
-    ttl: 5,
-    // No upstreams at all: forwarded names resolve to SERVFAIL at once, without sockets.
-    upstreams: [],
-    resolvConf: '/nonexistent/resolv.conf',
-    cacheSize: 100,
-    serveStale: true,
-    log: silentLogger,
-    attemptTimeoutMs: 50,
-    deadlineMs: 100,
-  });
+  // No upstreams at all: forwarded names resolve to SERVFAIL at once, without sockets.
+  server = new DnsServer(dnsServerOptions());
   await server.start();
   await server.apply(
     table([
