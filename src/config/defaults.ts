@@ -50,6 +50,7 @@ export function defaultConfig(): EdgemeshConfig {
         ebpfCgroup: '',
         ebpfPinDir: '/sys/fs/bpf/edgemesh',
         ebpfSockmap: false,
+        ebpfSocketLb: true,
         localVipRoutes: true,
       },
       edgeGateway: {

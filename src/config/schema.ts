@@ -102,6 +102,7 @@ export const configSchema: Schema = obj({
       iptablesBackend: oneOf('auto', 'legacy', 'nft'),
       ebpfCgroup: str(),
       ebpfSockmap: bool,
+      ebpfSocketLb: bool,
       localVipRoutes: bool,
       spliceBack: bool,
       ebpfPinDir: str((v) =>

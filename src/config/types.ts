@@ -81,6 +81,8 @@ export interface EdgemeshConfig {
       ebpfPinDir: string;
       /** `--intercept ebpf`: sk_msg socket-to-socket forwarding for local socket-LB connections (opt-in). */
       ebpfSockmap: boolean;
+      /** `--intercept ebpf`: L4 services get socket-LB (connect() straight to an endpoint); false = every TCP service through the proxy, still without NAT. */
+      ebpfSocketLb: boolean;
       /** iptables/nftables: a local /32 route (proto 228) per intercepted ClusterIP, so node-local clients reach the proxy over lo's MTU. */
       localVipRoutes: boolean;
     };

@@ -63,6 +63,7 @@ export async function createProxier(options: {
       cgroup: proxy.ebpfCgroup,
       pinDir: proxy.ebpfPinDir,
       sockmap: proxy.ebpfSockmap,
+      socketLb: proxy.ebpfSocketLb,
       localEndpointsOnly: config.modules.edgeTunnel.enable,
       registry: options.registry,
     },

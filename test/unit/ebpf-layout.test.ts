@@ -177,6 +177,22 @@ describe('renderSocketLb', () => {
     ]);
   });
 
+  it('socketLb: false sends every intercepted TCP service to the proxy, L4 included', () => {
+    const out = renderSocketLb(
+      tableOf(svc('a', { clusterIPs: ['10.96.0.1'] }), svc('b', { clusterIPs: ['10.96.0.2'], app: 'http' })),
+      [target('10.96.0.2'), target('10.96.0.1')],
+      { ...opts, socketLb: false },
+    );
+    expect(out.map((e) => [e.clusterIP, e.action, e.backends.length, e.proxyPort])).toEqual([
+      ['10.96.0.1', Action.proxy, 0, 40001],
+      ['10.96.0.2', Action.proxy, 0, 40001],
+    ]);
+    // A service the proxier does not hand to the proxy is not touched at all (no socket-LB either).
+    expect(
+      renderSocketLb(tableOf(svc('a', { clusterIPs: ['10.96.0.1'] })), [], { ...opts, socketLb: false }),
+    ).toEqual([]);
+  });
+
   it('falls back to the proxy when an endpoint is not directly reachable or is IPv6', () => {
     const remote = svc('r', { eps: [ep('10.244.1.2', 8080, { nodeName: 'n2' })] });
     expect(

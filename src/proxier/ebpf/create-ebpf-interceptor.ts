@@ -19,6 +19,8 @@ export interface EbpfChoiceOptions {
   pinDir?: string;
   /** sk_msg socket-to-socket forwarding for local socket-LB connections (opt-in). */
   sockmap?: boolean;
+  /** False: every TCP service through the proxy (no socket-LB); default true. */
+  socketLb?: boolean;
   bypassGid?: number;
   /** Sockets with this SO_MARK are never redirected (the native plane's PROXY_MARK). */
   bypassMark?: number;
@@ -53,10 +55,11 @@ export async function createEbpfInterceptor(
     commandPrefix: opts.commandPrefix,
     registry: opts.registry,
     sockmap: opts.sockmap,
+    socketLb: opts.socketLb,
   });
   return {
     interceptor,
-    reason: `cgroup/connect4 socket-LB + getsockopt SO_ORIGINAL_DST on ${cgroupPath}, sk_lookup on the network namespace, pins in ${pinDir}`,
+    reason: `cgroup/connect4 ${opts.socketLb === false ? 'to the proxy (socket-LB off)' : 'socket-LB'} + getsockopt SO_ORIGINAL_DST on ${cgroupPath}, sk_lookup on the network namespace, pins in ${pinDir}`,
   };
 }
 

@@ -56,6 +56,8 @@ export interface EbpfInterceptorOptions {
    * applications that splice() such sockets would see no data.
    */
   sockmap?: boolean;
+  /** False: every TCP service goes through the proxy (EM_ACTION_PROXY, no socket-LB). Default true. */
+  socketLb?: boolean;
   registry?: Registry;
 }
 
@@ -290,6 +292,7 @@ export class EbpfInterceptor implements Interceptor {
     const desired = renderSocketLb(this.table, this.targets, {
       nodeName: this.opts.nodeName,
       localEndpointsOnly: this.opts.localEndpointsOnly,
+      socketLb: this.opts.socketLb,
     });
     const svcKeys: Buffer[] = [];
     const svcValues: Buffer[] = [];

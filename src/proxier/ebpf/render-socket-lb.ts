@@ -1,6 +1,7 @@
 // Pure renderer: snapshot + interception targets -> the service entries the BPF maps must hold.
 // L4 TCP services whose endpoints are directly reachable get socket-level LB (connect() goes
-// straight to an endpoint); every other intercepted service is sent to the local proxy port.
+// straight to an endpoint) unless socketLb is off; every other intercepted service is sent to the
+// local proxy port.
 import net from 'node:net';
 import type { Endpoint, ServicePortEntry, ServiceTable } from '../../controller/types.ts';
 import type { InterceptTarget } from '../interceptor.ts';
@@ -31,6 +32,11 @@ export interface RenderSocketLbOptions {
    * node count as directly reachable; otherwise every endpoint does.
    */
   localEndpointsOnly: boolean;
+  /**
+   * False: no socket-LB at all, every intercepted TCP service goes through the proxy (no NAT either:
+   * connect4 rewrites to the proxy and SO_ORIGINAL_DST comes from the maps). Default true.
+   */
+  socketLb?: boolean;
 }
 
 /** The endpoints new connections may use: ready ones, else serving+terminating ones. */
@@ -73,6 +79,7 @@ export function renderSocketLb(
       proxyPort: t.toPort,
     });
   }
+  if (opts.socketLb === false) return sortEntries([...out.values()]);
   for (const svc of table.services.values()) {
     if (!svc.proxied || svc.headless) continue;
     for (const port of svc.ports) {
@@ -101,7 +108,12 @@ export function renderSocketLb(
       }
     }
   }
-  return [...out.values()].sort((a, b) =>
+  return sortEntries([...out.values()]);
+}
+
+/** Sorted by clusterIP then port (stable map writes and /status). */
+function sortEntries(entries: EbpfServiceEntry[]): EbpfServiceEntry[] {
+  return entries.sort((a, b) =>
     a.clusterIP === b.clusterIP ? a.port - b.port : a.clusterIP < b.clusterIP ? -1 : 1,
   );
 }
