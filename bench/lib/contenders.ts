@@ -54,8 +54,8 @@ export interface Contender {
   start(ctx: ContenderContext): Promise<RunningContender>;
 }
 
-/** Starts argv inside ns and returns a handle that stops its whole process tree. */
-function daemon(ns: string, argv: string[], ready: () => Promise<void>): Promise<Supervised> {
+/** Starts argv inside ns (or under an argv prefix) and returns a handle that stops its whole process tree. */
+function daemon(ns: Where, argv: string[], ready: () => Promise<void>): Promise<Supervised> {
   return superviseTree(inNs(ns, argv), ready);
 }
 
@@ -344,13 +344,19 @@ let ebpfCounter = 0;
  * The real `edgemesh agent` in the node namespace, serving generated manifests; clients use the
  * ClusterIP. 'ebpf' runs `--intercept ebpf` attached to a throwaway cgroup that the clients join
  * (cgroup hooks only see processes inside their cgroup): connects to the ClusterIP are rewritten
- * straight to the backend, so no proxy is in the path at all.
+ * straight to the backend, so no proxy is in the path at all. 'native-ebpf' is the native plane
+ * behind the same cgroup hooks with socket-LB off (ebpfSocketLb: false): connect4 sends every
+ * connect to the proxy port, SO_ORIGINAL_DST comes from the maps, so no NAT and no conntrack rule.
  */
-export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptables'): Contender {
+export function edgemesh(
+  dataplane: 'native' | 'ts' | 'ebpf' | 'native-ebpf',
+  intercept = 'iptables',
+): Contender {
+  const ebpf = dataplane === 'ebpf' || dataplane === 'native-ebpf';
   return {
     name: `edgemesh-${dataplane}`,
     async unavailable() {
-      if (dataplane !== 'ebpf') return undefined;
+      if (!ebpf) return undefined;
       return hostCgroup2Root() ? undefined : 'no cgroup v2 mounted on the host (needed for --intercept ebpf)';
     },
     async start({ topo, backend, workDir }) {
@@ -362,7 +368,7 @@ export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptab
       const extraArgs: string[] = [];
       let clientPrefix: string[] | undefined;
       let removeCgroup = () => {};
-      if (dataplane === 'ebpf') {
+      if (ebpf) {
         // A child cgroup of our own (relative in the config: inside `ip netns exec` the agent
         // finds or mounts the same cgroup2 hierarchy elsewhere) and our own pin folder.
         const name = `emb${process.pid % 100000}e${ebpfCounter++}`;
@@ -373,7 +379,7 @@ export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptab
         const config = path.join(dir, 'agent.yaml');
         writeFileSync(
           config,
-          `modules:\n  edgeProxy:\n    ebpfCgroup: ${name}\n    ebpfPinDir: /sys/fs/bpf/${name}\n`,
+          `modules:\n  edgeProxy:\n    ebpfCgroup: ${name}\n    ebpfPinDir: /sys/fs/bpf/${name}\n${dataplane === 'native-ebpf' ? '    ebpfSocketLb: false\n' : ''}`,
         );
         extraArgs.push('--config', config);
         // Join the cgroup on the host side first: `ip netns exec` mounts a fresh /sys without it.
@@ -392,9 +398,9 @@ export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptab
         '--manifests',
         path.join(dir, 'manifests'),
         '--dataplane',
-        dataplane === 'ebpf' ? 'auto' : dataplane,
+        dataplane === 'ebpf' ? 'auto' : dataplane === 'native-ebpf' ? 'native' : dataplane,
         '--intercept',
-        dataplane === 'ebpf' ? 'ebpf' : intercept,
+        ebpf ? 'ebpf' : intercept,
         '--no-dns',
         '--metrics-listen',
         listen,
@@ -407,7 +413,10 @@ export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptab
       ];
       let d: Awaited<ReturnType<typeof daemon>>;
       try {
-        d = await daemon(topo.nodeNs, argv, async () => {
+        // native-ebpf: the agent joins the cgroup too, so the getsockopt hook answers its
+        // SO_ORIGINAL_DST (its own upstream connects are bypassed by pid and SO_MARK).
+        const where = dataplane === 'native-ebpf' && clientPrefix ? clientPrefix : topo.nodeNs;
+        d = await daemon(where, argv, async () => {
           // Generous: on a loaded 2-core machine the agent's start (tsx, first snapshot) takes seconds.
           const deadline = Date.now() + 45_000;
           for (;;) {
@@ -431,12 +440,14 @@ export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptab
             }
             await delay(100);
           }
+          const wantPlane = dataplane === 'native-ebpf' ? 'native' : dataplane;
           const wrong =
-            dataplane === 'ebpf'
-              ? status.intercept?.mode !== 'ebpf' &&
-                `interception '${status.intercept?.mode ?? 'none'}'${status.intercept?.reason ? ` (${status.intercept.reason})` : ''}`
-              : status.dataplane?.mode !== dataplane &&
-                `data plane '${status.dataplane?.mode ?? 'none'}'${status.dataplane?.reason ? ` (${status.dataplane.reason})` : ''}`;
+            (ebpf &&
+              status.intercept?.mode !== 'ebpf' &&
+              `interception '${status.intercept?.mode ?? 'none'}'${status.intercept?.reason ? ` (${status.intercept.reason})` : ''}`) ||
+            (dataplane !== 'ebpf' &&
+              status.dataplane?.mode !== wantPlane &&
+              `data plane '${status.dataplane?.mode ?? 'none'}'${status.dataplane?.reason ? ` (${status.dataplane.reason})` : ''}`);
           if (wrong) throw new Error(`asked for ${dataplane} but the agent reports ${wrong}`);
           // /status can list the endpoints before the interception rules are in place: wait until
           // both ports really answer through the ClusterIP (an early iperf3 got EHOSTUNREACH).
@@ -453,7 +464,9 @@ export function edgemesh(dataplane: 'native' | 'ts' | 'ebpf', intercept = 'iptab
         path:
           dataplane === 'ebpf'
             ? 'cgroup/connect4 socket-LB: connects go straight to the backend, no proxy'
-            : `${status.dataplane?.mode ?? dataplane} data plane, ${status.intercept?.mode ?? intercept} interception`,
+            : dataplane === 'native-ebpf'
+              ? 'native data plane, cgroup/connect4 to the proxy + SO_ORIGINAL_DST from BPF maps (no NAT)'
+              : `${status.dataplane?.mode ?? dataplane} data plane, ${status.intercept?.mode ?? intercept} interception`,
         clientPrefix,
         stop: async () => {
           await d.stop();
@@ -470,6 +483,7 @@ export function allContenders(): Contender[] {
     direct,
     edgemesh('ebpf'),
     edgemesh('native'),
+    edgemesh('native-ebpf'),
     edgemesh('ts'),
     haproxy,
     haproxyRedirect,
