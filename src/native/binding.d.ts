@@ -132,11 +132,21 @@ export interface NativeBinding {
     keys: Buffer,
     plainHead?: Buffer,
     sealedHead?: Buffer,
+    idleMs?: number,
   ): number;
-  /** Splices two sockets both ways natively (the relay); same fd rules. Returns the id. */
-  splicePumpStart(aFd: number, bFd: number, aHead?: Buffer, bHead?: Buffer): number;
+  /**
+   * Splices two sockets both ways natively (the relay); same fd rules. Returns the id. idleMs > 0
+   * (here and above): both directions idle that long -> both sockets reset, done.cause 'idle'.
+   */
+  splicePumpStart(aFd: number, bFd: number, aHead?: Buffer, bHead?: Buffer, idleMs?: number): number;
   /** Pump engine counters in PUMP_COUNTER_NAMES order (src/tunnel/sealed-pump.ts). */
   pumpCounters(): Float64Array;
+  /** Resets pump `id` on its thread (done.cause 'aborted'); a no-op once it ended. */
+  pumpAbort(id: number): void;
+  /** Aborts every pump of this thread's engine started before the call. */
+  pumpAbortAll(): void;
+  /** Bytes pump `id` moved so far [aToB, bToA] (published once per pump turn); undefined once it ended. */
+  pumpProgress(id: number): Float64Array | undefined;
 }
 
 /** One finished native pump. Sealed: aToB = plaintext plain -> sealed, bToA = sealed -> plain. */
@@ -146,4 +156,6 @@ export interface NativePumpDone {
   bToA: number;
   /** Why it failed (both sockets were reset); absent when both directions ended cleanly. */
   error?: string;
+  /** Closed by us rather than by its sockets: its idle timeout, or pumpAbort/pumpAbortAll. */
+  cause?: 'idle' | 'aborted';
 }

@@ -1,10 +1,12 @@
 #include "tunnel/pump_engine.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,6 +37,18 @@ void ResetClose(int fd) {
 }
 
 std::string Describe(const char* what, int err) { return std::string(what) + ": " + std::strerror(err); }
+
+// Milliseconds on the coarse monotonic clock (a vDSO read, tick resolution): read once per
+// epoll wake-up; the idle timeout needs no better.
+int64_t NowMs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// How often a worker looks for idle pumps: a quarter of the shortest idle timeout, so a pump is
+// closed between 1x and 1.25x its timeout (plus a tick), and never more than once a second.
+int64_t ScanPeriodMs(uint32_t idle_ms) { return std::clamp<int64_t>(idle_ms / 4, 5, 1000); }
 
 }  // namespace
 
@@ -73,16 +87,32 @@ class Pump {
     ResetClose(fd_[0]);
     ResetClose(fd_[1]);
   }
-  // Runs until no direction can progress or the turn is used up; true: wants another turn.
-  bool Run() {
-    for (int round = 0; round < kRoundsPerTurn; ++round) {
-      if (done_) return false;
-      if (!Step()) {
-        if (!done_) Idle();
-        return false;
-      }
+  // Runs until no direction can progress or the turn is used up; true: wants another turn. A turn
+  // that moved anything stamps `now_ms` (idle timeout) and publishes the byte counts (live metrics):
+  // once per turn, nothing per byte.
+  bool Run(int64_t now_ms) {
+    bool moved = false;
+    bool more = Turn(&moved);
+    if (moved) {
+      last_active_ms_ = now_ms;
+      Publish();
     }
-    return !done_;
+    return more;
+  }
+  // Idle timeout (0: none) and the shared progress cell, set before the pump is handed to a worker.
+  void Lifecycle(uint32_t idle_ms, std::shared_ptr<PumpProgress> progress) {
+    idle_ms_ = idle_ms;
+    progress_ = std::move(progress);
+  }
+  uint32_t idle_ms() const { return idle_ms_; }
+  int64_t last_active_ms() const { return last_active_ms_; }
+  void Stamp(int64_t now_ms) { last_active_ms_ = now_ms; }
+  // Resets both sockets and reports the pump as closed by us (idle timeout or abort).
+  void Close(PumpCause cause, std::string why) {
+    if (done_) return;
+    uint64_t a = 0, b = 0;
+    Totals(&a, &b);
+    Fail(a, b, std::move(why), cause);
   }
   // Records an epoll edge for fd `side`.
   void Mark(int side, uint32_t events) {
@@ -106,12 +136,36 @@ class Pump {
   }
   int fd(int side) const { return fd_[side]; }
   uint64_t id() const { return id_; }
+
+ private:
+  bool Turn(bool* moved) {
+    for (int round = 0; round < kRoundsPerTurn; ++round) {
+      if (done_) return false;
+      if (!Step()) {
+        if (!done_) Idle();
+        return false;
+      }
+      *moved = true;
+    }
+    return !done_;
+  }
+  void Publish() {
+    if (!progress_) return;
+    uint64_t a = 0, b = 0;
+    Totals(&a, &b);
+    progress_->a_to_b.store(a, std::memory_order_relaxed);
+    progress_->b_to_a.store(b, std::memory_order_relaxed);
+  }
+
+ public:
   // epoll data for fd `side`: the pump pointer with the side in its low bit.
   uint64_t Tag(int side) { return reinterpret_cast<uintptr_t>(this) | static_cast<uintptr_t>(side); }
 
  protected:
   // One pass over both directions; true when anything moved.
   virtual bool Step() = 0;
+  // Bytes moved so far each way (the PumpDone a_to_b / b_to_a).
+  virtual void Totals(uint64_t* a_to_b, uint64_t* b_to_a) const = 0;
   // Waiting for epoll: give back what an idle pump does not need.
   virtual void Idle() {}
 
@@ -133,20 +187,23 @@ class Pump {
     engine_.Add(kPumpsFinished, 1);
     engine_.Report(PumpDone{id_, a_to_b, b_to_a, {}});
   }
-  // Reset both sockets and report `why`.
-  void Fail(uint64_t a_to_b, uint64_t b_to_a, std::string why) {
+  // Reset both sockets and report `why` (counted as failed, idle close or abort by `cause`).
+  void Fail(uint64_t a_to_b, uint64_t b_to_a, std::string why, PumpCause cause = PumpCause::kNone) {
     Detach();
     ResetClose(fd_[0]);
     ResetClose(fd_[1]);
     fd_[0] = fd_[1] = -1;
     done_ = true;
-    engine_.Add(kPumpsFailed, 1);
-    engine_.Report(PumpDone{id_, a_to_b, b_to_a, std::move(why)});
+    engine_.Add(cause == PumpCause::kIdle ? kIdleCloses : cause == PumpCause::kAborted ? kAborted : kPumpsFailed, 1);
+    engine_.Report(PumpDone{id_, a_to_b, b_to_a, std::move(why), cause});
   }
 
   PumpEngine& engine_;
   uint64_t id_;
   int fd_[2];
+  uint32_t idle_ms_ = 0;
+  int64_t last_active_ms_ = 0;
+  std::shared_ptr<PumpProgress> progress_;
   int epfd_ = -1;
   BufferPool* pool_ = nullptr;
   // "May be readable/writable": set by epoll edges; cleared by EAGAIN, and for writes also by a
@@ -211,6 +268,11 @@ class SealedPump final : public Pump {
   }
 
  private:
+  void Totals(uint64_t* a_to_b, uint64_t* b_to_a) const override {
+    *a_to_b = plain_to_sealed_;
+    *b_to_a = sealed_to_plain_;
+  }
+
   void Idle() override {
     if (up_ && up_start_ == up_end_) {
       pool_->Give(std::move(up_), up_cap_);
@@ -500,6 +562,11 @@ class SplicePump final : public Pump {
   }
 
  private:
+  void Totals(uint64_t* a_to_b, uint64_t* b_to_a) const override {
+    *a_to_b = dir_[0].bytes;
+    *b_to_a = dir_[1].bytes;
+  }
+
   struct Dir {
     std::vector<uint8_t> head;
     size_t head_off = 0;
@@ -596,6 +663,8 @@ class PumpWorker {
     ev.data.u64 = 0;
     if (epoll_ctl(epfd_, EPOLL_CTL_ADD, evfd_, &ev) != 0) return SyscallError{"epoll_ctl", errno};
     thread_ = std::thread([this] { Loop(); });
+    // Named so per-thread CPU (top -H, /proc/PID/task, bench/lib/cpu-budget.ts) tells pumps apart.
+    pthread_setname_np(thread_.native_handle(), "em-pump");
     return std::nullopt;
   }
 
@@ -624,6 +693,15 @@ class PumpWorker {
     Wake();
   }
 
+  // all = false: abort pump `id` if this worker owns it; all = true: every pump with an id below `id`.
+  void RequestAbort(uint64_t id, bool all) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      aborts_.push_back({id, all});
+    }
+    Wake();
+  }
+
  private:
   void Wake() {
     uint64_t one = 1;
@@ -633,14 +711,21 @@ class PumpWorker {
 
   void Adopt() {
     std::vector<std::unique_ptr<Pump>> batch;
+    std::vector<AbortRequest> aborts;
     {
       std::lock_guard<std::mutex> lock(mu_);
       batch.swap(incoming_);
+      aborts.swap(aborts_);
     }
     for (auto& owned : batch) {
       Pump* p = owned.release();
       pumps_.insert(p);
       p->Watch(epfd_, &pool_);
+      p->Stamp(now_ms_);
+      if (p->idle_ms() > 0) {
+        ++idle_pumps_;
+        next_scan_ms_ = std::min(next_scan_ms_, now_ms_ + ScanPeriodMs(p->idle_ms()));
+      }
       bool ok = true;
       for (int side = 0; side < 2 && ok; ++side) {
         epoll_event ev{};
@@ -655,6 +740,52 @@ class PumpWorker {
       }
       ready_.push_back(p);
     }
+    // After the adoptions: an abort can only name a pump handed over before it was asked for.
+    if (!aborts.empty()) ApplyAborts(aborts);
+  }
+
+  struct AbortRequest {
+    uint64_t id;
+    bool all;
+  };
+
+  void ApplyAborts(const std::vector<AbortRequest>& aborts) {
+    std::vector<Pump*> doomed;
+    for (Pump* p : pumps_)
+      for (const AbortRequest& a : aborts)
+        if (a.all ? p->id() < a.id : p->id() == a.id) {
+          doomed.push_back(p);
+          break;
+        }
+    for (Pump* p : doomed) Kill(p, PumpCause::kAborted, "aborted");
+  }
+
+  // Closes pumps idle for their timeout; runs every ScanPeriodMs of the shortest timeout left.
+  void ScanIdle() {
+    std::vector<Pump*> idle;
+    uint32_t shortest = 0;
+    idle_pumps_ = 0;
+    for (Pump* p : pumps_) {
+      uint32_t ms = p->idle_ms();
+      if (ms == 0) continue;
+      if (now_ms_ - p->last_active_ms() >= ms) {
+        idle.push_back(p);
+        continue;
+      }
+      ++idle_pumps_;
+      if (shortest == 0 || ms < shortest) shortest = ms;
+    }
+    for (Pump* p : idle) Kill(p, PumpCause::kIdle, "idle for " + std::to_string(p->idle_ms()) + " ms");
+    next_scan_ms_ = shortest > 0 ? now_ms_ + ScanPeriodMs(shortest) : INT64_MAX;
+  }
+
+  // Closes a pump from our side (reset both sockets, report) and forgets it.
+  void Kill(Pump* p, PumpCause cause, std::string why) {
+    p->Close(cause, std::move(why));
+    pumps_.erase(p);
+    ready_.erase(std::remove(ready_.begin(), ready_.end(), p), ready_.end());
+    touched_.erase(std::remove(touched_.begin(), touched_.end(), p), touched_.end());
+    delete p;
   }
 
   // Removes a pump that never got going (epoll refused it).
@@ -664,7 +795,7 @@ class PumpWorker {
   }
 
   void Turn(Pump* p) {
-    if (p->Run()) {
+    if (p->Run(now_ms_)) {
       ready_.push_back(p);  // still busy: others get their turn first
     } else if (p->done()) {
       // Closing the fds removed them from the epoll set already.
@@ -676,9 +807,16 @@ class PumpWorker {
   void Loop() {
     epoll_event events[64];
     while (!stop_.load()) {
-      int timeout = ready_.empty() ? -1 : 0;
+      int timeout = -1;
+      if (!ready_.empty()) {
+        timeout = 0;
+      } else if (idle_pumps_ > 0) {
+        // +1: the coarse clock may read a tick early.
+        timeout = static_cast<int>(std::clamp<int64_t>(next_scan_ms_ - now_ms_ + 1, 0, 1000));
+      }
       int n = epoll_wait(epfd_, events, 64, timeout);
       if (n < 0 && errno != EINTR) break;
+      now_ms_ = NowMs();
       for (int i = 0; i < n; ++i) {
         uint64_t tag = events[i].data.u64;
         if (tag == 0) {
@@ -703,6 +841,8 @@ class PumpWorker {
         if (!seen.insert(p).second || pumps_.count(p) == 0) continue;
         Turn(p);
       }
+      // After the turns: a pump that just moved bytes is not idle.
+      if (idle_pumps_ > 0 && now_ms_ >= next_scan_ms_) ScanIdle();
     }
   }
 
@@ -713,7 +853,12 @@ class PumpWorker {
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   std::vector<std::unique_ptr<Pump>> incoming_;
+  std::vector<AbortRequest> aborts_;  // under mu_
   std::unordered_set<Pump*> pumps_;  // owned; only the worker thread touches these
+  int64_t now_ms_ = NowMs();
+  // Pumps with an idle timeout (as of the last scan, plus those adopted since) and the next scan.
+  size_t idle_pumps_ = 0;
+  int64_t next_scan_ms_ = INT64_MAX;
   std::vector<Pump*> ready_;
   std::vector<Pump*> touched_;
   BufferPool pool_;  // declared last: destroyed after the pumps that hand buffers back
@@ -743,10 +888,42 @@ void PumpEngine::Stop() {
   for (auto& w : workers_) w->Stop();
   workers_.clear();
   started_ = false;
+  std::lock_guard<std::mutex> lock(progress_mu_);
+  progress_.clear();
 }
 
 void PumpEngine::Report(PumpDone&& done) {
+  {
+    std::lock_guard<std::mutex> lock(progress_mu_);
+    progress_.erase(done.id);
+  }
   if (done_) done_(std::move(done));
+}
+
+std::shared_ptr<PumpProgress> PumpEngine::Track(uint64_t id) {
+  auto cell = std::make_shared<PumpProgress>();
+  std::lock_guard<std::mutex> lock(progress_mu_);
+  progress_[id] = cell;
+  return cell;
+}
+
+bool PumpEngine::Progress(uint64_t id, uint64_t* a_to_b, uint64_t* b_to_a) const {
+  std::lock_guard<std::mutex> lock(progress_mu_);
+  auto it = progress_.find(id);
+  if (it == progress_.end()) return false;
+  *a_to_b = it->second->a_to_b.load(std::memory_order_relaxed);
+  *b_to_a = it->second->b_to_a.load(std::memory_order_relaxed);
+  return true;
+}
+
+// Sent to every worker: an abort is rare (a stop, a drain deadline), and only the owner finds the id.
+void PumpEngine::Abort(uint64_t id) {
+  for (auto& w : workers_) w->RequestAbort(id, false);
+}
+
+void PumpEngine::AbortAll() {
+  uint64_t below = next_id_.load();
+  for (auto& w : workers_) w->RequestAbort(below, true);
 }
 
 PumpWorker* PumpEngine::NextWorker() {
@@ -765,7 +942,8 @@ std::optional<SyscallError> NonBlocking(int fd) {
 }  // namespace
 
 uint64_t PumpEngine::AddSealed(int plain_fd, int sealed_fd, const PumpKeys& keys, std::vector<uint8_t> plain_head,
-                               std::vector<uint8_t> sealed_head, std::optional<SyscallError>* error) {
+                               std::vector<uint8_t> sealed_head, std::optional<SyscallError>* error,
+                               uint32_t idle_ms) {
   uint64_t id = next_id_.fetch_add(1);
   auto pump = std::make_unique<SealedPump>(*this, id, plain_fd, sealed_fd);  // owns the fds now
   PumpWorker* w = NextWorker();
@@ -790,12 +968,13 @@ uint64_t PumpEngine::AddSealed(int plain_fd, int sealed_fd, const PumpKeys& keys
     return 0;
   }
   Add(kSealedStarted, 1);
+  pump->Lifecycle(idle_ms, Track(id));
   w->Hand(std::move(pump));
   return id;
 }
 
 uint64_t PumpEngine::AddSplice(int a_fd, int b_fd, std::vector<uint8_t> a_head, std::vector<uint8_t> b_head,
-                               std::optional<SyscallError>* error) {
+                               std::optional<SyscallError>* error, uint32_t idle_ms) {
   uint64_t id = next_id_.fetch_add(1);
   auto pump = std::make_unique<SplicePump>(*this, id, a_fd, b_fd);
   PumpWorker* w = NextWorker();
@@ -817,6 +996,7 @@ uint64_t PumpEngine::AddSplice(int a_fd, int b_fd, std::vector<uint8_t> a_head, 
     return 0;
   }
   Add(kSpliceStarted, 1);
+  pump->Lifecycle(idle_ms, Track(id));
   w->Hand(std::move(pump));
   return id;
 }

@@ -9,8 +9,10 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "core/errno_error.h"
@@ -26,12 +28,23 @@ struct PumpKeys {
   uint8_t rx_iv[kIvBytes];
 };
 
+// Why a pump was closed from our side rather than by its sockets (both reset either way).
+enum class PumpCause : uint8_t { kNone, kIdle, kAborted };
+
 // How one pump ended. Sealed: a_to_b = plaintext plain -> sealed, b_to_a = sealed -> plain.
 struct PumpDone {
   uint64_t id = 0;
   uint64_t a_to_b = 0;
   uint64_t b_to_a = 0;
   std::string error;  // empty: both directions ended cleanly
+  PumpCause cause = PumpCause::kNone;
+};
+
+// Bytes a running pump has moved so far: stored by its thread once per turn (not per byte), read
+// by anyone (metrics at scrape time). Shared: the reader may outlive the pump.
+struct PumpProgress {
+  std::atomic<uint64_t> a_to_b{0};
+  std::atomic<uint64_t> b_to_a{0};
 };
 
 // Engine counters, in the order of src/tunnel/sealed-pump.ts PUMP_COUNTER_NAMES.
@@ -49,6 +62,8 @@ enum PumpCounter : int {
   kTruncations,
   kAfterEndErrors,
   kSpliceBytes,
+  kIdleCloses,  // both directions idle for the pump's idle timeout: both sockets reset
+  kAborted,     // Abort/AbortAll: both sockets reset
   kPumpCounterCount,
 };
 
@@ -75,11 +90,18 @@ class PumpEngine {
   std::optional<SyscallError> Start();
   // Takes ownership of both fds (closed on every path; when this fails, plainly, without a reset,
   // so the caller's sockets and the TS twin keep a normal close) and returns the pump id (> 0), or the
-  // syscall that failed.
+  // syscall that failed. idle_ms > 0: both directions idle that long -> both reset, cause kIdle.
   uint64_t AddSealed(int plain_fd, int sealed_fd, const PumpKeys& keys, std::vector<uint8_t> plain_head,
-                     std::vector<uint8_t> sealed_head, std::optional<SyscallError>* error);
+                     std::vector<uint8_t> sealed_head, std::optional<SyscallError>* error, uint32_t idle_ms = 0);
   uint64_t AddSplice(int a_fd, int b_fd, std::vector<uint8_t> a_head, std::vector<uint8_t> b_head,
-                     std::optional<SyscallError>* error);
+                     std::optional<SyscallError>* error, uint32_t idle_ms = 0);
+  // Resets pump `id` on its thread and reports it (cause kAborted); a no-op when it already ended
+  // (ids are never reused, so a late abort cannot hit another pump). Any thread.
+  void Abort(uint64_t id);
+  // Aborts every pump added before this call. Any thread.
+  void AbortAll();
+  // Bytes pump `id` moved so far; false once it ended (its PumpDone has the final counts).
+  bool Progress(uint64_t id, uint64_t* a_to_b, uint64_t* b_to_a) const;
   // Stops the threads; every open pump is reset (no DoneFn for them). Idempotent.
   void Stop();
 
@@ -90,6 +112,8 @@ class PumpEngine {
 
  private:
   PumpWorker* NextWorker();
+  // The progress cell of a new pump (dropped again by Report).
+  std::shared_ptr<PumpProgress> Track(uint64_t id);
 
   PumpEngineOptions options_;
   DoneFn done_;
@@ -98,6 +122,8 @@ class PumpEngine {
   std::atomic<uint64_t> next_worker_{0};
   std::atomic<uint64_t> counters_[kPumpCounterCount] = {};
   bool started_ = false;
+  mutable std::mutex progress_mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<PumpProgress>> progress_;
 };
 
 }  // namespace edgemesh::tunnel

@@ -59,6 +59,8 @@ void CallJs(Napi::Env env, Napi::Function callback, TunnelState* state, std::nul
       o.Set("aToB", Napi::Number::New(env, static_cast<double>(batch[i].a_to_b)));
       o.Set("bToA", Napi::Number::New(env, static_cast<double>(batch[i].b_to_a)));
       if (!batch[i].error.empty()) o.Set("error", Napi::String::New(env, batch[i].error));
+      if (batch[i].cause == PumpCause::kIdle) o.Set("cause", Napi::String::New(env, "idle"));
+      if (batch[i].cause == PumpCause::kAborted) o.Set("cause", Napi::String::New(env, "aborted"));
       out.Set(static_cast<uint32_t>(i), o);
     }
     callback.Call({out});
@@ -84,6 +86,23 @@ std::vector<uint8_t> Head(const Napi::CallbackInfo& info, size_t i, const char* 
   if (!info[i].IsBuffer()) ThrowUsage(info.Env(), usage);
   auto b = info[i].As<Napi::Buffer<uint8_t>>();
   return std::vector<uint8_t>(b.Data(), b.Data() + b.Length());
+}
+
+// An optional idle timeout in ms (undefined/null/0: none).
+uint32_t IdleMs(const Napi::CallbackInfo& info, size_t i, const char* usage) {
+  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return 0;
+  if (!info[i].IsNumber()) ThrowUsage(info.Env(), usage);
+  double ms = info[i].As<Napi::Number>().DoubleValue();
+  if (!(ms >= 0 && ms <= 86400000)) ThrowUsage(info.Env(), usage);
+  return static_cast<uint32_t>(ms);
+}
+
+// A pump id argument (> 0).
+uint64_t PumpId(const Napi::CallbackInfo& info, const char* usage) {
+  if (info.Length() < 1 || !info[0].IsNumber()) ThrowUsage(info.Env(), usage);
+  double id = info[0].As<Napi::Number>().DoubleValue();
+  if (!(id >= 1 && id <= 9007199254740991.0)) ThrowUsage(info.Env(), usage);
+  return static_cast<uint64_t>(id);
 }
 
 // Our own descriptors for the caller's two sockets; both or neither.
@@ -140,11 +159,12 @@ void Started(const Napi::CallbackInfo& info) {
   if (state->active++ == 0) state->tsfn.Ref(info.Env());
 }
 
-// sealedPumpStart(plainFd, sealedFd, keys, plainHead?, sealedHead?) -> id. keys = txKey(32) txIv(12)
-// rxKey(32) rxIv(12). Both fds are dup'd: the caller then destroys its sockets without a FIN.
+// sealedPumpStart(plainFd, sealedFd, keys, plainHead?, sealedHead?, idleMs?) -> id. keys = txKey(32)
+// txIv(12) rxKey(32) rxIv(12). Both fds are dup'd: the caller then destroys its sockets without a FIN.
 Napi::Value SealedStart(const Napi::CallbackInfo& info) {
   static constexpr const char* kUsage =
-      "sealedPumpStart(plainFd: number, sealedFd: number, keys: Buffer(88), plainHead?: Buffer, sealedHead?: Buffer)";
+      "sealedPumpStart(plainFd: number, sealedFd: number, keys: Buffer(88), plainHead?: Buffer, sealedHead?: Buffer, "
+      "idleMs?: number)";
   int plain = Fd(info, 0, kUsage);
   int sealed = Fd(info, 1, kUsage);
   if (info.Length() < 3 || !info[2].IsBuffer()) ThrowUsage(info.Env(), kUsage);
@@ -154,29 +174,32 @@ Napi::Value SealedStart(const Napi::CallbackInfo& info) {
   std::memcpy(&keys, kb.Data(), sizeof(keys));
   auto plain_head = Head(info, 3, kUsage);
   auto sealed_head = Head(info, 4, kUsage);
+  uint32_t idle_ms = IdleMs(info, 5, kUsage);
   PumpEngine& engine = EngineOf(info);
   int dp, ds;
   DupPair(info.Env(), plain, sealed, &dp, &ds);
   std::optional<SyscallError> err;
-  uint64_t id = engine.AddSealed(dp, ds, keys, std::move(plain_head), std::move(sealed_head), &err);
+  uint64_t id = engine.AddSealed(dp, ds, keys, std::move(plain_head), std::move(sealed_head), &err, idle_ms);
   if (id == 0) ThrowSyscall(info.Env(), err.value_or(SyscallError{"sealedPumpStart", EINVAL}));
   Started(info);
   return Napi::Number::New(info.Env(), static_cast<double>(id));
 }
 
-// splicePumpStart(aFd, bFd, aHead?, bHead?) -> id.
+// splicePumpStart(aFd, bFd, aHead?, bHead?, idleMs?) -> id.
 Napi::Value SpliceStart(const Napi::CallbackInfo& info) {
-  static constexpr const char* kUsage = "splicePumpStart(aFd: number, bFd: number, aHead?: Buffer, bHead?: Buffer)";
+  static constexpr const char* kUsage =
+      "splicePumpStart(aFd: number, bFd: number, aHead?: Buffer, bHead?: Buffer, idleMs?: number)";
   int a = Fd(info, 0, kUsage);
   int b = Fd(info, 1, kUsage);
   if (a == b) ThrowUsage(info.Env(), kUsage);
   auto a_head = Head(info, 2, kUsage);
   auto b_head = Head(info, 3, kUsage);
+  uint32_t idle_ms = IdleMs(info, 4, kUsage);
   PumpEngine& engine = EngineOf(info);
   int da, db;
   DupPair(info.Env(), a, b, &da, &db);
   std::optional<SyscallError> err;
-  uint64_t id = engine.AddSplice(da, db, std::move(a_head), std::move(b_head), &err);
+  uint64_t id = engine.AddSplice(da, db, std::move(a_head), std::move(b_head), &err, idle_ms);
   if (id == 0) ThrowSyscall(info.Env(), err.value_or(SyscallError{"splicePumpStart", EINVAL}));
   Started(info);
   return Napi::Number::New(info.Env(), static_cast<double>(id));
@@ -188,6 +211,33 @@ Napi::Value Counters(const Napi::CallbackInfo& info) {
   TunnelState* state = State(info);
   for (int i = 0; i < kPumpCounterCount; ++i)
     out[i] = state->engine ? static_cast<double>(state->engine->Counter(static_cast<PumpCounter>(i))) : 0;
+  return out;
+}
+
+// pumpAbort(id): resets pump `id` (its done reports cause 'aborted'); a no-op once it ended.
+Napi::Value AbortOne(const Napi::CallbackInfo& info) {
+  uint64_t id = PumpId(info, "pumpAbort(id: number)");
+  TunnelState* state = State(info);
+  if (state->engine) state->engine->Abort(id);
+  return info.Env().Undefined();
+}
+
+// pumpAbortAll(): aborts every pump of this thread's engine started before the call.
+Napi::Value AbortAll(const Napi::CallbackInfo& info) {
+  TunnelState* state = State(info);
+  if (state->engine) state->engine->AbortAll();
+  return info.Env().Undefined();
+}
+
+// pumpProgress(id) -> Float64Array [aToB, bToA] so far, or undefined once the pump ended.
+Napi::Value Progress(const Napi::CallbackInfo& info) {
+  uint64_t id = PumpId(info, "pumpProgress(id: number)");
+  TunnelState* state = State(info);
+  uint64_t a = 0, b = 0;
+  if (!state->engine || !state->engine->Progress(id, &a, &b)) return info.Env().Undefined();
+  auto out = Napi::Float64Array::New(info.Env(), 2);
+  out[0] = static_cast<double>(a);
+  out[1] = static_cast<double>(b);
   return out;
 }
 
@@ -208,6 +258,9 @@ void RegisterTunnel(Napi::Env env, Napi::Object exports) {
   add("sealedPumpStart", SealedStart);
   add("splicePumpStart", SpliceStart);
   add("pumpCounters", Counters);
+  add("pumpAbort", AbortOne);
+  add("pumpAbortAll", AbortAll);
+  add("pumpProgress", Progress);
 }
 
 }  // namespace edgemesh::tunnel
