@@ -26,6 +26,7 @@ import { clientTlsOptions, loadCredentials, type TunnelCredentials } from './cre
 import { dialData, newToken } from './data-hello.ts';
 import { ClientDataPool, ServerDataPool } from './data-pool.ts';
 import { DataTokens, takeBuffered } from './data-tokens.ts';
+import { type DatagramRoute, type DatagramStatus, DatagramTunnel } from './datagram-tunnel.ts';
 import type { DataPoolAnnouncement, OpenTarget, SealedOpen } from './frames.ts';
 import { joinStreams } from './join-streams.ts';
 import { SealedControl } from './sealed-control.ts';
@@ -38,6 +39,7 @@ import {
   startSealedPump,
 } from './sealed-pump.ts';
 import {
+  DGRAM_CAP,
   type HelloInfo,
   type PeerAnnouncement,
   SEALED_CAP,
@@ -58,6 +60,8 @@ export interface TunnelStatus {
   endpoints: Array<{ node: string; endpoint: string; local: string }>;
   /** Sealed data connections: offered at all (sealedData), and which pump runs them and why. */
   sealed: { enabled: boolean; pump: 'native' | 'ts'; reason: string };
+  /** UDP endpoints on other nodes (their loopback UDP ports), live flows, datagram totals. */
+  datagrams: DatagramStatus;
 }
 
 export interface EdgeTunnelOptions {
@@ -68,6 +72,9 @@ export interface EdgeTunnelOptions {
   pingMs?: number;
   reprobeMs?: number;
   probeTimeoutMs?: number;
+  /** Test knobs: UDP flow idle time (default: the UDP proxy's rule) and flows per port. */
+  datagramIdleMs?: number;
+  datagramMaxFlows?: number;
 }
 
 /** `ip` or `ip:port` → host and port (default port when none is given). */
@@ -101,6 +108,8 @@ interface RelayLink {
   peers: Set<string>;
   /** Nodes this relay announced as taking sealed streams. */
   sealedPeers: Set<string>;
+  /** Nodes this relay announced as taking datagram flows. */
+  dgramPeers: Set<string>;
   backoffMs: number;
   timer: NodeJS.Timeout | undefined;
 }
@@ -210,6 +219,10 @@ export class EdgeTunnel implements Service {
   /** Idle data connections per session: dialed by us (we are its client) or to us (its server). */
   private readonly clientPools = new Map<Session, ClientDataPool>();
   private readonly serverPools = new Map<Session, ServerDataPool>();
+  /** UDP endpoints on other nodes and the datagram flows to and from peers. */
+  private readonly udp: DatagramTunnel;
+  /** This node's own UDP endpoints (ip:port): the only ones other nodes' flows may reach. */
+  private ownUdp = new Set<string>();
 
   constructor(private readonly o: EdgeTunnelOptions) {
     this.cfg = o.config.modules.edgeTunnel;
@@ -222,8 +235,19 @@ export class EdgeTunnel implements Service {
       node: this.own,
       kind: 'agent',
       addrs,
-      ...(this.cfg.sealedData ? { caps: [SEALED_CAP] } : {}),
+      caps: this.cfg.sealedData ? [SEALED_CAP, DGRAM_CAP] : [DGRAM_CAP],
     };
+    // UDP flows end when idle like the UDP proxy's: the proxy idle timeout, at most 2 minutes.
+    const idle = o.config.modules.edgeProxy.idleTimeoutMs;
+    this.udp = new DatagramTunnel({
+      log: o.log,
+      ...(o.registry ? { registry: o.registry } : {}),
+      idleMs: o.datagramIdleMs ?? Math.min(idle > 0 ? idle : 120_000, 120_000),
+      maxFlows: o.datagramMaxFlows ?? 65_536,
+      nodeName: this.own,
+      route: (node) => this.datagramRoute(node),
+      ownsEndpoint: (ip, port) => this.ownUdp.has(`${ip}:${port}`),
+    });
     this.dataTokens = new DataTokens({ log: o.log });
     this.relays = this.cfg.relayNodes.map((r) => ({
       node: r.nodeName,
@@ -232,6 +256,7 @@ export class EdgeTunnel implements Service {
       address: '',
       peers: new Set(),
       sealedPeers: new Set(),
+      dgramPeers: new Set(),
       backoffMs: 100,
       timer: undefined,
     }));
@@ -287,6 +312,7 @@ export class EdgeTunnel implements Service {
     for (const c of this.accepted) c.destroy();
     for (const c of this.settingUp) c.destroy();
     this.dataTokens.close();
+    this.udp.stop();
     await closing;
     await Promise.all([...this.localPorts.values()].map((lp) => closeServer(lp.server)));
     this.localPorts.clear();
@@ -348,16 +374,24 @@ export class EdgeTunnel implements Service {
   /** Learns `table` and returns the data plane's copy (remote TCP endpoints rewritten). */
   async applyTable(table: ServiceTable): Promise<ServiceTable> {
     const own = new Set<string>();
+    const ownUdp = new Set<string>();
     const wanted = new Map<string, { node: string; ip: string; port: number }>();
+    const wantedUdp = new Map<string, OpenTarget>();
     for (const svc of table.services.values())
       for (const p of svc.ports)
         for (const e of p.endpoints) {
-          if (e.nodeName === this.own) own.add(`${e.ip}:${e.port}`);
-          else if (e.nodeName && p.protocol === 'TCP')
+          if (e.nodeName === this.own) {
+            own.add(`${e.ip}:${e.port}`);
+            if (p.protocol === 'UDP') ownUdp.add(`${e.ip}:${e.port}`);
+          } else if (e.nodeName && p.protocol === 'TCP')
             wanted.set(localKey(e), { node: e.nodeName, ip: e.ip, port: e.port });
+          else if (e.nodeName && p.protocol === 'UDP')
+            wantedUdp.set(localKey(e), { node: e.nodeName, src: this.own, ip: e.ip, port: e.port });
         }
     this.ownEndpoints = own;
-    this.remoteNodes = new Set([...wanted.values()].map((w) => w.node));
+    this.ownUdp = ownUdp;
+    this.remoteNodes = new Set([...wanted.values(), ...wantedUdp.values()].map((w) => w.node));
+    await this.udp.sync(wantedUdp);
     for (const [key, w] of wanted) if (!this.localPorts.has(key)) await this.openLocalPort(key, w);
     for (const [key, lp] of this.localPorts)
       if (!wanted.has(key)) {
@@ -372,10 +406,16 @@ export class EdgeTunnel implements Service {
   /** The data plane's copy of `table`: endpoints with a tunnel port read 127.0.0.1:<port>. */
   private rewrite(table: ServiceTable): ServiceTable {
     this.renderedPaths = new Map([...this.remoteNodes].map((n) => [n, this.tierOf(n)]));
-    if (table === EMPTY_TABLE || this.localPorts.size === 0) return table;
+    if (table === EMPTY_TABLE || (this.localPorts.size === 0 && this.udp.size === 0)) return table;
     const services = new Map<string, ServiceEntry>();
     for (const [k, svc] of table.services) {
-      const touched = svc.ports.some((p) => p.endpoints.some((e) => this.localPorts.has(localKey(e))));
+      const touched = svc.ports.some((p) =>
+        p.endpoints.some((e) =>
+          p.protocol === 'UDP'
+            ? this.udp.localPort(localKey(e)) !== undefined
+            : this.localPorts.has(localKey(e)),
+        ),
+      );
       if (!touched) {
         services.set(k, svc);
         continue;
@@ -415,10 +455,28 @@ export class EdgeTunnel implements Service {
         const m = sealedPumpMode();
         return { enabled: this.cfg.sealedData, pump: m.mode, reason: m.reason };
       })(),
+      datagrams: this.udp.status(),
     };
   }
 
+  /**
+   * The session for a new UDP flow to `node`: a direct one that takes datagram flows, else a relay
+   * that announced the node with `dgram-v1`; none (an old peer or relay) means no tunnel for UDP.
+   */
+  private datagramRoute(node: string): DatagramRoute | undefined {
+    const direct = this.directSession(node);
+    if (direct?.shares(DGRAM_CAP)) return { session: direct, path: 'direct' };
+    const relay = this.relays.find(
+      (r) => r.session?.isReady && r.session.shares(DGRAM_CAP) && r.dgramPeers.has(node),
+    );
+    return relay?.session ? { session: relay.session, path: 'relay' } : undefined;
+  }
+
   private rewriteEndpoint(e: Endpoint, protocol: string): Endpoint {
+    if (protocol === 'UDP') {
+      const port = this.udp.localPort(localKey(e));
+      return port === undefined ? e : { ...e, ip: '127.0.0.1', port, tunnelPath: this.tierOf(e.nodeName!) };
+    }
     if (protocol !== 'TCP') return e;
     const lp = this.localPorts.get(localKey(e));
     if (!lp) return e;
@@ -756,6 +814,7 @@ export class EdgeTunnel implements Service {
   private track(s: Session): void {
     this.sessions.add(s);
     s.on('open', (stream: TunnelStream, t: OpenTarget) => this.onInbound(stream, t));
+    s.datagramOpener = (id, t) => this.udp.openInbound(s, id, t);
     if (this.cfg.sealedData) {
       s.sealedOpener = (id, open) => this.onSealedInbound(s, id, open);
       if (s.isReady) this.startPool(s);
@@ -854,6 +913,7 @@ export class EdgeTunnel implements Service {
     s.on('peers', (peers: PeerAnnouncement[]) => {
       r.peers = new Set(peers.map((p) => p.node));
       r.sealedPeers = new Set(peers.filter((p) => p.caps?.includes(SEALED_CAP)).map((p) => p.node));
+      r.dgramPeers = new Set(peers.filter((p) => p.caps?.includes(DGRAM_CAP)).map((p) => p.node));
       for (const p of peers) if (p.node !== this.own && p.addrs.length > 0) this.learnAddrs(p.node, p.addrs);
       this.probeAll();
       this.updatePathMetrics();
@@ -862,6 +922,7 @@ export class EdgeTunnel implements Service {
       r.session = undefined;
       r.peers = new Set();
       r.sealedPeers = new Set();
+      r.dgramPeers = new Set();
       this.metrics.relayConnected.set({ relay: r.node }, 0);
       this.updatePathMetrics();
       if (this.stopped) return;

@@ -19,6 +19,10 @@ export const FrameType = {
   SEALED_OPEN: 11,
   /** A client announces idle data connections it is about to dial (tokens + their proof key). */
   DATA_POOL: 12,
+  /** Opens a datagram flow toward an OPEN target (only to `dgram-v1` peers); it ends with RESET. */
+  DGRAM_OPEN: 13,
+  /** One whole datagram of a flow: never split, at most MAX_PAYLOAD bytes (UDP's 65,507 fit). */
+  DGRAM: 14,
 } as const;
 
 export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];

@@ -13,11 +13,13 @@ import type { TunnelCredentials } from './credentials.ts';
 import { newToken } from './data-hello.ts';
 import { ServerDataPool } from './data-pool.ts';
 import { DataTokens, takeBuffered } from './data-tokens.ts';
-import type { DataPoolAnnouncement, OpenTarget, SealedOpen } from './frames.ts';
+import { DatagramSpliceEnd, spliceDatagrams } from './datagram-splice.ts';
+import { DGRAM_BACKLOG_BYTES } from './datagram-tunnel.ts';
+import { type DataPoolAnnouncement, FrameType, type OpenTarget, type SealedOpen } from './frames.ts';
 import { SpliceEnd, spliceStreams } from './relay-splice.ts';
 import { SealedControl } from './sealed-control.ts';
 import { registerPumpMetrics, startSplicePump } from './sealed-pump.ts';
-import { SEALED_CAP, type Session } from './session.ts';
+import { DGRAM_CAP, SEALED_CAP, type Session } from './session.ts';
 import { TlsListener } from './tls-listener.ts';
 
 export interface RelayServerOptions {
@@ -86,6 +88,22 @@ function relayMetrics(registry?: Registry) {
       help: 'Tunnels closed for malformed frames',
       registers,
     }),
+    datagramFlows: new Counter({
+      name: 'edgemesh_relay_datagram_flows_total',
+      help: 'UDP datagram flows forwarded between agents, by source and destination node',
+      labelNames: ['src', 'dst'] as const,
+      registers,
+    }),
+    datagrams: new Counter({
+      name: 'edgemesh_relay_datagrams_total',
+      help: 'UDP datagrams forwarded between agents',
+      registers,
+    }),
+    datagramDrops: new Counter({
+      name: 'edgemesh_relay_datagram_drops_total',
+      help: 'UDP datagrams dropped because the receiving agent session was backed up',
+      registers,
+    }),
   };
 }
 
@@ -115,7 +133,7 @@ export class RelayServer implements Service {
       host: o.host,
       port: o.port,
       creds: o.creds,
-      hello: { node: o.nodeName, kind: 'relay', ...(this.sealed ? { caps: [SEALED_CAP] } : {}) },
+      hello: { node: o.nodeName, kind: 'relay', caps: this.sealed ? [SEALED_CAP, DGRAM_CAP] : [DGRAM_CAP] },
       log: o.log,
       dataTokens: this.dataTokens,
       ...(o.pingMs !== undefined ? { pingMs: o.pingMs } : {}),
@@ -169,6 +187,7 @@ export class RelayServer implements Service {
       this.announce();
     });
     s.opener = (id, target) => this.forward(s, id, target);
+    s.datagramOpener = (id, target) => this.forwardDatagrams(s, id, target);
     if (this.sealed) {
       s.sealedOpener = (id, open) => this.forwardSealed(s, id, open);
       const pool = new ServerDataPool(this.dataTokens);
@@ -214,6 +233,64 @@ export class RelayServer implements Service {
       spliceStreams(inbound, outbound);
       return outbound;
     });
+    return inbound;
+  }
+
+  /** Joins a datagram flow `from` opened toward `target.node` to a new flow on that node's session. */
+  private forwardDatagrams(
+    from: Session,
+    id: number,
+    target: OpenTarget,
+  ): DatagramSpliceEnd | { reject: string } {
+    const src = from.peer!.node;
+    const to = this.agents.get(target.node);
+    if (!to?.isReady || target.node === src || !to.peer?.caps?.includes(DGRAM_CAP)) {
+      this.metrics.rejected.inc();
+      return {
+        reject: to?.isReady
+          ? `node '${target.node}' takes no datagram flows`
+          : `node '${target.node}' is not connected to this relay`,
+      };
+    }
+    this.metrics.datagramFlows.inc({ src, dst: target.node });
+    const srcBytes = this.metrics.byteTally(src);
+    const dstBytes = this.metrics.byteTally(target.node);
+    const dropped = () => this.metrics.datagramDrops.inc();
+    const inbound = new DatagramSpliceEnd(
+      from,
+      id,
+      {
+        forwarded: (n) => {
+          this.metrics.datagrams.inc();
+          srcBytes.rx += n;
+          dstBytes.tx += n;
+        },
+        dropped,
+      },
+      DGRAM_BACKLOG_BYTES,
+    );
+    // The source is the authenticated name of the session, never what the DGRAM_OPEN claims.
+    to.openSink(
+      { ...target, src },
+      (outId) => {
+        const outbound = new DatagramSpliceEnd(
+          to,
+          outId,
+          {
+            forwarded: (n) => {
+              this.metrics.datagrams.inc();
+              dstBytes.rx += n;
+              srcBytes.tx += n;
+            },
+            dropped,
+          },
+          DGRAM_BACKLOG_BYTES,
+        );
+        spliceDatagrams(inbound, outbound);
+        return outbound;
+      },
+      FrameType.DGRAM_OPEN,
+    );
     return inbound;
   }
 

@@ -39,6 +39,9 @@ export interface HelloInfo {
 /** The capability of sealed data connections (SEALED_OPEN, data hello, sealed records v1). */
 export const SEALED_CAP = 'sealed-v1';
 
+/** The capability of datagram flows (DGRAM_OPEN, DGRAM): UDP endpoints across the tunnel. */
+export const DGRAM_CAP = 'dgram-v1';
+
 /** A node a relay can reach, as announced in PEERS. */
 export interface PeerAnnouncement {
   node: string;
@@ -53,6 +56,8 @@ export interface StreamSink {
   onWindow(increment: number): void;
   onClose(): void;
   onReset(reason: string): void;
+  /** One DGRAM of a datagram flow; a sink without it is a byte stream (DGRAM there is malformed). */
+  onDatagram?(payload: Buffer): void;
   /** True once the sink is done with its id (a sealed stream set up before its opener returned). */
   readonly closed?: boolean;
 }
@@ -106,6 +111,8 @@ export class Session extends EventEmitter implements StreamOwner {
   private readonly streams = new Map<number, StreamSink>();
   /** Set by the relay: streams the far end opens are spliced, not terminated here. */
   opener: StreamOpener | undefined;
+  /** Takes DGRAM_OPENs; without one they are reset (this end announced no `dgram-v1`). */
+  datagramOpener: StreamOpener | undefined;
   /** Takes SEALED_OPENs; without one they are reset (this end announced no `sealed-v1`). */
   sealedOpener: SealedOpener | undefined;
   private nextId: number;
@@ -165,16 +172,28 @@ export class Session extends EventEmitter implements StreamOwner {
     return this.openSink(target, (id) => new TunnelStream(this, id, this.window)) as TunnelStream;
   }
 
-  /** Opens a stream toward `target` whose frames go to the sink `make` returns (relay splices). */
-  openSink(target: OpenTarget, make: (id: number) => StreamSink): StreamSink {
+  /**
+   * Opens a stream toward `target` whose frames go to the sink `make` returns (relay splices);
+   * with `type` DGRAM_OPEN a datagram flow instead.
+   */
+  openSink(
+    target: OpenTarget,
+    make: (id: number) => StreamSink,
+    type: typeof FrameType.OPEN | typeof FrameType.DGRAM_OPEN = FrameType.OPEN,
+  ): StreamSink {
     if (this.state !== 'ready') throw new EdgemeshError(ErrorCode.TUNNEL, 'tunnel session is not ready');
     const id = this.nextId;
     this.nextId += 2;
     if (this.nextId > 0xfffffff0) this.close(new EdgemeshError(ErrorCode.TUNNEL, 'stream ids exhausted'));
     const sink = make(id);
     this.streams.set(id, sink);
-    this.send(FrameType.OPEN, id, encodeOpen(target));
+    this.send(type, id, encodeOpen(target));
     return sink;
+  }
+
+  /** Bytes written to the TLS socket and not yet taken by the kernel (datagram senders drop above a bound). */
+  get unsent(): number {
+    return this.o.socket.writableLength;
   }
 
   /** The session's role: a client dials data connections, a server expects them. */
@@ -369,6 +388,15 @@ export class Session extends EventEmitter implements StreamOwner {
         else if (!sink.closed) this.streams.set(id, sink);
         return;
       }
+      case FrameType.DGRAM_OPEN: {
+        const target = decodeOpen(payload);
+        const own = this.o.role === 'client' ? 1 : 0;
+        if (id % 2 === own || this.streams.has(id)) throw new FrameError(`DGRAM_OPEN reuses stream id ${id}`);
+        const sink = this.datagramOpener?.(id, target) ?? { reject: 'this end takes no datagram flows' };
+        if ('reject' in sink) this.send(FrameType.RESET, id, Buffer.from(sink.reject.slice(0, 200)));
+        else this.streams.set(id, sink);
+        return;
+      }
       case FrameType.OPEN: {
         const target = decodeOpen(payload);
         const own = this.o.role === 'client' ? 1 : 0;
@@ -390,7 +418,10 @@ export class Session extends EventEmitter implements StreamOwner {
     // Frames for a stream already gone (a RESET crossed them on the wire) are dropped.
     if (!stream) return;
     if (type === FrameType.DATA) stream.onData(payload);
-    else if (type === FrameType.WINDOW) stream.onWindow(decodeWindow(payload));
+    else if (type === FrameType.DGRAM) {
+      if (!stream.onDatagram) throw new FrameError(`DGRAM on byte stream ${id}`);
+      stream.onDatagram(payload);
+    } else if (type === FrameType.WINDOW) stream.onWindow(decodeWindow(payload));
     else if (type === FrameType.CLOSE) stream.onClose();
     else if (type === FrameType.RESET) stream.onReset(payload.toString('utf8').slice(0, 200));
   }

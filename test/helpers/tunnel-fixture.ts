@@ -12,7 +12,7 @@ import type { EdgemeshConfig } from '../../src/config/types.ts';
 import type { Endpoint, ServiceEntry, ServiceTable } from '../../src/controller/types.ts';
 import { EMPTY_TABLE } from '../../src/controller/types.ts';
 import { loadCredentials } from '../../src/tunnel/credentials.ts';
-import { EdgeTunnel } from '../../src/tunnel/edge-tunnel.ts';
+import { EdgeTunnel, type EdgeTunnelOptions } from '../../src/tunnel/edge-tunnel.ts';
 import { RelayServer } from '../../src/tunnel/relay-server.ts';
 import { freePort } from './ports.ts';
 
@@ -23,8 +23,8 @@ export function memLogger(): { log: Logger; lines: string[] } {
   return { log, lines };
 }
 
-/** A snapshot with one TCP service `default/echo` (port 7) whose endpoints are `endpoints`. */
-export function table(endpoints: Endpoint[], generation = 1): ServiceTable {
+/** A snapshot with one service `default/echo` (port 7, TCP unless told) whose endpoints are `endpoints`. */
+export function table(endpoints: Endpoint[], generation = 1, protocol: 'TCP' | 'UDP' = 'TCP'): ServiceTable {
   const svc: ServiceEntry = {
     namespace: 'default',
     name: 'echo',
@@ -32,7 +32,16 @@ export function table(endpoints: Endpoint[], generation = 1): ServiceTable {
     clusterIPs: ['10.96.0.10'],
     headless: false,
     type: 'ClusterIP',
-    ports: [{ name: 'tcp', port: 7, protocol: 'TCP', appProtocol: 'tcp', targetPort: 7, endpoints }],
+    ports: [
+      {
+        name: protocol.toLowerCase(),
+        port: 7,
+        protocol,
+        appProtocol: protocol === 'UDP' ? 'udp' : 'tcp',
+        targetPort: 7,
+        endpoints,
+      },
+    ],
     sessionAffinity: { type: 'None', timeoutSeconds: 0 },
     labels: {},
     proxied: true,
@@ -90,6 +99,8 @@ export interface AgentOptions {
   files?: Partial<EdgemeshConfig['modules']['edgeTunnel']>;
   stateDir?: string;
   port?: number;
+  /** EdgeTunnel test knobs (datagram idle time, flows per port). */
+  knobs?: Pick<EdgeTunnelOptions, 'datagramIdleMs' | 'datagramMaxFlows'>;
 }
 
 /** Makes relays and agents under one temp dir (PSK files `psk` and `bad-psk` in it). */
@@ -163,6 +174,7 @@ export class TunnelFixture {
       pingMs: 500,
       reprobeMs: 300,
       probeTimeoutMs: 500,
+      ...opts.knobs,
     });
     await t.start();
     this.onStop(() => t.stop());

@@ -1,0 +1,199 @@
+// UDP across the tunnel with real relays and agent tunnels on loopback: datagrams of every size up
+// to UDP's maximum come back byte-exact through the relay and directly (relay counters still), a
+// node refuses flows to UDP endpoints it does not own, idle flows end on both agents and a new
+// datagram opens a new flow, a full flow table drops (and counts) instead of queueing, and flows
+// end with their session.
+import dgram from 'node:dgram';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ServiceTable } from '../../src/controller/types.ts';
+import { eventually } from '../helpers/eventually.ts';
+import { ep, metric, TunnelFixture, table } from '../helpers/tunnel-fixture.ts';
+
+/** A client socket that keeps its address (one flow) across sends. */
+async function udpClient() {
+  const s = dgram.createSocket('udp4');
+  await new Promise<void>((r) => s.bind(0, '127.0.0.1', r));
+  const replies: Buffer[] = [];
+  const waiters: Array<() => void> = [];
+  s.on('message', (m) => {
+    replies.push(m);
+    waiters.shift()?.();
+  });
+  return {
+    /** Sends `payload` to 127.0.0.1:port and waits up to `ms` for one reply (undefined if none). */
+    async ask(port: number, payload: Buffer, ms = 2000): Promise<Buffer | undefined> {
+      replies.length = 0;
+      const got = new Promise<void>((r) => waiters.push(r));
+      s.send(payload, port, '127.0.0.1');
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([got, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+      clearTimeout(timer);
+      waiters.length = 0;
+      return replies.shift();
+    },
+    close: () => s.close(),
+  };
+}
+
+const udpPort = (t: ServiceTable) => t.services.get('default/echo')!.ports[0]!.endpoints[0]!.port;
+
+describe('UDP services across the tunnel (loopback)', () => {
+  let fx: TunnelFixture;
+  let echo: dgram.Socket;
+  let echoPort: number;
+  const clients: Array<{ close(): void }> = [];
+  const client = async () => {
+    const c = await udpClient();
+    clients.push(c);
+    return c;
+  };
+  /**
+   * A client whose flow `agent` carries on `path`. Until the relay's PEERS arrive a flow has no
+   * tunnel route and goes to the endpoint itself (which loopback reaches too), so fresh clients
+   * are tried until one's flow was opened on that path.
+   */
+  const clientOn = async (
+    agent: { registry: Parameters<typeof metric>[0] },
+    port: number,
+    path: 'relay' | 'direct',
+  ) => {
+    let found: Awaited<ReturnType<typeof udpClient>> | undefined;
+    await eventually(async () => {
+      const before = await metric(agent.registry, 'edgemesh_tunnel_datagram_flows_total', { path });
+      const c = await client();
+      const reply = await c.ask(port, Buffer.from('warm'), 300);
+      if (reply && (await metric(agent.registry, 'edgemesh_tunnel_datagram_flows_total', { path })) > before)
+        found = c;
+      return found !== undefined;
+    });
+    return found!;
+  };
+
+  beforeAll(async () => {
+    fx = new TunnelFixture();
+    echo = dgram.createSocket('udp4');
+    echo.on('message', (m, r) => echo.send(m, r.port, r.address));
+    await new Promise<void>((r) => echo.bind(0, '127.0.0.1', r));
+    echoPort = echo.address().port;
+  });
+
+  afterAll(async () => {
+    for (const c of clients) c.close();
+    await fx?.stopAll();
+    echo?.close();
+  });
+
+  it('echoes datagrams byte-exact through the relay and directly; the far node serves only its own endpoints', async () => {
+    const r1 = await fx.relay('relay-1');
+    const relays = [{ name: 'relay-1', addr: r1.addr }];
+    // b advertises an address nobody answers on: only the relay path exists.
+    const b = await fx.agent('node-b', relays, { advertise: ['127.0.0.1:1'] });
+    const a = await fx.agent('node-a', relays);
+    const snap = table([ep(echoPort, 'node-b')], 1, 'UDP');
+    await b.t.applyTable(snap);
+    const rewritten = await a.t.applyTable(snap);
+    const remote = rewritten.services.get('default/echo')!.ports[0]!.endpoints[0]!;
+    expect(remote).toMatchObject({ ip: '127.0.0.1', nodeName: 'node-b', tunnelPath: 'relay' });
+    expect(remote.port).not.toBe(echoPort);
+    await eventually(async () => a.t.pathTo('node-b') === 'relay');
+    const c = await clientOn(a, remote.port, 'relay');
+
+    const sizes = [1, 512, 1472, 9000, 60_000, 65_507];
+    for (const n of sizes) {
+      const payload = Buffer.alloc(n);
+      for (let i = 0; i < n; i++) payload[i] = (i * 31 + n) & 0xff;
+      const reply = await c.ask(remote.port, payload);
+      expect(reply?.equals(payload), `datagram of ${n} bytes`).toBe(true);
+    }
+    expect(await metric(r1.registry, 'edgemesh_relay_datagram_flows_total')).toBe(1);
+    expect(await metric(r1.registry, 'edgemesh_relay_datagrams_total')).toBeGreaterThanOrEqual(
+      2 * sizes.length,
+    );
+    expect(await metric(r1.registry, 'edgemesh_relay_streams_total')).toBe(0);
+    expect(await metric(a.registry, 'edgemesh_tunnel_datagram_flows_total', { path: 'relay' })).toBe(1);
+    expect(await metric(b.registry, 'edgemesh_tunnel_datagram_flows_total', { path: 'in' })).toBe(1);
+    expect(
+      await metric(a.registry, 'edgemesh_tunnel_datagrams_total', { direction: 'tx' }),
+    ).toBeGreaterThanOrEqual(sizes.length);
+    expect(
+      await metric(b.registry, 'edgemesh_tunnel_datagrams_total', { direction: 'rx' }),
+    ).toBeGreaterThanOrEqual(sizes.length);
+    const st = a.t.status().datagrams;
+    expect(st.flows).toMatchObject({ relay: 1, direct: 0, none: 0 });
+    expect(st.endpoints).toEqual([
+      { node: 'node-b', endpoint: `127.0.0.1:${echoPort}`, local: `127.0.0.1:${remote.port}` },
+    ]);
+    expect(st.datagrams.dropped).toBe(0);
+
+    // c answers on its advertised listener: a goes direct, the relay forwards nothing more.
+    const nodeC = await fx.agent('node-c', relays);
+    const snap2 = table([ep(echoPort, 'node-c')], 2, 'UDP');
+    await nodeC.t.applyTable(snap2);
+    const rw2 = await a.t.applyTable(snap2);
+    await eventually(async () => a.t.pathTo('node-c') === 'direct');
+    const relayed = await metric(r1.registry, 'edgemesh_relay_datagrams_total');
+    const payload = Buffer.alloc(30_000, 0x5a);
+    expect((await c.ask(udpPort(rw2), payload))?.equals(payload)).toBe(true);
+    expect(await metric(r1.registry, 'edgemesh_relay_datagrams_total')).toBe(relayed);
+    expect(await metric(a.registry, 'edgemesh_tunnel_datagram_flows_total', { path: 'direct' })).toBe(1);
+
+    // c no longer owns the endpoint: a's flow is refused (RESET) and nothing comes back.
+    await nodeC.t.applyTable(table([], 3, 'UDP'));
+    const fresh = await client();
+    expect(await fresh.ask(udpPort(rw2), Buffer.from('not yours'), 500)).toBeUndefined();
+    expect(nodeC.lines.join('')).toMatch(/refused a datagram flow to an endpoint not on this node/);
+    await eventually(async () => a.t.status().datagrams.flows.direct === 1);
+  });
+
+  it('idle flows end on both agents, a new datagram opens a new flow, and flows end with their session', async () => {
+    const r1 = await fx.relay('relay-idle');
+    const relays = [{ name: 'relay-idle', addr: r1.addr }];
+    const knobs = { datagramIdleMs: 300 };
+    const b = await fx.agent('idle-b', relays, { advertise: ['127.0.0.1:1'], knobs });
+    const a = await fx.agent('idle-a', relays, { knobs });
+    const snap = table([ep(echoPort, 'idle-b')], 1, 'UDP');
+    await b.t.applyTable(snap);
+    const port = udpPort(await a.t.applyTable(snap));
+    const c = await clientOn(a, port, 'relay');
+    const opened = await metric(a.registry, 'edgemesh_tunnel_datagram_flows_total', { path: 'relay' });
+    expect(a.t.status().datagrams.flows.relay).toBe(1);
+    expect(b.t.status().datagrams.flows.in).toBe(1);
+    await eventually(
+      async () => a.t.status().datagrams.flows.relay === 0 && b.t.status().datagrams.flows.in === 0,
+      3000,
+    );
+    expect((await c.ask(port, Buffer.from('again')))?.toString()).toBe('again');
+    expect(await metric(a.registry, 'edgemesh_tunnel_datagram_flows_total', { path: 'relay' })).toBe(
+      opened + 1,
+    );
+    expect(await metric(r1.registry, 'edgemesh_relay_datagram_flows_total')).toBe(opened + 1);
+    // The relay goes away: the flow ends with the session on both agents (not at idle expiry).
+    await r1.r.stop();
+    await eventually(
+      async () => a.t.status().datagrams.flows.relay === 0 && b.t.status().datagrams.flows.in === 0,
+      250,
+    );
+  });
+
+  it('a full flow table drops new clients (counted) and keeps serving the flows it has', async () => {
+    const r1 = await fx.relay('relay-drop');
+    const relays = [{ name: 'relay-drop', addr: r1.addr }];
+    const b = await fx.agent('drop-b', relays);
+    const a = await fx.agent('drop-a', relays, { knobs: { datagramMaxFlows: 1 } });
+    const snap = table([ep(echoPort, 'drop-b')], 1, 'UDP');
+    await b.t.applyTable(snap);
+    const port = udpPort(await a.t.applyTable(snap));
+    // Direct: the session's HELLO already says dgram-v1, so the first flow is a tunnel flow (a
+    // flow opened before a relay's PEERS would take the only slot on the no-path route).
+    await eventually(async () => a.t.pathTo('drop-b') === 'direct');
+    const first = await client();
+    expect((await first.ask(port, Buffer.from('one'), 5000))?.toString()).toBe('one');
+    expect(a.t.status().datagrams.flows).toMatchObject({ direct: 1, none: 0 });
+    const second = await client();
+    expect(await second.ask(port, Buffer.from('two'), 300)).toBeUndefined();
+    expect(await second.ask(port, Buffer.from('two'), 300)).toBeUndefined();
+    expect(await metric(a.registry, 'edgemesh_tunnel_datagram_drops_total', { reason: 'flows' })).toBe(2);
+    expect(a.t.status().datagrams.datagrams.dropped).toBe(2);
+    expect((await first.ask(port, Buffer.from('still one')))?.toString()).toBe('still one');
+  });
+});
