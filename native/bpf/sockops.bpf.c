@@ -2,7 +2,9 @@
 // address:port (what the proxy will see as the peer of its accepted socket) -> the original service
 // address, so cgroup/getsockopt can answer SO_ORIGINAL_DST without iptables or conntrack.
 // (2) with EM_CFG_SOCKMAP, put both ends of a socket-LB connection between local sockets into the
-// sockhash that sk_msg.bpf.c redirects through.
+// sockhash that sk_msg.bpf.c redirects through. (3) a socket connect4 rewrote gets state callbacks;
+// when it reaches TCP_CLOSE its cookie and tuple entries are deleted, so the maps hold live sockets
+// only (LRU eviction would otherwise start on every connect once 262,144 had been made).
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -20,7 +22,12 @@ static __always_inline int em_record_proxied(struct bpf_sock_ops *skops)
 {
 	__u64 cookie = bpf_get_socket_cookie(skops);
 	struct em_orig *orig = bpf_map_lookup_elem(&edgemesh_ck_v1, &cookie);
-	if (!orig || !(orig->flags & EM_ORIG_PROXIED))
+	if (!orig)
+		return -2;
+	/* Closed sockets must leave the maps: ask for state changes (em_forget). Not for the TCP_CLOSE
+	 * of a connect that never got here (unreachable ...): LRU eviction covers those few. */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	if (!(orig->flags & EM_ORIG_PROXIED))
 		return -2;
 	struct em_tuple_key key = {
 		.ip4 = skops->local_ip4,
@@ -28,6 +35,25 @@ static __always_inline int em_record_proxied(struct bpf_sock_ops *skops)
 	};
 	struct em_addr4 dst = { .ip4 = orig->ip4, .port = orig->port };
 	return (int)bpf_map_update_elem(&edgemesh_tup_v1, &key, &dst, BPF_ANY);
+}
+
+/* A rewritten socket reached TCP_CLOSE (after its last FIN/ACK, a reset or a refused connect; a
+ * closed-but-unaccepted connection stays until then, so the proxy can still ask SO_ORIGINAL_DST):
+ * drop its cookie entry and, when it was sent to the proxy, its tuple entry. */
+static __always_inline void em_forget(struct bpf_sock_ops *skops)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	struct em_orig *orig = bpf_map_lookup_elem(&edgemesh_ck_v1, &cookie);
+	if (!orig)
+		return;
+	if (orig->flags & EM_ORIG_PROXIED) {
+		struct em_tuple_key key = {
+			.ip4 = skops->local_ip4,
+			.port = (__u16)skops->local_port,
+		};
+		bpf_map_delete_elem(&edgemesh_tup_v1, &key);
+	}
+	bpf_map_delete_elem(&edgemesh_ck_v1, &cookie);
 }
 
 /* True for an AF_INET6 socket whose both addresses are IPv4-mapped (::ffff:a.b.c.d): dual-stack
@@ -118,6 +144,10 @@ int edgemesh_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		if (em_sockmap_enabled())
 			em_add_passive(skops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == BPF_TCP_CLOSE && skops->family == 2)
+			em_forget(skops);
 		break;
 	}
 	return 1;

@@ -219,6 +219,25 @@ describe.skipIf(skip)('ebpf interceptor: cgroup connect4 socket-LB in a netns + 
     expect(results.map((r) => r.data)).toEqual(['b2', 'b2', 'b2']);
   });
 
+  it('drops the cookie and tuple entries of closed sockets (the per-socket maps do not grow)', async () => {
+    const entries = async (map: string) =>
+      (JSON.parse(await sh('bpftool', ['-j', 'map', 'dump', 'pinned', `${pinDir}/${map}`])) as unknown[])
+        .length;
+    const before = interceptor!.counters();
+    const results = [...(await connects(PROXY_VIP, 80, 20)), ...(await connects(LB_VIP, 80, 20))];
+    expect(results.filter((r) => r.data === `${PROXY_VIP}:80` || r.data === 'b2')).toHaveLength(40);
+    const after = interceptor!.counters();
+    expect(after.proxyConnect - before.proxyConnect).toBe(20);
+    expect(after.lbConnect - before.lbConnect).toBe(20);
+    // Both ends have closed: every socket reached TCP_CLOSE (TIME_WAIT is not a full socket).
+    await expect
+      .poll(async () => [await entries('edgemesh_ck_v1'), await entries('edgemesh_tup_v1')], {
+        timeout: 5_000,
+        interval: 100,
+      })
+      .toEqual([0, 0]);
+  });
+
   it('keeps a transfer byte-exact across an agent restart, and stop() removes everything', async () => {
     const t = startPausedTransfer(clientArgv(['transfer', ECHO_VIP, '7', '16']));
     transfer = t.child;
