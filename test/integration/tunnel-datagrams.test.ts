@@ -6,8 +6,12 @@
 import dgram from 'node:dgram';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ServiceTable } from '../../src/controller/types.ts';
+import { clientTlsOptions } from '../../src/tunnel/credentials.ts';
+import { FrameType } from '../../src/tunnel/frames.ts';
+import { DGRAM_CAP, type StreamSink } from '../../src/tunnel/session.ts';
+import { dialSession } from '../../src/tunnel/tls-listener.ts';
 import { eventually } from '../helpers/eventually.ts';
-import { ep, metric, TunnelFixture, table } from '../helpers/tunnel-fixture.ts';
+import { ep, memLogger, metric, TunnelFixture, table } from '../helpers/tunnel-fixture.ts';
 
 /** A client socket that keeps its address (one flow) across sends. */
 async function udpClient() {
@@ -195,5 +199,55 @@ describe('UDP services across the tunnel (loopback)', () => {
     expect(await metric(a.registry, 'edgemesh_tunnel_datagram_drops_total', { reason: 'flows' })).toBe(2);
     expect(a.t.status().datagrams.datagrams.dropped).toBe(2);
     expect((await first.ask(port, Buffer.from('still one')))?.toString()).toBe('still one');
+  });
+
+  it('the relay forwards flows only to registered agents; malformed datagram frames close only that session', async () => {
+    const r = await fx.relay('relay-bad');
+    const good = await fx.agent('dg-good', [{ name: 'relay-bad', addr: r.addr }]);
+    await good.t.applyTable(table([ep(echoPort, 'dg-good')], 1, 'UDP'));
+    await eventually(async () => good.t.status().relays[0]!.connected);
+    const creds = await fx.creds();
+    const evil = await dialSession({
+      host: '127.0.0.1',
+      port: Number(r.addr.split(':')[1]),
+      creds,
+      hello: { node: 'dg-evil', kind: 'agent', caps: [DGRAM_CAP] },
+      log: memLogger().log,
+      timeoutMs: 2000,
+      clientOptions: clientTlsOptions(creds),
+    });
+    /** Opens a datagram flow from `evil`; resolves with the RESET reason it gets back. */
+    const flowReset = (node: string, port: number) =>
+      new Promise<string>((resolve) => {
+        const sink: StreamSink = {
+          onData() {},
+          onWindow() {},
+          onClose() {},
+          onDatagram() {},
+          onReset: resolve,
+        };
+        evil.openSink({ node, src: 'spoofed', ip: '127.0.0.1', port }, () => sink, FrameType.DGRAM_OPEN);
+      });
+    // A node the relay does not know: reset at the relay, which dials nothing.
+    expect(await flowReset('dg-nowhere', echoPort)).toMatch(
+      /node 'dg-nowhere' is not connected to this relay/,
+    );
+    expect(await metric(r.registry, 'edgemesh_relay_datagram_flows_total')).toBe(0);
+    // A registered node refuses an endpoint it does not own (its RESET comes back through the relay).
+    expect(await flowReset('dg-good', echoPort + 1)).toMatch(/is not a UDP endpoint of node 'dg-good'/);
+    // The relay named the authenticated source, not the spoofed one.
+    expect(good.lines.join('')).toMatch(/"from":"dg-evil"/);
+    // A DGRAM on a byte stream is malformed: only evil's session closes.
+    const stream = evil.openStream({ node: 'dg-good', src: 'dg-evil', ip: '127.0.0.1', port: echoPort });
+    stream.on('error', () => {});
+    const closed = new Promise((res) => evil.once('close', res));
+    evil.send(FrameType.DGRAM, stream.id, Buffer.from('not a datagram flow'));
+    await closed;
+    await eventually(async () => (await metric(r.registry, 'edgemesh_relay_frame_errors_total')) === 1);
+    expect(r.lines.find((l) => l.includes('tunnel closed: protocol error')) ?? '').toMatch(
+      /DGRAM on byte stream/,
+    );
+    expect(r.r.status().agents.map((x) => x.node)).toEqual(['dg-good']);
+    expect(good.t.status().relays[0]!.connected).toBe(true);
   });
 });
