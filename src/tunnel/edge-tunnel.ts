@@ -21,6 +21,7 @@ import { EMPTY_TABLE } from '../controller/types.ts';
 import { ErrorCode, errorMessage } from '../errors.ts';
 import type { Service } from '../util/lifecycle.ts';
 import type { Logger } from '../util/log.ts';
+import { registerLoopbackTaker } from '../util/loopback-takers.ts';
 import { parseHostPort } from '../util/net.ts';
 import { clientTlsOptions, loadCredentials, type TunnelCredentials } from './credentials.ts';
 import { dialData, newToken } from './data-hello.ts';
@@ -501,6 +502,13 @@ export class EdgeTunnel implements Service {
       targetPort: w.port,
     };
     this.localPorts.set(key, lp);
+    // The native plane hands clients bound for this port over as fds (no second loopback leg):
+    // served exactly like a connection the server accepted, for as long as the server is open.
+    // EDGEMESH_TUNNEL_HANDOFF=off keeps the plane's loopback connection (the bench's A/B).
+    if (process.env.EDGEMESH_TUNNEL_HANDOFF !== 'off') {
+      const take = (socket: net.Socket) => this.onLocalConnection(socket, lp);
+      server.once('close', registerLoopbackTaker(lp.port, take));
+    }
   }
 
   private onLocalConnection(socket: net.Socket, lp: LocalPort): void {

@@ -123,6 +123,7 @@ class Worker {
  private:
   void AcceptAll();
   void OnAccepted(int fd, const sockaddr_in& peer);
+  bool HandToTunnel(int fd, const Route& route, uint32_t vip_be, uint16_t vport, uint32_t client_be);
   void AdoptAll();
   void Adopt(AdoptedPair& a);
   void OnEvent(uint64_t key, uint32_t events);
@@ -375,6 +376,10 @@ void Worker::OnAccepted(int fd, const sockaddr_in& peer) {
     if (auto* svc = plane_.service(route->service_slot)) svc[kSvcConnections].fetch_add(1, std::memory_order_relaxed);
     return;
   }
+  if (route != nullptr && (route->flags & kRouteFlagTunnel) && !route->endpoints.empty() &&
+      HandToTunnel(fd, *route, vip_be, vport, peer.sin_addr.s_addr)) {
+    return;
+  }
   if (route == nullptr || route->endpoints.empty()) {
     c_.Add(route == nullptr ? kNoRoute : kNoEndpoint);
     if (route != nullptr) {
@@ -416,6 +421,32 @@ void Worker::OnAccepted(int fd, const sockaddr_in& peer) {
     }
   }
   StartConnect(c);
+}
+
+// A tunnelled route's endpoints are loopback ports the agent's own tunnel listens on: rather than
+// splice the client into a second loopback connection that the tunnel accepts, choose the endpoint
+// here (same policy and affinity as a connect) and hand the client socket itself to TS with that
+// endpoint as its destination, so the tunnel's pump reads the client directly. False: no consumer,
+// forward as usual.
+bool Worker::HandToTunnel(int fd, const Route& route, uint32_t vip_be, uint16_t vport, uint32_t client_be) {
+  const int64_t now = MonotonicMs();
+  uint32_t pick = PickEndpoint(route, client_be, Random());
+  const bool affinity = route.flags & kRouteFlagAffinity;
+  if (affinity) {
+    if (auto ep = plane_.affinity().Get(vip_be, vport, client_be, now)) {
+      for (uint32_t i = 0; i < route.endpoints.size(); ++i) {
+        if (route.endpoints[i] == *ep) pick = i;
+      }
+    }
+  }
+  const Endpoint& ep = route.endpoints[pick];
+  if (!plane_.PushHandoff(Handoff{fd, ep.addr_be, ep.port})) return false;
+  if (affinity) {
+    plane_.affinity().Put(vip_be, vport, client_be, ep, now + static_cast<int64_t>(route.affinity_timeout_s) * 1000);
+  }
+  c_.Add(kHandedOff);
+  if (auto* svc = plane_.service(route.service_slot)) svc[kSvcConnections].fetch_add(1, std::memory_order_relaxed);
+  return true;
 }
 
 void Worker::AdoptAll() {

@@ -28,6 +28,7 @@ constexpr uint32_t kNoServiceSlot = 0xffffffffu;
 enum class LbPolicy : uint8_t { kRoundRobin = 0, kRandom = 1, kSourceIpHash = 2 };
 constexpr uint8_t kRouteFlagAffinity = 1;  // sessionAffinity: ClientIP
 constexpr uint8_t kRouteFlagHandoff = 2;   // needs L7: the accepted fd goes to TS (Plane::PushHandoff)
+constexpr uint8_t kRouteFlagTunnel = 4;    // endpoints are the agent's own tunnel ports: the fd goes to TS with the chosen one
 
 struct Endpoint {
   uint32_t addr_be = 0;

@@ -4,6 +4,7 @@ import net from 'node:net';
 import type { Endpoint, ServiceEntry, ServicePortEntry, ServiceTable } from '../../controller/types.ts';
 import { DEFAULT_RING_SIZE } from '../../lb/ring-hash.ts';
 import type { InterceptTarget } from '../../proxier/interceptor.ts';
+import { hasLoopbackTaker } from '../../util/loopback-takers.ts';
 
 export const ROUTE_MAGIC = 0x31524d45;
 export const ROUTE_HEADER_SIZE = 16;
@@ -19,6 +20,11 @@ export const LbPolicyCode = { ROUND_ROBIN: 0, RANDOM: 1, SOURCE_IP_HASH: 2 } as 
 export const ROUTE_FLAG_AFFINITY = 1;
 /** The plane hands the accepted fd to TS instead of connecting (routing_table.h kRouteFlagHandoff). */
 export const ROUTE_FLAG_HANDOFF = 2;
+/**
+ * Every endpoint is one of this agent's tunnel ports: the plane picks one and hands the client fd
+ * to TS with it (no second loopback connection; routing_table.h kRouteFlagTunnel).
+ */
+export const ROUTE_FLAG_TUNNEL = 4;
 
 /** One route as encoded (also what tests and /status read back). */
 export interface NativeRoute {
@@ -39,6 +45,8 @@ export interface NativeRoute {
   needsL7: boolean;
   /** Connections are handed to TS (which runs the protocol handlers) instead of forwarded natively. */
   handoff: boolean;
+  /** The endpoints are tunnel ports (Endpoint.tunnelPath): the client fd goes to the tunnel with the chosen one. */
+  tunnel?: boolean;
 }
 
 /** Stable per-service counter slots: a service keeps its slot while it exists; freed slots are reused. */
@@ -97,14 +105,24 @@ function bestTier(eps: readonly Endpoint[]): readonly Endpoint[] {
   return eps.filter((e) => tunnelRank(e) === best);
 }
 
+function chosenEndpoints(port: ServicePortEntry): readonly Endpoint[] {
+  const v4 = port.endpoints.filter((e) => net.isIPv4(e.ip));
+  const chosen = bestTier(v4.filter((e) => e.ready));
+  return chosen.length > 0 ? chosen : bestTier(v4.filter((e) => e.serving));
+}
+
+/** True when the routable endpoints are tunnel ports (one tier: all or none of them are). */
+export function tunnelledPort(port: ServicePortEntry): boolean {
+  const first = chosenEndpoints(port)[0];
+  return first !== undefined && tunnelRank(first) > 0;
+}
+
 /**
  * Endpoints the native plane may use: ready IPv4 ones (serving+terminating when none is ready),
  * of the best tunnel tier only (same node, then direct, then relayed), de-duplicated.
  */
 export function routableEndpoints(port: ServicePortEntry): { ip: string; port: number }[] {
-  const v4 = port.endpoints.filter((e) => net.isIPv4(e.ip));
-  let chosen: readonly Endpoint[] = bestTier(v4.filter((e) => e.ready));
-  if (chosen.length === 0) chosen = bestTier(v4.filter((e) => e.serving));
+  const chosen = chosenEndpoints(port);
   const seen = new Set<string>();
   const out: { ip: string; port: number }[] = [];
   for (const e of chosen) {
@@ -154,6 +172,10 @@ export function tableRoutes(
       if (port.protocol !== 'TCP') continue;
       const { policy, needsL7 } = nativePolicy(port);
       const handedOff = handoff?.(svc, port) ?? false;
+      const endpoints = routableEndpoints(port);
+      // Only when this process serves every one of those ports (the tunnel registers them): the
+      // plane then never hands off a client nobody here would take.
+      const tunnel = tunnelledPort(port) && endpoints.every((e) => hasLoopbackTaker(e.port));
       for (const vip of svc.clusterIPs) {
         // One route per ClusterIP:port (the native table rejects duplicates): the first service wins.
         if (!net.isIPv4(vip) || taken.has(`${vip}:${port.port}`)) continue;
@@ -170,9 +192,10 @@ export function tableRoutes(
               : 0,
           slot,
           connectTimeoutMs: port.trafficPolicy?.connectTimeoutMs ?? 0,
-          endpoints: routableEndpoints(port),
+          endpoints,
           needsL7,
           handoff: handedOff,
+          tunnel,
         });
       }
     }
@@ -199,7 +222,9 @@ export function encodeRoutes(generation: number, routes: readonly NativeRoute[])
     buf.writeUInt16LE(r.port, off + 4);
     buf.writeUInt8(r.policy, off + 6);
     buf.writeUInt8(
-      (r.affinityTimeoutS > 0 ? ROUTE_FLAG_AFFINITY : 0) | (r.handoff ? ROUTE_FLAG_HANDOFF : 0),
+      (r.affinityTimeoutS > 0 ? ROUTE_FLAG_AFFINITY : 0) |
+        (r.handoff ? ROUTE_FLAG_HANDOFF : 0) |
+        (r.tunnel ? ROUTE_FLAG_TUNNEL : 0),
       off + 7,
     );
     buf.writeUInt32LE(r.affinityTimeoutS >>> 0, off + 8);

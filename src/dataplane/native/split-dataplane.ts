@@ -16,6 +16,7 @@ import type {
   ServiceTableDiff,
 } from '../../controller/types.ts';
 import type { InterceptTarget } from '../../proxier/interceptor.ts';
+import { takeLoopbackFd } from '../../util/loopback-takers.ts';
 import type { Dataplane } from '../dataplane.ts';
 import type { HandoffTarget } from './native-dataplane.ts';
 import { nativePolicy } from './route-encoder.ts';
@@ -143,8 +144,12 @@ export class SplitDataplane implements Dataplane {
     }
   }
 
-  /** A handed-off connection: to the TS listener serving its original destination, else closed. */
+  /**
+   * A handed-off connection: to the in-process owner of its loopback destination (a tunnel port,
+   * src/util/loopback-takers.ts), else to the TS listener serving its original destination, else closed.
+   */
   private take(fd: number, clusterIP: string, port: number): void {
+    if (clusterIP === '127.0.0.1' && takeLoopbackFd(port, fd)) return;
     const listenPort = this.l7Ports.get(`${clusterIP}:${port}`);
     if (listenPort !== undefined && this.l7Started && (this.l7 as SocketAdopter).adopt(listenPort, fd))
       return;
