@@ -39,6 +39,11 @@ export interface InterceptorSuiteImpl {
   adoptsLeftovers?: string;
   /** What a killed agent's process exit does to a crashed interceptor (eBPF: its fds close). */
   kill?(crashed: Interceptor): Promise<void>;
+  /**
+   * True when L4 services with reachable endpoints bypass the proxy (eBPF socket-LB: connect()
+   * goes straight to an endpoint); otherwise they are redirected to the proxy like any target.
+   */
+  balancesSockets?: boolean;
 }
 
 const BYPASS_GID = 40001;
@@ -149,6 +154,37 @@ export function interceptorSuite(label: string, impl: InterceptorSuiteImpl): voi
       expect(await reach('10.96.0.10')).toBe('port-a');
       expect(await reach('10.96.0.11')).toBe('port-b');
     });
+
+    it(
+      impl.balancesSockets
+        ? 'an L4 service with a reachable endpoint is balanced at connect(): the endpoint, not the proxy'
+        : 'an L4 service with a reachable endpoint still goes through the proxy',
+      async () => {
+        // t/a's endpoint is the "direct" server (10.96.0.11:80 is an address on lo).
+        const l4 = {
+          key: 't/a',
+          clusterIPs: ['10.96.0.10'],
+          headless: false,
+          proxied: true,
+          sessionAffinity: { type: 'None', timeoutSeconds: 0 },
+          ports: [
+            {
+              port: 80,
+              protocol: 'TCP',
+              appProtocol: 'tcp',
+              endpoints: [{ ip: '10.96.0.11', port: 80, ready: true, serving: true, terminating: false }],
+            },
+          ],
+        } as unknown as ServiceEntry;
+        interceptor.observe?.({ ...EMPTY_TABLE, services: new Map([[l4.key, l4]]) });
+        await interceptor.sync([a(21000), b(21001)]);
+        expect(await reach('10.96.0.10')).toBe(impl.balancesSockets ? 'direct' : 'port-a');
+        expect(await reach('10.96.0.11')).toBe('port-b');
+        interceptor.observe?.(EMPTY_TABLE);
+        await interceptor.sync([a(21000), b(21001)]);
+        expect(await reach('10.96.0.10')).toBe('port-a');
+      },
+    );
 
     it('repairs drift: rules someone deleted are restored by repair()', async () => {
       expect(await interceptor.repair?.()).toBe(false);

@@ -70,54 +70,59 @@ afterAll(() => {
   for (const dir of cgroups) if (existsSync(dir)) rmdirSync(dir);
 });
 
-interceptorSuite('ebpf', {
-  make: (ns, options) => {
-    const native = loadNative();
-    const objects = findBpfObjects(native.path);
-    if (!native.binding || !objects || !cgroupRoot)
-      throw new Error(
-        `eBPF must be available for this suite (CI builds it): ${native.reason ?? 'no objects/cgroup2'}`,
-      );
-    return new EbpfInterceptor({
-      ...options,
-      binding: native.binding,
-      objects,
-      cgroupPath: cgroupFor(ns),
-      pinDir: pinDirOf(ns),
-      netnsPath: `/run/netns/${ns.name}`,
-      commandPrefix: prefix(ns),
-      nodeName: 'node-a',
-      localEndpointsOnly: false,
-    });
-  },
-  // Someone else's iptables rule: eBPF interception must neither need nor touch netfilter.
-  addForeignRule: async (ns) => {
-    await ns.run('iptables-nft', '-t', 'nat', '-A', 'OUTPUT', '-d', '192.0.2.1/32', '-j', 'ACCEPT');
-  },
-  snapshot: async (ns) =>
-    normalizeDump(
-      [
-        await sh('bpftool', ['cgroup', 'show', cgroupFor(ns)]),
-        await ns.run('bpftool', 'net', 'show'),
-        existsSync(pinDirOf(ns)) ? `pins: ${readdirSync(pinDirOf(ns)).join(' ')}` : 'no pins',
-        await ns.run('ip', '-4', 'route', 'show', 'table', 'local'),
-        await ns.run('iptables-nft-save'),
-        await ns.run('nft', 'list', 'ruleset'),
-      ].join('\n'),
-    ),
-  // Detach the connect4 link the way an admin with bpftool would (the link and its pin survive).
-  sabotage: async (ns) => {
-    await detachConnect4Link(cgroupOf(ns));
-  },
-  clientPrefix: (ns) => [
-    'sh',
-    '-c',
-    `echo $$ > ${cgroupOf(ns)}/cgroup.procs && exec ip netns exec ${ns.name} "$@"`,
-    'sh',
-  ],
-  adoptsLeftovers: 'pinned maps and links keep live flows working across an agent restart',
-  kill: (crashed: Interceptor) => (crashed as EbpfInterceptor).detachKeepPinned(),
-});
+// Twice: with socket-LB (the default) and with ebpfSocketLb: false (every TCP service to the proxy).
+for (const socketLb of [true, false]) {
+  interceptorSuite(socketLb ? 'ebpf' : 'ebpf (socket-LB off)', {
+    make: (ns, options) => {
+      const native = loadNative();
+      const objects = findBpfObjects(native.path);
+      if (!native.binding || !objects || !cgroupRoot)
+        throw new Error(
+          `eBPF must be available for this suite (CI builds it): ${native.reason ?? 'no objects/cgroup2'}`,
+        );
+      return new EbpfInterceptor({
+        ...options,
+        binding: native.binding,
+        objects,
+        cgroupPath: cgroupFor(ns),
+        pinDir: pinDirOf(ns),
+        netnsPath: `/run/netns/${ns.name}`,
+        commandPrefix: prefix(ns),
+        nodeName: 'node-a',
+        localEndpointsOnly: false,
+        socketLb,
+      });
+    },
+    // Someone else's iptables rule: eBPF interception must neither need nor touch netfilter.
+    addForeignRule: async (ns) => {
+      await ns.run('iptables-nft', '-t', 'nat', '-A', 'OUTPUT', '-d', '192.0.2.1/32', '-j', 'ACCEPT');
+    },
+    snapshot: async (ns) =>
+      normalizeDump(
+        [
+          await sh('bpftool', ['cgroup', 'show', cgroupFor(ns)]),
+          await ns.run('bpftool', 'net', 'show'),
+          existsSync(pinDirOf(ns)) ? `pins: ${readdirSync(pinDirOf(ns)).join(' ')}` : 'no pins',
+          await ns.run('ip', '-4', 'route', 'show', 'table', 'local'),
+          await ns.run('iptables-nft-save'),
+          await ns.run('nft', 'list', 'ruleset'),
+        ].join('\n'),
+      ),
+    // Detach the connect4 link the way an admin with bpftool would (the link and its pin survive).
+    sabotage: async (ns) => {
+      await detachConnect4Link(cgroupOf(ns));
+    },
+    clientPrefix: (ns) => [
+      'sh',
+      '-c',
+      `echo $$ > ${cgroupOf(ns)}/cgroup.procs && exec ip netns exec ${ns.name} "$@"`,
+      'sh',
+    ],
+    adoptsLeftovers: 'pinned maps and links keep live flows working across an agent restart',
+    kill: (crashed: Interceptor) => (crashed as EbpfInterceptor).detachKeepPinned(),
+    balancesSockets: socketLb,
+  });
+}
 
 describe.skipIf(skipUnlessRoot('interceptor auto probe'))('--intercept auto in a fresh namespace', () => {
   let ns: Netns | undefined;
