@@ -3,7 +3,7 @@
 // Topology (all in throwaway network namespaces): a cloud namespace, and three LANs (bridges in their
 // gateway namespaces, MASQUERADE toward the cloud) whose nodes cannot route to each other. Agents on
 // a1 + a2 (LAN A), b1 (LAN B), c1 (LAN C) and the cloud; two relays in the cloud. A client on a1
-// reaches services whose only pod is in LAN B or LAN C (via relay; 16 MiB byte-exact to LAN B on a
+// reaches services whose only pod is in LAN B or LAN C (via relay, UDP too; 16 MiB byte-exact to LAN B on a
 // sealed data connection the relay splices), in the cloud, and on a2 in its own LAN (direct, sealed
 // too: relay counters do not move); LAN C reaches the cloud
 // but not LAN A or B; a killed relay is replaced by the other within 2 s; a wrong PSK is rejected
@@ -27,7 +27,7 @@ const tool = path.join(repoRoot, 'test/helpers/stream-tool.mjs');
 
 const pod = (name: string, node: string, ip: string, app: string) =>
   podManifest({ name, namespace: 'edge', app, ip, nodeName: node });
-const service = (name: string, clusterIP: string, sink = false) =>
+const service = (name: string, clusterIP: string, sink = false, udp = false) =>
   serviceManifest({
     name,
     namespace: 'edge',
@@ -37,11 +37,12 @@ const service = (name: string, clusterIP: string, sink = false) =>
       { name: 'http-hostname', port: 80, targetPort: 9376 },
       { name: 'tcp-echo', port: 2701, targetPort: 2701 },
       ...(sink ? [{ name: 'tcp-sink', port: 2702, targetPort: 2702 }] : []),
+      ...(udp ? [{ name: 'udp-echo', port: 5353, targetPort: 5353, protocol: 'UDP' as const }] : []),
     ],
   });
 const manifests = [
   pod('lanb-0', 'b1', '10.2.0.2', 'lanb'),
-  service('lanb', '10.96.0.21', true),
+  service('lanb', '10.96.0.21', true, true),
   pod('lanc-0', 'c1', '10.3.0.2', 'lanc'),
   service('lanc', '10.96.0.24'),
   pod('cloud-0', 'cloud', CLOUD_IP, 'cloudsvc'),
@@ -124,7 +125,7 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
     const hostnameEcho = ['--http', '9376', '--echo', '2701'];
     const sink = b1.spawn(process.execPath, [tool, 'serve', '--sink', '2702']);
     await Promise.all([
-      b1.backend('pod-b', hostnameEcho),
+      b1.backend('pod-b', [...hostnameEcho, '--udp', '5353']),
       c1.backend('pod-c', hostnameEcho),
       a2!.backend('pod-a2', hostnameEcho),
       cloud.backend('pod-cloud', hostnameEcho),
@@ -211,6 +212,31 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
     expect(await relayStreams()).toBeGreaterThanOrEqual(before + 1);
     const status = JSON.parse(await a1.run('curl', '-s', 'http://127.0.0.1:10551/status'));
     expect(status.tunnel.peers).toContainEqual({ node: 'c1', path: 'relay' });
+  });
+
+  it('a UDP service whose pod is only in LAN B answers a client in LAN A through the relay', async () => {
+    const relayFlows = () => relayMetric('edgemesh_relay_datagram_flows_total', 'src="a1"', 'dst="b1"');
+    const [flows0, relayed0] = await Promise.all([
+      relayFlows(),
+      relayMetric('edgemesh_relay_datagrams_total'),
+    ]);
+    const ask = (text: string) =>
+      a1.exec('socat', ['-t', '1', '-T', '3', '-', 'UDP:10.96.0.21:5353'], { input: text });
+    expect((await ask('across lans')).stdout).toBe('pod-b:across lans');
+    // One flow a1 -> b1 through the relay, its datagram and the reply forwarded there.
+    expect(await relayFlows()).toBe(flows0 + 1);
+    expect(await relayMetric('edgemesh_relay_datagrams_total')).toBeGreaterThanOrEqual(relayed0 + 2);
+    expect(
+      await agentMetric(a1, 'edgemesh_tunnel_datagram_flows_total', 'path="relay"'),
+    ).toBeGreaterThanOrEqual(1);
+    expect(await agentMetric(b1, 'edgemesh_tunnel_datagram_flows_total', 'path="in"')).toBeGreaterThanOrEqual(
+      1,
+    );
+    const status = JSON.parse(await a1.run('curl', '-s', 'http://127.0.0.1:10551/status'));
+    expect(status.tunnel.datagrams.endpoints).toContainEqual(
+      expect.objectContaining({ node: 'b1', endpoint: '10.2.0.2:5353' }),
+    );
+    expect(status.tunnel.datagrams.datagrams.tx).toBeGreaterThanOrEqual(1);
   });
 
   it('moves 16 MiB byte-exact to LAN B through the relay on a sealed data connection', async () => {
