@@ -1,8 +1,9 @@
 // UDP across the tunnel with real relays and agent tunnels on loopback: datagrams of every size up
 // to UDP's maximum come back byte-exact through the relay and directly (relay counters still), a
 // node refuses flows to UDP endpoints it does not own, idle flows end on both agents and a new
-// datagram opens a new flow, a full flow table drops (and counts) instead of queueing, and flows
-// end with their session.
+// datagram opens a new flow, a full flow table and a backed-up relay session drop (and count)
+// instead of queueing, flows end with their session, and the relay forwards flows only to
+// registered agents (a malformed datagram frame closes only the sender's session).
 import dgram from 'node:dgram';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ServiceTable } from '../../src/controller/types.ts';
@@ -249,5 +250,60 @@ describe('UDP services across the tunnel (loopback)', () => {
     );
     expect(r.r.status().agents.map((x) => x.node)).toEqual(['dg-good']);
     expect(good.t.status().relays[0]!.connected).toBe(true);
+  });
+
+  it('a relay whose receiving agent is backed up drops datagrams (counted) instead of queueing them', async () => {
+    const r = await fx.relay('relay-full');
+    const a = await fx.agent('full-a', [{ name: 'relay-full', addr: r.addr }]);
+    const creds = await fx.creds();
+    // A receiving agent that takes flows, then stops reading its session (long keepalive: it must
+    // not give up on the relay for not hearing from it).
+    const slow = await dialSession({
+      host: '127.0.0.1',
+      port: Number(r.addr.split(':')[1]),
+      creds,
+      hello: { node: 'full-slow', kind: 'agent', caps: [DGRAM_CAP] },
+      log: memLogger().log,
+      timeoutMs: 2000,
+      pingMs: 60_000,
+      clientOptions: clientTlsOptions(creds),
+    });
+    fx.onStop(async () => slow.close());
+    let received = 0;
+    slow.datagramOpener = () => ({
+      onData() {},
+      onWindow() {},
+      onClose() {},
+      onReset() {},
+      onDatagram: () => void received++,
+    });
+    // Nobody listens at the endpoint: a datagram that arrives did so through the tunnel.
+    const port = udpPort(await a.t.applyTable(table([ep(1, 'full-slow')], 1, 'UDP')));
+    const sender = dgram.createSocket('udp4');
+    clients.push(sender);
+    await new Promise<void>((res) => sender.bind(0, '127.0.0.1', res));
+    let flowClient: dgram.Socket | undefined;
+    await eventually(async () => {
+      // A fresh client per try: a flow opened before the relay announced full-slow has no route.
+      const c = dgram.createSocket('udp4');
+      clients.push(c);
+      c.send('hello', port, '127.0.0.1');
+      await new Promise((res) => setTimeout(res, 100));
+      if (received > 0) flowClient = c;
+      return flowClient !== undefined;
+    });
+    // The slow agent stops reading: the relay's TLS socket to it fills up (test reaches into the
+    // session for its socket; pausing it is the only way to stall a real peer in-process).
+    (slow as unknown as { o: { socket: { pause(): void } } }).o.socket.pause();
+    const big = Buffer.alloc(60_000, 0x33);
+    const drops = () => metric(r.registry, 'edgemesh_relay_datagram_drops_total');
+    for (let i = 0; i < 3000 && (i % 25 !== 0 || (await drops()) === 0); i++) {
+      flowClient!.send(big, port, '127.0.0.1');
+      await new Promise((res) => setImmediate(res));
+    }
+    expect(await drops()).toBeGreaterThan(0);
+    // The relay kept forwarding up to its bound: more than the bound was sent, the rest dropped.
+    expect(await metric(r.registry, 'edgemesh_relay_datagrams_total')).toBeGreaterThan((1 << 20) / 60_000);
+    expect(a.t.status().datagrams.flows.relay).toBeGreaterThanOrEqual(1);
   });
 });
