@@ -97,6 +97,8 @@ export async function relayCommand(argv: string[], out: (s: string) => void): Pr
     log,
     registry,
     sealedData: tunnel.sealedData,
+    // The agents' stream idle timeout, from the relay's own config file (0 = never).
+    idleTimeoutMs: config.modules.edgeProxy.idleTimeoutMs,
   });
   return runUntilSignal(
     async () => {

@@ -1,6 +1,7 @@
 // `edgemesh status`: prints what a running agent serves, from its /status endpoint.
 import type { DnsStatus } from '../dns/dns-server.ts';
 import { UsageError } from '../errors.ts';
+import type { RelayStatus } from '../tunnel/relay-server.ts';
 import { parseHostPort } from '../util/net.ts';
 import { type FlagSpecs, helpText, parseFlags } from './args.ts';
 
@@ -16,7 +17,8 @@ const statusFlags: FlagSpecs = {
 
 export const statusHelp = helpText(
   'edgemesh status [--metrics-listen IP:PORT] [--json]',
-  'Prints the services, endpoints, interception mode, data plane and counters of a running agent.',
+  'Prints the services, endpoints, interception mode, data plane and counters of a running agent\n' +
+    "(or, given a relay's --metrics-listen, its agents and splice pump).",
   statusFlags,
 );
 
@@ -37,6 +39,15 @@ export interface AgentStatus {
     listen: string;
     relays: Array<{ node: string; address: string; connected: boolean }>;
     peers: Array<{ node: string; path: string; address?: string }>;
+    /** Sealed streams: which pump, how many run now, how the ended ones ended. */
+    sealed?: {
+      pump: string;
+      active: number;
+      finished: number;
+      failed: number;
+      idleClosed: number;
+      aborted: number;
+    };
   };
   /** The DNS server: listen address, UDP path (native|js) and its counters; absent when DNS is off. */
   dns?: DnsStatus;
@@ -51,7 +62,7 @@ export async function statusCommand(argv: string[], out: (s: string) => void): P
   const listen = (flags['metrics-listen'] as string | undefined) ?? '127.0.0.1:10551';
   const hp = parseHostPort(listen);
   if (!hp) throw new UsageError(`--metrics-listen: expected IP:PORT, got '${listen}'`);
-  let status: AgentStatus;
+  let status: AgentStatus | RelayStatus;
   try {
     const res = await fetch(`http://${listen}/status`, { signal: AbortSignal.timeout(3000) });
     status = (await res.json()) as AgentStatus;
@@ -63,8 +74,23 @@ export async function statusCommand(argv: string[], out: (s: string) => void): P
     out(`${JSON.stringify(status, null, 2)}\n`);
     return 0;
   }
-  out(formatStatus(status));
+  // A relay's document has no services: it says which agents and which splice pump it has.
+  if ('pump' in status && 'agents' in status) out(formatRelayStatus(status as RelayStatus));
+  else out(formatStatus(status as AgentStatus));
   return 0;
+}
+
+/** Renders a relay's status document (`edgemesh status --metrics-listen <relay's>`). */
+export function formatRelayStatus(s: RelayStatus): string {
+  const p = s.pump;
+  const lines = [
+    `relay:      ${s.nodeName}`,
+    `pump:       ${p.mode} (${p.reason})`,
+    `streams:    ${p.active} spliced now, ${p.bytes} bytes; ended: ${p.finished} finished, ${p.failed} failed, ${p.idleClosed} idle-closed, ${p.aborted} aborted`,
+    '',
+  ];
+  for (const a of s.agents) lines.push(`  agent ${a.node} ${a.remote} framed-streams=${a.streams}`);
+  return `${lines.join('\n')}\n`;
 }
 
 /** Renders the status document as a table for people. */
@@ -106,6 +132,11 @@ export function formatStatus(s: AgentStatus): string {
   }
   if (s.tunnel) {
     lines.push('', `tunnel:     listening on ${s.tunnel.listen}`);
+    const sd = s.tunnel.sealed;
+    if (sd)
+      lines.push(
+        `  sealed pump=${sd.pump} active=${sd.active} finished=${sd.finished} failed=${sd.failed} idle-closed=${sd.idleClosed} aborted=${sd.aborted}`,
+      );
     for (const r of s.tunnel.relays)
       lines.push(`  relay ${r.node} ${r.address || '-'} ${r.connected ? 'connected' : 'down'}`);
     for (const p of s.tunnel.peers)

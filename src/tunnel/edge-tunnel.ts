@@ -30,14 +30,15 @@ import { DataTokens, takeBuffered } from './data-tokens.ts';
 import { type DatagramRoute, type DatagramStatus, DatagramTunnel } from './datagram-tunnel.ts';
 import type { DataPoolAnnouncement, OpenTarget, SealedOpen } from './frames.ts';
 import { joinStreams } from './join-streams.ts';
+import { PumpSet } from './pump-set.ts';
 import { SealedControl } from './sealed-control.ts';
 import {
   mirrorKeys,
   newSealedKeys,
+  type PumpBytes,
   type PumpResult,
   registerPumpMetrics,
   sealedPumpMode,
-  startSealedPump,
 } from './sealed-pump.ts';
 import {
   DGRAM_CAP,
@@ -60,7 +61,17 @@ export interface TunnelStatus {
   peers: Array<{ node: string; path: PeerPath; address?: string }>;
   endpoints: Array<{ node: string; endpoint: string; local: string }>;
   /** Sealed data connections: offered at all (sealedData), and which pump runs them and why. */
-  sealed: { enabled: boolean; pump: 'native' | 'ts'; reason: string };
+  sealed: {
+    enabled: boolean;
+    pump: 'native' | 'ts';
+    reason: string;
+    /** Sealed streams whose pump runs now, and how the ended ones ended. */
+    active: number;
+    finished: number;
+    failed: number;
+    idleClosed: number;
+    aborted: number;
+  };
   /** UDP endpoints on other nodes (their loopback UDP ports), live flows, datagram totals. */
   datagrams: DatagramStatus;
 }
@@ -73,6 +84,8 @@ export interface EdgeTunnelOptions {
   pingMs?: number;
   reprobeMs?: number;
   probeTimeoutMs?: number;
+  /** How long stop() lets running sealed streams finish before resetting them (ms, default 5000). */
+  drainTimeoutMs?: number;
   /** Test knobs: UDP flow idle time (default: the UDP proxy's rule) and flows per port. */
   datagramIdleMs?: number;
   datagramMaxFlows?: number;
@@ -115,7 +128,8 @@ interface RelayLink {
   timer: NodeJS.Timeout | undefined;
 }
 
-function tunnelMetrics(registry?: Registry) {
+/** `sealedBytes`: plaintext bytes per path (aToB = sent to the peer), ended and running streams. */
+function tunnelMetrics(registry: Registry | undefined, sealedBytes: () => Map<string, PumpBytes>) {
   const registers = registry ? [registry] : [];
   return {
     peerPath: new Gauge({
@@ -165,9 +179,17 @@ function tunnelMetrics(registry?: Registry) {
     }),
     sealedBytes: new Counter({
       name: 'edgemesh_tunnel_sealed_bytes_total',
-      help: 'Plaintext bytes of finished sealed streams, by path and direction (tx = sent to the peer)',
+      help: 'Plaintext bytes of sealed streams, by path and direction (tx = sent to the peer); running streams count as they move',
       labelNames: ['path', 'direction'] as const,
       registers,
+      // Read from the pumps at scrape time (native: published once per pump turn), not per byte.
+      collect() {
+        this.reset();
+        for (const [path, b] of sealedBytes()) {
+          this.inc({ path, direction: 'tx' }, b.aToB);
+          this.inc({ path, direction: 'rx' }, b.bToA);
+        }
+      },
     }),
     sealedPooled: new Counter({
       name: 'edgemesh_tunnel_sealed_pooled_total',
@@ -198,6 +220,8 @@ export class EdgeTunnel implements Service {
   private ownEndpoints = new Set<string>();
   private remoteNodes = new Set<string>();
   private readonly metrics;
+  /** Running sealed pumps: idle timeout, live bytes, drained on stop. */
+  private readonly pumps: PumpSet<'direct' | 'relay'>;
   private readonly hello: HelloInfo;
   private readonly own: string;
   private readonly cfg: EdgemeshConfig['modules']['edgeTunnel'];
@@ -228,7 +252,9 @@ export class EdgeTunnel implements Service {
   constructor(private readonly o: EdgeTunnelOptions) {
     this.cfg = o.config.modules.edgeTunnel;
     this.own = o.config.nodeName;
-    this.metrics = tunnelMetrics(o.registry);
+    // modules.edgeProxy.idleTimeoutMs applies to sealed streams as to the data plane's connections.
+    this.pumps = new PumpSet(o.config.modules.edgeProxy.idleTimeoutMs);
+    this.metrics = tunnelMetrics(o.registry, () => this.pumps.bytes());
     // Live pump counters (bytes as they move; the per-stream ones count when a stream ends).
     if (o.registry) registerPumpMetrics(o.registry);
     const addrs = this.cfg.advertiseAddress.length > 0 ? this.cfg.advertiseAddress : hostAddresses();
@@ -301,6 +327,8 @@ export class EdgeTunnel implements Service {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    // Running sealed streams get the same grace as the native data plane's connections, then a reset.
+    const draining = this.pumps.drain(this.o.drainTimeoutMs ?? 5000);
     if (this.reprobeTimer) clearInterval(this.reprobeTimer);
     if (this.renderTimer) clearTimeout(this.renderTimer);
     if (this.saveTimer) {
@@ -317,6 +345,9 @@ export class EdgeTunnel implements Service {
     await closing;
     await Promise.all([...this.localPorts.values()].map((lp) => closeServer(lp.server)));
     this.localPorts.clear();
+    const drained = await draining;
+    if (drained.aborted > 0)
+      this.o.log.info(drained, 'tunnel: sealed streams still running at the drain deadline were reset');
   }
 
   /**
@@ -454,7 +485,17 @@ export class EdgeTunnel implements Service {
       })),
       sealed: (() => {
         const m = sealedPumpMode();
-        return { enabled: this.cfg.sealedData, pump: m.mode, reason: m.reason };
+        const o = this.pumps.outcomes;
+        return {
+          enabled: this.cfg.sealedData,
+          pump: m.mode,
+          reason: m.reason,
+          active: this.pumps.active,
+          finished: o.finished,
+          failed: o.failed,
+          idleClosed: o.idle,
+          aborted: o.aborted,
+        };
       })(),
       datagrams: this.udp.status(),
     };
@@ -603,9 +644,9 @@ export class EdgeTunnel implements Service {
       ctl?.finish();
       this.metrics.sealed.inc({ path, side: 'out' });
       if (pooled) this.metrics.sealedPooled.inc({ side: 'out' });
-      void startSealedPump(socket, d, keys, head.length > 0 ? { sealedHead: head } : {}).then((r) =>
-        this.pumpDone(r, path, target),
-      );
+      void this.pumps
+        .sealed(path, socket, d, keys, head.length > 0 ? { sealedHead: head } : {})
+        .then((r) => this.pumpDone(r, path, target));
     };
     const dialed = session.dialed;
     if (pooled) {
@@ -700,10 +741,12 @@ export class EdgeTunnel implements Service {
       this.settingUp.delete(data);
       this.metrics.sealed.inc({ path, side: 'in' });
       if (pooledIn) this.metrics.sealedPooled.inc({ side: 'in' });
-      void startSealedPump(pod, data, open.keys, {
-        ...(sealedHead.length > 0 ? { sealedHead } : {}),
-        ...(plainHead.length > 0 ? { plainHead } : {}),
-      }).then((r) => this.pumpDone(r, path, t));
+      void this.pumps
+        .sealed(path, pod, data, open.keys, {
+          ...(sealedHead.length > 0 ? { sealedHead } : {}),
+          ...(plainHead.length > 0 ? { plainHead } : {}),
+        })
+        .then((r) => this.pumpDone(r, path, t));
       pool?.refill();
     };
     pod.once('connect', () => {
@@ -779,11 +822,16 @@ export class EdgeTunnel implements Service {
   }
 
   private pumpDone(r: PumpResult, path: 'direct' | 'relay', t: OpenTarget): void {
-    this.metrics.sealedBytes.inc({ path, direction: 'tx' }, r.plainToSealed);
-    this.metrics.sealedBytes.inc({ path, direction: 'rx' }, r.sealedToPlain);
     if (r.error)
       this.o.log.debug(
-        { code: ErrorCode.TUNNEL, node: t.node, endpoint: `${t.ip}:${t.port}`, path, err: r.error },
+        {
+          code: ErrorCode.TUNNEL,
+          node: t.node,
+          endpoint: `${t.ip}:${t.port}`,
+          path,
+          err: r.error,
+          ...(r.cause ? { cause: r.cause } : {}),
+        },
         'tunnel: sealed stream aborted',
       );
   }

@@ -16,9 +16,10 @@ import { DataTokens, takeBuffered } from './data-tokens.ts';
 import { DatagramSpliceEnd, spliceDatagrams } from './datagram-splice.ts';
 import { DGRAM_BACKLOG_BYTES } from './datagram-tunnel.ts';
 import { type DataPoolAnnouncement, FrameType, type OpenTarget, type SealedOpen } from './frames.ts';
+import { PumpSet } from './pump-set.ts';
 import { SpliceEnd, spliceStreams } from './relay-splice.ts';
 import { SealedControl } from './sealed-control.ts';
-import { registerPumpMetrics, startSplicePump } from './sealed-pump.ts';
+import { type PumpBytes, registerPumpMetrics, sealedPumpMode } from './sealed-pump.ts';
 import { DGRAM_CAP, SEALED_CAP, type Session } from './session.ts';
 import { TlsListener } from './tls-listener.ts';
 
@@ -34,10 +35,34 @@ export interface RelayServerOptions {
   sealedData?: boolean;
   /** How long a sealed stream's data connections may take to arrive (ms, default 5000). */
   dataTimeoutMs?: number;
+  /** Spliced sealed streams idle this long both ways are reset (ms; 0/absent: never). */
+  idleTimeoutMs?: number;
+  /** How long stop() lets spliced streams finish before resetting them (ms, default 5000). */
+  drainTimeoutMs?: number;
 }
 
-/** Relay metrics (prefix edgemesh_relay_). */
-function relayMetrics(registry?: Registry) {
+/** The relay's /status document. */
+export interface RelayStatus {
+  nodeName: string;
+  agents: Array<{ node: string; remote: string; streams: number }>;
+  /** The pump splicing sealed streams: mode, streams running now, bytes (live), how ended ones ended. */
+  pump: {
+    mode: 'native splice' | 'ts';
+    reason: string;
+    active: number;
+    bytes: number;
+    finished: number;
+    failed: number;
+    idleClosed: number;
+    aborted: number;
+  };
+}
+
+/**
+ * Relay metrics (prefix edgemesh_relay_). `spliced`: bytes of sealed streams per JSON [src, dst]
+ * key (aToB = src -> dst), ended and running, read at scrape time.
+ */
+function relayMetrics(registry: Registry | undefined, spliced: () => Map<string, PumpBytes>) {
   const registers = registry ? [registry] : [];
   /** Bytes per node: rx = sent by that node, tx = delivered to it. */
   const bytes = new Map<string, { rx: number; tx: number }>();
@@ -72,7 +97,21 @@ function relayMetrics(registry?: Registry) {
       // hashing) cost the relay ~4% of its CPU.
       collect() {
         this.reset();
-        for (const [node, t] of bytes) {
+        const sum = new Map<string, { rx: number; tx: number }>();
+        const add = (node: string, rx: number, tx: number) => {
+          const t = sum.get(node) ?? { rx: 0, tx: 0 };
+          t.rx += rx;
+          t.tx += tx;
+          sum.set(node, t);
+        };
+        for (const [node, t] of bytes) add(node, t.rx, t.tx);
+        // Spliced sealed streams count while they run (the pumps publish their progress).
+        for (const [key, b] of spliced()) {
+          const [src, dst] = JSON.parse(key) as [string, string];
+          add(src, b.aToB, b.bToA);
+          add(dst, b.bToA, b.aToB);
+        }
+        for (const [node, t] of sum) {
           this.inc({ node, direction: 'rx' }, t.rx);
           this.inc({ node, direction: 'tx' }, t.tx);
         }
@@ -114,6 +153,8 @@ export class RelayServer implements Service {
   private readonly agents = new Map<string, Session>();
   private readonly all = new Set<Session>();
   private readonly metrics;
+  /** Splice pumps of sealed streams, keyed JSON [src, dst]: idle timeout, live bytes, drained on stop. */
+  private readonly pumps: PumpSet;
   private readonly dataTokens: DataTokens;
   private readonly sealed: boolean;
   /** Idle data connections each agent dialed ahead of its streams. */
@@ -124,7 +165,8 @@ export class RelayServer implements Service {
   address: { host: string; port: number } | undefined;
 
   constructor(private readonly o: RelayServerOptions) {
-    this.metrics = relayMetrics(o.registry);
+    this.pumps = new PumpSet(o.idleTimeoutMs ?? 0);
+    this.metrics = relayMetrics(o.registry, () => this.pumps.bytes());
     // Live splice byte counters (edgemesh_relay_bytes_total counts a stream when it ends).
     if (o.registry) registerPumpMetrics(o.registry);
     this.sealed = o.sealedData ?? true;
@@ -151,16 +193,25 @@ export class RelayServer implements Service {
   }
 
   async stop(): Promise<void> {
+    // Spliced streams get a grace period (like the agents' data planes), then a reset.
+    const draining = this.pumps.drain(this.o.drainTimeoutMs ?? 5000);
     // Sessions first: a server's close() waits for its open connections.
     const closing = this.listener.close();
     for (const s of this.all) s.close();
     this.dataTokens.close();
     for (const d of this.dataSockets) d.destroy();
     await closing;
+    const drained = await draining;
+    if (drained.aborted > 0)
+      this.o.log.info(drained, 'relay: spliced streams still running at the drain deadline were reset');
   }
 
-  /** Registered agents and their open stream counts (for /status). */
-  status(): { nodeName: string; agents: Array<{ node: string; remote: string; streams: number }> } {
+  /** Registered agents and their open stream counts, and the splice pump (for /status). */
+  status(): RelayStatus {
+    const m = sealedPumpMode();
+    const o = this.pumps.outcomes;
+    let bytes = 0;
+    for (const b of this.pumps.bytes().values()) bytes += b.aToB + b.bToA;
     return {
       nodeName: this.o.nodeName,
       agents: [...this.agents.entries()].map(([node, s]) => ({
@@ -168,6 +219,16 @@ export class RelayServer implements Service {
         remote: s.remote,
         streams: s.streamCount,
       })),
+      pump: {
+        mode: m.mode === 'native' ? 'native splice' : 'ts',
+        reason: m.mode === 'native' ? 'native pump threads, splice through pipes' : m.reason,
+        active: this.pumps.active,
+        bytes,
+        finished: o.finished,
+        failed: o.failed,
+        idleClosed: o.idle,
+        aborted: o.aborted,
+      },
     };
   }
 
@@ -347,19 +408,16 @@ export class RelayServer implements Service {
       settled = true;
       inbound.finish();
       outbound?.finish();
-      const srcBytes = this.metrics.byteTally(src);
-      const dstBytes = this.metrics.byteTally(target.node);
-      void startSplicePump(a, b, {
-        ...(aHead.length > 0 ? { aHead } : {}),
-        ...(bHead.length > 0 ? { bHead } : {}),
-      }).then((r) => {
-        this.dataSockets.delete(a);
-        this.dataSockets.delete(b);
-        srcBytes.rx += r.aToB;
-        dstBytes.tx += r.aToB;
-        dstBytes.rx += r.bToA;
-        srcBytes.tx += r.bToA;
-      });
+      // Bytes count through the pump set (edgemesh_relay_bytes_total reads it live).
+      void this.pumps
+        .splice(JSON.stringify([src, target.node]), a, b, {
+          ...(aHead.length > 0 ? { aHead } : {}),
+          ...(bHead.length > 0 ? { bHead } : {}),
+        })
+        .then(() => {
+          this.dataSockets.delete(a);
+          this.dataSockets.delete(b);
+        });
     };
     const arrived = (side: 'a' | 'b') => (s: net.Socket) => {
       if (settled) {

@@ -26,11 +26,15 @@ export interface SealedKeys {
   rxIv: Buffer;
 }
 
+/** Why a pump was closed by us rather than by its sockets (both sockets are reset either way). */
+export type PumpCause = 'idle' | 'aborted';
+
 /** How a sealed pump ended; byte counts are plaintext bytes. */
 export interface PumpResult {
   plainToSealed: number;
   sealedToPlain: number;
   error?: string;
+  cause?: PumpCause;
 }
 
 /** How a splice pump ended. */
@@ -38,6 +42,23 @@ export interface SpliceResult {
   aToB: number;
   bToA: number;
   error?: string;
+  cause?: PumpCause;
+}
+
+/** Bytes a pump moved so far each way (sealed: aToB = plain -> sealed). */
+export interface PumpBytes {
+  aToB: number;
+  bToA: number;
+}
+
+/** Lifecycle options of both pumps, native and TS alike. */
+export interface PumpLifecycle {
+  /** Both directions idle this long (ms) -> both sockets reset, cause 'idle'; 0 or absent: never. */
+  idleTimeoutMs?: number;
+  /** Aborting resets both sockets at once (cause 'aborted'), also when it was aborted before the start. */
+  signal?: AbortSignal;
+  /** Called once the pump runs, with a live reader of the bytes it moved so far (for metrics). */
+  onLive?: (live: () => PumpBytes) => void;
 }
 
 /** Which implementation runs and why ('native' | 'ts'); EDGEMESH_SEALED_PUMP=ts forces the TS twin. */
@@ -67,6 +88,8 @@ export const PUMP_COUNTER_NAMES = [
   'truncations',
   'after_end_errors',
   'splice_bytes',
+  'idle_closes',
+  'aborted',
 ] as const;
 export type PumpCounterName = (typeof PUMP_COUNTER_NAMES)[number];
 
@@ -139,44 +162,49 @@ export function startSealedPump(
   plain: net.Socket,
   sealed: net.Socket,
   keys: SealedKeys,
-  opts: { plainHead?: Buffer; sealedHead?: Buffer } = {},
+  opts: { plainHead?: Buffer; sealedHead?: Buffer } & PumpLifecycle = {},
 ): Promise<PumpResult> {
   const engine = sealedPumpMode().mode === 'native' ? nativeEngine(true) : undefined;
   const keyBuf = keyBuffer(keys);
   // Bad keys go to the twin, which refuses them with the reason.
   if (!engine || !keyBuf) return tsSealedPump(plain, sealed, keys, opts);
+  const idleMs = opts.idleTimeoutMs ?? 0;
   return handOff(
     engine,
     plain,
     sealed,
     opts.plainHead,
     opts.sealedHead,
-    (p, s, ph, sh) => engine.binding.sealedPumpStart(p, s, keyBuf, ph, sh),
-    (ph, sh) => tsSealedPump(plain, sealed, keys, { plainHead: ph, sealedHead: sh }),
-  ).then((r) => ('id' in r ? withError({ plainToSealed: r.aToB, sealedToPlain: r.bToA }, r.error) : r));
+    (p, s, ph, sh) => engine.binding.sealedPumpStart(p, s, keyBuf, ph, sh, idleMs),
+    (ph, sh) => tsSealedPump(plain, sealed, keys, { ...opts, plainHead: ph, sealedHead: sh }),
+    opts,
+  ).then((r) => ('id' in r ? withError({ plainToSealed: r.aToB, sealedToPlain: r.bToA }, r) : r));
 }
 
 /** Raw byte splice of two sockets both ways (the relay), native when available. Same ownership rules. */
 export function startSplicePump(
   a: net.Socket,
   b: net.Socket,
-  opts: { aHead?: Buffer; bHead?: Buffer } = {},
+  opts: { aHead?: Buffer; bHead?: Buffer } & PumpLifecycle = {},
 ): Promise<SpliceResult> {
   const engine = sealedPumpMode().mode === 'native' ? nativeEngine(true) : undefined;
   if (!engine) return tsSplicePump(a, b, opts);
+  const idleMs = opts.idleTimeoutMs ?? 0;
   return handOff(
     engine,
     a,
     b,
     opts.aHead,
     opts.bHead,
-    (x, y, xh, yh) => engine.binding.splicePumpStart(x, y, xh, yh),
-    (xh, yh) => tsSplicePump(a, b, { aHead: xh, bHead: yh }),
-  ).then((r) => ('id' in r ? withError({ aToB: r.aToB, bToA: r.bToA }, r.error) : r));
+    (x, y, xh, yh) => engine.binding.splicePumpStart(x, y, xh, yh, idleMs),
+    (xh, yh) => tsSplicePump(a, b, { ...opts, aHead: xh, bHead: yh }),
+    opts,
+  ).then((r) => ('id' in r ? withError({ aToB: r.aToB, bToA: r.bToA }, r) : r));
 }
 
-function withError<T extends object>(r: T, error: string | undefined): T & { error?: string } {
-  return error === undefined ? r : { ...r, error };
+function withError<T extends object>(r: T, done: NativePumpDone): T & { error?: string; cause?: PumpCause } {
+  if (done.error === undefined) return r;
+  return { ...r, error: done.error, ...(done.cause ? { cause: done.cause } : {}) };
 }
 
 /** txKey txIv rxKey rxIv back to back (the native layout), or undefined when a size is wrong. */
@@ -225,6 +253,7 @@ async function handOff<R>(
   yHead: Buffer | undefined,
   start: (xFd: number, yFd: number, xh?: Buffer, yh?: Buffer) => number,
   twin: (xh?: Buffer, yh?: Buffer) => Promise<R>,
+  lc: PumpLifecycle,
 ): Promise<R | NativePumpDone> {
   if (notHandable(x) ?? notHandable(y)) return twin(xHead, yHead);
   x.pause();
@@ -253,7 +282,84 @@ async function handOff<R>(
   const done = new Promise<NativePumpDone>((resolve) => engine.waiting.set(id, resolve));
   x.destroy();
   y.destroy();
+  const { binding } = engine;
+  if (lc.onLive) {
+    // Published by the pump thread once per turn; after the end the last reading stands (the
+    // done report has the final counts).
+    let last: PumpBytes = { aToB: 0, bToA: 0 };
+    lc.onLive(() => {
+      const p = binding.pumpProgress(id);
+      if (p) last = { aToB: p[0] ?? 0, bToA: p[1] ?? 0 };
+      return last;
+    });
+  }
+  const { signal } = lc;
+  if (signal) {
+    const abort = () => binding.pumpAbort(id);
+    if (signal.aborted) abort();
+    else {
+      signal.addEventListener('abort', abort, { once: true });
+      void done.then(() => signal.removeEventListener('abort', abort));
+    }
+  }
   return done;
+}
+
+/**
+ * Calls `onIdle` once nothing was `touch()`ed for `ms` (0/undefined: never): one timer re-armed
+ * for the time left, so a busy stream pays a clock read per chunk, not a timer per chunk.
+ */
+function idleWatch(ms: number | undefined, onIdle: () => void): { touch(): void; stop(): void } {
+  if (!ms || ms <= 0) return { touch() {}, stop() {} };
+  let last = performance.now();
+  let timer: NodeJS.Timeout;
+  const arm = (delay: number) => {
+    timer = setTimeout(check, delay);
+    timer.unref();
+  };
+  const check = () => {
+    const left = last + ms - performance.now();
+    if (left <= 0) onIdle();
+    else arm(left);
+  };
+  arm(ms);
+  return {
+    touch() {
+      last = performance.now();
+    },
+    stop() {
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** The counter a TS twin that ended with `r` bumps. */
+function endCounter(r: { error?: string; cause?: PumpCause }): PumpCounterName {
+  if (r.cause === 'idle') return 'idle_closes';
+  if (r.cause === 'aborted') return 'aborted';
+  return r.error === undefined ? 'finished' : 'failed';
+}
+
+/** Wires a twin's idle timeout, abort signal and live bytes; returns what its data handlers and end call. */
+function twinLifecycle(
+  lc: PumpLifecycle,
+  live: () => PumpBytes,
+  close: (why: string, cause: PumpCause) => void,
+): { touch(): void; stop(): void } {
+  const ms = lc.idleTimeoutMs;
+  const idle = idleWatch(ms, () => close(`idle for ${ms} ms`, 'idle'));
+  lc.onLive?.(live);
+  const { signal } = lc;
+  const abort = () => close('aborted', 'aborted');
+  if (signal?.aborted) abort();
+  else signal?.addEventListener('abort', abort, { once: true });
+  return {
+    touch: idle.touch,
+    stop() {
+      idle.stop();
+      signal?.removeEventListener('abort', abort);
+    },
+  };
 }
 
 /** Resolves once both sockets have emitted 'close' (already-destroyed ones count at once). */
@@ -295,12 +401,14 @@ function tsSealedPump(
   plain: net.Socket,
   sealed: net.Socket,
   keys: SealedKeys,
-  opts: { plainHead?: Buffer; sealedHead?: Buffer },
+  opts: { plainHead?: Buffer; sealedHead?: Buffer } & PumpLifecycle,
 ): Promise<PumpResult> {
   const result: PumpResult = { plainToSealed: 0, sealedToPlain: 0 };
   tsCounters.sealed_started++;
+  let life: { touch(): void; stop(): void } | undefined;
   const done = bothClosed(plain, sealed).then(() => {
-    tsCounters[result.error === undefined ? 'finished' : 'failed']++;
+    life?.stop();
+    tsCounters[endCounter(result)]++;
     tsCounters.records_sealed += Number(enc?.records ?? 0n);
     tsCounters.records_opened += Number(dec?.records ?? 0n);
     return result;
@@ -308,8 +416,11 @@ function tsSealedPump(
   // Keys are checked before anything flows: bad keys reset both sides like any other failure.
   let enc: SealedEncoder | undefined;
   let dec: SealedDecoder | undefined;
-  const abort = (why: string) => {
-    result.error ??= why;
+  const abort = (why: string, cause?: PumpCause) => {
+    if (result.error === undefined) {
+      result.error = why;
+      if (cause) result.cause = cause;
+    }
     // A reset, not a FIN: the far end must not take a cut stream for a complete one.
     resetSocket(plain);
     resetSocket(sealed);
@@ -335,15 +446,23 @@ function tsSealedPump(
   }
   halfOpen(plain);
   halfOpen(sealed);
+  const lifecycle = twinLifecycle(
+    opts,
+    () => ({ aToB: result.plainToSealed, bToA: result.sealedToPlain }),
+    abort,
+  );
+  life = lifecycle;
 
   const onPlain = (chunk: Buffer) => {
     if (sealed.destroyed) return;
+    lifecycle.touch();
     result.plainToSealed += chunk.length;
     tsCounters.plain_to_sealed_bytes += chunk.length;
     forward(plain, sealed, e.seal(chunk));
   };
   const onSealed = (chunk: Buffer) => {
     if (plain.destroyed) return;
+    lifecycle.touch();
     let step: ReturnType<SealedDecoder['push']>;
     try {
       step = d.push(chunk);
@@ -393,17 +512,22 @@ function tsSealedPump(
 function tsSplicePump(
   a: net.Socket,
   b: net.Socket,
-  opts: { aHead?: Buffer; bHead?: Buffer },
+  opts: { aHead?: Buffer; bHead?: Buffer } & PumpLifecycle,
 ): Promise<SpliceResult> {
   const result: SpliceResult = { aToB: 0, bToA: 0 };
   tsCounters.splice_started++;
+  let life: { touch(): void; stop(): void } | undefined;
   const done = bothClosed(a, b).then(() => {
-    tsCounters[result.error === undefined ? 'finished' : 'failed']++;
+    life?.stop();
+    tsCounters[endCounter(result)]++;
     tsCounters.splice_bytes += result.aToB + result.bToA;
     return result;
   });
-  const abort = (why: string) => {
-    result.error ??= why;
+  const abort = (why: string, cause?: PumpCause) => {
+    if (result.error === undefined) {
+      result.error = why;
+      if (cause) result.cause = cause;
+    }
     resetSocket(a);
     resetSocket(b);
   };
@@ -413,9 +537,12 @@ function tsSplicePump(
   }
   halfOpen(a);
   halfOpen(b);
+  const lifecycle = twinLifecycle(opts, () => ({ aToB: result.aToB, bToA: result.bToA }), abort);
+  life = lifecycle;
   const wire = (from: net.Socket, to: net.Socket, name: string, count: (n: number) => void) => {
     from.on('data', (chunk: Buffer) => {
       if (to.destroyed) return;
+      lifecycle.touch();
       count(chunk.length);
       forward(from, to, chunk);
     });

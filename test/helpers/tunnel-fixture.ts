@@ -99,6 +99,9 @@ export interface AgentOptions {
   files?: Partial<EdgemeshConfig['modules']['edgeTunnel']>;
   stateDir?: string;
   port?: number;
+  /** modules.edgeProxy.idleTimeoutMs (sealed stream idle timeout) and the tunnel's stop drain (ms). */
+  idleTimeoutMs?: number;
+  drainTimeoutMs?: number;
   /** EdgeTunnel test knobs (datagram idle time, flows per port). */
   knobs?: Pick<EdgeTunnelOptions, 'datagramIdleMs' | 'datagramMaxFlows'>;
 }
@@ -132,7 +135,16 @@ export class TunnelFixture {
   }
 
   /** A started relay on 127.0.0.1:0. */
-  async relay(name: string, opts: { psk?: string; sealedData?: boolean; dataTimeoutMs?: number } = {}) {
+  async relay(
+    name: string,
+    opts: {
+      psk?: string;
+      sealedData?: boolean;
+      dataTimeoutMs?: number;
+      idleTimeoutMs?: number;
+      drainTimeoutMs?: number;
+    } = {},
+  ) {
     const registry = new Registry();
     const mem = memLogger();
     const r = new RelayServer({
@@ -145,6 +157,8 @@ export class TunnelFixture {
       pingMs: 500,
       ...(opts.sealedData !== undefined ? { sealedData: opts.sealedData } : {}),
       ...(opts.dataTimeoutMs !== undefined ? { dataTimeoutMs: opts.dataTimeoutMs } : {}),
+      ...(opts.idleTimeoutMs !== undefined ? { idleTimeoutMs: opts.idleTimeoutMs } : {}),
+      ...(opts.drainTimeoutMs !== undefined ? { drainTimeoutMs: opts.drainTimeoutMs } : {}),
     });
     await r.start();
     this.onStop(() => r.stop());
@@ -165,6 +179,7 @@ export class TunnelFixture {
       pskFile: path.join(this.dir, opts.psk ?? 'psk'),
       ...opts.files,
     });
+    if (opts.idleTimeoutMs !== undefined) config.modules.edgeProxy.idleTimeoutMs = opts.idleTimeoutMs;
     const registry = new Registry();
     const mem = memLogger();
     const t = new EdgeTunnel({
@@ -174,6 +189,7 @@ export class TunnelFixture {
       pingMs: 500,
       reprobeMs: 300,
       probeTimeoutMs: 500,
+      ...(opts.drainTimeoutMs !== undefined ? { drainTimeoutMs: opts.drainTimeoutMs } : {}),
       ...opts.knobs,
     });
     await t.start();
