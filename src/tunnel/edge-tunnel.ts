@@ -642,6 +642,8 @@ export class EdgeTunnel implements Service {
       }
       settled = true;
       ctl?.finish();
+      // The pump owns the client now: stop() drains it with a deadline instead of cutting it.
+      this.accepted.delete(socket);
       this.metrics.sealed.inc({ path, side: 'out' });
       if (pooled) this.metrics.sealedPooled.inc({ side: 'out' });
       void this.pumps

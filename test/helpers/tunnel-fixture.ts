@@ -129,6 +129,23 @@ export class TunnelFixture {
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
 
+  /** A loopback TCP server running `handler` per connection (allowHalfOpen); closed by stopAll(). */
+  async server(handler: (s: net.Socket) => void): Promise<{ port: number; conns: Set<net.Socket> }> {
+    const conns = new Set<net.Socket>();
+    const srv = net.createServer({ allowHalfOpen: true }, (s) => {
+      conns.add(s);
+      s.on('error', () => {});
+      s.once('close', () => conns.delete(s));
+      handler(s);
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    this.onStop(async () => {
+      for (const c of conns) c.destroy();
+      await new Promise<void>((r) => srv.close(() => r()));
+    });
+    return { port: (srv.address() as net.AddressInfo).port, conns };
+  }
+
   /** PSK-mode credentials from `psk` (a file name in the temp dir). */
   creds(psk = 'psk') {
     return loadCredentials({ pskFile: path.join(this.dir, psk), caFile: '', certFile: '', keyFile: '' });
