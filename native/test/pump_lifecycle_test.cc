@@ -197,6 +197,10 @@ TEST(pump_abort_mid_transfer_resets_both_sides_and_frees_fds) {
     PumpDone d = log.Of(id);
     CHECK(d.cause == PumpCause::kAborted);
     CHECK(d.a_to_b >= a);
+    // The final counts stay readable until the done report was delivered (Forget).
+    CHECK(engine.Progress(id, &a, &b));
+    CHECK_EQ(a, d.a_to_b);
+    engine.Forget(id);
     CHECK(!engine.Progress(id, &a, &b));
     CHECK_EQ(engine.Counter(kAborted), uint64_t{1});
     close(app.fd[0]);

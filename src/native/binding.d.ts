@@ -145,7 +145,7 @@ export interface NativeBinding {
   pumpAbort(id: number): void;
   /** Aborts every pump of this thread's engine started before the call. */
   pumpAbortAll(): void;
-  /** Bytes pump `id` moved so far [aToB, bToA] (published once per pump turn); undefined once it ended. */
+  /** Bytes pump `id` moved so far [aToB, bToA] (published once per turn; final once ended); undefined once its done was delivered. */
   pumpProgress(id: number): Float64Array | undefined;
 }
 

@@ -59,7 +59,7 @@ describe('edgemesh relay (CLI)', () => {
         nodeName: string;
         agents: unknown[];
       };
-      expect(status).toEqual({ nodeName: 'relay-cli', agents: [] });
+      expect(status).toMatchObject({ nodeName: 'relay-cli', agents: [], pump: { active: 0, bytes: 0 } });
       expect(await (await fetch(`http://${metrics}/metrics`)).text()).toMatch(/edgemesh_relay_agents 0/);
     } finally {
       expect(await relay.stop('SIGTERM')).toBe(0);

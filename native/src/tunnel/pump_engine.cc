@@ -895,9 +895,18 @@ void PumpEngine::Stop() {
 void PumpEngine::Report(PumpDone&& done) {
   {
     std::lock_guard<std::mutex> lock(progress_mu_);
-    progress_.erase(done.id);
+    auto it = progress_.find(done.id);
+    if (it != progress_.end()) {
+      it->second->a_to_b.store(done.a_to_b, std::memory_order_relaxed);
+      it->second->b_to_a.store(done.b_to_a, std::memory_order_relaxed);
+    }
   }
   if (done_) done_(std::move(done));
+}
+
+void PumpEngine::Forget(uint64_t id) {
+  std::lock_guard<std::mutex> lock(progress_mu_);
+  progress_.erase(id);
 }
 
 std::shared_ptr<PumpProgress> PumpEngine::Track(uint64_t id) {

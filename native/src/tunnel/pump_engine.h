@@ -100,8 +100,11 @@ class PumpEngine {
   void Abort(uint64_t id);
   // Aborts every pump added before this call. Any thread.
   void AbortAll();
-  // Bytes pump `id` moved so far; false once it ended (its PumpDone has the final counts).
+  // Bytes pump `id` moved so far (its final counts once it ended, until Forget); false when unknown.
   bool Progress(uint64_t id, uint64_t* a_to_b, uint64_t* b_to_a) const;
+  // Drops the progress cell of an ended pump: called once its PumpDone was delivered, so a reader
+  // never sees a finished pump's bytes vanish before its done report arrived.
+  void Forget(uint64_t id);
   // Stops the threads; every open pump is reset (no DoneFn for them). Idempotent.
   void Stop();
 

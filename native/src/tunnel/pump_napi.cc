@@ -48,6 +48,9 @@ void CallJs(Napi::Env env, Napi::Function callback, TunnelState* state, std::nul
     batch.swap(state->finished);
   }
   if (batch.empty()) return;
+  // Their final counts stay readable until here: the callback below settles them in JS.
+  if (state->engine)
+    for (const PumpDone& d : batch) state->engine->Forget(d.id);
   state->active = state->active > batch.size() ? state->active - batch.size() : 0;
   if (state->active == 0) state->tsfn.Unref(env);
   if (callback.IsEmpty()) return;
