@@ -3,8 +3,9 @@
 // hands the client socket itself to the tunnel, whose sealed pump reads the client directly. In
 // process and without NAT (the ClusterIP is a 127.0.0.x address on the plane's own port, so the
 // accepted socket's local address is its "original destination"): real native plane, real relay
-// and agent tunnels, real sockets. Proves byte-exact transfers on the hand-off path, the old
-// loopback path when no hand-off consumer is there, and no fd left behind.
+// and agent tunnels, real sockets. Proves byte-exact transfers on the hand-off path (sealed, and
+// framed when sealedData is off), the old loopback path when no hand-off consumer is there, and no
+// fd left behind.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -63,6 +64,7 @@ describe.skipIf(skip)('native plane → tunnel: client fd handed to the tunnel (
   let echoPort = 0;
   let a: Awaited<ReturnType<TunnelFixture['agent']>>;
   let rewritten: ServiceTable;
+  let relays: Array<{ name: string; addr: string }>;
   const planes: Array<{ stop(): Promise<void> }> = [];
 
   beforeAll(async () => {
@@ -75,7 +77,7 @@ describe.skipIf(skip)('native plane → tunnel: client fd handed to the tunnel (
     fx.onStop(() => new Promise<void>((r) => echo.close(() => r())));
     echoPort = (echo.address() as net.AddressInfo).port;
     const relay = await fx.relay('relay-h');
-    const relays = [{ name: 'relay-h', addr: relay.addr }];
+    relays = [{ name: 'relay-h', addr: relay.addr }];
     const b = await fx.agent('node-hb', relays, { advertise: ['127.0.0.1:1'] });
     a = await fx.agent('node-ha', relays, { advertise: ['127.0.0.1:1'] });
     const snap = table([ep(echoPort, 'node-hb')]);
@@ -150,5 +152,39 @@ describe.skipIf(skip)('native plane → tunnel: client fd handed to the tunnel (
     const c = native.counters();
     expect(c.handed_off ?? 0).toBe(0);
     expect(c.established ?? 0).toBeGreaterThanOrEqual(1);
+  });
+
+  it('framed streams (sealedData off) take the handed-off socket too', async () => {
+    const fb = await fx.agent('node-fb', relays, { advertise: ['127.0.0.1:1'] });
+    const fa = await fx.agent('node-fa', relays, {
+      advertise: ['127.0.0.1:1'],
+      files: { sealedData: false },
+    });
+    const snap = table([ep(echoPort, 'node-fb')]);
+    await fb.t.applyTable(snap);
+    const rw = await fa.t.applyTable(snap);
+    await eventually(async () => fa.t.pathTo('node-fb') === 'relay' && fb.t.status().relays[0]!.connected);
+    const native = nativePlane();
+    const dp = new SplitDataplane(
+      native,
+      new TsDataplane({
+        log: silentLogger,
+        workers: 1,
+        portRange: '42300-42399',
+        connectTimeoutMs: 1000,
+        idleTimeoutMs: 0,
+        nodeName: 'node-fa',
+        listenHost: '127.0.0.1',
+      }),
+    );
+    planes.push(dp);
+    await dp.start();
+    const vip = '127.0.0.64';
+    await dp.apply(onPlane(rw, vip, native.port), noDiff);
+    const payload = crypto.randomBytes(4 * MiB);
+    expect((await exchangeAt(vip, native.port, payload)).equals(payload)).toBe(true);
+    expect(dp.counters().handed_off).toBe(1);
+    expect(await metric(fa.registry, 'edgemesh_tunnel_streams_total', { path: 'relay' })).toBe(1);
+    expect(await metric(fa.registry, 'edgemesh_tunnel_sealed_streams_total')).toBe(0);
   });
 });
