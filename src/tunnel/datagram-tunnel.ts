@@ -23,6 +23,7 @@ export interface DatagramRoute {
   path: 'direct' | 'relay';
 }
 
+/** What the agent's tunnel gives its UDP side: limits, the route to a node, its own endpoints. */
 export interface DatagramTunnelOptions {
   log: Logger;
   registry?: Registry;
@@ -334,7 +335,7 @@ export class DatagramTunnel {
     return this.ports.get(key)?.port;
   }
 
-  /** True when some remote endpoint has a loopback UDP port. */
+  /** Number of remote endpoints with a loopback UDP port. */
   get size(): number {
     return this.ports.size;
   }
