@@ -408,16 +408,14 @@ export class RelayServer implements Service {
       settled = true;
       inbound.finish();
       outbound?.finish();
-      // Bytes count through the pump set (edgemesh_relay_bytes_total reads it live).
-      void this.pumps
-        .splice(JSON.stringify([src, target.node]), a, b, {
-          ...(aHead.length > 0 ? { aHead } : {}),
-          ...(bHead.length > 0 ? { bHead } : {}),
-        })
-        .then(() => {
-          this.dataSockets.delete(a);
-          this.dataSockets.delete(b);
-        });
+      // The pump set owns both legs now: stop() drains them with its deadline instead of cutting
+      // them. Bytes count through it too (edgemesh_relay_bytes_total reads it live).
+      this.dataSockets.delete(a);
+      this.dataSockets.delete(b);
+      void this.pumps.splice(JSON.stringify([src, target.node]), a, b, {
+        ...(aHead.length > 0 ? { aHead } : {}),
+        ...(bHead.length > 0 ? { bHead } : {}),
+      });
     };
     const arrived = (side: 'a' | 'b') => (s: net.Socket) => {
       if (settled) {
