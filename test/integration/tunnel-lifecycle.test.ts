@@ -2,7 +2,7 @@
 // pump and the TS twin: an idle stream is closed after modules.edgeProxy.idleTimeoutMs on both ends
 // (client and pod) while a busy one is not; the agent's and the relay's byte counters move while a
 // stream runs (scraped mid-stream), the relay's /status names its pump and counts the stream; an
-// agent stop waits for its drain deadline, then resets the streams still running.
+// agent stop and a relay stop each wait for their drain deadline, then reset the streams still running.
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eventually } from '../helpers/eventually.ts';
@@ -131,6 +131,36 @@ describe.each(['native', 'ts'] as const)('sealed stream lifecycle (pump: %s)', (
       expect(a.t.status().sealed.active).toBe(0);
       expect(a.t.status().sealed.aborted + a.t.status().sealed.failed).toBeGreaterThanOrEqual(1);
       await eventually(async () => relay.r.status().pump.active === 0);
+    } finally {
+      clearInterval(ticker);
+    }
+  });
+
+  it('a relay stop waits for its drain deadline, then resets the spliced streams', async () => {
+    const r2 = await fx.relay('relay-lc2', { drainTimeoutMs: 400 });
+    const relays = [{ name: 'relay-lc2', addr: r2.addr }];
+    const d = await fx.agent('lc-d', relays, { advertise: ['127.0.0.1:1'] });
+    const c = await fx.agent('lc-c', relays, { advertise: ['127.0.0.1:1'] });
+    const snap = table([ep(echo.port, 'lc-d')], 2);
+    await d.t.applyTable(snap);
+    const p = localPort(await c.t.applyTable(snap));
+    await eventually(async () => {
+      await exchange(p, 'probe');
+      return r2.r.status().pump.finished > 0;
+    });
+    const cl = await client(p);
+    const ticker = setInterval(() => cl.write('tick'), 50);
+    try {
+      await eventually(async () => r2.r.status().pump.active === 1);
+      const t0 = performance.now();
+      const gone = closed(cl, t0);
+      await r2.r.stop();
+      const stopTook = performance.now() - t0;
+      expect(stopTook).toBeGreaterThanOrEqual(350);
+      expect(await gone).toBeLessThan(stopTook + 2000);
+      const st = r2.r.status().pump;
+      expect(st.active).toBe(0);
+      expect(st.aborted + st.failed).toBeGreaterThanOrEqual(1);
     } finally {
       clearInterval(ticker);
     }
