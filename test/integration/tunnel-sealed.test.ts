@@ -26,23 +26,6 @@ import {
 
 const MiB = 1 << 20;
 
-/** A loopback server running `handler` per connection; closed by the fixture. */
-async function server(fx: TunnelFixture, handler: (s: net.Socket) => void): Promise<number> {
-  const conns = new Set<net.Socket>();
-  const srv = net.createServer({ allowHalfOpen: true }, (s) => {
-    conns.add(s);
-    s.on('error', () => {});
-    s.once('close', () => conns.delete(s));
-    handler(s);
-  });
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  fx.onStop(async () => {
-    for (const c of conns) c.destroy();
-    await new Promise<void>((r) => srv.close(() => r()));
-  });
-  return (srv.address() as net.AddressInfo).port;
-}
-
 /** Resolves when `s` closes: 'reset' if it saw ECONNRESET, 'end' on a clean close. */
 function closedHow(s: net.Socket): Promise<'reset' | 'end'> {
   return new Promise((resolve) => {
@@ -62,7 +45,7 @@ describe(`sealed tunnel streams (pump: ${sealedPumpMode().mode})`, () => {
 
   beforeAll(async () => {
     fx = new TunnelFixture();
-    echoPort = await server(fx, (s) => s.pipe(s));
+    echoPort = (await fx.server((s) => s.pipe(s))).port;
     payload = crypto.randomBytes(64 * MiB);
   });
 
@@ -114,7 +97,7 @@ describe(`sealed tunnel streams (pump: ${sealedPumpMode().mode})`, () => {
     const b = await fx.agent('node-rb', relays, { advertise: ['127.0.0.1:1'] });
     const a = await fx.agent('node-ra', relays, { advertise: ['127.0.0.1:1'] });
     // Replies only after the client's FIN: the reverse direction stays open after a half-close.
-    const afterFin = await server(fx, (s) => {
+    const { port: afterFin } = await fx.server((s) => {
       let n = 0;
       s.on('data', (d: Buffer) => {
         n += d.length;
@@ -122,7 +105,7 @@ describe(`sealed tunnel streams (pump: ${sealedPumpMode().mode})`, () => {
       s.on('end', () => s.end(`got ${n}`));
     });
     // Sends 2 MiB and then aborts with a reset.
-    const aborter = await server(fx, (s) => {
+    const { port: aborter } = await fx.server((s) => {
       s.write(Buffer.alloc(2 * MiB, 1), () => setTimeout(() => s.resetAndDestroy(), 50));
     });
     const base = table([ep(echoPort, 'node-rb')]);
