@@ -5,7 +5,7 @@
 // a1 + a2 (LAN A), b1 (LAN B), c1 (LAN C) and the cloud; two relays in the cloud. A client on a1
 // reaches services whose only pod is in LAN B or LAN C (via relay, UDP too; 16 MiB byte-exact to LAN B on a
 // sealed data connection the relay splices), in the cloud, and on a2 in its own LAN (direct, sealed
-// too: relay counters do not move); LAN C reaches the cloud
+// too, UDP too: relay counters do not move); LAN C reaches the cloud
 // but not LAN A or B; a killed relay is replaced by the other within 2 s; a wrong PSK is rejected
 // with a log line on both sides; with every relay gone, the same-LAN path still works.
 import fs from 'node:fs';
@@ -48,7 +48,7 @@ const manifests = [
   pod('cloud-0', 'cloud', CLOUD_IP, 'cloudsvc'),
   service('cloudsvc', '10.96.0.22'),
   pod('lana-0', 'a2', '10.1.0.3', 'lana'),
-  service('lana', '10.96.0.23'),
+  service('lana', '10.96.0.23', false, true),
 ].join('---\n');
 
 const agentYaml = (psk: string, proxy: boolean, listenPort = 20006) => `
@@ -127,7 +127,7 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
     await Promise.all([
       b1.backend('pod-b', [...hostnameEcho, '--udp', '5353']),
       c1.backend('pod-c', hostnameEcho),
-      a2!.backend('pod-a2', hostnameEcho),
+      a2!.backend('pod-a2', [...hostnameEcho, '--udp', '5353']),
       cloud.backend('pod-cloud', hostnameEcho),
       sink.waitFor(/ready/, 10_000),
     ]);
@@ -298,6 +298,14 @@ describe.skipIf(skip)('tunnel across LANs (agents + relays in network namespaces
     expect(await relayStreams()).toBe(before);
     // The direct stream is sealed too (a data connection to a2's tunnel port, no relay involved).
     expect(await directSealed()).toBeGreaterThanOrEqual(sealedBefore + 1);
+    // UDP takes the direct session too: a datagram flow a1 -> a2 the relays never see.
+    const relayed = await relayMetric('edgemesh_relay_datagrams_total');
+    const udp = await a1.exec('socat', ['-t', '1', '-T', '3', '-', 'UDP:10.96.0.23:5353'], { input: 'lan' });
+    expect(udp.stdout).toBe('pod-a2:lan');
+    expect(
+      await agentMetric(a1, 'edgemesh_tunnel_datagram_flows_total', 'path="direct"'),
+    ).toBeGreaterThanOrEqual(1);
+    expect(await relayMetric('edgemesh_relay_datagrams_total')).toBe(relayed);
     const out = await a1.run(process.execPath, binPath, 'status');
     expect(out).toMatch(/peer a2 path=direct/);
     expect(out).toMatch(/peer b1 path=relay/);
