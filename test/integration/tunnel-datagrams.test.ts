@@ -306,4 +306,30 @@ describe('UDP services across the tunnel (loopback)', () => {
     expect(await metric(r.registry, 'edgemesh_relay_datagrams_total')).toBeGreaterThan((1 << 20) / 60_000);
     expect(a.t.status().datagrams.flows.relay).toBeGreaterThanOrEqual(1);
   });
+
+  it('an old peer (no dgram-v1) is never sent datagram frames: its flows go to the endpoint itself', async () => {
+    const r = await fx.relay('relay-old');
+    const a = await fx.agent('old-a', [{ name: 'relay-old', addr: r.addr }]);
+    const creds = await fx.creds();
+    // An agent of an earlier version: it announces no capabilities, and any frame it does not know
+    // would close its session.
+    const old = await dialSession({
+      host: '127.0.0.1',
+      port: Number(r.addr.split(':')[1]),
+      creds,
+      hello: { node: 'old-b', kind: 'agent' },
+      log: memLogger().log,
+      timeoutMs: 2000,
+      clientOptions: clientTlsOptions(creds),
+    });
+    fx.onStop(async () => old.close());
+    const port = udpPort(await a.t.applyTable(table([ep(echoPort, 'old-b')], 1, 'UDP')));
+    await eventually(async () => a.t.pathTo('old-b') === 'relay');
+    // Loopback reaches the endpoint itself, so the echo answers on the no-tunnel path.
+    const c = await client();
+    expect((await c.ask(port, Buffer.from('as before')))?.toString()).toBe('as before');
+    expect(a.t.status().datagrams.flows).toMatchObject({ none: 1, relay: 0, direct: 0 });
+    expect(await metric(r.registry, 'edgemesh_relay_datagram_flows_total')).toBe(0);
+    expect(old.isReady).toBe(true);
+  });
 });
