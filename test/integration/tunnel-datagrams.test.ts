@@ -1,9 +1,10 @@
 // UDP across the tunnel with real relays and agent tunnels on loopback: datagrams of every size up
 // to UDP's maximum come back byte-exact through the relay and directly (relay counters still), a
 // node refuses flows to UDP endpoints it does not own, idle flows end on both agents and a new
-// datagram opens a new flow, a full flow table and a backed-up relay session drop (and count)
-// instead of queueing, flows end with their session, and the relay forwards flows only to
-// registered agents (a malformed datagram frame closes only the sender's session).
+// datagram opens a new flow, a full flow table and a backed-up session (at the relay and at an
+// agent) drop (and count) instead of queueing, flows end with their session, an old peer without
+// dgram-v1 is never sent datagram frames, and the relay forwards flows only to registered agents
+// (a malformed datagram frame closes only the sender's session).
 import dgram from 'node:dgram';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ServiceTable } from '../../src/controller/types.ts';
@@ -331,5 +332,46 @@ describe('UDP services across the tunnel (loopback)', () => {
     expect(a.t.status().datagrams.flows).toMatchObject({ none: 1, relay: 0, direct: 0 });
     expect(await metric(r.registry, 'edgemesh_relay_datagram_flows_total')).toBe(0);
     expect(old.isReady).toBe(true);
+  });
+
+  it('an agent whose peer stops reading drops the replies (counted) instead of queueing them', async () => {
+    const b = await fx.agent('bk-b', []);
+    await b.t.applyTable(table([ep(echoPort, 'bk-b')], 1, 'UDP'));
+    const creds = await fx.creds();
+    // A direct peer that opens a flow to b's echo endpoint, sends, and never reads the replies.
+    const peer = await dialSession({
+      host: '127.0.0.1',
+      port: b.port,
+      creds,
+      hello: { node: 'bk-peer', kind: 'agent', caps: [DGRAM_CAP] },
+      expectNode: 'bk-b',
+      log: memLogger().log,
+      timeoutMs: 2000,
+      pingMs: 60_000,
+      clientOptions: clientTlsOptions(creds),
+    });
+    fx.onStop(async () => peer.close());
+    let id = 0;
+    peer.openSink(
+      { node: 'bk-b', src: 'bk-peer', ip: '127.0.0.1', port: echoPort },
+      (n) => {
+        id = n;
+        return { onData() {}, onWindow() {}, onClose() {}, onReset() {}, onDatagram() {} };
+      },
+      FrameType.DGRAM_OPEN,
+    );
+    (peer as unknown as { o: { socket: { pause(): void } } }).o.socket.pause();
+    const big = Buffer.alloc(60_000, 0x44);
+    const drops = () => metric(b.registry, 'edgemesh_tunnel_datagram_drops_total', { reason: 'backlog' });
+    for (let i = 0; i < 3000 && (i % 25 !== 0 || (await drops()) === 0); i++) {
+      peer.send(FrameType.DGRAM, id, big);
+      await new Promise((res) => setImmediate(res));
+    }
+    expect(await drops()).toBeGreaterThan(0);
+    // Replies went out up to the bound before the drops began.
+    expect(await metric(b.registry, 'edgemesh_tunnel_datagrams_total', { direction: 'tx' })).toBeGreaterThan(
+      (1 << 20) / 60_000,
+    );
+    expect(b.t.status().datagrams.flows.in).toBe(1);
   });
 });
