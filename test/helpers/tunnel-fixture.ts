@@ -59,10 +59,10 @@ export const ep = (port: number, nodeName: string): Endpoint => ({
   nodeName,
 });
 
-/** Sends `data`, half-closes, resolves with everything read back (rejects on a reset). */
-export function exchange(port: number, data: Buffer | string): Promise<Buffer> {
+/** Sends `data` to host:port, half-closes, resolves with everything read back (rejects on a reset). */
+export function exchange(port: number, data: Buffer | string, host = '127.0.0.1'): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const s = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+    const s = net.connect({ host, port, allowHalfOpen: true });
     const chunks: Buffer[] = [];
     s.on('data', (d) => chunks.push(d));
     s.on('end', () => {

@@ -42,21 +42,6 @@ function onPlane(snap: ServiceTable, vip: string, port: number): ServiceTable {
   return { ...snap, services: new Map([[svc.key, { ...svc, clusterIPs: [vip], ports }]]) };
 }
 
-/** Sends `data` to vip:port, half-closes, resolves with the reply (rejects on a reset). */
-function exchangeAt(vip: string, port: number, data: Buffer | string): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ host: vip, port, allowHalfOpen: true });
-    const chunks: Buffer[] = [];
-    s.on('data', (d) => chunks.push(d));
-    s.on('end', () => {
-      s.end();
-      resolve(Buffer.concat(chunks));
-    });
-    s.on('error', reject);
-    s.end(data);
-  });
-}
-
 const noDiff = { added: [], updated: [], removed: [], istioChanged: false };
 
 describe.skipIf(skip)('native plane → tunnel: client fd handed to the tunnel (no loopback hop)', () => {
@@ -124,9 +109,9 @@ describe.skipIf(skip)('native plane → tunnel: client fd handed to the tunnel (
     const sealedOut = () => metric(a.registry, 'edgemesh_tunnel_sealed_streams_total', { side: 'out' });
     const before = { sealed: await sealedOut(), plane: dp.counters() };
     const payload = crypto.randomBytes(16 * MiB);
-    expect((await exchangeAt(vip, native.port, payload)).equals(payload)).toBe(true);
+    expect((await exchange(native.port, payload, vip)).equals(payload)).toBe(true);
     // Half-close both ways with a reply after the FIN still works (the echo ends after our end).
-    expect((await exchangeAt(vip, native.port, 'tail')).toString()).toBe('tail');
+    expect((await exchange(native.port, 'tail', vip)).toString()).toBe('tail');
     const after = dp.counters();
     expect((after.handed_off ?? 0) - (before.plane.handed_off ?? 0)).toBe(2);
     // The plane connected nothing itself: the tunnel's pump read the client socket.
@@ -135,8 +120,7 @@ describe.skipIf(skip)('native plane → tunnel: client fd handed to the tunnel (
 
     // No descriptor is left behind by hand-offs (data pools may refill meanwhile: settle first).
     const base = openFds();
-    for (let i = 0; i < 20; i++)
-      expect((await exchangeAt(vip, native.port, `n${i}`)).toString()).toBe(`n${i}`);
+    for (let i = 0; i < 20; i++) expect((await exchange(native.port, `n${i}`, vip)).toString()).toBe(`n${i}`);
     await eventually(async () => openFds() <= base, 5000);
   });
 
@@ -148,7 +132,7 @@ describe.skipIf(skip)('native plane → tunnel: client fd handed to the tunnel (
     await native.apply(onPlane(rewritten, vip, native.port), noDiff);
     expect(native.currentRoutes.find((r) => r.vip === vip)?.tunnel).toBe(true);
     const payload = crypto.randomBytes(4 * MiB);
-    expect((await exchangeAt(vip, native.port, payload)).equals(payload)).toBe(true);
+    expect((await exchange(native.port, payload, vip)).equals(payload)).toBe(true);
     const c = native.counters();
     expect(c.handed_off ?? 0).toBe(0);
     expect(c.established ?? 0).toBeGreaterThanOrEqual(1);
@@ -182,7 +166,7 @@ describe.skipIf(skip)('native plane → tunnel: client fd handed to the tunnel (
     const vip = '127.0.0.64';
     await dp.apply(onPlane(rw, vip, native.port), noDiff);
     const payload = crypto.randomBytes(4 * MiB);
-    expect((await exchangeAt(vip, native.port, payload)).equals(payload)).toBe(true);
+    expect((await exchange(native.port, payload, vip)).equals(payload)).toBe(true);
     expect(dp.counters().handed_off).toBe(1);
     expect(await metric(fa.registry, 'edgemesh_tunnel_streams_total', { path: 'relay' })).toBe(1);
     expect(await metric(fa.registry, 'edgemesh_tunnel_sealed_streams_total')).toBe(0);

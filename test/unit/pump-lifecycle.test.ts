@@ -5,7 +5,7 @@
 // lets short streams finish and aborts the rest at its deadline.
 import fs from 'node:fs';
 import type net from 'node:net';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { PumpSet } from '../../src/tunnel/pump-set.ts';
 import {
   mirrorKeys,
@@ -17,6 +17,7 @@ import {
   startSealedPump,
 } from '../../src/tunnel/sealed-pump.ts';
 import { eventually } from '../helpers/eventually.ts';
+import { useSealedPumpMode } from '../helpers/pump-mode.ts';
 import { type Collected, collect, tcpPair } from '../helpers/sockets.ts';
 
 const cleanups: Array<() => void> = [];
@@ -60,20 +61,8 @@ function flood(s: net.Socket, chunk = Buffer.alloc(64 * 1024, 7)): () => void {
 
 const wasReset = (c: Collected) => c.error === 'ECONNRESET' || (!c.ended && c.error !== undefined);
 
-function useMode(mode: 'ts' | 'native'): void {
-  const prev = process.env.EDGEMESH_SEALED_PUMP;
-  beforeEach(() => {
-    if (mode === 'ts') process.env.EDGEMESH_SEALED_PUMP = 'ts';
-    else delete process.env.EDGEMESH_SEALED_PUMP;
-  });
-  afterAll(() => {
-    if (prev === undefined) delete process.env.EDGEMESH_SEALED_PUMP;
-    else process.env.EDGEMESH_SEALED_PUMP = prev;
-  });
-}
-
 describe.each(['ts', 'native'] as const)('pump lifecycle (%s)', (mode) => {
-  useMode(mode);
+  useSealedPumpMode(mode);
 
   it('runs the implementation under test', () => {
     expect(sealedPumpMode().mode).toBe(mode);

@@ -3,7 +3,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import { Registry } from 'prom-client';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import {
   mirrorKeys,
   newSealedKeys,
@@ -15,6 +15,7 @@ import {
   startSplicePump,
 } from '../../src/tunnel/sealed-pump.ts';
 import { SealedEncoder } from '../../src/tunnel/sealed-records.ts';
+import { useSealedPumpMode } from '../helpers/pump-mode.ts';
 import { collect, tcpPair } from '../helpers/sockets.ts';
 
 function firstData(s: net.Socket): Promise<Buffer> {
@@ -52,22 +53,9 @@ async function single(keys: SealedKeys, opts?: { plainHead?: Buffer; sealedHead?
   return { app: b.server, raw, pump, enc: new SealedEncoder(keys.rxKey, keys.rxIv) };
 }
 
-/** Selects the implementation under test for each test of the block. */
-function useMode(mode: 'ts' | 'native'): void {
-  const prev = process.env.EDGEMESH_SEALED_PUMP;
-  beforeEach(() => {
-    if (mode === 'ts') process.env.EDGEMESH_SEALED_PUMP = 'ts';
-    else delete process.env.EDGEMESH_SEALED_PUMP;
-  });
-  afterAll(() => {
-    if (prev === undefined) delete process.env.EDGEMESH_SEALED_PUMP;
-    else process.env.EDGEMESH_SEALED_PUMP = prev;
-  });
-}
-
 // One suite for both implementations: the native pump (the addon is built in CI) and the TS twin.
 describe.each(['ts', 'native'] as const)('sealed pump (%s)', (mode) => {
-  useMode(mode);
+  useSealedPumpMode(mode);
   it('runs the implementation under test', () => {
     expect(sealedPumpMode().mode).toBe(mode);
   });
@@ -202,7 +190,7 @@ describe.each(['ts', 'native'] as const)('sealed pump (%s)', (mode) => {
 });
 
 describe.each(['ts', 'native'] as const)('splice pump (%s)', (mode) => {
-  useMode(mode);
+  useSealedPumpMode(mode);
   it('splices both ways with half-close and heads, counting bytes', async () => {
     const x = await tcpPair();
     const y = await tcpPair();
