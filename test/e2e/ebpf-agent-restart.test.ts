@@ -17,6 +17,7 @@ import { podManifest, serviceManifest } from '../helpers/manifests.ts';
 import { sh, Topology } from '../helpers/netns.ts';
 import { startPausedTransfer } from '../helpers/paused-transfer.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
+import { createTestCgroup, inCgroupAndNs, removeTestCgroup } from '../helpers/test-cgroup.ts';
 
 const skip = skipUnlessRoot('ebpf agent restart e2e (network namespaces, cgroup BPF)');
 const client = path.join(import.meta.dirname, 'ebpf-client.mjs');
@@ -41,12 +42,7 @@ describe.skipIf(skip)('agent --intercept ebpf: kill and restart with a transfer 
   let transfer: ChildProcessWithoutNullStreams | undefined;
 
   /** `sh -c` prefix that joins the test cgroup, then enters the node namespace. */
-  const inCgroup = () => [
-    'sh',
-    '-c',
-    `echo $$ > ${cgroup}/cgroup.procs && exec ip netns exec ${topo.node.name} "$@"`,
-    'sh',
-  ];
+  const inCgroup = () => inCgroupAndNs(cgroup, topo.node.name);
 
   async function curl(url: string): Promise<string> {
     const out = await sh('sh', [
@@ -69,12 +65,7 @@ describe.skipIf(skip)('agent --intercept ebpf: kill and restart with a transfer 
     topo = await Topology.create({ tag: 'er', pods: 2 });
     for (const [i, p] of topo.pods.entries())
       await p.ns.backend(`pod-${i}`, ['--http', '9376', '--echo', '9377']);
-    const cgroupRoot = (
-      await sh('sh', ['-c', 'awk \'$9 == "cgroup2" && $4 == "/" { print $5; exit }\' /proc/self/mountinfo'])
-    ).trim();
-    expect(cgroupRoot).not.toBe('');
-    cgroup = path.join(cgroupRoot, topo.node.name);
-    fs.mkdirSync(cgroup, { recursive: true });
+    cgroup = await createTestCgroup(topo.node.name);
     bpffs = `/run/${topo.node.name}-bpf`;
     fs.mkdirSync(bpffs, { recursive: true });
     await sh('mount', ['-t', 'bpf', 'bpf', bpffs]);
@@ -103,7 +94,7 @@ describe.skipIf(skip)('agent --intercept ebpf: kill and restart with a transfer 
     await agent?.stop('SIGKILL');
     await topo?.destroy();
     if (bpffs) await sh('sh', ['-c', `umount ${bpffs}; rmdir ${bpffs}; true`]);
-    if (cgroup) await sh('sh', ['-c', `rmdir ${cgroup} 2>/dev/null || true`]);
+    await removeTestCgroup(cgroup);
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 

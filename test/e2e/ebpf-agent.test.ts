@@ -17,6 +17,7 @@ import { detachConnect4Link } from '../helpers/connect4-link.ts';
 import { podManifest, serviceManifest } from '../helpers/manifests.ts';
 import { sh, Topology } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
+import { createTestCgroup, inCgroupAndNs, removeTestCgroup } from '../helpers/test-cgroup.ts';
 
 const skip = skipUnlessRoot('ebpf agent e2e (network namespaces, cgroup BPF)');
 
@@ -56,12 +57,7 @@ for (const dataplane of ['ts', 'native'] as const) {
     beforeAll(async () => {
       topo = await Topology.create({ tag: dataplane === 'ts' ? 'ea' : 'eb', pods: 2 });
       for (const [i, p] of topo.pods.entries()) await p.ns.backend(`pod-${i}`, ['--http', '9376']);
-      const cgroupRoot = (
-        await sh('sh', ['-c', 'awk \'$9 == "cgroup2" && $4 == "/" { print $5; exit }\' /proc/self/mountinfo'])
-      ).trim();
-      expect(cgroupRoot).not.toBe('');
-      cgroup = path.join(cgroupRoot, topo.node.name);
-      fs.mkdirSync(cgroup, { recursive: true });
+      cgroup = await createTestCgroup(topo.node.name);
       const pinDir = `/sys/fs/bpf/${topo.node.name}`;
       dir = fs.mkdtempSync(path.join(os.tmpdir(), 'em-ebpf-agent-'));
       fs.mkdirSync(path.join(dir, 'manifests'));
@@ -83,15 +79,7 @@ for (const dataplane of ['ts', 'native'] as const) {
       // The agent runs inside the cgroup too, as on a node where the programs sit on the root cgroup:
       // the native plane's getsockopt(SO_ORIGINAL_DST) must be answered by the hook.
       agent = startCli(agentArgs(dir, 'ebpf', dataplane), {
-        command: [
-          'sh',
-          '-c',
-          `echo $$ > ${cgroup}/cgroup.procs && exec ip netns exec ${topo.node.name} "$@"`,
-          'sh',
-          process.execPath,
-          binPath,
-          'agent',
-        ],
+        command: [...inCgroupAndNs(cgroup, topo.node.name), process.execPath, binPath, 'agent'],
       });
       await agent.waitFor(/agent started/, 20_000);
       const t0 = Date.now();
@@ -101,7 +89,7 @@ for (const dataplane of ['ts', 'native'] as const) {
     afterAll(async () => {
       await agent?.stop('SIGKILL');
       await topo?.destroy();
-      if (cgroup) await sh('sh', ['-c', `rmdir ${cgroup} 2>/dev/null || true`]);
+      await removeTestCgroup(cgroup);
       if (dir) fs.rmSync(dir, { recursive: true, force: true });
     });
 

@@ -15,6 +15,7 @@ import { binPath, type RunningCli, repoRoot, startCli } from '../helpers/cli.ts'
 import { podManifest, serviceManifest } from '../helpers/manifests.ts';
 import { sh, Topology } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
+import { createTestCgroup, inCgroupAndNs, removeTestCgroup } from '../helpers/test-cgroup.ts';
 
 const skip = skipUnlessRoot('ebpf proxy-only e2e (network namespaces, cgroup BPF, native plane)');
 const VIP = '10.96.0.120';
@@ -28,12 +29,7 @@ describe.skipIf(skip)('agent --intercept ebpf --dataplane native, ebpfSocketLb: 
   const metricsPort = 20000 + ((process.pid + 2500) % 5000);
 
   /** argv prefix: join the test cgroup on the host side, then enter the node namespace. */
-  const inCgroup = () => [
-    'sh',
-    '-c',
-    `echo $$ > ${cgroup}/cgroup.procs && exec ip netns exec ${topo.node.name} "$@"`,
-    'sh',
-  ];
+  const inCgroup = () => inCgroupAndNs(cgroup, topo.node.name);
   const run = async (argv: string[]) => {
     const [cmd, ...args] = [...inCgroup(), ...argv];
     return sh(cmd!, args).catch((err: Error) => `failed: ${err.message}`);
@@ -55,12 +51,7 @@ describe.skipIf(skip)('agent --intercept ebpf --dataplane native, ebpfSocketLb: 
       await p.ns.backend(`pod-${i}`, ['--http', '9376']);
       await p.ns.spawn(process.execPath, [tool, 'serve', '--sink', '7001']).waitFor(/ready/, 10_000);
     }
-    const cgroupRoot = (
-      await sh('sh', ['-c', 'awk \'$9 == "cgroup2" && $4 == "/" { print $5; exit }\' /proc/self/mountinfo'])
-    ).trim();
-    expect(cgroupRoot).not.toBe('');
-    cgroup = path.join(cgroupRoot, topo.node.name);
-    fs.mkdirSync(cgroup, { recursive: true });
+    cgroup = await createTestCgroup(topo.node.name);
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'em-ebpf-proxy-only-'));
     fs.mkdirSync(path.join(dir, 'manifests'));
     fs.writeFileSync(
@@ -95,7 +86,7 @@ describe.skipIf(skip)('agent --intercept ebpf --dataplane native, ebpfSocketLb: 
   afterAll(async () => {
     await agent?.stop('SIGTERM');
     await topo?.destroy();
-    if (cgroup) await sh('sh', ['-c', `rmdir ${cgroup} 2>/dev/null || true`]);
+    await removeTestCgroup(cgroup);
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
