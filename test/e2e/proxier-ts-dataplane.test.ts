@@ -18,20 +18,55 @@ dataplaneSuite('ts', {
   connect: (t) => net.connect({ host: '127.0.0.1', port: t.toPort, allowHalfOpen: true }),
 });
 
+/** Listens on 127.0.0.1:`port` (0: the kernel picks); rejects on error (EADDRINUSE) instead of hanging. */
+function listen(server: net.Server, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve((server.address() as net.AddressInfo).port);
+    });
+  });
+}
+
+/**
+ * A squatter holding port P (picked by the kernel) where P+1 was free a moment ago. Fixed ports
+ * lie in the ephemeral range: any listen(0) of a parallel test file can hold them.
+ */
+async function squatWithFreeNext(): Promise<{ squatter: net.Server; port: number }> {
+  for (let i = 0; i < 20; i++) {
+    const squatter = net.createServer();
+    const port = await listen(squatter, 0);
+    const probe = net.createServer();
+    const free =
+      port < 65535 &&
+      (await listen(probe, port + 1).then(
+        () => true,
+        () => false,
+      ));
+    if (free) {
+      await new Promise((r) => probe.close(r));
+      return { squatter, port };
+    }
+    squatter.close();
+  }
+  throw new Error('no two adjacent free ports on 127.0.0.1');
+}
+
 describe('ts data plane: listener ports', () => {
   it('skips a port someone else holds and leaves a service unproxied when the range is exhausted', async () => {
-    const squatter = net.createServer();
-    await new Promise<void>((r) => squatter.listen(39200, '127.0.0.1', () => r()));
+    // The backend first: its port is then not the free one the squatter's neighbour probe finds.
     const backend = net.createServer((s) => s.end('ok\n'));
-    await new Promise<void>((r) => backend.listen(0, '127.0.0.1', () => r()));
-    const port = (backend.address() as net.AddressInfo).port;
+    const port = await listen(backend, 0);
+    const { squatter, port: squatted } = await squatWithFreeNext();
     const dp = new TsDataplane({
       log: silentLogger,
       workers: 1,
-      portRange: '39200-39201',
+      portRange: `${squatted}-${squatted + 1}`,
       listenHost: '127.0.0.1',
       nodeName: 'n',
-      connectTimeoutMs: 500,
+      // Not what is tested: generous, so a worker starved under load still reaches the backend.
+      connectTimeoutMs: 5_000,
       idleTimeoutMs: 0,
     });
     const tables = new TableBuilder();
@@ -40,9 +75,9 @@ describe('ts data plane: listener ports', () => {
       let targets = await dp.apply(
         ...tables.next([testService('one', '10.96.2.1', 80, [{ ip: '127.0.0.1', port }])]),
       );
-      expect(targets.map((t) => t.toPort)).toEqual([39201]);
+      expect(targets.map((t) => t.toPort)).toEqual([squatted + 1]);
       const got = await new Promise<string>((resolve, reject) => {
-        const s = net.connect(39201, '127.0.0.1');
+        const s = net.connect(squatted + 1, '127.0.0.1');
         let out = '';
         s.on('data', (d) => {
           out += d;
