@@ -29,7 +29,7 @@ import { ClientDataPool, ServerDataPool } from './data-pool.ts';
 import { DataTokens, takeBuffered } from './data-tokens.ts';
 import { type DatagramRoute, type DatagramStatus, DatagramTunnel } from './datagram-tunnel.ts';
 import type { DataPoolAnnouncement, OpenTarget, SealedOpen } from './frames.ts';
-import { joinStreams } from './join-streams.ts';
+import { StreamJoins } from './join-streams.ts';
 import { PumpSet } from './pump-set.ts';
 import { SealedControl } from './sealed-control.ts';
 import {
@@ -72,6 +72,8 @@ export interface TunnelStatus {
     idleClosed: number;
     aborted: number;
   };
+  /** Framed (not sealed) streams running now, and how many ended idle or at the stop deadline. */
+  framed: { active: number; idleClosed: number; aborted: number };
   /** UDP endpoints on other nodes (their loopback UDP ports), live flows, datagram totals. */
   datagrams: DatagramStatus;
 }
@@ -222,6 +224,8 @@ export class EdgeTunnel implements Service {
   private readonly metrics;
   /** Running sealed pumps: idle timeout, live bytes, drained on stop. */
   private readonly pumps: PumpSet<'direct' | 'relay'>;
+  /** Running framed streams (not sealed): the same idle timeout and stop drain as the pumps. */
+  private readonly joins: StreamJoins;
   private readonly hello: HelloInfo;
   private readonly own: string;
   private readonly cfg: EdgemeshConfig['modules']['edgeTunnel'];
@@ -254,6 +258,7 @@ export class EdgeTunnel implements Service {
     this.own = o.config.nodeName;
     // modules.edgeProxy.idleTimeoutMs applies to sealed streams as to the data plane's connections.
     this.pumps = new PumpSet(o.config.modules.edgeProxy.idleTimeoutMs);
+    this.joins = new StreamJoins(o.config.modules.edgeProxy.idleTimeoutMs);
     this.metrics = tunnelMetrics(o.registry, () => this.pumps.bytes());
     // Live pump counters (bytes as they move; the per-stream ones count when a stream ends).
     if (o.registry) registerPumpMetrics(o.registry);
@@ -329,6 +334,9 @@ export class EdgeTunnel implements Service {
     this.stopped = true;
     // Running sealed streams get the same grace as the native data plane's connections, then a reset.
     const draining = this.pumps.drain(this.o.drainTimeoutMs ?? 5000);
+    // Framed streams ride the sessions: those stay open until the framed drain ends (no new
+    // streams are taken meanwhile), then close.
+    const framed = this.joins.drain(this.o.drainTimeoutMs ?? 5000);
     if (this.reprobeTimer) clearInterval(this.reprobeTimer);
     if (this.renderTimer) clearTimeout(this.renderTimer);
     if (this.saveTimer) {
@@ -337,11 +345,16 @@ export class EdgeTunnel implements Service {
     }
     for (const r of this.relays) if (r.timer) clearTimeout(r.timer);
     const closing = this.listener?.close();
-    for (const s of this.sessions) s.close();
+    const sessionsClosed = framed.then((f) => {
+      for (const s of this.sessions) s.close();
+      if (f.aborted > 0)
+        this.o.log.info(f, 'tunnel: framed streams still running at the drain deadline were reset');
+    });
     for (const c of this.accepted) c.destroy();
     for (const c of this.settingUp) c.destroy();
     this.dataTokens.close();
     this.udp.stop();
+    await sessionsClosed;
     await closing;
     await Promise.all([...this.localPorts.values()].map((lp) => closeServer(lp.server)));
     this.localPorts.clear();
@@ -497,6 +510,11 @@ export class EdgeTunnel implements Service {
           aborted: o.aborted,
         };
       })(),
+      framed: {
+        active: this.joins.active,
+        idleClosed: this.joins.outcomes.idle,
+        aborted: this.joins.outcomes.aborted,
+      },
       datagrams: this.udp.status(),
     };
   }
@@ -554,6 +572,10 @@ export class EdgeTunnel implements Service {
 
   private onLocalConnection(socket: net.Socket, lp: LocalPort): void {
     socket.on('error', () => {});
+    if (this.stopped) {
+      socket.destroy();
+      return;
+    }
     this.accepted.add(socket);
     socket.once('close', () => this.accepted.delete(socket));
     const target: OpenTarget = { node: lp.node, src: this.own, ip: lp.ip, port: lp.targetPort };
@@ -571,7 +593,8 @@ export class EdgeTunnel implements Service {
       plain.setTimeout(this.o.config.modules.edgeProxy.connectTimeoutMs || 5000, () => plain.destroy());
       plain.once('connect', () => plain.setTimeout(0));
       plain.on('error', () => {});
-      void joinStreams(socket, plain);
+      this.accepted.delete(socket);
+      void this.joins.join(socket, plain);
       socket.resume();
       return;
     }
@@ -582,7 +605,9 @@ export class EdgeTunnel implements Service {
     }
     const stream = session.openStream(target);
     stream.on('error', () => {});
-    void joinStreams(socket, stream);
+    // The join owns the client now: stop() drains it with a deadline instead of cutting it.
+    this.accepted.delete(socket);
+    void this.joins.join(socket, stream);
     socket.resume();
   }
 
@@ -846,6 +871,10 @@ export class EdgeTunnel implements Service {
   private onInbound(stream: TunnelStream, t: OpenTarget): void {
     stream.on('error', () => {});
     const key = `${t.ip}:${t.port}`;
+    if (this.stopped) {
+      stream.reset('tunnel stopping');
+      return;
+    }
     if (t.node !== this.own || !this.ownEndpoints.has(key)) {
       this.metrics.inbound.inc({ result: 'rejected' });
       this.o.log.warn(
@@ -859,7 +888,7 @@ export class EdgeTunnel implements Service {
     socket.setNoDelay(true);
     socket.once('connect', () => {
       this.metrics.inbound.inc({ result: 'connected' });
-      void joinStreams(stream, socket);
+      void this.joins.join(stream, socket);
     });
     socket.once('error', (err) => {
       if (socket.connecting || !socket.remoteAddress) {
