@@ -150,12 +150,12 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
   }
 
   // planeCreate(mark, connectTimeoutMs, idleTimeoutMs, useSplice, pipeSize, bufferSize, maxAttempts,
-  // serviceSlots) -> plane id. The plane lives in a process-wide registry so piscina worker threads
-  // (other Node environments) can run it; planeDestroy releases it.
+  // serviceSlots, spinUs?) -> plane id. The plane lives in a process-wide registry so piscina worker
+  // threads (other Node environments) can run it; planeDestroy releases it.
   Napi::Value PlaneCreate(const Napi::CallbackInfo& info) {
     static constexpr const char* kUsage =
         "planeCreate(mark: number, connectTimeoutMs: number, idleTimeoutMs: number, useSplice: boolean, "
-        "pipeSize: number, bufferSize: number, maxAttempts: number, serviceSlots: number)";
+        "pipeSize: number, bufferSize: number, maxAttempts: number, serviceSlots: number, spinUs?: number)";
     if (info.Length() < 8 || !info[3].IsBoolean()) ThrowUsage(info.Env(), kUsage);
     edgemesh::PlaneOptions o;
     o.mark = U32Arg(info, 0, kUsage);
@@ -166,8 +166,9 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
     o.buffer_size = U32Arg(info, 5, kUsage);
     o.max_attempts = U32Arg(info, 6, kUsage);
     o.service_slots = U32Arg(info, 7, kUsage);
+    if (info.Length() > 8 && !info[8].IsUndefined()) o.spin_us = U32Arg(info, 8, kUsage);
     if (o.pipe_size < 4096 || o.buffer_size < 4096 || o.max_attempts == 0 || o.service_slots > (1u << 20) ||
-        o.connect_timeout_ms == 0)
+        o.connect_timeout_ms == 0 || o.spin_us > 1000000)
       ThrowUsage(info.Env(), kUsage);
     return Napi::Number::New(info.Env(), edgemesh::RegisterPlane(std::make_shared<edgemesh::Plane>(o)));
   }

@@ -46,6 +46,7 @@ export function defaultConfig(): EdgemeshConfig {
         bypassGid: 40001,
         tsPortRange: '21000-29999',
         spliceBack: true,
+        nativeSpinUs: 0,
         iptablesBackend: 'auto',
         ebpfCgroup: '',
         ebpfPinDir: '/sys/fs/bpf/edgemesh',

@@ -105,6 +105,7 @@ export const configSchema: Schema = obj({
       ebpfSocketLb: bool,
       localVipRoutes: bool,
       spliceBack: bool,
+      nativeSpinUs: int(0, 1_000_000),
       ebpfPinDir: str((v) =>
         v.startsWith('/') ? undefined : 'an absolute path on a bpffs, like /sys/fs/bpf/edgemesh',
       ),

@@ -73,6 +73,8 @@ export interface EdgemeshConfig {
       tsPortRange: string;
       /** `--dataplane native`: byte tunnels go back to the native splice after the TS handler's L7 decision. */
       spliceBack: boolean;
+      /** `--dataplane native`: after a busy batch workers poll this many µs before sleeping (0 = off; costs CPU). */
+      nativeSpinUs: number;
       /** Which iptables binaries `--intercept iptables` uses; auto = the one already holding rules. */
       iptablesBackend: 'auto' | 'legacy' | 'nft';
       /** `--intercept ebpf`: cgroup v2 the programs attach to ('' = the unified root; relative = below it). */

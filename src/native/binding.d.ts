@@ -36,6 +36,8 @@ export interface NativeBinding {
     bufferSize: number,
     maxAttempts: number,
     serviceSlots: number,
+    /** After a busy epoll batch, poll without blocking this many µs before sleeping (0 = never; ≤ 1,000,000). */
+    spinUs?: number,
   ): number;
   /** Binds `count` SO_REUSEPORT listeners (one per worker) on address:port; returns the bound port. */
   planeListen(id: number, address: string, port: number, count: number): number;

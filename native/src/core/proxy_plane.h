@@ -28,6 +28,7 @@ struct PlaneOptions {
   uint32_t buffer_size = 256 << 10;    // read/write mode buffer per direction
   uint32_t max_attempts = 3;           // endpoints tried per connection (refused / timed out)
   uint32_t service_slots = 16384;      // per-service counter slots
+  uint32_t spin_us = 0;                // after a busy batch, poll (epoll_wait 0) this long before blocking
 };
 
 // Counter order is part of the TS boundary (src/native/plane-counters.ts PLANE_COUNTER_NAMES).

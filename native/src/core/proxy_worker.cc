@@ -12,6 +12,7 @@
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <memory>
@@ -93,6 +94,12 @@ void SetResetOnClose(int fd) {
 // The service address a client connected to: SO_ORIGINAL_DST after REDIRECT (iptables/nft), else
 // (no NAT: eBPF sk_lookup / connect rewriting) the accepted socket's local address. False (outputs
 // untouched) when neither answers.
+int64_t MonotonicUs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
 bool ServiceAddress(int fd, uint32_t& vip_be, uint16_t& vport) {
   auto od = GetOriginalDst(fd);
   if (od.dst) {
@@ -178,6 +185,9 @@ class Worker {
   std::unique_ptr<char[]> scratch_;  // small payloads pass through here
   int64_t last_idle_scan_ms_ = 0;
   int64_t accept_paused_until_ms_ = 0;  // listener out of the epoll set until then (EMFILE ...)
+  const bool spin_ = plane_.options.spin_us > 0;
+  const int64_t spin_us_ = plane_.options.spin_us;
+  int last_batch_ = 0;  // events in the last epoll_wait (spin only after a busy one)
 };
 
 std::optional<SyscallError> Worker::Run() {
@@ -219,7 +229,19 @@ std::optional<SyscallError> Worker::Run() {
       }
       break;
     }
-    int n = epoll_wait(ep_, events, 256, NextTimeout(now));
+    // Optional bounded spin: right after a batch with events the peer is likely to answer within
+    // microseconds (a request just went out); polling for a moment instead of sleeping saves the
+    // wake-up (on a VM, an idle vCPU's wake-up is the slow part of a round trip). Costs CPU: off
+    // unless configured.
+    int n = 0;
+    if (spin_ && last_batch_ > 0) {
+      const int64_t until = MonotonicUs() + spin_us_;
+      do {
+        n = epoll_wait(ep_, events, 256, 0);
+      } while (n == 0 && MonotonicUs() < until);
+    }
+    if (n == 0) n = epoll_wait(ep_, events, 256, NextTimeout(now));
+    last_batch_ = n;
     if (n < 0) {
       if (errno == EINTR) continue;
       SyscallError e{"epoll_wait", errno};

@@ -57,6 +57,8 @@ export interface NativeDataplaneOptions {
   pipeSize?: number;
   /** Read/write buffer per direction in bytes (default RW_BUFFER_SIZE). */
   bufferSize?: number;
+  /** After a busy epoll batch, workers poll without sleeping this many µs (default 0 = off; costs CPU). */
+  spinUs?: number;
 }
 
 /** Where accepted connections on hand-off ports go: `take` owns the fd from then on. */
@@ -150,6 +152,7 @@ export class NativeDataplane implements Dataplane {
       o.bufferSize ?? RW_BUFFER_SIZE,
       o.maxConnectAttempts ?? 3,
       this.slots.capacity,
+      o.spinUs ?? 0,
     );
     const host = o.listenHost ?? '0.0.0.0';
     try {
