@@ -468,8 +468,14 @@ export class Session extends EventEmitter implements StreamOwner {
     if (this.o.role === 'server') this.sendHello();
     this.state = 'ready';
     const pingMs = this.o.pingMs ?? 1000;
+    let lastTick = Date.now();
     const t = setInterval(() => {
-      if (Date.now() - this.lastFrameAt > 3 * pingMs) {
+      const now = Date.now();
+      // A late tick means our own event loop stalled (GC, starved CPU): what the peer sent
+      // meanwhile is still unread in the socket (timers run before reads), so judge next tick.
+      const stalled = now - lastTick > 2 * pingMs;
+      lastTick = now;
+      if (!stalled && now - this.lastFrameAt > 3 * pingMs) {
         this.close(new EdgemeshError(ErrorCode.TUNNEL, 'tunnel peer stopped answering'));
         return;
       }

@@ -102,8 +102,8 @@ export interface AgentOptions {
   /** modules.edgeProxy.idleTimeoutMs (sealed stream idle timeout) and the tunnel's stop drain (ms). */
   idleTimeoutMs?: number;
   drainTimeoutMs?: number;
-  /** EdgeTunnel test knobs (datagram idle time, flows per port). */
-  knobs?: Pick<EdgeTunnelOptions, 'datagramIdleMs' | 'datagramMaxFlows'>;
+  /** EdgeTunnel test knobs (datagram idle time, flows per port, keepalive interval). */
+  knobs?: Pick<EdgeTunnelOptions, 'datagramIdleMs' | 'datagramMaxFlows' | 'pingMs'>;
 }
 
 /** Makes relays and agents under one temp dir (PSK files `psk` and `bad-psk` in it). */
