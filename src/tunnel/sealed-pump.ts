@@ -312,15 +312,27 @@ async function handOff<R>(
 function idleWatch(ms: number | undefined, onIdle: () => void): { touch(): void; stop(): void } {
   if (!ms || ms <= 0) return { touch() {}, stop() {} };
   let last = performance.now();
-  let timer: NodeJS.Timeout;
+  let due = 0;
+  let timer: NodeJS.Timeout | undefined;
+  let recheck: NodeJS.Immediate | undefined;
   const arm = (delay: number) => {
+    due = performance.now() + delay;
     timer = setTimeout(check, delay);
     timer.unref();
   };
   const check = () => {
-    const left = last + ms - performance.now();
-    if (left <= 0) onIdle();
-    else arm(left);
+    const now = performance.now();
+    const left = last + ms - now;
+    if (left > 0) arm(left);
+    else if (now - due > ms / 2) {
+      // Fired late: our own event loop stalled (GC, starved CPU) and bytes that arrived meanwhile
+      // are still unread (timers run before I/O); judge once this turn's reads have run.
+      recheck = setImmediate(() => {
+        recheck = undefined;
+        if (last + ms - performance.now() > 0) arm(last + ms - performance.now());
+        else onIdle();
+      });
+    } else onIdle();
   };
   arm(ms);
   return {
@@ -329,6 +341,7 @@ function idleWatch(ms: number | undefined, onIdle: () => void): { touch(): void;
     },
     stop() {
       clearTimeout(timer);
+      if (recheck) clearImmediate(recheck);
     },
   };
 }

@@ -184,3 +184,35 @@ describe.each(['ts', 'native'] as const)('pump lifecycle (%s)', (mode) => {
     expect(total.aToB).toBeGreaterThan(1 << 20);
   });
 });
+
+// The TS twin's idle check runs on this event loop (the native pump's runs on its own thread,
+// which a JS stall does not hold up, so it has nothing to catch up on).
+describe('pump lifecycle (ts): event-loop stall', () => {
+  useSealedPumpMode('ts');
+
+  it('idle timeout: bytes that arrived while this process stalled count as activity', async () => {
+    const c = await chain({ idleTimeoutMs: 300 });
+    const [gotA, gotB] = [collect(c.appA), collect(c.appB)];
+    let settled = false;
+    void Promise.all([c.pumpA, c.pumpB]).then(() => {
+      settled = true;
+    });
+    // Both app sides send (into the kernel, unread by the pumps), then the event loop blocks for
+    // two idle timeouts, like a GC pause or a starved CPU.
+    c.appA.write('x');
+    c.appB.write('y');
+    const until = performance.now() + 700;
+    while (performance.now() < until) {
+      // busy: no timer, no socket read runs
+    }
+    // The pumps' late idle checks run first; the bytes reach the far sides well within a timeout.
+    await eventually(async () => c.appA.bytesRead > 0 && c.appB.bytesRead > 0 && !settled, 250);
+    c.appA.end();
+    c.appB.end();
+    const [a, b, ra, rb] = await Promise.all([gotA, gotB, c.pumpA, c.pumpB]);
+    expect([ra.cause, rb.cause]).toEqual([undefined, undefined]);
+    expect([ra.error, rb.error]).toEqual([undefined, undefined]);
+    expect(b.data.toString()).toBe('x');
+    expect(a.data.toString()).toBe('y');
+  });
+});
