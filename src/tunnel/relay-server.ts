@@ -21,6 +21,7 @@ import { SpliceEnd, spliceStreams } from './relay-splice.ts';
 import { SealedControl } from './sealed-control.ts';
 import { type PumpBytes, registerPumpMetrics, sealedPumpMode } from './sealed-pump.ts';
 import { DGRAM_CAP, SEALED_CAP, type Session } from './session.ts';
+import { SpliceSet } from './splice-set.ts';
 import { TlsListener } from './tls-listener.ts';
 
 export interface RelayServerOptions {
@@ -56,6 +57,8 @@ export interface RelayStatus {
     idleClosed: number;
     aborted: number;
   };
+  /** Framed streams spliced frame by frame: running now, ended idle or at the stop deadline (absent: older relay). */
+  framed?: { active: number; idleClosed: number; aborted: number };
 }
 
 /**
@@ -155,6 +158,9 @@ export class RelayServer implements Service {
   private readonly metrics;
   /** Splice pumps of sealed streams, keyed JSON [src, dst]: idle timeout, live bytes, drained on stop. */
   private readonly pumps: PumpSet;
+  /** Framed streams spliced frame by frame: the same idle timeout and stop drain as the pumps. */
+  private readonly splices: SpliceSet;
+  private stopping = false;
   private readonly dataTokens: DataTokens;
   private readonly sealed: boolean;
   /** Idle data connections each agent dialed ahead of its streams. */
@@ -166,6 +172,7 @@ export class RelayServer implements Service {
 
   constructor(private readonly o: RelayServerOptions) {
     this.pumps = new PumpSet(o.idleTimeoutMs ?? 0);
+    this.splices = new SpliceSet(o.idleTimeoutMs ?? 0);
     this.metrics = relayMetrics(o.registry, () => this.pumps.bytes());
     // Live splice byte counters (edgemesh_relay_bytes_total counts a stream when it ends).
     if (o.registry) registerPumpMetrics(o.registry);
@@ -194,9 +201,15 @@ export class RelayServer implements Service {
 
   async stop(): Promise<void> {
     // Spliced streams get a grace period (like the agents' data planes), then a reset.
+    this.stopping = true;
     const draining = this.pumps.drain(this.o.drainTimeoutMs ?? 5000);
-    // Sessions first: a server's close() waits for its open connections.
+    // No new connections; a server's close() resolves once its open ones (the sessions) are gone.
     const closing = this.listener.close();
+    // Framed streams ride the sessions: those stay open (taking no new streams) until the framed
+    // drain ends.
+    const framed = await this.splices.drain(this.o.drainTimeoutMs ?? 5000);
+    if (framed.aborted > 0)
+      this.o.log.info(framed, 'relay: framed streams still running at the drain deadline were reset');
     for (const s of this.all) s.close();
     this.dataTokens.close();
     for (const d of this.dataSockets) d.destroy();
@@ -228,6 +241,11 @@ export class RelayServer implements Service {
         failed: o.failed,
         idleClosed: o.idle,
         aborted: o.aborted,
+      },
+      framed: {
+        active: this.splices.active,
+        idleClosed: this.splices.outcomes.idle,
+        aborted: this.splices.outcomes.aborted,
       },
     };
   }
@@ -274,6 +292,7 @@ export class RelayServer implements Service {
   private forward(from: Session, id: number, target: OpenTarget): SpliceEnd | { reject: string } {
     const src = from.peer!.node;
     const to = this.agents.get(target.node);
+    if (this.stopping) return { reject: 'relay stopping' };
     if (!to?.isReady || target.node === src) {
       this.metrics.rejected.inc();
       return { reject: `node '${target.node}' is not connected to this relay` };
@@ -292,6 +311,7 @@ export class RelayServer implements Service {
         srcBytes.tx += n;
       });
       spliceStreams(inbound, outbound);
+      this.splices.add(inbound);
       return outbound;
     });
     return inbound;

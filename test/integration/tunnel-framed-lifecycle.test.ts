@@ -119,3 +119,80 @@ describe('framed stream lifecycle (sealedData off, through a relay)', () => {
     }
   });
 });
+
+describe('framed streams at the relay (agents without an idle timeout)', () => {
+  let fx: TunnelFixture;
+  let echo: Awaited<ReturnType<TunnelFixture['server']>>;
+
+  beforeAll(async () => {
+    fx = new TunnelFixture();
+    echo = await fx.server((s) => s.pipe(s));
+  });
+
+  afterAll(async () => {
+    await fx?.stopAll();
+  });
+
+  /** A relay with the given knobs and two framed agents that only reach each other through it. */
+  async function through(name: string, opts: { idleTimeoutMs?: number; drainTimeoutMs?: number }) {
+    const relay = await fx.relay(name, { sealedData: false, ...opts });
+    const relays = [{ name, addr: relay.addr }];
+    const far = await fx.agent(`${name}-b`, relays, { advertise: ['127.0.0.1:1'], files: framed });
+    const near = await fx.agent(`${name}-a`, relays, { advertise: ['127.0.0.1:1'], files: framed });
+    const snap = table([ep(echo.port, `${name}-b`)]);
+    await far.t.applyTable(snap);
+    const p = localPort(await near.t.applyTable(snap));
+    await eventually(async () => (await exchange(p, 'probe').catch(() => '')).toString() === 'probe');
+    return { relay, port: p };
+  }
+
+  it('the relay resets an idle framed stream after its idle timeout (both agents), not a busy one', async () => {
+    const { relay, port: p } = await through('rfl-idle', { idleTimeoutMs: IDLE_MS });
+    const podsBefore = echo.conns.size;
+    const idle = await client(p);
+    const busy = await client(p);
+    const ticker = setInterval(() => busy.s.write('tick'), 100);
+    try {
+      idle.s.write('hi');
+      await eventually(async () => echo.conns.size === podsBefore + 2);
+      const t0 = performance.now();
+      const openFor = await closed(idle.s, t0);
+      expect(openFor).toBeGreaterThanOrEqual(IDLE_MS - 150);
+      await eventually(async () => echo.conns.size === podsBefore + 1, 5000);
+      await new Promise((r) => setTimeout(r, Math.max(0, 2 * IDLE_MS - openFor)));
+      expect(busy.s.destroyed).toBe(false);
+      expect(relay.r.status().framed?.idleClosed).toBe(1);
+      expect(relay.r.status().framed?.active).toBe(1);
+    } finally {
+      clearInterval(ticker);
+      busy.s.destroy();
+    }
+  });
+
+  it('a relay stop keeps the sessions for its drain deadline: a stream ending meanwhile completes, a running one is reset', async () => {
+    const { relay, port: p } = await through('rfl-stop', { drainTimeoutMs: DRAIN_MS });
+    const running = await client(p);
+    const ending = await client(p);
+    const ticker = setInterval(() => running.s.write('tick'), 50);
+    try {
+      ending.s.write('first ');
+      await eventually(async () => ending.got() === 'first ');
+      await eventually(async () => relay.r.status().framed?.active === 2);
+      const t0 = performance.now();
+      const gone = closed(running.s, t0);
+      const stopping = relay.r.stop();
+      ending.s.end('last');
+      expect(await ending.ended).toBe(true);
+      expect(ending.got()).toBe('first last');
+      await stopping;
+      const stopTook = performance.now() - t0;
+      expect(stopTook).toBeGreaterThanOrEqual(DRAIN_MS - 50);
+      expect(await gone).toBeLessThan(stopTook + 2000);
+      const st = relay.r.status().framed;
+      expect(st?.active).toBe(0);
+      expect(st?.aborted).toBe(1);
+    } finally {
+      clearInterval(ticker);
+    }
+  });
+});
