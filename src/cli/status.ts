@@ -48,6 +48,14 @@ export interface AgentStatus {
       idleClosed: number;
       aborted: number;
     };
+    /** Framed (not sealed) streams: running now, ended idle or at the stop deadline. */
+    framed?: { active: number; idleClosed: number; aborted: number };
+    /** UDP across the tunnel: remote endpoints, live flows by path, datagram totals. */
+    datagrams?: {
+      endpoints: unknown[];
+      flows: { direct: number; relay: number; none: number; in: number };
+      datagrams: { tx: number; rx: number; dropped: number };
+    };
   };
   /** The DNS server: listen address, UDP path (native|js) and its counters; absent when DNS is off. */
   dns?: DnsStatus;
@@ -87,8 +95,13 @@ export function formatRelayStatus(s: RelayStatus): string {
     `relay:      ${s.nodeName}`,
     `pump:       ${p.mode} (${p.reason})`,
     `streams:    ${p.active} spliced now, ${p.bytes} bytes; ended: ${p.finished} finished, ${p.failed} failed, ${p.idleClosed} idle-closed, ${p.aborted} aborted`,
-    '',
   ];
+  const f = s.framed;
+  if (f)
+    lines.push(
+      `framed:     ${f.active} spliced now; ended: ${f.idleClosed} idle-closed, ${f.aborted} aborted`,
+    );
+  lines.push('');
   for (const a of s.agents) lines.push(`  agent ${a.node} ${a.remote} framed-streams=${a.streams}`);
   return `${lines.join('\n')}\n`;
 }
@@ -137,6 +150,16 @@ export function formatStatus(s: AgentStatus): string {
       lines.push(
         `  sealed pump=${sd.pump} active=${sd.active} finished=${sd.finished} failed=${sd.failed} idle-closed=${sd.idleClosed} aborted=${sd.aborted}`,
       );
+    const fr = s.tunnel.framed;
+    if (fr) lines.push(`  framed active=${fr.active} idle-closed=${fr.idleClosed} aborted=${fr.aborted}`);
+    const dg = s.tunnel.datagrams;
+    if (dg) {
+      const fl = dg.flows;
+      const d = dg.datagrams;
+      lines.push(
+        `  udp endpoints=${dg.endpoints.length} flows direct=${fl.direct} relay=${fl.relay} none=${fl.none} in=${fl.in} datagrams tx=${d.tx} rx=${d.rx} dropped=${d.dropped}`,
+      );
+    }
     for (const r of s.tunnel.relays)
       lines.push(`  relay ${r.node} ${r.address || '-'} ${r.connected ? 'connected' : 'down'}`);
     for (const p of s.tunnel.peers)
