@@ -4,7 +4,8 @@
 // datagram opens a new flow, a full flow table and a backed-up session (at the relay and at an
 // agent) drop (and count) instead of queueing, flows end with their session, an old peer without
 // dgram-v1 is never sent datagram frames, and the relay forwards flows only to registered agents
-// (a malformed datagram frame closes only the sender's session).
+// (a malformed datagram frame closes only the sender's session); a burst faster than an endpoint socket
+// takes is dropped (reason=endpoint) while the flow keeps serving.
 import dgram from 'node:dgram';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ServiceTable } from '../../src/controller/types.ts';
@@ -373,5 +374,62 @@ describe('UDP services across the tunnel (loopback)', () => {
       (1 << 20) / 60_000,
     );
     expect(b.t.status().datagrams.flows.in).toBe(1);
+  });
+
+  it('a burst faster than the endpoint socket takes is dropped (reason=endpoint), and the flow keeps serving', async () => {
+    // A UDP endpoint that counts what reaches it and answers nothing.
+    const sink = dgram.createSocket('udp4');
+    let received = 0;
+    sink.on('message', () => received++);
+    await new Promise<void>((r) => sink.bind(0, '127.0.0.1', r));
+    fx.onStop(async () => {
+      sink.close();
+    });
+    const sinkPort = sink.address().port;
+    const b = await fx.agent('epq-b', []);
+    await b.t.applyTable(table([ep(sinkPort, 'epq-b')], 1, 'UDP'));
+    const creds = await fx.creds();
+    const peer = await dialSession({
+      host: '127.0.0.1',
+      port: b.port,
+      creds,
+      hello: { node: 'epq-peer', kind: 'agent', caps: [DGRAM_CAP] },
+      expectNode: 'epq-b',
+      log: memLogger().log,
+      timeoutMs: 2000,
+      clientOptions: clientTlsOptions(creds),
+    });
+    fx.onStop(async () => peer.close());
+    let id = 0;
+    peer.openSink(
+      { node: 'epq-b', src: 'epq-peer', ip: '127.0.0.1', port: sinkPort },
+      (n) => {
+        id = n;
+        return { onData() {}, onWindow() {}, onClose() {}, onReset() {}, onDatagram() {} };
+      },
+      FrameType.DGRAM_OPEN,
+    );
+    // Hundreds of small DGRAMs in one go arrive in a few TLS reads: b hands them to the endpoint
+    // socket in one turn, past its queue bound (64), so the rest are dropped and counted.
+    const drops = () => metric(b.registry, 'edgemesh_tunnel_datagram_drops_total', { reason: 'endpoint' });
+    const small = Buffer.alloc(32, 0x45);
+    for (let burst = 0; burst < 10 && (await drops()) === 0; burst++) {
+      for (let i = 0; i < 400; i++) peer.send(FrameType.DGRAM, id, small);
+      await eventually(
+        async () =>
+          (await metric(b.registry, 'edgemesh_tunnel_datagrams_total', { direction: 'rx' })) >=
+          400 * (burst + 1),
+      );
+    }
+    const dropped = await drops();
+    expect(dropped).toBeGreaterThan(0);
+    expect(b.t.status().datagrams.datagrams.dropped).toBeGreaterThanOrEqual(dropped);
+    // What was not dropped reached the endpoint; the flow is still up and carries the next one.
+    await eventually(async () => received > 0);
+    const before = received;
+    peer.send(FrameType.DGRAM, id, Buffer.from('after the burst'));
+    await eventually(async () => received > before);
+    expect(b.t.status().datagrams.flows.in).toBe(1);
+    expect(await metric(b.registry, 'edgemesh_tunnel_datagram_drops_total', { reason: 'backlog' })).toBe(0);
   });
 });
