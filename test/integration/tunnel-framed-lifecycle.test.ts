@@ -83,7 +83,8 @@ describe('framed stream lifecycle (sealedData off, through a relay)', () => {
       await eventually(async () => echo.conns.size === podsBefore + 1, 5000);
       await new Promise((r) => setTimeout(r, Math.max(0, 2 * IDLE_MS - openFor)));
       expect(busy.s.destroyed).toBe(false);
-      expect(a.t.status().framed.idleClosed).toBeGreaterThanOrEqual(1);
+      // Both agents time it out; whichever timer fires first resets it (the other sees a reset).
+      expect(a.t.status().framed.idleClosed + b.t.status().framed.idleClosed).toBeGreaterThanOrEqual(1);
       expect(a.t.status().sealed.active + a.t.status().sealed.finished).toBe(0); // framed, not sealed
     } finally {
       clearInterval(ticker);
