@@ -1,6 +1,7 @@
 // Joins two duplex streams both ways with backpressure and half-close; an error or reset on one
 // side aborts the other (a TunnelStream is reset, a socket destroyed).
 import type { Duplex } from 'node:stream';
+import { endedWithin } from '../util/deadline.ts';
 import { TunnelStream } from './tunnel-stream.ts';
 
 function abort(s: Duplex, reason: string): void {
@@ -121,14 +122,7 @@ export class StreamJoins {
    */
   async drain(deadlineMs: number): Promise<{ drained: number; aborted: number }> {
     const waiting = [...this.running].map((j) => j.done);
-    let timer: NodeJS.Timeout | undefined;
-    const late = await Promise.race([
-      Promise.all(waiting).then(() => false),
-      new Promise<boolean>((resolve) => {
-        timer = setTimeout(() => resolve(true), deadlineMs);
-      }),
-    ]);
-    clearTimeout(timer);
+    const late = !(await endedWithin(waiting, deadlineMs));
     this.stopping = true;
     const left = [...this.running];
     for (const j of left) j.abortNow();

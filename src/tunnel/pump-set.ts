@@ -4,6 +4,7 @@
 // the rest, so no pump (and no dup'd fd in the native engine) outlives its owner.
 import { setMaxListeners } from 'node:events';
 import type net from 'node:net';
+import { endedWithin } from '../util/deadline.ts';
 import {
   type PumpBytes,
   type PumpCause,
@@ -97,15 +98,7 @@ export class PumpSet<K extends string = string> {
    */
   async drain(deadlineMs: number): Promise<{ drained: number; aborted: number }> {
     const waiting = [...this.running].map((r) => r.done);
-    const all = Promise.all(waiting);
-    let timer: NodeJS.Timeout | undefined;
-    const late = await Promise.race([
-      all.then(() => false),
-      new Promise<boolean>((resolve) => {
-        timer = setTimeout(() => resolve(true), deadlineMs);
-      }),
-    ]);
-    clearTimeout(timer);
+    const late = !(await endedWithin(waiting, deadlineMs));
     const left = late ? this.running.size : 0;
     this.stop.abort();
     await Promise.all([...this.running].map((r) => r.done));

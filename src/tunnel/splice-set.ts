@@ -1,6 +1,7 @@
 // The relay's running framed splices under the same rule as its sealed pumps: both directions idle
 // for `idleTimeoutMs` resets both agents' streams (0: never), and drain() lets them finish up to a
 // deadline, then resets the rest — so a relay stop does not cut framed streams at once.
+import { endedWithin } from '../util/deadline.ts';
 import type { SpliceEnd } from './relay-splice.ts';
 
 /** How the splices of a set ended so far. */
@@ -73,14 +74,7 @@ export class SpliceSet {
    */
   async drain(deadlineMs: number): Promise<{ drained: number; aborted: number }> {
     const waiting = [...this.running].map((t) => t.done);
-    let timer: NodeJS.Timeout | undefined;
-    const late = await Promise.race([
-      Promise.all(waiting).then(() => false),
-      new Promise<boolean>((resolve) => {
-        timer = setTimeout(() => resolve(true), deadlineMs);
-      }),
-    ]);
-    clearTimeout(timer);
+    const late = !(await endedWithin(waiting, deadlineMs));
     this.stopping = true;
     const left = [...this.running];
     for (const t of left) {
