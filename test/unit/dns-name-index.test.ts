@@ -7,19 +7,10 @@ import { compileAnswerTable } from '../../src/dns/answer-table.ts';
 import { NameIndex } from '../../src/dns/name-index.ts';
 import { CLASS_IN, QType } from '../../src/dns/wire.ts';
 import { svc, table } from '../helpers/dns.ts';
+import { xorshiftInt } from '../helpers/rng.ts';
 
 const OPTIONS = { domain: 'cluster.local', ttl: 5 };
 const QTYPES = [QType.A, QType.AAAA, QType.SRV, QType.PTR, QType.SOA, QType.CNAME, QType.ANY, 16];
-
-function rng(seed: number) {
-  let x = seed || 1;
-  return (n: number) => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) % n;
-  };
-}
 
 /** A random Service; IPs are unique per (id, version) so PTR lists never depend on table order. */
 function randomService(rand: (n: number) => number, id: number, version: number): ServiceEntry {
@@ -94,7 +85,7 @@ function answers(index: NameIndex, names: Iterable<string>): Map<string, string>
 describe('incremental NameIndex', () => {
   it('answers like a full rebuild after random snapshot changes (and compiles the same table)', () => {
     const seed = Number(process.env.EDGEMESH_FUZZ_SEED ?? Date.now() % 2 ** 31);
-    const rand = rng(seed);
+    const rand = xorshiftInt(seed);
     const current = new Map<string, ServiceEntry>();
     let previous: NameIndex | undefined;
     const everSeen = new Set<string>();

@@ -7,21 +7,12 @@ import {
   encodeRecordWithDnsPacket,
   type OwnRecord,
 } from '../../src/dns/records.ts';
-
-function rng(seed: number) {
-  let x = seed || 1;
-  return (n: number) => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) % n;
-  };
-}
+import { xorshiftInt } from '../helpers/rng.ts';
 
 describe('encodeRecord', () => {
   it('direct and dns-packet encodings agree byte for byte', () => {
     const seed = Number(process.env.EDGEMESH_FUZZ_SEED ?? Date.now() % 2 ** 31);
-    const rand = rng(seed);
+    const rand = xorshiftInt(seed);
     const label = () =>
       Array.from({ length: 1 + rand(12) }, () => 'abcdefghijklmnopqrstuvwxyz0123456789-'[rand(37)]).join('');
     const name = () => Array.from({ length: 1 + rand(5) }, label).join('.') + (rand(4) === 0 ? '.' : '');

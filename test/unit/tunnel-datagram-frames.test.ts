@@ -15,15 +15,7 @@ import {
   FrameType,
   MAX_PAYLOAD,
 } from '../../src/tunnel/frames.ts';
-
-/** Deterministic PRNG so a failing fuzz case can be replayed. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
+import { lcgRandom } from '../helpers/rng.ts';
 
 const target = { node: 'node-b', src: 'node-a', ip: '10.2.0.2', port: 5353 };
 
@@ -80,7 +72,7 @@ describe('datagram frames', () => {
   });
 
   it('fuzz: random and mutated datagram streams only ever yield frames or a FrameError', () => {
-    const next = rng(4242);
+    const next = lcgRandom(4242);
     const valid = Buffer.concat([
       encodeFrame(FrameType.DGRAM_OPEN, 1, encodeOpen(target)),
       encodeFrame(FrameType.DGRAM, 1, crypto.randomBytes(200)),

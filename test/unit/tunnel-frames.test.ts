@@ -16,15 +16,7 @@ import {
   FrameType,
   MAX_PAYLOAD,
 } from '../../src/tunnel/frames.ts';
-
-/** Deterministic PRNG so a failing fuzz case can be replayed. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
+import { lcgRandom } from '../helpers/rng.ts';
 
 describe('frame codec', () => {
   it('round-trips frames split at every byte boundary', () => {
@@ -106,7 +98,7 @@ describe('frame codec', () => {
   });
 
   it('fuzz: random and mutated streams only ever yield frames or a FrameError', () => {
-    const next = rng(12345);
+    const next = lcgRandom(12345);
     const valid = Buffer.concat([
       encodeFrame(FrameType.OPEN, 1, encodeOpen({ node: 'b', src: 'a', ip: '10.0.0.1', port: 80 })),
       encodeFrame(FrameType.DATA, 1, crypto.randomBytes(300)),
