@@ -29,7 +29,7 @@ import { ClientDataPool, ServerDataPool } from './data-pool.ts';
 import { DataTokens, takeBuffered } from './data-tokens.ts';
 import { type DatagramRoute, type DatagramStatus, DatagramTunnel } from './datagram-tunnel.ts';
 import type { DataPoolAnnouncement, OpenTarget, SealedOpen } from './frames.ts';
-import { StreamJoins } from './join-streams.ts';
+import { joinTracked } from './join-streams.ts';
 import { PumpSet } from './pump-set.ts';
 import { SealedControl } from './sealed-control.ts';
 import {
@@ -48,6 +48,7 @@ import {
   type Session,
   type StreamSink,
 } from './session.ts';
+import { StreamSet } from './stream-set.ts';
 import { dialSession, TlsListener } from './tls-listener.ts';
 import type { TunnelStream } from './tunnel-stream.ts';
 
@@ -225,7 +226,7 @@ export class EdgeTunnel implements Service {
   /** Running sealed pumps: idle timeout, live bytes, drained on stop. */
   private readonly pumps: PumpSet<'direct' | 'relay'>;
   /** Running framed streams (not sealed): the same idle timeout and stop drain as the pumps. */
-  private readonly joins: StreamJoins;
+  private readonly joins: StreamSet;
   private readonly hello: HelloInfo;
   private readonly own: string;
   private readonly cfg: EdgemeshConfig['modules']['edgeTunnel'];
@@ -258,7 +259,7 @@ export class EdgeTunnel implements Service {
     this.own = o.config.nodeName;
     // modules.edgeProxy.idleTimeoutMs applies to sealed streams as to the data plane's connections.
     this.pumps = new PumpSet(o.config.modules.edgeProxy.idleTimeoutMs);
-    this.joins = new StreamJoins(o.config.modules.edgeProxy.idleTimeoutMs);
+    this.joins = new StreamSet(o.config.modules.edgeProxy.idleTimeoutMs, 'tunnel stopping');
     this.metrics = tunnelMetrics(o.registry, () => this.pumps.bytes());
     // Live pump counters (bytes as they move; the per-stream ones count when a stream ends).
     if (o.registry) registerPumpMetrics(o.registry);
@@ -594,7 +595,7 @@ export class EdgeTunnel implements Service {
       plain.once('connect', () => plain.setTimeout(0));
       plain.on('error', () => {});
       this.accepted.delete(socket);
-      void this.joins.join(socket, plain);
+      void joinTracked(this.joins, socket, plain);
       socket.resume();
       return;
     }
@@ -607,7 +608,7 @@ export class EdgeTunnel implements Service {
     stream.on('error', () => {});
     // The join owns the client now: stop() drains it with a deadline instead of cutting it.
     this.accepted.delete(socket);
-    void this.joins.join(socket, stream);
+    void joinTracked(this.joins, socket, stream);
     socket.resume();
   }
 
@@ -888,7 +889,7 @@ export class EdgeTunnel implements Service {
     socket.setNoDelay(true);
     socket.once('connect', () => {
       this.metrics.inbound.inc({ result: 'connected' });
-      void this.joins.join(stream, socket);
+      void joinTracked(this.joins, stream, socket);
     });
     socket.once('error', (err) => {
       if (socket.connecting || !socket.remoteAddress) {

@@ -21,7 +21,7 @@ import { SpliceEnd, spliceStreams } from './relay-splice.ts';
 import { SealedControl } from './sealed-control.ts';
 import { type PumpBytes, registerPumpMetrics, sealedPumpMode } from './sealed-pump.ts';
 import { DGRAM_CAP, SEALED_CAP, type Session } from './session.ts';
-import { SpliceSet } from './splice-set.ts';
+import { StreamSet } from './stream-set.ts';
 import { TlsListener } from './tls-listener.ts';
 
 export interface RelayServerOptions {
@@ -159,7 +159,7 @@ export class RelayServer implements Service {
   /** Splice pumps of sealed streams, keyed JSON [src, dst]: idle timeout, live bytes, drained on stop. */
   private readonly pumps: PumpSet;
   /** Framed streams spliced frame by frame: the same idle timeout and stop drain as the pumps. */
-  private readonly splices: SpliceSet;
+  private readonly splices: StreamSet;
   private stopping = false;
   private readonly dataTokens: DataTokens;
   private readonly sealed: boolean;
@@ -172,7 +172,7 @@ export class RelayServer implements Service {
 
   constructor(private readonly o: RelayServerOptions) {
     this.pumps = new PumpSet(o.idleTimeoutMs ?? 0);
-    this.splices = new SpliceSet(o.idleTimeoutMs ?? 0);
+    this.splices = new StreamSet(o.idleTimeoutMs ?? 0, 'relay stopping');
     this.metrics = relayMetrics(o.registry, () => this.pumps.bytes());
     // Live splice byte counters (edgemesh_relay_bytes_total counts a stream when it ends).
     if (o.registry) registerPumpMetrics(o.registry);
@@ -310,8 +310,12 @@ export class RelayServer implements Service {
         dstBytes.rx += n;
         srcBytes.tx += n;
       });
-      spliceStreams(inbound, outbound);
-      this.splices.add(inbound);
+      const life = spliceStreams(inbound, outbound);
+      const ended = new Promise<void>((resolve) => {
+        life.onEnd = resolve;
+      });
+      const stream = { lastActive: () => life.last, abort: (reason: string) => inbound.resetBoth(reason) };
+      void this.splices.track(stream, () => ended);
       return outbound;
     });
     return inbound;
