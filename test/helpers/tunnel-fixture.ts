@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { Registry } from 'prom-client';
+import { expect } from 'vitest';
 import { defaultConfig } from '../../src/config/defaults.ts';
 import type { EdgemeshConfig } from '../../src/config/types.ts';
 import type { Endpoint, ServiceEntry, ServiceTable } from '../../src/controller/types.ts';
@@ -14,6 +15,7 @@ import { EMPTY_TABLE } from '../../src/controller/types.ts';
 import { loadCredentials } from '../../src/tunnel/credentials.ts';
 import { EdgeTunnel, type EdgeTunnelOptions } from '../../src/tunnel/edge-tunnel.ts';
 import { RelayServer } from '../../src/tunnel/relay-server.ts';
+import { eventually } from './eventually.ts';
 import { freePort } from './ports.ts';
 
 /** A logger whose lines tests can read. */
@@ -72,6 +74,66 @@ export function exchange(port: number, data: Buffer | string, host = '127.0.0.1'
     s.on('error', reject);
     s.end(data);
   });
+}
+
+/** Resolves when `s` closes, with how long it stayed open from `t0` (ms). */
+export function closedAfter(s: net.Socket, t0: number): Promise<number> {
+  return new Promise((resolve) => {
+    s.on('error', () => {});
+    if (s.destroyed) resolve(performance.now() - t0);
+    else s.once('close', () => resolve(performance.now() - t0));
+  });
+}
+
+/** A client of a tunnel's local port; collects what comes back and whether it ended cleanly. */
+export async function tunnelClient(
+  port: number,
+): Promise<{ s: net.Socket; got: () => string; ended: Promise<boolean> }> {
+  const s = net.connect({ host: '127.0.0.1', port });
+  s.on('error', () => {});
+  let got = '';
+  s.on('data', (d: Buffer) => {
+    got += d.toString();
+  });
+  const ended = new Promise<boolean>((resolve) => {
+    s.once('end', () => resolve(true));
+    s.once('close', () => resolve(false));
+  });
+  await new Promise<void>((r) => s.once('connect', () => r()));
+  return { s, got: () => got, ended };
+}
+
+/**
+ * The idle-timeout scenario on `port` (an echo pod behind it): an idle stream closes on the client no
+ * earlier than `idleMs` after its last byte, with its reply, and its pod connection goes too, while a
+ * busy one outlives twice that; `whileBusy` runs its checks before the busy stream is closed.
+ */
+export async function expectIdleClosedBusyLives(
+  port: number,
+  pod: { conns: Set<net.Socket> },
+  idleMs: number,
+  whileBusy: () => void | Promise<void>,
+): Promise<void> {
+  const podsBefore = pod.conns.size;
+  const idle = await tunnelClient(port);
+  const busy = await tunnelClient(port);
+  const ticker = setInterval(() => busy.s.write('tick'), 100);
+  try {
+    idle.s.write('hi');
+    await eventually(async () => pod.conns.size === podsBefore + 2);
+    const t0 = performance.now();
+    const openFor = await closedAfter(idle.s, t0);
+    expect(openFor).toBeGreaterThanOrEqual(idleMs - 150); // counted from 'hi', before t0
+    expect(idle.got()).toBe('hi');
+    // The pod's end went too: only the busy stream's pod connection is left.
+    await eventually(async () => pod.conns.size === podsBefore + 1, 5000);
+    await new Promise((r) => setTimeout(r, Math.max(0, 2 * idleMs - openFor)));
+    expect(busy.s.destroyed).toBe(false);
+    await whileBusy();
+  } finally {
+    clearInterval(ticker);
+    busy.s.destroy();
+  }
 }
 
 /** The sum of a metric's values (all label sets), or of those whose labels include `labels`. */

@@ -6,18 +6,18 @@
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eventually } from '../helpers/eventually.ts';
-import { ep, exchange, localPort, metric, TunnelFixture, table } from '../helpers/tunnel-fixture.ts';
+import {
+  closedAfter,
+  ep,
+  exchange,
+  expectIdleClosedBusyLives,
+  localPort,
+  metric,
+  TunnelFixture,
+  table,
+} from '../helpers/tunnel-fixture.ts';
 
 const IDLE_MS = 600;
-
-/** Resolves when `s` closes, with how long it stayed open from `t0`. */
-function closed(s: net.Socket, t0: number): Promise<number> {
-  return new Promise((resolve) => {
-    s.on('error', () => {});
-    if (s.destroyed) resolve(performance.now() - t0);
-    else s.once('close', () => resolve(performance.now() - t0));
-  });
-}
 
 /** A client of the tunnel's local port that reads and discards what comes back. */
 async function client(port: number): Promise<net.Socket> {
@@ -67,30 +67,14 @@ describe.each(['native', 'ts'] as const)('sealed stream lifecycle (pump: %s)', (
   });
 
   it('an idle stream is closed after the idle timeout on both ends; a busy one is not', async () => {
-    const podsBefore = echo.conns.size;
-    const idle = await client(port);
-    const busy = await client(port);
-    const ticker = setInterval(() => busy.write('tick'), 100);
-    try {
-      idle.write('hi');
-      await eventually(async () => echo.conns.size === podsBefore + 2);
-      const t0 = performance.now();
-      const openFor = await closed(idle, t0);
-      expect(openFor).toBeGreaterThanOrEqual(IDLE_MS - 150); // counted from 'hi', before t0
-      // The pod's end went too: only the busy stream's pod connection is left.
-      await eventually(async () => echo.conns.size === podsBefore + 1, 5000);
-      await new Promise((r) => setTimeout(r, Math.max(0, 2 * IDLE_MS - openFor)));
-      expect(busy.destroyed).toBe(false);
+    await expectIdleClosedBusyLives(port, echo, IDLE_MS, async () => {
       // Both agents time the stream out; whichever timer fires first closes it (the other end then
       // sees a reset, not an idle), so the idle close is counted on a or on b.
       expect(a.t.status().sealed.idleClosed + b.t.status().sealed.idleClosed).toBeGreaterThanOrEqual(1);
       expect(
         await metric(a.registry, 'edgemesh_tunnel_pump_events_total', { counter: 'idle_closes' }),
       ).toBeGreaterThanOrEqual(1);
-    } finally {
-      clearInterval(ticker);
-      busy.destroy();
-    }
+    });
   });
 
   it('byte counters move mid-stream (agent and relay scrapes); relay /status names its pump and counts the stream', async () => {
@@ -126,7 +110,7 @@ describe.each(['native', 'ts'] as const)('sealed stream lifecycle (pump: %s)', (
     try {
       await eventually(async () => a.t.status().sealed.active >= 1);
       const t0 = performance.now();
-      const gone = closed(c, t0);
+      const gone = closedAfter(c, t0);
       await a.t.stop();
       const stopTook = performance.now() - t0;
       expect(stopTook).toBeGreaterThanOrEqual(350);
@@ -156,7 +140,7 @@ describe.each(['native', 'ts'] as const)('sealed stream lifecycle (pump: %s)', (
     try {
       await eventually(async () => r2.r.status().pump.active === 1);
       const t0 = performance.now();
-      const gone = closed(cl, t0);
+      const gone = closedAfter(cl, t0);
       await r2.r.stop();
       const stopTook = performance.now() - t0;
       expect(stopTook).toBeGreaterThanOrEqual(350);
