@@ -1,10 +1,13 @@
 // sockops: (1) when a socket that connect4 sent to the proxy starts its handshake, record its local
 // address:port (what the proxy will see as the peer of its accepted socket) -> the original service
 // address, so cgroup/getsockopt can answer SO_ORIGINAL_DST without iptables or conntrack.
-// (2) with EM_CFG_SOCKMAP, put both ends of a socket-LB connection between local sockets into the
-// sockhash that sk_msg.bpf.c redirects through. (3) a socket connect4 rewrote gets state callbacks;
-// when it reaches TCP_CLOSE its cookie and tuple entries are deleted, so the maps hold live sockets
-// only (LRU eviction would otherwise start on every connect once 262,144 had been made).
+// (2) with EM_CFG_SOCKMAP, put both ends of a connection between local sockets into the sockhash
+// that sk_msg.bpf.c redirects through: socket-LB connections (client -> backend), and both legs of a
+// proxied one (client -> proxy, and the proxy's SO_MARKed upstream socket -> backend; the proxy
+// must then read with read/recvmsg, never splice). (3) a socket connect4 rewrote or that entered
+// edgemesh_lbt_v1 gets state callbacks; when it reaches TCP_CLOSE its cookie, tuple and lbt entries
+// are deleted, so the maps hold live sockets only (LRU eviction would otherwise start on every
+// connect once 262,144 had been made).
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -82,20 +85,38 @@ static __always_inline struct em_sock_key em_own_key(struct bpf_sock_ops *skops)
 	return key;
 }
 
-static __always_inline int em_sockmap_enabled(void)
+/* The agent's settings when the sk_msg shortcut is on, else NULL. */
+static __always_inline struct em_config *em_sockmap_config(void)
 {
 	__u32 zero = 0;
 	struct em_config *cfg = bpf_map_lookup_elem(&edgemesh_cfg_v2, &zero);
-	return cfg && (cfg->flags & EM_CFG_SOCKMAP);
+	return cfg && (cfg->flags & EM_CFG_SOCKMAP) ? cfg : 0;
 }
 
-/* Client end: only connections connect4 balanced (not proxied ones: the proxy may splice). */
-static __always_inline int em_add_active(struct bpf_sock_ops *skops)
+/* True for the proxy's own upstream socket: it carries the bypass SO_MARK (the same mark that
+ * keeps connect4 from sending it back into the proxy). A plain load of sk->mark, no helper call. */
+static __always_inline int em_is_upstream(struct bpf_sock_ops *skops, const struct em_config *cfg)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk || cfg->bypass_mark == 0)
+		return 0;
+	return (sk->mark & cfg->bypass_mark) == cfg->bypass_mark;
+}
+
+/* Active end: a connection connect4 rewrote (balanced straight to a backend, or sent to the proxy),
+ * or the proxy's upstream socket. It is recorded in edgemesh_lbt_v1 so the accepting end, when it is
+ * a local socket in the cgroup too, joins it (em_add_passive); a remote peer never does, and the
+ * socket's sendmsg then only passes through sk_msg. */
+static __always_inline int em_add_active(struct bpf_sock_ops *skops, const struct em_config *cfg)
 {
 	__u64 cookie = bpf_get_socket_cookie(skops);
-	struct em_orig *orig = bpf_map_lookup_elem(&edgemesh_ck_v1, &cookie);
-	if (!orig || (orig->flags & EM_ORIG_PROXIED))
-		return -2;
+	if (!bpf_map_lookup_elem(&edgemesh_ck_v1, &cookie)) {
+		if (!em_is_upstream(skops, cfg))
+			return -2;
+		/* Not a rewritten socket, so nobody asked for its state changes yet: TCP_CLOSE must
+		 * delete its lbt entry when no local peer consumed it (a remote backend). */
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	}
 	struct em_sock_key key = em_own_key(skops);
 	__u32 one = 1;
 	bpf_map_update_elem(&edgemesh_lbt_v1, &key, &one, BPF_ANY);
@@ -105,7 +126,7 @@ static __always_inline int em_add_active(struct bpf_sock_ops *skops)
 	return (int)err;
 }
 
-/* Server end: only when its peer is a balanced client end recorded above (so both are local). */
+/* Passive end: only when its peer is an active end recorded above (so both are local). */
 static __always_inline int em_add_passive(struct bpf_sock_ops *skops)
 {
 	struct em_sock_key key = em_own_key(skops);
@@ -117,6 +138,8 @@ static __always_inline int em_add_passive(struct bpf_sock_ops *skops)
 	};
 	if (!bpf_map_lookup_elem(&edgemesh_lbt_v1, &peer))
 		return -2;
+	/* Consumed: a later connection that reuses the tuple must be recorded afresh. */
+	bpf_map_delete_elem(&edgemesh_lbt_v1, &peer);
 	long err = bpf_sock_hash_update(skops, &edgemesh_sh_v1, &key, BPF_NOEXIST);
 	if (err == 0)
 		em_count(EM_STAT_SOCKMAP);
@@ -137,17 +160,23 @@ int edgemesh_sockops(struct bpf_sock_ops *skops)
 		 * before the proxy can accept the connection. */
 		em_record_proxied(skops);
 		break;
-	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-		if (em_sockmap_enabled())
-			em_add_active(skops);
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
+		struct em_config *cfg = em_sockmap_config();
+		if (cfg)
+			em_add_active(skops, cfg);
 		break;
+	}
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		if (em_sockmap_enabled())
+		if (em_sockmap_config())
 			em_add_passive(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] == BPF_TCP_CLOSE && skops->family == 2)
+		if (skops->args[1] == BPF_TCP_CLOSE && skops->family == 2) {
 			em_forget(skops);
+			/* An active end no local peer consumed (its peer was remote); a no-op otherwise. */
+			struct em_sock_key key = em_own_key(skops);
+			bpf_map_delete_elem(&edgemesh_lbt_v1, &key);
+		}
 		break;
 	}
 	return 1;

@@ -10,6 +10,8 @@ import { TsDataplane } from './ts/ts-dataplane.ts';
 export interface DataplaneChoice {
   dataplane: Dataplane;
   reason: string;
+  /** The native plane inside `dataplane` (not started yet), when native was chosen. */
+  native?: NativeDataplane;
 }
 
 export interface CreateDataplaneOptions {
@@ -65,6 +67,7 @@ export async function createDataplane(options: CreateDataplaneOptions): Promise<
         proxy.spliceBack,
       ),
       reason: `--dataplane ${mode}: native addon loaded and probes passed`,
+      native: dataplane,
     };
   }
   // ----------------------------------------------------------------------------------------------

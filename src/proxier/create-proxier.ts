@@ -69,6 +69,17 @@ export async function createProxier(options: {
     },
   });
   log.info({ mode: ic.interceptor.mode, reason: ic.reason }, 'interception chosen');
+  let dpReason = dp.reason;
+  if (dp.native) {
+    // The sk_msg shortcut puts the plane's accepted and upstream sockets into the sockhash when
+    // their peers are local sockets in the cgroup; splice() never sees bytes redirected into them.
+    const sockmap = ic.interceptor.mode === 'ebpf' && proxy.ebpfSockmap;
+    if (sockmap) dp.native.setForwardMode('readwrite');
+    dpReason += sockmap
+      ? '; forward read/write: the eBPF sk_msg shortcut (ebpfSockmap) is on, splice() would not see its bytes'
+      : '; forward splice';
+    log.info({ forward: dp.native.forwardMode }, 'native plane forward mode chosen');
+  }
   if (ic.interceptor.mode !== 'none') useBypassGid(proxy.bypassGid, log);
   const proxier = new Proxier({
     dataplane: dp.dataplane,
@@ -79,6 +90,6 @@ export async function createProxier(options: {
   return {
     proxier,
     intercept: { mode: ic.interceptor.mode, reason: ic.reason },
-    dataplane: { mode: dp.dataplane.mode, reason: dp.reason },
+    dataplane: { mode: dp.dataplane.mode, reason: dpReason },
   };
 }

@@ -85,6 +85,8 @@ export class NativeDataplane implements Dataplane {
   readonly mode = 'native' as const;
   private binding: NativeBinding | undefined;
   private planeId = 0;
+  /** setForwardMode()'s choice (overrides options.forwardMode). */
+  private forwardChoice: ForwardMode | undefined;
   private boundPort = 0;
   private pool: Piscina | undefined;
   private tasks: Promise<void>[] = [];
@@ -127,6 +129,20 @@ export class NativeDataplane implements Dataplane {
     return this.routes;
   }
 
+  /**
+   * Switches how bytes move, before start(): the agent picks read/write when the eBPF sk_msg
+   * shortcut may put this plane's sockets into the sockhash (splice() never sees redirected bytes).
+   */
+  setForwardMode(mode: ForwardMode): void {
+    if (this.binding) throw new Error('setForwardMode() after start()');
+    this.forwardChoice = mode;
+  }
+
+  /** How bytes move (fixed once started). */
+  get forwardMode(): ForwardMode {
+    return this.forwardChoice ?? this.options.forwardMode ?? 'splice';
+  }
+
   async start(): Promise<void> {
     const loaded = loadNative();
     if (!loaded.binding || !loaded.path)
@@ -147,7 +163,7 @@ export class NativeDataplane implements Dataplane {
       mark,
       o.connectTimeoutMs,
       o.idleTimeoutMs,
-      (o.forwardMode ?? 'splice') === 'splice',
+      this.forwardMode === 'splice',
       o.pipeSize ?? PIPE_SIZE,
       o.bufferSize ?? RW_BUFFER_SIZE,
       o.maxConnectAttempts ?? 3,
@@ -217,7 +233,7 @@ export class NativeDataplane implements Dataplane {
       await new Promise((r) => setTimeout(r, 5));
     }
     o.log.info(
-      { port: this.boundPort, workers: this.workerCount, forward: o.forwardMode ?? 'splice', mark },
+      { port: this.boundPort, workers: this.workerCount, forward: this.forwardMode, mark },
       'native data plane started',
     );
   }
