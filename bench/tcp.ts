@@ -145,7 +145,7 @@ async function visit(
   bulkBackend: Backend,
   note: (text: string) => void,
 ): Promise<string> {
-  // Clients run in the node namespace (for edgemesh-ebpf and edgemesh-native-ebpf also inside the agent's cgroup).
+  // Clients run in the node namespace (for edgemesh-ebpf and edgemesh-native-ebpf[-sockmap] also inside the agent's cgroup).
   const ns: Where = c.clientPrefix ?? topo.nodeNs;
   const base = { case: topo.kind, contender: name };
   const extra = { path: c.path };

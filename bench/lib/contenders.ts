@@ -347,19 +347,26 @@ let ebpfCounter = 0;
  * straight to the backend, so no proxy is in the path at all. 'native-ebpf' is the native plane
  * behind the same cgroup hooks with socket-LB off (ebpfSocketLb: false): connect4 sends every
  * connect to the proxy port, SO_ORIGINAL_DST comes from the maps, so no NAT and no conntrack rule.
+ * 'native-ebpf-sockmap' is 'native-ebpf' plus the sk_msg shortcut (ebpfSockmap: true, the plane then
+ * forwards read/write): both legs of a proxied connection go socket to socket when both ends are
+ * local sockets in the cgroup. So its own iperf3 and echo backends run INSIDE that cgroup (in the
+ * backend namespace), as on a real node where every pod sits below the root cgroup the programs
+ * attach to; the shared backends (outside the cgroup) would leave the upstream leg on TCP/IP.
  */
 export function edgemesh(
-  dataplane: 'native' | 'ts' | 'ebpf' | 'native-ebpf',
+  dataplane: 'native' | 'ts' | 'ebpf' | 'native-ebpf' | 'native-ebpf-sockmap',
   intercept = 'iptables',
 ): Contender {
-  const ebpf = dataplane === 'ebpf' || dataplane === 'native-ebpf';
+  const proxied = dataplane === 'native-ebpf' || dataplane === 'native-ebpf-sockmap';
+  const ebpf = dataplane === 'ebpf' || proxied;
   return {
     name: `edgemesh-${dataplane}`,
     async unavailable() {
       if (!ebpf) return undefined;
       return hostCgroup2Root() ? undefined : 'no cgroup v2 mounted on the host (needed for --intercept ebpf)';
     },
-    async start({ topo, backend, workDir }) {
+    async start({ topo, backend: shared, workDir }) {
+      let backend = shared;
       const dir = path.join(workDir, `edgemesh-${dataplane}-${metricsPort}`);
       mkdirSync(path.join(dir, 'manifests'), { recursive: true });
       writeFileSync(path.join(dir, 'manifests', 'bench.yaml'), benchManifests(topo.backendIP, backend));
@@ -368,6 +375,10 @@ export function edgemesh(
       const extraArgs: string[] = [];
       let clientPrefix: string[] | undefined;
       let removeCgroup = () => {};
+      const ownBackends: Supervised[] = [];
+      const stopOwnBackends = async () => {
+        for (const b of ownBackends.splice(0)) await b.stop();
+      };
       if (ebpf) {
         // A child cgroup of our own (relative in the config: inside `ip netns exec` the agent
         // finds or mounts the same cgroup2 hierarchy elsewhere) and our own pin folder.
@@ -379,7 +390,7 @@ export function edgemesh(
         const config = path.join(dir, 'agent.yaml');
         writeFileSync(
           config,
-          `modules:\n  edgeProxy:\n    ebpfCgroup: ${name}\n    ebpfPinDir: /sys/fs/bpf/${name}\n${dataplane === 'native-ebpf' ? '    ebpfSocketLb: false\n' : ''}`,
+          `modules:\n  edgeProxy:\n    ebpfCgroup: ${name}\n    ebpfPinDir: /sys/fs/bpf/${name}\n${proxied ? '    ebpfSocketLb: false\n' : ''}${dataplane === 'native-ebpf-sockmap' ? '    ebpfSockmap: true\n' : ''}`,
         );
         extraArgs.push('--config', config);
         // Join the cgroup on the host side first: `ip netns exec` mounts a fresh /sys without it.
@@ -389,6 +400,27 @@ export function edgemesh(
           `echo $$ > ${cgroup}/cgroup.procs && exec ip netns exec ${topo.nodeNs} "$@"`,
           'sh',
         ];
+        if (dataplane === 'native-ebpf-sockmap') {
+          // Backends of our own inside the cgroup (see the doc comment), on ports of our own.
+          const inCgroup = [
+            'sh',
+            '-c',
+            `echo $$ > ${cgroup}/cgroup.procs && exec ip netns exec ${topo.backendNs} "$@"`,
+            'sh',
+          ];
+          backend = { bulk: backend.bulk + 10, echo: backend.echo + 10 };
+          const ports = backend;
+          const lg = await loadgenBinary();
+          ownBackends.push(
+            await daemon(inCgroup, ['iperf3', '-s', '-p', String(ports.bulk)], () =>
+              waitListening(topo.backendNs, ports.bulk),
+            ),
+            await daemon(inCgroup, [lg, 'serve', String(ports.echo)], () =>
+              waitListening(topo.backendNs, ports.echo),
+            ),
+          );
+          writeFileSync(path.join(dir, 'manifests', 'bench.yaml'), benchManifests(topo.backendIP, backend));
+        }
       }
       const argv = [
         process.execPath,
@@ -398,7 +430,7 @@ export function edgemesh(
         '--manifests',
         path.join(dir, 'manifests'),
         '--dataplane',
-        dataplane === 'ebpf' ? 'auto' : dataplane === 'native-ebpf' ? 'native' : dataplane,
+        dataplane === 'ebpf' ? 'auto' : proxied ? 'native' : dataplane,
         '--intercept',
         ebpf ? 'ebpf' : intercept,
         '--no-dns',
@@ -415,7 +447,7 @@ export function edgemesh(
       try {
         // native-ebpf: the agent joins the cgroup too, so the getsockopt hook answers its
         // SO_ORIGINAL_DST (its own upstream connects are bypassed by pid and SO_MARK).
-        const where = dataplane === 'native-ebpf' && clientPrefix ? clientPrefix : topo.nodeNs;
+        const where = proxied && clientPrefix ? clientPrefix : topo.nodeNs;
         d = await daemon(where, argv, async () => {
           // Generous: on a loaded 2-core machine the agent's start (tsx, first snapshot) takes seconds.
           const deadline = Date.now() + 45_000;
@@ -440,7 +472,7 @@ export function edgemesh(
             }
             await delay(100);
           }
-          const wantPlane = dataplane === 'native-ebpf' ? 'native' : dataplane;
+          const wantPlane = proxied ? 'native' : dataplane;
           const wrong =
             (ebpf &&
               status.intercept?.mode !== 'ebpf' &&
@@ -454,6 +486,7 @@ export function edgemesh(
           await probeVip(clientPrefix ?? topo.nodeNs, backend);
         });
       } catch (err) {
+        await stopOwnBackends();
         removeCgroup();
         throw err;
       }
@@ -466,10 +499,13 @@ export function edgemesh(
             ? 'cgroup/connect4 socket-LB: connects go straight to the backend, no proxy'
             : dataplane === 'native-ebpf'
               ? 'native data plane, cgroup/connect4 to the proxy + SO_ORIGINAL_DST from BPF maps (no NAT)'
-              : `${status.dataplane?.mode ?? dataplane} data plane, ${status.intercept?.mode ?? intercept} interception`,
+              : dataplane === 'native-ebpf-sockmap'
+                ? 'native data plane (read/write), cgroup/connect4 to the proxy, sk_msg socket to socket on both legs (backends in the cgroup)'
+                : `${status.dataplane?.mode ?? dataplane} data plane, ${status.intercept?.mode ?? intercept} interception`,
         clientPrefix,
         stop: async () => {
           await d.stop();
+          await stopOwnBackends();
           removeCgroup();
         },
       };
@@ -484,6 +520,7 @@ export function allContenders(): Contender[] {
     edgemesh('ebpf'),
     edgemesh('native'),
     edgemesh('native-ebpf'),
+    edgemesh('native-ebpf-sockmap'),
     edgemesh('ts'),
     haproxy,
     haproxyRedirect,
