@@ -150,12 +150,13 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
   }
 
   // planeCreate(mark, connectTimeoutMs, idleTimeoutMs, useSplice, pipeSize, bufferSize, maxAttempts,
-  // serviceSlots, spinUs?) -> plane id. The plane lives in a process-wide registry so piscina worker
-  // threads (other Node environments) can run it; planeDestroy releases it.
+  // serviceSlots, spinUs?, cpuAffinity?) -> plane id. The plane lives in a process-wide registry so
+  // piscina worker threads (other Node environments) can run it; planeDestroy releases it.
   Napi::Value PlaneCreate(const Napi::CallbackInfo& info) {
     static constexpr const char* kUsage =
         "planeCreate(mark: number, connectTimeoutMs: number, idleTimeoutMs: number, useSplice: boolean, "
-        "pipeSize: number, bufferSize: number, maxAttempts: number, serviceSlots: number, spinUs?: number)";
+        "pipeSize: number, bufferSize: number, maxAttempts: number, serviceSlots: number, spinUs?: number, "
+        "cpuAffinity?: boolean)";
     if (info.Length() < 8 || !info[3].IsBoolean()) ThrowUsage(info.Env(), kUsage);
     edgemesh::PlaneOptions o;
     o.mark = U32Arg(info, 0, kUsage);
@@ -167,6 +168,10 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
     o.max_attempts = U32Arg(info, 6, kUsage);
     o.service_slots = U32Arg(info, 7, kUsage);
     if (info.Length() > 8 && !info[8].IsUndefined()) o.spin_us = U32Arg(info, 8, kUsage);
+    if (info.Length() > 9 && !info[9].IsUndefined()) {
+      if (!info[9].IsBoolean()) ThrowUsage(info.Env(), kUsage);
+      o.cpu_affinity = info[9].As<Napi::Boolean>().Value();
+    }
     if (o.pipe_size < 4096 || o.buffer_size < 4096 || o.max_attempts == 0 || o.service_slots > (1u << 20) ||
         o.connect_timeout_ms == 0 || o.spin_us > 1000000)
       ThrowUsage(info.Env(), kUsage);

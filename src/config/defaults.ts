@@ -47,6 +47,7 @@ export function defaultConfig(): EdgemeshConfig {
         tsPortRange: '21000-29999',
         spliceBack: true,
         nativeSpinUs: 0,
+        nativeCpuAffinity: false,
         iptablesBackend: 'auto',
         ebpfCgroup: '',
         ebpfPinDir: '/sys/fs/bpf/edgemesh',

@@ -106,6 +106,7 @@ export const configSchema: Schema = obj({
       localVipRoutes: bool,
       spliceBack: bool,
       nativeSpinUs: int(0, 1_000_000),
+      nativeCpuAffinity: bool,
       ebpfPinDir: str((v) =>
         v.startsWith('/') ? undefined : 'an absolute path on a bpffs, like /sys/fs/bpf/edgemesh',
       ),

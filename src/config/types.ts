@@ -75,6 +75,8 @@ export interface EdgemeshConfig {
       spliceBack: boolean;
       /** `--dataplane native`: after a busy batch workers poll this many µs before sleeping (0 = off; costs CPU). */
       nativeSpinUs: number;
+      /** `--dataplane native`: pin worker i to the i-th CPU and steer each new connection to its CPU's worker. */
+      nativeCpuAffinity: boolean;
       /** Which iptables binaries `--intercept iptables` uses; auto = the one already holding rules. */
       iptablesBackend: 'auto' | 'legacy' | 'nft';
       /** `--intercept ebpf`: cgroup v2 the programs attach to ('' = the unified root; relative = below it). */

@@ -54,6 +54,7 @@ export async function createDataplane(options: CreateDataplaneOptions): Promise<
       idleTimeoutMs: proxy.idleTimeoutMs,
       mark: NATIVE_PROXY_MARK,
       spinUs: proxy.nativeSpinUs,
+      cpuAffinity: proxy.nativeCpuAffinity,
     });
     // Ports with a TS protocol handler (http, websocket, https) or a hash that reads the request
     // go to the TS plane (started only when such a port exists) by fd hand-off from the native

@@ -38,6 +38,8 @@ export interface NativeBinding {
     serviceSlots: number,
     /** After a busy epoll batch, poll without blocking this many µs before sleeping (0 = never; ≤ 1,000,000). */
     spinUs?: number,
+    /** Pin worker i to the i-th allowed CPU and steer each SYN to the listener of its CPU (CBPF). */
+    cpuAffinity?: boolean,
   ): number;
   /** Binds `count` SO_REUSEPORT listeners (one per worker) on address:port; returns the bound port. */
   planeListen(id: number, address: string, port: number, count: number): number;

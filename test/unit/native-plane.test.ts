@@ -336,6 +336,77 @@ describe('NativeDataplane on loopback', () => {
     );
   });
 
+  it('pinned workers (cpuAffinity) run one per CPU, keep connections byte-exact, and unpin at stop', async () => {
+    // Threads of this process allowed on exactly one CPU (the pinned workers), as CPU numbers.
+    const pinned = () =>
+      fs
+        .readdirSync('/proc/self/task')
+        .map((t) => {
+          try {
+            return /Cpus_allowed_list:\s+(\S+)/.exec(
+              fs.readFileSync(`/proc/self/task/${t}/status`, 'utf8'),
+            )?.[1];
+          } catch {
+            return undefined; // thread gone meanwhile
+          }
+        })
+        .filter((l): l is string => l !== undefined && /^\d+$/.test(l))
+        .sort();
+    const before = pinned();
+    const cpus = os.availableParallelism();
+    const backend = await echoServer();
+    const dp = new NativeDataplane({
+      log,
+      proxyPort: 0,
+      listenHost: '127.0.0.1',
+      workers: cpus,
+      connectTimeoutMs: 1000,
+      idleTimeoutMs: 0,
+      mark: 0,
+      drainTimeoutMs: 1000,
+      cpuAffinity: true,
+    });
+    await dp.start();
+    cleanups.push(() => dp.stop());
+    const backendPort = (backend.address() as net.AddressInfo).port;
+    await dp.apply(
+      table([
+        svc('ns', 'echo', {
+          clusterIPs: ['127.0.0.1'],
+          ports: [{ port: dp.port, endpoints: [{ ip: '127.0.0.1', port: backendPort }] }],
+        }),
+      ]),
+      diff,
+    );
+    // One worker thread on each CPU this process may use.
+    const allowed = /Cpus_allowed_list:\s+(\S+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1]!;
+    const expected = allowed.split(',').flatMap((r) => {
+      const [a, b] = r.split('-').map(Number);
+      return Array.from({ length: (b ?? a!) - a! + 1 }, (_, i) => String(a! + i));
+    });
+    // (On a single allowed CPU every thread reads as pinned: nothing to tell apart.)
+    if (expected.length > 1) expect(pinned()).toEqual([...before, ...expected.slice(0, cpus)].sort());
+    // Connections whose SYNs the CBPF steers: every byte through, whichever worker took them.
+    const payloads = Array.from({ length: 40 }, (_, i) => crypto.randomBytes(1 + i * 997));
+    const echoed = await Promise.all(payloads.map((p) => roundTrip(dp.port, p)));
+    expect(echoed.map((e, i) => e.equals(payloads[i]!))).toEqual(payloads.map(() => true));
+    const bulk = crypto.randomBytes(2 * 1024 * 1024 + 3);
+    expect((await roundTrip(dp.port, bulk)).equals(bulk)).toBe(true);
+    await expect.poll(() => dp.counters().active).toBe(0);
+    const total = payloads.reduce((n, p) => n + p.length, 0) + bulk.length;
+    expect(dp.counters().accepted).toBe(41);
+    expect(dp.counters().bytes_up).toBe(total);
+    expect(dp.counters().bytes_down).toBe(total);
+    await dp.stop();
+    await expect(roundTrip(dp.port, Buffer.from('x'))).rejects.toThrow(/ECONNREFUSED/);
+    // The threads go back to every CPU (piscina may reuse them).
+    expect(pinned()).toEqual(before);
+    // Not a boolean: refused at the boundary.
+    expect(() =>
+      requireNative().planeCreate(0, 1000, 0, true, 1 << 20, 256 << 10, 3, 16, 0, 1 as unknown as boolean),
+    ).toThrow(/cpuAffinity/);
+  });
+
   it('lets the process exit without stop() (workers blocked in native code are woken)', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'emnx-'));
     cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));

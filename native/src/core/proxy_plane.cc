@@ -2,13 +2,16 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/filter.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
 
 namespace edgemesh {
@@ -153,6 +156,30 @@ std::optional<SyscallError> Plane::Listen(const std::string& address, uint16_t p
       sa.sin_port = bound.sin_port;
     }
   }
+  if (options.cpu_affinity) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) return fail("sched_getaffinity");
+    cpus_.clear();
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &set)) cpus_.push_back(cpu);
+    }
+    // Steer each SYN to the listener of the worker pinned to the CPU handling it: listener i is
+    // the i-th of the reuseport group (the order they were listened in). A CPU without a worker
+    // (more CPUs than workers) returns an index past the group: the kernel then falls back to
+    // its hash.
+    std::vector<sock_filter> code;
+    code.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, static_cast<uint32_t>(SKF_AD_OFF + SKF_AD_CPU)));
+    const size_t steered = std::min<size_t>(cpus_.size(), count);
+    for (size_t i = 0; i < steered; ++i) {
+      code.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(cpus_[i]), 0, 1));
+      code.push_back(BPF_STMT(BPF_RET | BPF_K, static_cast<uint32_t>(i)));
+    }
+    code.push_back(BPF_STMT(BPF_RET | BPF_K, 0xffffffffu));
+    sock_fprog prog{static_cast<unsigned short>(code.size()), code.data()};
+    if (setsockopt(fds[0], SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) != 0)
+      return fail("setsockopt(SO_ATTACH_REUSEPORT_CBPF)");
+  }
   bound_port_ = ntohs(sa.sin_port);
   listeners_.reset(new std::atomic<int>[count]);
   for (uint32_t i = 0; i < count; ++i) listeners_[i] = fds[i];
@@ -160,6 +187,11 @@ std::optional<SyscallError> Plane::Listen(const std::string& address, uint16_t p
   for (uint32_t i = 0; i < count; ++i) worker_counters_.push_back(std::make_unique<WorkerCounters>());
   listener_count_ = count;
   return std::nullopt;
+}
+
+int Plane::WorkerCpu(uint32_t index) const {
+  if (!options.cpu_affinity || cpus_.empty()) return -1;
+  return cpus_[index % cpus_.size()];
 }
 
 int Plane::TakeListener(uint32_t index) { return index < listener_count_ ? listeners_[index].exchange(-1) : -1; }

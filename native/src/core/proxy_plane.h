@@ -29,6 +29,10 @@ struct PlaneOptions {
   uint32_t max_attempts = 3;           // endpoints tried per connection (refused / timed out)
   uint32_t service_slots = 16384;      // per-service counter slots
   uint32_t spin_us = 0;                // after a busy batch, poll (epoll_wait 0) this long before blocking
+  // Worker i runs only on the i-th CPU the process may use, and each new connection goes to the
+  // listener of the CPU its SYN was handled on (a reuseport CBPF program): accept, forwarding and
+  // the client's own work then share a CPU instead of waking a worker across cores.
+  bool cpu_affinity = false;
 };
 
 // Counter order is part of the TS boundary (src/native/plane-counters.ts PLANE_COUNTER_NAMES).
@@ -134,6 +138,8 @@ class Plane {
   AffinityCache& affinity() { return affinity_; }
   // Takes listener `index` out of the plane (the worker closes it when it stops accepting).
   int TakeListener(uint32_t index);
+  // With options.cpu_affinity: the CPU worker `index` runs on (-1: no pinning).
+  int WorkerCpu(uint32_t index) const;
 
   // The hand-off consumer (the addon's thread-safe function): called from worker threads when the
   // queue turns non-empty. Empty = no consumer: L7 routes are then served as L4.
@@ -156,6 +162,7 @@ class Plane {
   std::unique_ptr<std::atomic<int>[]> listeners_;
   uint32_t listener_count_ = 0;
   uint16_t bound_port_ = 0;
+  std::vector<int> cpus_;  // CPUs the process may use, when options.cpu_affinity (set by Listen)
   int stop_fd_ = -1;
   std::atomic<int64_t> stop_deadline_ms_{0};
   std::vector<std::unique_ptr<WorkerCounters>> worker_counters_;

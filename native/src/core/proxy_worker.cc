@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -886,8 +887,19 @@ void Worker::CheckTimeouts(int64_t now) {
 
 std::optional<SyscallError> Plane::RunWorker(uint32_t index) {
   if (index >= listener_count_) return SyscallError{"run worker (no such listener index)", EINVAL};
+  // Pinned for the run only: the thread (a piscina worker) may serve other tasks afterwards.
+  cpu_set_t before;
+  bool pinned = false;
+  if (const int cpu = WorkerCpu(index); cpu >= 0 && sched_getaffinity(0, sizeof(before), &before) == 0) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    pinned = sched_setaffinity(0, sizeof(one), &one) == 0;
+  }
   Worker worker(*this, index);
-  return worker.Run();
+  auto result = worker.Run();
+  if (pinned) sched_setaffinity(0, sizeof(before), &before);
+  return result;
 }
 
 }  // namespace edgemesh

@@ -59,6 +59,8 @@ export interface NativeDataplaneOptions {
   bufferSize?: number;
   /** After a busy epoll batch, workers poll without sleeping this many µs (default 0 = off; costs CPU). */
   spinUs?: number;
+  /** Pin worker i to the i-th CPU and steer new connections to the worker of their CPU (default off). */
+  cpuAffinity?: boolean;
 }
 
 /** Where accepted connections on hand-off ports go: `take` owns the fd from then on. */
@@ -169,6 +171,7 @@ export class NativeDataplane implements Dataplane {
       o.maxConnectAttempts ?? 3,
       this.slots.capacity,
       o.spinUs ?? 0,
+      o.cpuAffinity ?? false,
     );
     const host = o.listenHost ?? '0.0.0.0';
     try {
