@@ -5,15 +5,17 @@
 // swings much less, so it is what this compares. Optional --bpf-stats: per-program BPF run time
 // per connection (kernel.bpf_stats_enabled on for the run, restored after).
 // Usage: node --import tsx bench/connrate-cpu.ts [--rounds N] [--seconds S] [--threads T]
-//        [--contenders a,b,...] [--case veth|loopback] [--bpf-stats]
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+//        [--contenders a,b,...] [--case veth|loopback] [--bpf-stats] [--variant PLANE:SUFFIX:ARGS]...
+// A variant is an edgemesh plane (native, native-ebpf) with extra agent flags (ARGS starting with
+// --) or edgeProxy config keys (key=value;key=value), reported as edgemesh-PLANE-SUFFIX.
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { allContenders, type BackendPorts } from './lib/contenders.ts';
+import { allContenders, type BackendPorts, type Contender, edgemesh } from './lib/contenders.ts';
 import { exec, inNs, type Where, waitListening } from './lib/exec.ts';
 import { loadgenBinary } from './lib/loadgen.ts';
-import { treeTicks } from './lib/proc-stats.ts';
+import { processTree, treeTicks } from './lib/proc-stats.ts';
 import { superviseTree } from './lib/supervise.ts';
 import { createTopology, type TopologyKind } from './lib/topology.ts';
 
@@ -28,6 +30,9 @@ const { values } = parseArgs({
     contenders: { type: 'string', default: 'haproxy,haproxy-redirect,edgemesh-native,edgemesh-native-ebpf' },
     case: { type: 'string', default: 'veth' },
     'bpf-stats': { type: 'boolean', default: false },
+    // A/B variants of an edgemesh plane, run interleaved with the contenders:
+    // --variant 'native-ebpf:w1:--workers 1' or 'native:spin:key=value;key=value' (edgeProxy keys).
+    variant: { type: 'string', multiple: true, default: [] },
   },
 });
 
@@ -67,9 +72,57 @@ async function bpfProgs(): Promise<Map<number, BpfProg>> {
   return out;
 }
 
+/** Whole-machine CPU ticks from /proc/stat: idle (idle + iowait), softirq, total. */
+function machineTicks(): { idle: number; softirq: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  return { idle: f[3]! + f[4]!, softirq: f[6]!, total: f.reduce((a, b) => a + b, 0) };
+}
+
+/** Voluntary and involuntary context switches summed over every thread of a process tree. */
+function treeSwitches(root: number): { vol: number; invol: number } {
+  let vol = 0;
+  let invol = 0;
+  for (const pid of processTree(root)) {
+    let tids: string[] = [];
+    try {
+      tids = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue; // gone meanwhile
+    }
+    for (const tid of tids) {
+      try {
+        const st = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
+        vol += Number(/voluntary_ctxt_switches:\s+(\d+)/.exec(st)?.[1] ?? 0);
+        invol += Number(/nonvoluntary_ctxt_switches:\s+(\d+)/.exec(st)?.[1] ?? 0);
+      } catch {
+        // thread gone meanwhile
+      }
+    }
+  }
+  return { vol, invol };
+}
+
+function variantOf(spec: string): Contender {
+  const [plane, suffix, ...rest] = spec.split(':');
+  const args = rest.join(':');
+  if ((plane !== 'native' && plane !== 'native-ebpf') || !suffix)
+    throw new Error(`--variant ${spec}: want native|native-ebpf:SUFFIX:ARGS`);
+  if (args.startsWith('--'))
+    return edgemesh(plane, 'iptables', { suffix, agentArgs: args.split(' ').filter(Boolean) });
+  const edgeProxy = args
+    .split(';')
+    .filter(Boolean)
+    .map((kv) => `    ${kv.replace('=', ': ')}\n`)
+    .join('');
+  return edgemesh(plane, 'iptables', { suffix, agentArgs: [], edgeProxy });
+}
+
 async function main(): Promise<void> {
   const wanted = values.contenders!.split(',');
-  const contenders = allContenders().filter((c) => wanted.includes(c.name));
+  const contenders = [
+    ...allContenders().filter((c) => wanted.includes(c.name)),
+    ...(values.variant ?? []).map(variantOf),
+  ];
   const topo = await createTopology(values.case as TopologyKind);
   const lg = await loadgenBinary();
   const workDir = mkdtempSync(path.join(os.tmpdir(), 'edgemesh-connrate-cpu-'));
@@ -95,7 +148,13 @@ async function main(): Promise<void> {
           const b0 = treeTicks(echo.pid);
           const bpf0 = await bpfProgs();
           const load0 = os.loadavg()[0]!;
+          const m0 = machineTicks();
+          const s0 = running.pid ? treeSwitches(running.pid) : { vol: 0, invol: 0 };
+          const e0 = treeSwitches(echo.pid);
           const client = await clientRun(ns, running.echo.host, running.echo.port);
+          const m1 = machineTicks();
+          const s1 = running.pid ? treeSwitches(running.pid) : { vol: 0, invol: 0 };
+          const e1 = treeSwitches(echo.pid);
           const p1 = running.pid ? treeTicks(running.pid) : 0;
           const b1 = treeTicks(echo.pid);
           const bpf1 = await bpfProgs();
@@ -108,6 +167,14 @@ async function main(): Promise<void> {
             proxyUs: +(((p1 - p0) * TICK_US) / n).toFixed(1),
             backendUs: +(((b1 - b0) * TICK_US) / n).toFixed(1),
             load: +load0.toFixed(1),
+            // Whole machine during the run (client start-up included): idle CPU means the rate is
+            // bound by latency (wake-ups, hops), not by CPU.
+            idlePct: +((100 * (m1.idle - m0.idle)) / (m1.total - m0.total)).toFixed(1),
+            softirqPct: +((100 * (m1.softirq - m0.softirq)) / (m1.total - m0.total)).toFixed(1),
+            // Sleeps (voluntary) and preemptions (involuntary) per connection.
+            proxyVcs: +((s1.vol - s0.vol) / n).toFixed(2),
+            proxyIcs: +((s1.invol - s0.invol) / n).toFixed(2),
+            backendVcs: +((e1.vol - e0.vol) / n).toFixed(2),
           };
           row.totalUs = +(
             (row.clientUs as number) +
@@ -139,12 +206,14 @@ async function main(): Promise<void> {
   }
   // Medians per contender.
   const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-  console.log('\ncontender | conn/s | client us | proxy us | backend us | total us per connection (medians)');
+  console.log(
+    '\ncontender | conn/s | client us | proxy us | backend us | total us per connection | idle % | proxy vcs/ics per conn (medians)',
+  );
   for (const c of contenders) {
     const mine = rows.filter((r) => r.contender === c.name);
     const m = (k: string) => med(mine.map((r) => r[k] as number));
     console.log(
-      `${c.name} | ${m('connPerS')} | ${m('clientUs')} | ${m('proxyUs')} | ${m('backendUs')} | ${m('totalUs')}`,
+      `${c.name} | ${m('connPerS')} | ${m('clientUs')} | ${m('proxyUs')} | ${m('backendUs')} | ${m('totalUs')} | ${m('idlePct')} | ${m('proxyVcs')}/${m('proxyIcs')}`,
     );
   }
 }

@@ -356,11 +356,15 @@ let ebpfCounter = 0;
 export function edgemesh(
   dataplane: 'native' | 'ts' | 'ebpf' | 'native-ebpf' | 'native-ebpf-sockmap',
   intercept = 'iptables',
+  // A/B experiments (bench/connrate-cpu.ts --variant): extra agent flags, and the name suffix
+  // that tells the variant apart in the report.
+  // `edgeProxy`: extra config keys (YAML lines under modules.edgeProxy, indented 4 spaces).
+  variant?: { suffix: string; agentArgs: string[]; edgeProxy?: string },
 ): Contender {
   const proxied = dataplane === 'native-ebpf' || dataplane === 'native-ebpf-sockmap';
   const ebpf = dataplane === 'ebpf' || proxied;
   return {
-    name: `edgemesh-${dataplane}`,
+    name: `edgemesh-${dataplane}${variant ? `-${variant.suffix}` : ''}`,
     async unavailable() {
       if (!ebpf) return undefined;
       return hostCgroup2Root() ? undefined : 'no cgroup v2 mounted on the host (needed for --intercept ebpf)';
@@ -379,6 +383,11 @@ export function edgemesh(
       const stopOwnBackends = async () => {
         for (const b of ownBackends.splice(0)) await b.stop();
       };
+      if (!ebpf && variant?.edgeProxy) {
+        const config = path.join(dir, 'agent.yaml');
+        writeFileSync(config, `modules:\n  edgeProxy:\n${variant.edgeProxy}`);
+        extraArgs.push('--config', config);
+      }
       if (ebpf) {
         // A child cgroup of our own (relative in the config: inside `ip netns exec` the agent
         // finds or mounts the same cgroup2 hierarchy elsewhere) and our own pin folder.
@@ -390,7 +399,7 @@ export function edgemesh(
         const config = path.join(dir, 'agent.yaml');
         writeFileSync(
           config,
-          `modules:\n  edgeProxy:\n    ebpfCgroup: ${name}\n    ebpfPinDir: /sys/fs/bpf/${name}\n${proxied ? '    ebpfSocketLb: false\n' : ''}${dataplane === 'native-ebpf-sockmap' ? '    ebpfSockmap: true\n' : ''}`,
+          `modules:\n  edgeProxy:\n    ebpfCgroup: ${name}\n    ebpfPinDir: /sys/fs/bpf/${name}\n${proxied ? '    ebpfSocketLb: false\n' : ''}${dataplane === 'native-ebpf-sockmap' ? '    ebpfSockmap: true\n' : ''}${variant?.edgeProxy ?? ''}`,
         );
         extraArgs.push('--config', config);
         // Join the cgroup on the host side first: `ip netns exec` mounts a fresh /sys without it.
@@ -442,6 +451,7 @@ export function edgemesh(
         'bench-node',
         '--log-level',
         'warn',
+        ...(variant?.agentArgs ?? []),
       ];
       let d: Awaited<ReturnType<typeof daemon>>;
       try {
