@@ -30,6 +30,10 @@ const { values } = parseArgs({
     contenders: { type: 'string', default: 'haproxy,haproxy-redirect,edgemesh-native,edgemesh-native-ebpf' },
     case: { type: 'string', default: 'veth' },
     'bpf-stats': { type: 'boolean', default: false },
+    // rr: one connection, --count 1 KiB round trips (p50/p99 and CPU per round trip) instead of
+    // connrate; bulk: one iperf3 flow for --seconds (Gbit/s; CPU per MB).
+    workload: { type: 'string', default: 'connrate' },
+    count: { type: 'string', default: '10000' },
     // A/B variants of an edgemesh plane, run interleaved with the contenders:
     // --variant 'native-ebpf:w1:--workers 1' or 'native:spin:key=value;key=value' (edgeProxy keys).
     variant: { type: 'string', multiple: true, default: [] },
@@ -37,19 +41,54 @@ const { values } = parseArgs({
 });
 
 /** Client run under `sh`, whose `times` builtin reports the children's user+sys seconds. */
-async function clientRun(ns: Where, host: string, port: number): Promise<{ conns: number; cpuUs: number }> {
+async function clientRun(
+  ns: Where,
+  host: string,
+  port: number,
+): Promise<{ conns: number; cpuUs: number; seconds: number; p50?: number; p99?: number }> {
   const lg = await loadgenBinary();
-  const script = `${lg} connrate ${host} ${port} ${values.seconds} ${values.threads}; times`;
+  const rrMode = values.workload === 'rr';
+  if (values.workload === 'bulk') {
+    const r = await exec(
+      inNs(ns, ['bash', '-c', `iperf3 -c ${host} -p ${port} -t ${values.seconds} -J; times`]),
+      { timeoutMs: 60_000 },
+    );
+    const out = r.stdout.trim();
+    const end = out.lastIndexOf('}');
+    const json = JSON.parse(out.slice(0, end + 1)) as {
+      end?: { sum_received?: { bytes: number; seconds: number } };
+    };
+    const sum = json.end?.sum_received;
+    if (r.code !== 0 || !sum) throw new Error(`iperf3: ${r.stderr || out.slice(-300)}`);
+    const secs = [...out.slice(end).matchAll(/(\d+)m([\d.]+)s/g)]
+      .slice(-2)
+      .reduce((t, m) => t + Number(m[1]) * 60 + Number(m[2]), 0);
+    // "conns" = MB moved, so the per-unit columns read as us per MB.
+    return { conns: sum.bytes / 1e6, cpuUs: secs * 1e6, seconds: sum.seconds };
+  }
+  const script = rrMode
+    ? `${lg} rr ${host} ${port} 1024 ${values.count}; times`
+    : `${lg} connrate ${host} ${port} ${values.seconds} ${values.threads}; times`;
   const r = await exec(inNs(ns, ['bash', '-c', script]), { timeoutMs: 60_000 });
   if (r.code !== 0) throw new Error(`client: ${r.stderr}`);
   const lines = r.stdout.trim().split('\n');
-  const json = JSON.parse(lines.find((l) => l.startsWith('{'))!) as { connections: number };
+  const json = JSON.parse(lines.find((l) => l.startsWith('{'))!) as {
+    connections?: number;
+    count?: number;
+    seconds: number;
+    samples?: number[];
+  };
   // `times`: line 1 the shell's own, line 2 its children's: "0m1.234s 0m2.345s"
   const secs = [...lines.at(-1)!.matchAll(/(\d+)m([\d.]+)s/g)].reduce(
     (s, m) => s + Number(m[1]) * 60 + Number(m[2]),
     0,
   );
-  return { conns: json.connections, cpuUs: secs * 1e6 };
+  if (rrMode) {
+    const sorted = [...json.samples!].sort((a, b) => a - b);
+    const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor((q / 100) * sorted.length))]!;
+    return { conns: json.count!, cpuUs: secs * 1e6, seconds: json.seconds, p50: at(50), p99: at(99) };
+  }
+  return { conns: json.connections!, cpuUs: secs * 1e6, seconds: json.seconds };
 }
 
 interface BpfProg {
@@ -143,7 +182,8 @@ async function main(): Promise<void> {
         const running = await c.start({ topo, backend: BACKEND, workDir });
         try {
           const ns = running.clientPrefix ?? topo.nodeNs;
-          await clientRun(ns, running.echo.host, running.echo.port); // warm-up
+          const to = values.workload === 'bulk' ? running.bulk : running.echo;
+          await clientRun(ns, to.host, to.port); // warm-up
           const p0 = running.pid ? treeTicks(running.pid) : 0;
           const b0 = treeTicks(echo.pid);
           const bpf0 = await bpfProgs();
@@ -151,7 +191,7 @@ async function main(): Promise<void> {
           const m0 = machineTicks();
           const s0 = running.pid ? treeSwitches(running.pid) : { vol: 0, invol: 0 };
           const e0 = treeSwitches(echo.pid);
-          const client = await clientRun(ns, running.echo.host, running.echo.port);
+          const client = await clientRun(ns, to.host, to.port);
           const m1 = machineTicks();
           const s1 = running.pid ? treeSwitches(running.pid) : { vol: 0, invol: 0 };
           const e1 = treeSwitches(echo.pid);
@@ -162,7 +202,9 @@ async function main(): Promise<void> {
           const row: Record<string, string | number> = {
             round: round + 1,
             contender: c.name,
-            connPerS: Math.round(n / Number(values.seconds)),
+            // connrate: connections per second; rr: round trips per second (and their p50/p99, us).
+            connPerS: Math.round(n / client.seconds),
+            ...(client.p99 !== undefined ? { p50: client.p50!, p99: client.p99 } : {}),
             clientUs: +(client.cpuUs / n).toFixed(1),
             proxyUs: +(((p1 - p0) * TICK_US) / n).toFixed(1),
             backendUs: +(((b1 - b0) * TICK_US) / n).toFixed(1),
@@ -207,13 +249,15 @@ async function main(): Promise<void> {
   // Medians per contender.
   const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   console.log(
-    '\ncontender | conn/s | client us | proxy us | backend us | total us per connection | idle % | proxy vcs/ics per conn (medians)',
+    `\ncontender | ${values.workload === 'rr' ? 'rr/s | p50 | p99' : 'conn/s'} | client us | proxy us | backend us | total us per ${values.workload === 'rr' ? 'round trip' : 'connection'} | idle % | proxy vcs/ics (medians; spread min-max of the rate)`,
   );
   for (const c of contenders) {
     const mine = rows.filter((r) => r.contender === c.name);
     const m = (k: string) => med(mine.map((r) => r[k] as number));
+    const rates = mine.map((r) => r.connPerS as number);
+    const lat = values.workload === 'rr' ? ` | ${m('p50')} | ${m('p99')}` : '';
     console.log(
-      `${c.name} | ${m('connPerS')} | ${m('clientUs')} | ${m('proxyUs')} | ${m('backendUs')} | ${m('totalUs')} | ${m('idlePct')} | ${m('proxyVcs')}/${m('proxyIcs')}`,
+      `${c.name} | ${m('connPerS')} (${Math.min(...rates)}-${Math.max(...rates)})${lat} | ${m('clientUs')} | ${m('proxyUs')} | ${m('backendUs')} | ${m('totalUs')} | ${m('idlePct')} | ${m('proxyVcs')}/${m('proxyIcs')}`,
     );
   }
 }
