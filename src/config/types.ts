@@ -83,7 +83,10 @@ export interface EdgemeshConfig {
       ebpfCgroup: string;
       /** `--intercept ebpf`: bpffs folder of the pinned maps and links (removed on a clean stop). */
       ebpfPinDir: string;
-      /** `--intercept ebpf`: sk_msg socket-to-socket forwarding for local socket-LB connections (opt-in). */
+      /**
+       * `--intercept ebpf`: sk_msg socket-to-socket forwarding between local sockets in the cgroup, for
+       * socket-LB connections and both legs of proxied ones (the native plane then forwards read/write). Opt-in.
+       */
       ebpfSockmap: boolean;
       /** `--intercept ebpf`: L4 services get socket-LB (connect() straight to an endpoint); false = every TCP service through the proxy, still without NAT. */
       ebpfSocketLb: boolean;

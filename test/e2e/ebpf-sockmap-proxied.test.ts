@@ -4,7 +4,8 @@
 // socket <-> the backend's accepted socket in a pod namespace), so bytes move socket to socket and
 // the plane forwards with read/write (splice() would not see them). Proves: 32 MiB echoed
 // byte-exact both ways across a client half-close (the tail comes back after the client's FIN), a
-// backend reset mid-stream reaches the client, a backend outside the cgroup still works, the
+// backend reset mid-stream reaches the client, a backend outside the cgroup still works, an idle
+// connection on the shortcut is closed by the idle timeout, the
 // sockmapAdd/msgRedirect counters move, the sockhash and lbt maps are empty once the connections
 // are closed, and the agent's fd count is back to its baseline.
 // Plan: pod-0 10.244.0.10 in the cgroup (sink 7001, echo 7002, reset 7003), pod-1 10.244.0.11
@@ -114,7 +115,7 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
     fs.mkdirSync(path.join(dir, 'manifests'));
     fs.writeFileSync(
       path.join(dir, 'agent.yaml'),
-      `metricsListen: 127.0.0.1:${metricsPort}\nmodules:\n  edgeProxy:\n    ebpfCgroup: ${topo.node.name}\n    ebpfPinDir: /sys/fs/bpf/${topo.node.name}\n    ebpfSocketLb: false\n    ebpfSockmap: true\n`,
+      `metricsListen: 127.0.0.1:${metricsPort}\nmodules:\n  edgeProxy:\n    ebpfCgroup: ${topo.node.name}\n    ebpfPinDir: /sys/fs/bpf/${topo.node.name}\n    ebpfSocketLb: false\n    ebpfSockmap: true\n    idleTimeoutMs: 2000\n`,
     );
     fs.writeFileSync(
       path.join(dir, 'manifests/all.yaml'),
@@ -203,6 +204,15 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
     const after = await events();
     // The client leg (2) plus the plane's upstream socket, whose peer never joins.
     expect(after.sockmapAdd! - before.sockmapAdd!).toBe(3);
+  });
+
+  it('closes a connection idle on the shortcut after idleTimeoutMs', async () => {
+    const t0 = Date.now();
+    // Connects to the echo port and sends nothing: only the plane's idle timer can end it.
+    const r = lastJson(await run([process.execPath, tool, 'reset', VIP_IN, '7002']));
+    expect(['EOF', 'ECONNRESET']).toContain(r.code);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1_900);
+    expect(Date.now() - t0).toBeLessThan(10_000);
   });
 
   it('leaves no sockhash or lbt entry and no fd behind once the connections are closed', async () => {

@@ -17,7 +17,7 @@ export interface EbpfChoiceOptions {
   /** Configured cgroup ('' = unified root; relative = below it; absolute = as is). */
   cgroup: string;
   pinDir?: string;
-  /** sk_msg socket-to-socket forwarding for local socket-LB connections (opt-in). */
+  /** sk_msg socket-to-socket forwarding between local sockets, socket-LB and proxied (opt-in). */
   sockmap?: boolean;
   /** False: every TCP service through the proxy (no socket-LB); default true. */
   socketLb?: boolean;

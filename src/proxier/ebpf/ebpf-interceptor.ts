@@ -52,8 +52,9 @@ export interface EbpfInterceptorOptions {
   /** Sockets with this SO_MARK are never redirected. */
   bypassMark?: number;
   /**
-   * sk_msg socket-to-socket forwarding for socket-LB connections between local sockets. Opt-in:
-   * applications that splice() such sockets would see no data.
+   * sk_msg socket-to-socket forwarding between local sockets in the cgroup: socket-LB connections,
+   * and both legs of proxied ones (client <-> proxy, the proxy's SO_MARKed upstream <-> backend).
+   * Opt-in: whoever splice()s such sockets sees no data (the native plane then forwards read/write).
    */
   sockmap?: boolean;
   /** False: every TCP service goes through the proxy (EM_ACTION_PROXY, no socket-LB). Default true. */
