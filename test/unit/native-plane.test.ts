@@ -11,6 +11,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
+import { parseConfigText } from '../../src/config/load.ts';
 import type { Endpoint, ServiceEntry, ServicePortEntry } from '../../src/controller/types.ts';
 import { NativeDataplane } from '../../src/dataplane/native/native-dataplane.ts';
 import {
@@ -405,6 +406,15 @@ describe('NativeDataplane on loopback', () => {
     expect(() =>
       requireNative().planeCreate(0, 1000, 0, true, 1 << 20, 256 << 10, 3, 16, 0, 1 as unknown as boolean),
     ).toThrow(/cpuAffinity/);
+    // The config key: a boolean, off unless asked for.
+    expect(parseConfigText('', 'a.yaml').modules.edgeProxy.nativeCpuAffinity).toBe(false);
+    expect(
+      parseConfigText('modules:\n  edgeProxy:\n    nativeCpuAffinity: true\n', 'a.yaml').modules.edgeProxy
+        .nativeCpuAffinity,
+    ).toBe(true);
+    expect(() => parseConfigText('modules:\n  edgeProxy:\n    nativeCpuAffinity: 2\n', 'a.yaml')).toThrow(
+      /a\.yaml:3.*nativeCpuAffinity/,
+    );
   });
 
   it('lets the process exit without stop() (workers blocked in native code are woken)', async () => {
