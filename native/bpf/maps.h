@@ -29,6 +29,9 @@
 #define EM_POLICY_RANDOM 1
 #define EM_POLICY_SOURCE 2 /* same client network namespace -> same backend */
 
+/* Bytes a reader may have queued by sk_msg before its writer falls back to TCP/IP (edgemesh_fb_v1). */
+#define EM_MSG_QUEUE_LIMIT (4u << 20)
+
 /* orig value `flags`. */
 #define EM_ORIG_PROXIED 1 /* the socket was sent to the proxy (sockops records its tuple) */
 
@@ -188,6 +191,31 @@ struct {
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } edgemesh_sh_v1 SEC(".maps");
+
+/* Writers whose peer's sk_msg queue outgrew EM_MSG_QUEUE_LIMIT (key: the writer's own em_sock_key):
+ * their sendmsg()s take TCP/IP, whose window applies backpressure, until the reader has read every
+ * byte sent that way and its queue is below half the limit. sk_msg redirection queues on the reader
+ * without looking at its receive buffer, so without this a reader slower than its writer (or one
+ * that stopped reading) lets kernel memory grow without bound. Deleted at TCP_CLOSE. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct em_sock_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} edgemesh_fb_v1 SEC(".maps");
+
+/* Address of each sockhash member's struct sock (key: its em_sock_key), written by sockops when it
+ * joins, deleted at TCP_CLOSE. sk_msg reads the reader's queued bytes through it with
+ * bpf_probe_read_kernel (a sockhash lookup from sk_msg would take a reference it cannot release);
+ * a stale address only reads garbage, never faults, and garbage can only cause a fallback. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct em_sock_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} edgemesh_sk_v1 SEC(".maps");
 
 /* Client ends of socket-LB connections, so the accepting side knows its peer was balanced by us. */
 struct {

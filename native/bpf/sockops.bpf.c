@@ -93,6 +93,17 @@ static __always_inline struct em_config *em_sockmap_config(void)
 	return cfg && (cfg->flags & EM_CFG_SOCKMAP) ? cfg : 0;
 }
 
+/* Counts a socket that joined the sockhash and records its address for sk_msg's backpressure check. */
+static __always_inline void em_joined(struct bpf_sock_ops *skops, struct em_sock_key *key)
+{
+	em_count(EM_STAT_SOCKMAP);
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return;
+	__u64 addr = (__u64)(unsigned long)sk;
+	bpf_map_update_elem(&edgemesh_sk_v1, key, &addr, BPF_ANY);
+}
+
 /* True for the proxy's own upstream socket: it carries the bypass SO_MARK (the same mark that
  * keeps connect4 from sending it back into the proxy). A plain load of sk->mark, no helper call. */
 static __always_inline int em_is_upstream(struct bpf_sock_ops *skops, const struct em_config *cfg)
@@ -122,7 +133,7 @@ static __always_inline int em_add_active(struct bpf_sock_ops *skops, const struc
 	bpf_map_update_elem(&edgemesh_lbt_v1, &key, &one, BPF_ANY);
 	long err = bpf_sock_hash_update(skops, &edgemesh_sh_v1, &key, BPF_NOEXIST);
 	if (err == 0)
-		em_count(EM_STAT_SOCKMAP);
+		em_joined(skops, &key);
 	return (int)err;
 }
 
@@ -140,9 +151,11 @@ static __always_inline int em_add_passive(struct bpf_sock_ops *skops)
 		return -2;
 	/* Consumed: a later connection that reuses the tuple must be recorded afresh. */
 	bpf_map_delete_elem(&edgemesh_lbt_v1, &peer);
+	/* TCP_CLOSE must delete its edgemesh_sk_v1 entry (and edgemesh_fb_v1, should it fall back). */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	long err = bpf_sock_hash_update(skops, &edgemesh_sh_v1, &key, BPF_NOEXIST);
 	if (err == 0)
-		em_count(EM_STAT_SOCKMAP);
+		em_joined(skops, &key);
 	return (int)err;
 }
 
@@ -171,11 +184,15 @@ int edgemesh_sockops(struct bpf_sock_ops *skops)
 			em_add_passive(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] == BPF_TCP_CLOSE && skops->family == 2) {
-			em_forget(skops);
-			/* An active end no local peer consumed (its peer was remote); a no-op otherwise. */
+		if (skops->args[1] == BPF_TCP_CLOSE) {
+			if (skops->family == 2)
+				em_forget(skops);
+			/* An active end no local peer consumed (its peer was remote), and a writer that
+			 * fell back to TCP/IP; no-ops otherwise. */
 			struct em_sock_key key = em_own_key(skops);
 			bpf_map_delete_elem(&edgemesh_lbt_v1, &key);
+			bpf_map_delete_elem(&edgemesh_fb_v1, &key);
+			bpf_map_delete_elem(&edgemesh_sk_v1, &key);
 		}
 		break;
 	}

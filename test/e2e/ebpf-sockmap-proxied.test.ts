@@ -5,11 +5,12 @@
 // the plane forwards with read/write (splice() would not see them). Proves: 32 MiB echoed
 // byte-exact both ways across a client half-close (the tail comes back after the client's FIN), a
 // backend reset mid-stream reaches the client, a backend outside the cgroup still works, an idle
-// connection on the shortcut is closed by the idle timeout, a stop drains an open one, the
+// connection on the shortcut is closed by the idle timeout, a stop drains an open one, a backend that
+// never reads stops its writer after a few MiB (backpressure: the writer falls back to TCP/IP), the
 // sockmapAdd/msgRedirect counters move, the sockhash and lbt maps are empty once the connections
 // are closed, and the agent's fd count is back to its baseline.
 // Plan: pod-0 10.244.0.10 in the cgroup (sink 7001, echo 7002, reset 7003), pod-1 10.244.0.11
-// outside it (sink 7001); ClusterIPs 10.96.0.130 (pod-0) and 10.96.0.131 (pod-1).
+// outside it (sink 7001), and a backend in pod-0's cgroup that never reads (7004); ClusterIPs 10.96.0.130 (pod-0) and 10.96.0.131 (pod-1).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -28,6 +29,25 @@ const VIP_IN = '10.96.0.130';
 const VIP_OUT = '10.96.0.131';
 const tool = path.join(repoRoot, 'test/helpers/stream-tool.mjs');
 const echoClient = path.join(import.meta.dirname, 'ebpf-client.mjs');
+const STALLED_SERVER = `require('net').createServer({ pauseOnConnect: true }, () => {}).listen(7004, () => console.log('ready'))`;
+/** Writes 64 KiB blocks until the connection takes nothing for 1 s (or 1 GiB went in); prints the bytes taken. */
+const FILL_CLIENT = `
+const s = require('net').connect({ host: process.argv[1], port: 7004 });
+const block = Buffer.alloc(65536);
+let taken = 0;
+const done = () => { console.log(JSON.stringify({ taken })); process.exit(0); };
+s.on('error', done);
+s.on('connect', function fill() {
+  while (taken < 2 ** 30) {
+    taken += block.length;
+    if (!s.write(block)) {
+      const timer = setTimeout(done, 1000);
+      s.once('drain', () => { clearTimeout(timer); fill(); });
+      return;
+    }
+  }
+  done();
+});`;
 
 describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false, ebpfSockmap: true', () => {
   let topo: Topology;
@@ -35,6 +55,7 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
   let cgroup = '';
   let agent: RunningCli | undefined;
   let inPod: RunningCli | undefined;
+  let stalled: RunningCli | undefined;
   const metricsPort = 20000 + ((process.pid + 3100) % 5000);
   let baselineFds = 0;
 
@@ -110,6 +131,11 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
       command: [...inCgroupAndNs(cgroup, p0!.ns.name), process.execPath, tool],
     });
     await inPod.waitFor(/ready/, 10_000);
+    // A backend that accepts and never reads (for the backpressure check).
+    stalled = startCli(['-e', STALLED_SERVER], {
+      command: [...inCgroupAndNs(cgroup, p0!.ns.name), process.execPath],
+    });
+    await stalled.waitFor(/ready/, 10_000);
     await p1!.ns.spawn(process.execPath, [tool, 'serve', '--sink', '7001']).waitFor(/ready/, 10_000);
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'em-ebpf-sockmap-proxied-'));
     fs.mkdirSync(path.join(dir, 'manifests'));
@@ -131,6 +157,7 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
             { name: 'tcp-sink', port: 7001, targetPort: 7001 },
             { name: 'tcp-echo', port: 7002, targetPort: 7002 },
             { name: 'tcp-reset', port: 7003, targetPort: 7003 },
+            { name: 'tcp-stall', port: 7004, targetPort: 7004 },
           ],
         }),
         serviceManifest({
@@ -159,6 +186,7 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
   afterAll(async () => {
     await agent?.stop('SIGTERM');
     await inPod?.stop('SIGKILL');
+    await stalled?.stop('SIGKILL');
     await topo?.destroy();
     await removeTestCgroup(cgroup);
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
@@ -206,6 +234,17 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
     expect(after.sockmapAdd! - before.sockmapAdd!).toBe(3);
   });
 
+  it('applies backpressure: a backend that never reads stops its writer after a few MiB', async () => {
+    // sk_msg queues redirected bytes on the reader regardless of its receive buffer; past
+    // EM_MSG_QUEUE_LIMIT (4 MiB) the writer goes back to TCP/IP, whose window stops it. Without
+    // that the client was measured pushing the whole 1 GiB into kernel memory.
+    const r = lastJson(await run([process.execPath, '-e', FILL_CLIENT, VIP_IN]));
+    expect(r.taken).toBeGreaterThan(1 << 20);
+    expect(r.taken).toBeLessThan(64 << 20);
+    // Its never-closed sockets would stay in the sockhash: end it (the plane sees a reset).
+    await stalled?.stop('SIGKILL');
+  });
+
   it('closes a connection idle on the shortcut after idleTimeoutMs', async () => {
     const t0 = Date.now();
     // Connects to the echo port and sends nothing: only the plane's idle timer can end it.
@@ -218,6 +257,8 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
   it('leaves no sockhash or lbt entry and no fd behind once the connections are closed', async () => {
     await eventually(async () => (await mapEntries('edgemesh_sh_v1')) === 0, 10_000);
     await eventually(async () => (await mapEntries('edgemesh_lbt_v1')) === 0, 10_000);
+    await eventually(async () => (await mapEntries('edgemesh_sk_v1')) === 0, 10_000);
+    await eventually(async () => (await mapEntries('edgemesh_fb_v1')) === 0, 10_000);
     await eventually(async () => fdCount() === baselineFds, 10_000);
     expect(fdCount()).toBe(baselineFds);
   });
