@@ -505,13 +505,14 @@ export function edgemesh(
         echo: { host: BENCH_VIP, port: backend.echo },
         pid: d.pid,
         path:
-          dataplane === 'ebpf'
+          (dataplane === 'ebpf'
             ? 'cgroup/connect4 socket-LB: connects go straight to the backend, no proxy'
             : dataplane === 'native-ebpf'
               ? 'native data plane, cgroup/connect4 to the proxy + SO_ORIGINAL_DST from BPF maps (no NAT)'
               : dataplane === 'native-ebpf-sockmap'
                 ? 'native data plane (read/write), cgroup/connect4 to the proxy, sk_msg socket to socket on both legs (backends in the cgroup)'
-                : `${status.dataplane?.mode ?? dataplane} data plane, ${status.intercept?.mode ?? intercept} interception`,
+                : `${status.dataplane?.mode ?? dataplane} data plane, ${status.intercept?.mode ?? intercept} interception`) +
+          (variant ? `; ${[...variant.agentArgs, variant.edgeProxy?.trim() ?? ''].join(' ').trim()}` : ''),
         clientPrefix,
         stop: async () => {
           await d.stop();
@@ -531,6 +532,13 @@ export function allContenders(): Contender[] {
     edgemesh('native'),
     edgemesh('native-ebpf'),
     edgemesh('native-ebpf-sockmap'),
+    // The same plane with its workers pinned one per CPU and SYNs steered to their CPU's worker
+    // (modules.edgeProxy.nativeCpuAffinity, off by default).
+    edgemesh('native-ebpf', 'iptables', {
+      suffix: 'cpu',
+      agentArgs: [],
+      edgeProxy: '    nativeCpuAffinity: true\n',
+    }),
     edgemesh('ts'),
     haproxy,
     haproxyRedirect,
