@@ -236,7 +236,13 @@ export class NativeDataplane implements Dataplane {
       await new Promise((r) => setTimeout(r, 5));
     }
     o.log.info(
-      { port: this.boundPort, workers: this.workerCount, forward: this.forwardMode, mark },
+      {
+        port: this.boundPort,
+        workers: this.workerCount,
+        forward: this.forwardMode,
+        mark,
+        cpuAffinity: o.cpuAffinity ?? false,
+      },
       'native data plane started',
     );
   }
