@@ -70,9 +70,15 @@ afterAll(() => {
   for (const dir of cgroups) if (existsSync(dir)) rmdirSync(dir);
 });
 
-// Twice: with socket-LB (the default) and with ebpfSocketLb: false (every TCP service to the proxy).
-for (const socketLb of [true, false]) {
-  interceptorSuite(socketLb ? 'ebpf' : 'ebpf (socket-LB off)', {
+// Three times: with socket-LB (the default), with ebpfSocketLb: false (every TCP service to the
+// proxy), and that plus ebpfSockmap (clients join the sockhash; this suite's proxy and backends run
+// outside the cgroup, so their peers never join: sk_msg must pass every byte through unchanged).
+for (const [socketLb, sockmap] of [
+  [true, false],
+  [false, false],
+  [false, true],
+] as const) {
+  interceptorSuite(socketLb ? 'ebpf' : sockmap ? 'ebpf (socket-LB off, sk_msg on)' : 'ebpf (socket-LB off)', {
     make: (ns, options) => {
       const native = loadNative();
       const objects = findBpfObjects(native.path);
@@ -91,6 +97,7 @@ for (const socketLb of [true, false]) {
         nodeName: 'node-a',
         localEndpointsOnly: false,
         socketLb,
+        sockmap,
       });
     },
     // Someone else's iptables rule: eBPF interception must neither need nor touch netfilter.
