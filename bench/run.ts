@@ -29,7 +29,8 @@ Options:
   --rounds N           rounds per contender, interleaved A B A B ... (default 3, quick 1)
   --cases LIST         tcp topologies: loopback, veth, veth-netem (default loopback,veth)
   --contenders LIST    only these contenders: direct, edgemesh-ebpf, edgemesh-native, edgemesh-native-ebpf,
-                       edgemesh-native-ebpf-cpu, edgemesh-native-ebpf-sockmap, edgemesh-ts, haproxy, haproxy-redirect, nginx, socat
+                       edgemesh-native-ebpf-cpu, edgemesh-native-ebpf-sockmap, edgemesh-native-ebpf-sockmap-cpu,
+                       edgemesh-ts, haproxy, haproxy-redirect, nginx, socat
   --netem SPEC         tc netem spec for the veth-netem case, e.g. "delay 1ms loss 0.1%" (adds the case)
   --out DIR            where results go (default bench/results)
   -h, --help           this help

@@ -539,6 +539,12 @@ export function allContenders(): Contender[] {
       agentArgs: [],
       edgeProxy: '    nativeCpuAffinity: true\n',
     }),
+    // Both opt-ins together: the sk_msg shortcut plus pinned workers.
+    edgemesh('native-ebpf-sockmap', 'iptables', {
+      suffix: 'cpu',
+      agentArgs: [],
+      edgeProxy: '    nativeCpuAffinity: true\n',
+    }),
     edgemesh('ts'),
     haproxy,
     haproxyRedirect,
