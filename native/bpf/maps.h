@@ -35,7 +35,7 @@
 /* orig value `flags`. */
 #define EM_ORIG_PROXIED 1 /* the socket was sent to the proxy (sockops records its tuple) */
 
-/* Indexes into edgemesh_st_v2 (counters). */
+/* Indexes into edgemesh_st_v3 (counters; v3 added the two EM_STAT_MSG_FALLBACK* slots). */
 #define EM_STAT_LB_CONNECT 0     /* connect() rewritten to an endpoint */
 #define EM_STAT_PROXY_CONNECT 1  /* connect() rewritten to the proxy */
 #define EM_STAT_NO_BACKEND 2     /* service known but no backend: left untouched */
@@ -47,7 +47,9 @@
 #define EM_STAT_SK_LOOKUP 8      /* SYN to a service address from another host/namespace steered to the proxy */
 #define EM_STAT_SK_LOOKUP_MISS 9 /* ... but no proxy listener for its port in edgemesh_lst_v1: left alone */
 #define EM_STAT_OTHER_NETNS 10   /* proxied service connect() from another netns: left to sk_lookup */
-#define EM_STAT_COUNT 11
+#define EM_STAT_MSG_FALLBACK 11  /* sk_msg writer switched to TCP/IP: its reader queued > EM_MSG_QUEUE_LIMIT */
+#define EM_STAT_MSG_RESUME 12    /* ... and back onto the shortcut once the reader caught up */
+#define EM_STAT_COUNT 13
 
 /* Key of edgemesh_svc_v1: one service address. */
 struct em_svc_key {
@@ -181,7 +183,7 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} edgemesh_st_v2 SEC(".maps");
+} edgemesh_st_v3 SEC(".maps");
 /* Sockets of local<->local socket-LB connections: sk_msg moves bytes socket to socket. Readers of
  * these sockets must use read/recvmsg: splice() does not see redirected data. */
 struct {

@@ -27,7 +27,7 @@ struct tcp_sock___em {
 
 static __always_inline void em_count(__u32 stat)
 {
-	__u64 *v = bpf_map_lookup_elem(&edgemesh_st_v2, &stat);
+	__u64 *v = bpf_map_lookup_elem(&edgemesh_st_v3, &stat);
 	if (v)
 		*v += 1;
 }
@@ -101,10 +101,14 @@ int edgemesh_sk_msg(struct sk_msg_md *msg)
 		__u64 writer = em_sock_addr(&self);
 		if (queued > EM_MSG_QUEUE_LIMIT / 2 || !writer || !em_tcp_drained(writer, reader))
 			return SK_PASS;
-		bpf_map_delete_elem(&edgemesh_fb_v1, &self);
+		/* Counted only when this call removed the entry: two sendmsg()s racing here count once. */
+		if (bpf_map_delete_elem(&edgemesh_fb_v1, &self) == 0)
+			em_count(EM_STAT_MSG_RESUME);
 	} else if (queued > EM_MSG_QUEUE_LIMIT) {
 		__u32 one = 1;
-		bpf_map_update_elem(&edgemesh_fb_v1, &self, &one, BPF_ANY);
+		/* BPF_NOEXIST: a racing sendmsg() that also saw the queue full does not count twice. */
+		if (bpf_map_update_elem(&edgemesh_fb_v1, &self, &one, BPF_NOEXIST) == 0)
+			em_count(EM_STAT_MSG_FALLBACK);
 		return SK_PASS;
 	}
 	/* On a failed lookup the helper leaves no redirect set, and SK_PASS delivers normally. */

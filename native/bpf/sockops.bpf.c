@@ -16,7 +16,7 @@
 
 static __always_inline void em_count(__u32 stat)
 {
-	__u64 *v = bpf_map_lookup_elem(&edgemesh_st_v2, &stat);
+	__u64 *v = bpf_map_lookup_elem(&edgemesh_st_v3, &stat);
 	if (v)
 		*v += 1;
 }

@@ -42,7 +42,7 @@ int edgemesh_getsockopt(struct bpf_sockopt *ctx)
 {
 	if (em_original_dst(ctx) == 0) {
 		__u32 stat = EM_STAT_ORIGINAL_DST;
-		__u64 *v = bpf_map_lookup_elem(&edgemesh_st_v2, &stat);
+		__u64 *v = bpf_map_lookup_elem(&edgemesh_st_v3, &stat);
 		if (v)
 			*v += 1;
 	}

@@ -238,9 +238,15 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
     // sk_msg queues redirected bytes on the reader regardless of its receive buffer; past
     // EM_MSG_QUEUE_LIMIT (4 MiB) the writer goes back to TCP/IP, whose window stops it. Without
     // that the client was measured pushing the whole 1 GiB into kernel memory.
+    const before = await events();
     const r = lastJson(await run([process.execPath, '-e', FILL_CLIENT, VIP_IN]));
     expect(r.taken).toBeGreaterThan(1 << 20);
     expect(r.taken).toBeLessThan(64 << 20);
+    // The switch is counted (edgemesh_ebpf_events{event="msgFallback"}); a reader that never
+    // reads never lets the writer back, so msgResume stays where it was.
+    const after = await events();
+    expect(after.msgFallback! - before.msgFallback!).toBeGreaterThan(0);
+    expect(after.msgResume).toBe(before.msgResume);
     // Its never-closed sockets would stay in the sockhash: end it (the plane sees a reset).
     await stalled?.stop('SIGKILL');
   });

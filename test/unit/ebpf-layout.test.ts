@@ -17,7 +17,10 @@ import {
   encodeSvcKey,
   encodeSvcValue,
   Layout,
+  MapName,
   Policy,
+  STAT_NAMES,
+  STAT_SLOTS,
   sumPerCpu,
 } from '../../src/proxier/ebpf/map-layout.ts';
 import { renderSocketLb } from '../../src/proxier/ebpf/render-socket-lb.ts';
@@ -25,6 +28,21 @@ import { renderSocketLb } from '../../src/proxier/ebpf/render-socket-lb.ts';
 const repo = path.resolve(import.meta.dirname, '../..');
 
 describe('eBPF map layout', () => {
+  it('names every EM_STAT_* counter of maps.h in slot order', () => {
+    // A new counter in maps.h without its name here would never reach edgemesh_ebpf_events.
+    const maps = readFileSync(path.join(repo, 'native/bpf/maps.h'), 'utf8');
+    const slots = [...maps.matchAll(/^#define EM_STAT_(\w+) (\d+)/gm)].map(
+      (m) => [m[1]!, Number(m[2])] as const,
+    );
+    const count = slots.find(([n]) => n === 'COUNT')?.[1];
+    expect(count).toBe(STAT_SLOTS);
+    expect(STAT_NAMES).toHaveLength(STAT_SLOTS);
+    expect(slots.filter(([n]) => n !== 'COUNT').map(([, i]) => i)).toEqual(STAT_NAMES.map((_, i) => i));
+    expect(STAT_NAMES[slots.find(([n]) => n === 'MSG_FALLBACK')![1]]).toBe('msgFallback');
+    expect(STAT_NAMES[slots.find(([n]) => n === 'MSG_RESUME')![1]]).toBe('msgResume');
+    expect(maps).toContain(`} ${MapName.stats} SEC(".maps");`);
+  });
+
   it('matches the offsets the C++ loader static_asserts', () => {
     // Parse the static_asserts so the TS table and the C++ one cannot drift apart silently.
     const header = readFileSync(path.join(repo, 'native/src/bpf/bpf_layout.h'), 'utf8');

@@ -11,7 +11,7 @@ export const MapName = {
   cookie: 'edgemesh_ck_v1',
   tuple: 'edgemesh_tup_v1',
   config: 'edgemesh_cfg_v2',
-  stats: 'edgemesh_st_v2',
+  stats: 'edgemesh_st_v3',
   listeners: 'edgemesh_lst_v1',
 } as const;
 
@@ -30,7 +30,7 @@ export const Action = { lb: 0, proxy: 1 } as const;
 export const Policy = { roundRobin: 0, random: 1, source: 2 } as const;
 /** EM_MAX_BACKENDS: more endpoints than this go through the proxy. */
 export const MAX_BACKENDS = 1024;
-/** EM_STAT_* index -> counter name (edgemesh_st_v2). */
+/** EM_STAT_* index -> counter name (edgemesh_st_v3). */
 export const STAT_NAMES = [
   'lbConnect',
   'proxyConnect',
@@ -43,10 +43,12 @@ export const STAT_NAMES = [
   'skLookup',
   'skLookupMiss',
   'otherNetns',
+  'msgFallback',
+  'msgResume',
 ] as const;
 /** EM_CFG_* bits of em_config.flags. */
 export const ConfigFlag = { sockmap: 1 } as const;
-export const STAT_SLOTS = 11;
+export const STAT_SLOTS = 13;
 
 export type ActionValue = (typeof Action)[keyof typeof Action];
 export type PolicyValue = (typeof Policy)[keyof typeof Policy];
@@ -124,7 +126,7 @@ export function encodeAddr4(ip: string, port: number): Buffer {
   return b;
 }
 
-/** A u32 map key (edgemesh_rr_v1, edgemesh_cfg_v2, edgemesh_st_v2, edgemesh_lst_v1), host-endian. */
+/** A u32 map key (edgemesh_rr_v1, edgemesh_cfg_v2, edgemesh_st_v3, edgemesh_lst_v1), host-endian. */
 export function encodeU32(v: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32LE(v, 0);
