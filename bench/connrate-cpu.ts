@@ -6,6 +6,9 @@
 // per connection (kernel.bpf_stats_enabled on for the run, restored after).
 // Usage: node --import tsx bench/connrate-cpu.ts [--rounds N] [--seconds S] [--threads T]
 //        [--contenders a,b,...] [--case veth|loopback] [--bpf-stats] [--variant PLANE:SUFFIX:ARGS]...
+//        [--workload connrate|rr|bulk] [--count N] [--hogs]
+// rr also prints each run's tail (p99.9, max, samples > 200 us, episodes) and the pooled tail per
+// contender; --hogs adds the run-queue wait of proxy and backend and the busiest threads per run.
 // A variant is an edgemesh plane (native, native-ebpf) with extra agent flags (ARGS starting with
 // --) or edgeProxy config keys (key=value;key=value), reported as edgemesh-PLANE-SUFFIX.
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -37,6 +40,9 @@ const { values } = parseArgs({
     // A/B variants of an edgemesh plane, run interleaved with the contenders:
     // --variant 'native-ebpf:w1:--workers 1' or 'native:spin:key=value;key=value' (edgeProxy keys).
     variant: { type: 'string', multiple: true, default: [] },
+    // rr: which threads of the whole machine ran during each run (schedstat run time), to name the
+    // CPU hogs behind tail episodes (agent main thread, plane workers, neighbours).
+    hogs: { type: 'boolean', default: false },
   },
 });
 
@@ -45,7 +51,14 @@ async function clientRun(
   ns: Where,
   host: string,
   port: number,
-): Promise<{ conns: number; cpuUs: number; seconds: number; p50?: number; p99?: number }> {
+): Promise<{
+  conns: number;
+  cpuUs: number;
+  seconds: number;
+  p50?: number;
+  p99?: number;
+  samples?: number[];
+}> {
   const lg = await loadgenBinary();
   const rrMode = values.workload === 'rr';
   if (values.workload === 'bulk') {
@@ -86,7 +99,14 @@ async function clientRun(
   if (rrMode) {
     const sorted = [...json.samples!].sort((a, b) => a - b);
     const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor((q / 100) * sorted.length))]!;
-    return { conns: json.count!, cpuUs: secs * 1e6, seconds: json.seconds, p50: at(50), p99: at(99) };
+    return {
+      conns: json.count!,
+      cpuUs: secs * 1e6,
+      seconds: json.seconds,
+      p50: at(50),
+      p99: at(99),
+      samples: json.samples!,
+    };
   }
   return { conns: json.connections!, cpuUs: secs * 1e6, seconds: json.seconds };
 }
@@ -141,6 +161,115 @@ function treeSwitches(root: number): { vol: number; invol: number } {
   return { vol, invol };
 }
 
+/** Run time (ns, from schedstat) and name of every thread on the machine, keyed pid/tid. */
+function threadRunNs(): Map<string, { name: string; ns: number }> {
+  const out = new Map<string, { name: string; ns: number }>();
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    let tids: string[] = [];
+    try {
+      tids = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue; // gone meanwhile
+    }
+    for (const tid of tids) {
+      try {
+        const ns = Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+        const name = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+        out.set(`${pid}/${tid}`, { name, ns });
+      } catch {
+        // thread gone meanwhile
+      }
+    }
+  }
+  return out;
+}
+
+/** Run-queue wait (ns, schedstat's second field) summed over every thread of a process tree. */
+function treeWaitNs(root: number): number {
+  let ns = 0;
+  for (const pid of processTree(root)) {
+    let tids: string[] = [];
+    try {
+      tids = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue; // gone meanwhile
+    }
+    for (const tid of tids) {
+      try {
+        ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[1]);
+      } catch {
+        // thread gone meanwhile
+      }
+    }
+  }
+  return ns;
+}
+
+/** The busiest threads between two threadRunNs() snapshots: "name(pid/tid)=ms", agent threads marked *. */
+function topThreads(
+  a: Map<string, { name: string; ns: number }>,
+  b: Map<string, { name: string; ns: number }>,
+  mine: Set<number>,
+  n: number,
+): string {
+  return [...b]
+    .map(([k, v]) => ({ k, name: v.name, ms: (v.ns - (a.get(k)?.ns ?? 0)) / 1e6 }))
+    .sort((x, y) => y.ms - x.ms)
+    .slice(0, n)
+    .map((t) => `${mine.has(Number(t.k.split('/')[0])) ? '*' : ''}${t.name}(${t.k})=${t.ms.toFixed(1)}`)
+    .join(' ');
+}
+
+/**
+ * Tail of one or more rr runs (us): p99, p99.9, max, samples above 200 us, and "episodes" — runs of
+ * >= 10 slow samples (gaps <= 20 round trips) — with their total wall time. A lone slow sample is a
+ * single wake-up hiccup; an episode is the connection slowed for many round trips in a row.
+ */
+function tailOf(runs: number[][]): {
+  p99: number;
+  p999: number;
+  max: number;
+  over200: number;
+  episodes: number;
+  episodeMs: number;
+} {
+  const all = runs.flat().sort((x, y) => x - y);
+  const at = (q: number) => all[Math.min(all.length - 1, Math.floor((q / 100) * all.length))]!;
+  let episodes = 0;
+  let episodeUs = 0;
+  for (const xs of runs) {
+    let start = -1;
+    let last = -100;
+    let count = 0;
+    const close = (end: number) => {
+      if (count >= 10) {
+        episodes++;
+        for (let i = start; i <= end; i++) episodeUs += xs[i]!;
+      }
+    };
+    xs.forEach((v, i) => {
+      if (v <= 200) return;
+      if (i - last > 20) {
+        if (start >= 0) close(last);
+        start = i;
+        count = 0;
+      }
+      count++;
+      last = i;
+    });
+    if (start >= 0) close(last);
+  }
+  return {
+    p99: at(99),
+    p999: at(99.9),
+    max: all.at(-1)!,
+    over200: all.filter((v) => v > 200).length,
+    episodes,
+    episodeMs: +(episodeUs / 1000).toFixed(1),
+  };
+}
+
 function variantOf(spec: string): Contender {
   const [plane, suffix, ...rest] = spec.split(':');
   const args = rest.join(':');
@@ -174,6 +303,7 @@ async function main(): Promise<void> {
   const statsBefore = readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'utf8').trim();
   if (values['bpf-stats']) writeFileSync('/proc/sys/kernel/bpf_stats_enabled', '1');
   const rows: Array<Record<string, string | number>> = [];
+  const samplesOf = new Map<string, number[][]>();
   try {
     const rounds = Number(values.rounds);
     for (let round = 0; round < rounds; round++) {
@@ -191,7 +321,13 @@ async function main(): Promise<void> {
           const m0 = machineTicks();
           const s0 = running.pid ? treeSwitches(running.pid) : { vol: 0, invol: 0 };
           const e0 = treeSwitches(echo.pid);
+          const th0 = values.hogs ? threadRunNs() : undefined;
+          const w0 = values.hogs && running.pid ? treeWaitNs(running.pid) : 0;
+          const we0 = values.hogs ? treeWaitNs(echo.pid) : 0;
           const client = await clientRun(ns, to.host, to.port);
+          const th1 = values.hogs ? threadRunNs() : undefined;
+          const w1 = values.hogs && running.pid ? treeWaitNs(running.pid) : 0;
+          const we1 = values.hogs ? treeWaitNs(echo.pid) : 0;
           const m1 = machineTicks();
           const s1 = running.pid ? treeSwitches(running.pid) : { vol: 0, invol: 0 };
           const e1 = treeSwitches(echo.pid);
@@ -232,6 +368,28 @@ async function main(): Promise<void> {
                 row[`${p.name}`] = `${(dn / n / 1000).toFixed(2)}us/conn ${(dr / n).toFixed(1)}runs`;
             }
           }
+          if (client.samples) {
+            samplesOf.set(c.name, [...(samplesOf.get(c.name) ?? []), client.samples]);
+            const t = tailOf([client.samples]);
+            Object.assign(row, {
+              p999: t.p999,
+              max: t.max,
+              over200: t.over200,
+              episodes: t.episodes,
+              episodeMs: t.episodeMs,
+            });
+          }
+          if (th0 && th1) {
+            const mine = new Set(running.pid ? processTree(running.pid) : []);
+            // Time the proxy's and the backend's threads spent runnable but waiting for a CPU.
+            row.proxyWaitMs = +((w1 - w0) / 1e6).toFixed(1);
+            row.backendWaitMs = +((we1 - we0) / 1e6).toFixed(1);
+            // Every thread of the proxy's tree that ran (agent main thread, plane workers, ...).
+            const own = new Map([...th0].filter(([k]) => mine.has(Number(k.split('/')[0]))));
+            const ownAfter = new Map([...th1].filter(([k]) => mine.has(Number(k.split('/')[0]))));
+            row.proxyThreads = topThreads(own, ownAfter, mine, 8);
+            row.hogs = topThreads(th0, th1, mine, 6);
+          }
           rows.push(row);
           console.log(JSON.stringify(row));
         } finally {
@@ -259,6 +417,20 @@ async function main(): Promise<void> {
     console.log(
       `${c.name} | ${m('connPerS')} (${Math.min(...rates)}-${Math.max(...rates)})${lat} | ${m('clientUs')} | ${m('proxyUs')} | ${m('backendUs')} | ${m('totalUs')} | ${m('idlePct')} | ${m('proxyVcs')}/${m('proxyIcs')}`,
     );
+  }
+  if (samplesOf.size > 0) {
+    console.log(
+      '\ncontender | pooled rr samples | p99 | p99.9 | max | > 200 us | episodes (>= 10 slow in a row) | their wall ms | runs with an episode',
+    );
+    for (const c of contenders) {
+      const runs = samplesOf.get(c.name) ?? [];
+      if (runs.length === 0) continue;
+      const t = tailOf(runs);
+      const hit = runs.filter((r) => tailOf([r]).episodes > 0).length;
+      console.log(
+        `${c.name} | ${runs.flat().length} | ${t.p99} | ${t.p999} | ${t.max} | ${t.over200} | ${t.episodes} | ${t.episodeMs} | ${hit}/${runs.length}`,
+      );
+    }
   }
 }
 
