@@ -17,7 +17,7 @@ import {
 } from './lib/contenders.ts';
 import { exec, inNs, type Where, waitListening } from './lib/exec.ts';
 import { concurrent, connRate, loadgenBinary, rr } from './lib/loadgen.ts';
-import { ProcessSampler, type ProcUsage, treeRssMiB } from './lib/proc-stats.ts';
+import { ProcessSampler, type ProcUsage, treeRssMiB, treeTicks } from './lib/proc-stats.ts';
 import type { BenchModule, BenchOptions } from './lib/record.ts';
 import { fmt, median, percentile } from './lib/stats.ts';
 import { createTopology, type Topology, type TopologyKind, topologyKinds } from './lib/topology.ts';
@@ -128,7 +128,19 @@ async function iperf(ns: Where, host: string, port: number, plan: Plan): Promise
 async function measured<T>(
   pid: number | undefined,
   fn: () => Promise<T>,
+  pollRss = true,
 ): Promise<{ value: T; usage?: ProcUsage }> {
+  // Without pollRss only CPU is measured (ticks before and after): the RSS poll walks all of /proc
+  // every 250 ms (~2 ms of the harness's CPU each, more on a busy machine), a periodic burst on the
+  // CPUs the latency run shares, which direct (no proxy pid, no sampler) never gets.
+  if (pid && !pollRss) {
+    const t0 = treeTicks(pid);
+    const s0 = process.hrtime.bigint();
+    const value = await fn();
+    const seconds = Number(process.hrtime.bigint() - s0) / 1e9;
+    const cpuPercent = seconds > 0 ? ((treeTicks(pid) - t0) / 100 / seconds) * 100 : 0; // USER_HZ 100
+    return { value, usage: { cpuPercent, rssPeakMiB: 0 } };
+  }
   const sampler = pid ? new ProcessSampler(pid) : undefined;
   try {
     const value = await fn();
@@ -203,8 +215,10 @@ async function visit(
   });
 
   await guard('rr', async () => {
-    const { value: r, usage: u } = await measured(c.pid, () =>
-      rr(ns, c.echo.host, c.echo.port, 1024, plan.rrCount),
+    const { value: r, usage: u } = await measured(
+      c.pid,
+      () => rr(ns, c.echo.host, c.echo.port, 1024, plan.rrCount),
+      false,
     );
     const rec = { ...base, suite: 'tcp-rr-1k', unit: 'us', higherIsBetter: false };
     col.add({ ...rec, metric: 'round-trip' }, r.samples, extra);
