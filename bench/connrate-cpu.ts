@@ -58,6 +58,7 @@ async function clientRun(
   p50?: number;
   p99?: number;
   samples?: number[];
+  clientWaitMs?: number;
 }> {
   const lg = await loadgenBinary();
   const rrMode = values.workload === 'rr';
@@ -90,6 +91,7 @@ async function clientRun(
     count?: number;
     seconds: number;
     samples?: number[];
+    clientWaitUs?: number;
   };
   // `times`: line 1 the shell's own, line 2 its children's: "0m1.234s 0m2.345s"
   const secs = [...lines.at(-1)!.matchAll(/(\d+)m([\d.]+)s/g)].reduce(
@@ -106,6 +108,7 @@ async function clientRun(
       p50: at(50),
       p99: at(99),
       samples: json.samples!,
+      clientWaitMs: json.clientWaitUs !== undefined ? +(json.clientWaitUs / 1000).toFixed(1) : undefined,
     };
   }
   return { conns: json.connections!, cpuUs: secs * 1e6, seconds: json.seconds };
@@ -384,6 +387,7 @@ async function main(): Promise<void> {
             // Time the proxy's and the backend's threads spent runnable but waiting for a CPU.
             row.proxyWaitMs = +((w1 - w0) / 1e6).toFixed(1);
             row.backendWaitMs = +((we1 - we0) / 1e6).toFixed(1);
+            if (client.clientWaitMs !== undefined) row.clientWaitMs = client.clientWaitMs;
             // Every thread of the proxy's tree that ran (agent main thread, plane workers, ...).
             const own = new Map([...th0].filter(([k]) => mine.has(Number(k.split('/')[0]))));
             const ownAfter = new Map([...th1].filter(([k]) => mine.has(Number(k.split('/')[0]))));

@@ -180,6 +180,15 @@ static int connect_to(struct sockaddr_in *a) {
   return fd;
 }
 
+// This thread's CPU time and run-queue wait so far (ns, /proc/thread-self/schedstat); -1 if unreadable.
+static void sched_ns(long long *run, long long *wait) {
+  *run = *wait = -1;
+  FILE *f = fopen("/proc/thread-self/schedstat", "r");
+  if (!f) return;
+  if (fscanf(f, "%lld %lld", run, wait) != 2) *run = *wait = -1;
+  fclose(f);
+}
+
 static int rr(const char *host, int port, int size, int count) {
   struct sockaddr_in a = addr_of(host, port);
   int fd = connect_to(&a);
@@ -190,6 +199,8 @@ static int rr(const char *host, int port, int size, int count) {
   int warmup = count / 10 < 100 ? count / 10 : 100;
   for (int i = 0; i < warmup; i++)
     if (write_all(fd, out, (size_t)size) < 0 || read_exact(fd, in, (size_t)size) < 0) die("warm-up");
+  long long run0, wait0, run1, wait1;
+  sched_ns(&run0, &wait0);
   double start = now_us();
   for (int i = 0; i < count; i++) {
     double t0 = now_us();
@@ -197,8 +208,12 @@ static int rr(const char *host, int port, int size, int count) {
     lat[i] = now_us() - t0;
   }
   double total = now_us() - start;
+  sched_ns(&run1, &wait1);
   close(fd);
-  printf("{\"count\":%d,\"seconds\":%.6f,\"samples\":[", count, total / 1e6);
+  // clientRunUs/clientWaitUs: the client's own CPU time and time runnable but not running during
+  // the timed round trips (a slow round trip the client waited out is the client's CPU, not the path).
+  printf("{\"count\":%d,\"seconds\":%.6f,\"clientRunUs\":%.1f,\"clientWaitUs\":%.1f,\"samples\":[", count,
+         total / 1e6, run0 < 0 ? -1.0 : (double)(run1 - run0) / 1e3, wait0 < 0 ? -1.0 : (double)(wait1 - wait0) / 1e3);
   for (int i = 0; i < count; i++) printf(i ? ",%.1f" : "%.1f", lat[i]);
   printf("]}\n");
   return 0;
