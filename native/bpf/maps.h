@@ -116,7 +116,7 @@ struct em_config {
 /* em_config.flags */
 #define EM_CFG_SOCKMAP 1 /* put socket-LB connections between local sockets into edgemesh_sh_v1 */
 
-/* Key of edgemesh_sh_v1 and edgemesh_lbt_v1: one end of a TCP connection, as that socket sees it. */
+/* Key of edgemesh_sh_v1, edgemesh_sk_v1 and edgemesh_fb_v1: one end of a TCP connection, as that socket sees it. */
 struct em_sock_key {
 	__u32 local_ip4;   /* network byte order */
 	__u32 remote_ip4;  /* network byte order */
@@ -219,14 +219,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } edgemesh_sk_v1 SEC(".maps");
 
-/* Client ends of socket-LB connections, so the accepting side knows its peer was balanced by us. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct em_sock_key);
-	__type(value, __u32);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} edgemesh_lbt_v1 SEC(".maps");
 
 /* Proxy listeners by port (host byte order) for sk_lookup: the agent inserts each listening socket
  * (value: its fd on update, its cookie on lookup). A closed listener drops out by itself. */

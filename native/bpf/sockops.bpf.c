@@ -5,7 +5,7 @@
 // that sk_msg.bpf.c redirects through: socket-LB connections (client -> backend), and both legs of a
 // proxied one (client -> proxy, and the proxy's SO_MARKed upstream socket -> backend; the proxy
 // must then read with read/recvmsg, never splice). (3) a socket connect4 rewrote or that entered
-// edgemesh_lbt_v1 gets state callbacks; when it reaches TCP_CLOSE its cookie, tuple and lbt entries
+// the sockhash gets state callbacks; when it reaches TCP_CLOSE its cookie, tuple and sockmap entries
 // are deleted, so the maps hold live sockets only (LRU eviction would otherwise start on every
 // connect once 262,144 had been made).
 #include <linux/bpf.h>
@@ -115,9 +115,10 @@ static __always_inline int em_is_upstream(struct bpf_sock_ops *skops, const stru
 }
 
 /* Active end: a connection connect4 rewrote (balanced straight to a backend, or sent to the proxy),
- * or the proxy's upstream socket. It is recorded in edgemesh_lbt_v1 so the accepting end, when it is
- * a local socket in the cgroup too, joins it (em_add_passive); a remote peer never does, and the
- * socket's sendmsg then only passes through sk_msg. */
+ * or the proxy's upstream socket. Its edgemesh_sk_v1 entry (written before the handshake's last ACK
+ * leaves) tells the accepting end, when it is a local socket in the cgroup too, to join
+ * (em_add_passive); a remote peer never does, and the socket's sendmsg then only passes through
+ * sk_msg. */
 static __always_inline int em_add_active(struct bpf_sock_ops *skops, const struct em_config *cfg)
 {
 	__u64 cookie = bpf_get_socket_cookie(skops);
@@ -125,19 +126,21 @@ static __always_inline int em_add_active(struct bpf_sock_ops *skops, const struc
 		if (!em_is_upstream(skops, cfg))
 			return -2;
 		/* Not a rewritten socket, so nobody asked for its state changes yet: TCP_CLOSE must
-		 * delete its lbt entry when no local peer consumed it (a remote backend). */
+		 * delete its edgemesh_sk_v1 entry. */
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	}
 	struct em_sock_key key = em_own_key(skops);
-	__u32 one = 1;
-	bpf_map_update_elem(&edgemesh_lbt_v1, &key, &one, BPF_ANY);
 	long err = bpf_sock_hash_update(skops, &edgemesh_sh_v1, &key, BPF_NOEXIST);
 	if (err == 0)
 		em_joined(skops, &key);
 	return (int)err;
 }
 
-/* Passive end: only when its peer is an active end recorded above (so both are local). */
+/* Passive end: only when its peer is an active end that joined above (so both are local). Its
+ * edgemesh_sk_v1 entry says so: a passive end's peer is always an active one, and the entry lives
+ * until that socket's TCP_CLOSE, so a later connection on the same tuple finds only its own. (A
+ * separate edgemesh_lbt_v1 map did this before: 2 LRU updates and 2 deletes more per proxied
+ * connection, the LRU update being the costliest map operation measured in sockops.) */
 static __always_inline int em_add_passive(struct bpf_sock_ops *skops)
 {
 	struct em_sock_key key = em_own_key(skops);
@@ -147,10 +150,8 @@ static __always_inline int em_add_passive(struct bpf_sock_ops *skops)
 		.local_port = key.remote_port,
 		.remote_port = key.local_port,
 	};
-	if (!bpf_map_lookup_elem(&edgemesh_lbt_v1, &peer))
+	if (!bpf_map_lookup_elem(&edgemesh_sk_v1, &peer))
 		return -2;
-	/* Consumed: a later connection that reuses the tuple must be recorded afresh. */
-	bpf_map_delete_elem(&edgemesh_lbt_v1, &peer);
 	/* TCP_CLOSE must delete its edgemesh_sk_v1 entry (and edgemesh_fb_v1, should it fall back). */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	long err = bpf_sock_hash_update(skops, &edgemesh_sh_v1, &key, BPF_NOEXIST);
@@ -187,12 +188,15 @@ int edgemesh_sockops(struct bpf_sock_ops *skops)
 		if (skops->args[1] == BPF_TCP_CLOSE) {
 			if (skops->family == 2)
 				em_forget(skops);
-			/* An active end no local peer consumed (its peer was remote), and a writer that
-			 * fell back to TCP/IP; no-ops otherwise. */
+			/* A writer that fell back to TCP/IP, a sockhash member's address. Each is looked
+			 * up before it is deleted: the first is mostly a miss, and an LRU delete takes its
+			 * bucket lock even to miss while a lookup takes none. Nothing else writes these keys
+			 * once the socket is closing: sk_msg runs under the socket lock TCP_CLOSE holds. */
 			struct em_sock_key key = em_own_key(skops);
-			bpf_map_delete_elem(&edgemesh_lbt_v1, &key);
-			bpf_map_delete_elem(&edgemesh_fb_v1, &key);
-			bpf_map_delete_elem(&edgemesh_sk_v1, &key);
+			if (bpf_map_lookup_elem(&edgemesh_fb_v1, &key))
+				bpf_map_delete_elem(&edgemesh_fb_v1, &key);
+			if (bpf_map_lookup_elem(&edgemesh_sk_v1, &key))
+				bpf_map_delete_elem(&edgemesh_sk_v1, &key);
 		}
 		break;
 	}

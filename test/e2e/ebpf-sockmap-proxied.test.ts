@@ -7,7 +7,7 @@
 // backend reset mid-stream reaches the client, a backend outside the cgroup still works, an idle
 // connection on the shortcut is closed by the idle timeout, a stop drains an open one, a backend that
 // never reads stops its writer after a few MiB (backpressure: the writer falls back to TCP/IP), the
-// sockmapAdd/msgRedirect counters move, the sockhash and lbt maps are empty once the connections
+// sockmapAdd/msgRedirect counters move, the sockhash, sk and fb maps are empty once the connections
 // are closed, and the agent's fd count is back to its baseline.
 // Plan: pod-0 10.244.0.10 in the cgroup (sink 7001, echo 7002, reset 7003), pod-1 10.244.0.11
 // outside it (sink 7001), and a backend in pod-0's cgroup that never reads (7004); ClusterIPs 10.96.0.130 (pod-0) and 10.96.0.131 (pod-1).
@@ -260,9 +260,8 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
     expect(Date.now() - t0).toBeLessThan(10_000);
   });
 
-  it('leaves no sockhash or lbt entry and no fd behind once the connections are closed', async () => {
+  it('leaves no sockhash, sk or fb entry and no fd behind once the connections are closed', async () => {
     await eventually(async () => (await mapEntries('edgemesh_sh_v1')) === 0, 10_000);
-    await eventually(async () => (await mapEntries('edgemesh_lbt_v1')) === 0, 10_000);
     await eventually(async () => (await mapEntries('edgemesh_sk_v1')) === 0, 10_000);
     await eventually(async () => (await mapEntries('edgemesh_fb_v1')) === 0, 10_000);
     await eventually(async () => fdCount() === baselineFds, 10_000);
