@@ -134,10 +134,10 @@ async function bpfProgs(): Promise<Map<number, BpfProg>> {
   return out;
 }
 
-/** Whole-machine CPU ticks from /proc/stat: idle (idle + iowait), softirq, total. */
-function machineTicks(): { idle: number; softirq: number; total: number } {
+/** Whole-machine CPU ticks from /proc/stat: idle (idle + iowait), softirq, steal (the hypervisor's), total. */
+function machineTicks(): { idle: number; softirq: number; steal: number; total: number } {
   const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  return { idle: f[3]! + f[4]!, softirq: f[6]!, total: f.reduce((a, b) => a + b, 0) };
+  return { idle: f[3]! + f[4]!, softirq: f[6]!, steal: f[7]!, total: f.reduce((a, b) => a + b, 0) };
 }
 
 /** Voluntary and involuntary context switches summed over every thread of a process tree. */
@@ -352,6 +352,8 @@ async function main(): Promise<void> {
             // bound by latency (wake-ups, hops), not by CPU.
             idlePct: +((100 * (m1.idle - m0.idle)) / (m1.total - m0.total)).toFixed(1),
             softirqPct: +((100 * (m1.softirq - m0.softirq)) / (m1.total - m0.total)).toFixed(1),
+            // vCPU time the hypervisor gave to others: everything runs slower with no run-queue wait.
+            stealPct: +((100 * (m1.steal - m0.steal)) / (m1.total - m0.total)).toFixed(1),
             // Sleeps (voluntary) and preemptions (involuntary) per connection.
             proxyVcs: +((s1.vol - s0.vol) / n).toFixed(2),
             proxyIcs: +((s1.invol - s0.invol) / n).toFixed(2),
