@@ -6,11 +6,12 @@
 // byte-exact both ways across a client half-close (the tail comes back after the client's FIN), a
 // backend reset mid-stream reaches the client, a backend outside the cgroup still works, an idle
 // connection on the shortcut is closed by the idle timeout, a stop drains an open one, a backend that
-// never reads stops its writer after a few MiB (backpressure: the writer falls back to TCP/IP), the
+// never reads stops its writer after a few MiB (backpressure: the writer falls back to TCP/IP,
+// counted as msgFallback), a writer returns to the shortcut once its slow reader caught up (msgResume), the
 // sockmapAdd/msgRedirect counters move, the sockhash, sk and fb maps are empty once the connections
 // are closed, and the agent's fd count is back to its baseline.
 // Plan: pod-0 10.244.0.10 in the cgroup (sink 7001, echo 7002, reset 7003), pod-1 10.244.0.11
-// outside it (sink 7001), and a backend in pod-0's cgroup that never reads (7004); ClusterIPs 10.96.0.130 (pod-0) and 10.96.0.131 (pod-1).
+// outside it (sink 7001), and backends in pod-0's cgroup that never read (7004) or read late (7005); ClusterIPs 10.96.0.130 (pod-0) and 10.96.0.131 (pod-1).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -49,6 +50,30 @@ s.on('connect', function fill() {
   done();
 });`;
 
+/** Reads nothing for the first second of each connection, then everything; answers the byte count at the client's FIN. */
+const SLOW_SERVER = `require('net').createServer({ pauseOnConnect: true }, (s) => {
+  let n = 0;
+  s.on('data', (d) => { n += d.length; });
+  s.on('end', () => s.end(String(n)));
+  setTimeout(() => s.resume(), 1000);
+}).listen(7005, () => console.log('ready'))`;
+/** 16 MiB at once (the slow reader makes its writers fall back), 2.5 s quiet, then 1 MiB in 16 spaced writes; prints sent and the server's count. */
+const BURST_CLIENT = `
+const s = require('net').connect({ host: process.argv[1], port: 7005 });
+const block = Buffer.alloc(65536, 7);
+let sent = 0, reply = '';
+const write = (b) => new Promise((r) => { sent += b.length; s.write(b) ? r() : s.once('drain', r); });
+const pause = (ms) => new Promise((r) => setTimeout(r, ms));
+s.on('data', (d) => { reply += d; });
+s.on('end', () => { console.log(JSON.stringify({ sent, got: Number(reply) })); process.exit(0); });
+s.on('error', (e) => { console.log(JSON.stringify({ sent, error: e.code })); process.exit(0); });
+s.on('connect', async () => {
+  for (let i = 0; i < 256; i++) await write(block);
+  await pause(2500);
+  for (let i = 0; i < 16; i++) { await write(block); await pause(20); }
+  s.end();
+});`;
+
 describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false, ebpfSockmap: true', () => {
   let topo: Topology;
   let dir = '';
@@ -56,6 +81,7 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
   let agent: RunningCli | undefined;
   let inPod: RunningCli | undefined;
   let stalled: RunningCli | undefined;
+  let slow: RunningCli | undefined;
   const metricsPort = 20000 + ((process.pid + 3100) % 5000);
   let baselineFds = 0;
 
@@ -136,6 +162,10 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
       command: [...inCgroupAndNs(cgroup, p0!.ns.name), process.execPath],
     });
     await stalled.waitFor(/ready/, 10_000);
+    slow = startCli(['-e', SLOW_SERVER], {
+      command: [...inCgroupAndNs(cgroup, p0!.ns.name), process.execPath],
+    });
+    await slow.waitFor(/ready/, 10_000);
     await p1!.ns.spawn(process.execPath, [tool, 'serve', '--sink', '7001']).waitFor(/ready/, 10_000);
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'em-ebpf-sockmap-proxied-'));
     fs.mkdirSync(path.join(dir, 'manifests'));
@@ -158,6 +188,7 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
             { name: 'tcp-echo', port: 7002, targetPort: 7002 },
             { name: 'tcp-reset', port: 7003, targetPort: 7003 },
             { name: 'tcp-stall', port: 7004, targetPort: 7004 },
+            { name: 'tcp-slow', port: 7005, targetPort: 7005 },
           ],
         }),
         serviceManifest({
@@ -187,6 +218,7 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
     await agent?.stop('SIGTERM');
     await inPod?.stop('SIGKILL');
     await stalled?.stop('SIGKILL');
+    await slow?.stop('SIGKILL');
     await topo?.destroy();
     await removeTestCgroup(cgroup);
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
@@ -249,6 +281,15 @@ describe.skipIf(skip)('agent --intercept ebpf, native plane, ebpfSocketLb: false
     expect(after.msgResume).toBe(before.msgResume);
     // Its never-closed sockets would stay in the sockhash: end it (the plane sees a reset).
     await stalled?.stop('SIGKILL');
+  });
+
+  it('returns a writer to the shortcut once its slow reader caught up, byte-exact', async () => {
+    const before = await events();
+    const r = lastJson(await run([process.execPath, '-e', BURST_CLIENT, VIP_IN]));
+    expect(r).toEqual({ sent: 17 << 20, got: 17 << 20 });
+    const after = await events();
+    expect(after.msgFallback! - before.msgFallback!).toBeGreaterThan(0);
+    expect(after.msgResume! - before.msgResume!).toBeGreaterThan(0);
   });
 
   it('closes a connection idle on the shortcut after idleTimeoutMs', async () => {
