@@ -8,7 +8,8 @@
 //        [--contenders a,b,...] [--case veth|loopback] [--bpf-stats] [--variant PLANE:SUFFIX:ARGS]...
 //        [--workload connrate|rr|bulk] [--count N] [--hogs]
 // rr also prints each run's tail (p99.9, max, samples > 200 us, episodes) and the pooled tail per
-// contender; --hogs adds the run-queue wait of proxy and backend and the busiest threads per run.
+// contender, and the machine's steal %; --hogs adds the run-queue wait of client, proxy and backend
+// and the busiest threads per run.
 // A variant is an edgemesh plane (native, native-ebpf) with extra agent flags (ARGS starting with
 // --) or edgeProxy config keys (key=value;key=value), reported as edgemesh-PLANE-SUFFIX.
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
