@@ -238,13 +238,30 @@ describe.skipIf(skip)('ebpf interceptor: cgroup connect4 socket-LB in a netns + 
       .toEqual([0, 0]);
   });
 
-  it('keeps a transfer byte-exact across an agent restart, and stop() removes everything', async () => {
+  it('keeps a transfer byte-exact across an agent restart, and stop() removes everything (a retired map pin too)', async () => {
     const t = startPausedTransfer(clientArgv(['transfer', ECHO_VIP, '7', '16']));
     transfer = t.child;
     await t.half;
     // The agent dies without cleaning up (programs and maps stay pinned), a new one takes over.
     await interceptor!.detachKeepPinned();
     interceptor = undefined;
+    // An older version's map the new one no longer uses (renamed or dropped) stays pinned in the
+    // folder: stop() must still leave nothing behind.
+    await sh('bpftool', [
+      'map',
+      'create',
+      `${pinDir}/edgemesh_lbt_v1`,
+      'type',
+      'hash',
+      'key',
+      '12',
+      'value',
+      '4',
+      'entries',
+      '16',
+      'name',
+      'edgemesh_lbt_v1',
+    ]);
     restarted = makeInterceptor();
     await restarted.start();
     await restarted.apply(

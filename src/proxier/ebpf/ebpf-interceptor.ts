@@ -2,7 +2,7 @@
 // SO_ORIGINAL_DST from the maps for processes in one cgroup v2, and sk_lookup in the network
 // namespace for clients elsewhere (other namespaces, other hosts). sync()/apply() only record the
 // latest targets/snapshot; one render writes the complete desired map state in one batch.
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readdir, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Registry } from 'prom-client';
 import { Gauge } from 'prom-client';
@@ -143,6 +143,7 @@ export class EbpfInterceptor implements Interceptor {
     const handle = this.handle;
     this.handle = undefined;
     this.opts.binding.bpfClose(handle, true);
+    await removeRetiredPins(this.opts.pinDir);
     await this.steering.clear();
     if (this.gauge) this.opts.registry?.removeSingleMetric('edgemesh_ebpf_events');
     this.opts.log.info({ pinDir: this.opts.pinDir }, 'eBPF programs detached and unpinned');
@@ -381,4 +382,19 @@ export const DEFAULT_CGROUP_FALLBACK = '/run/edgemesh/cgroup2';
 export function resolveCgroupPath(root: string, configured: string): string {
   if (!configured) return root;
   return path.isAbsolute(configured) ? configured : path.join(root, configured);
+}
+
+/**
+ * Removes what an earlier edgemesh left in our pin folder under names this version no longer uses
+ * (a map renamed when its layout changed, like edgemesh_st_v2 -> _v3, or dropped, like
+ * edgemesh_lbt_v1), then the folder. Called after our own pins are gone, at a clean stop only:
+ * such a pin holds a map nothing reads any more, but it kept the folder from being removed.
+ * Anything not named edgemesh_* is not ours and stays (and so does the folder).
+ */
+async function removeRetiredPins(pinDir: string): Promise<void> {
+  const names = await readdir(pinDir).catch(() => [] as string[]); // usually gone already
+  for (const name of names) {
+    if (name.startsWith('edgemesh_')) await rm(path.join(pinDir, name), { force: true });
+  }
+  if (names.length > 0) await rmdir(pinDir).catch(() => {});
 }
