@@ -314,50 +314,36 @@ async function visit(
   return summary.join(', ');
 }
 
-/** p99 a proxy adds to the 1 KiB round trip: each round's p99 minus direct's median p99 in that case. */
+/**
+ * p99 a proxy adds to the 1 KiB round trip: `added-latency-p99` = each round's p99 minus direct's
+ * median p99 in that case; `added-latency-p99-pooled` = the p99 of all rounds' round trips minus
+ * direct's pooled p99 (one value per contender and case: a round's p99 is its 100th-worst of 10,000
+ * samples, so one scheduler episode on the shared CPUs — tens of ms at one time slice per round
+ * trip — moves it; pooled, 3 rounds give 30,000 samples).
+ */
 function addedLatency(col: Collector): void {
   const records = col.result();
-  for (const d of records) {
-    if (d.suite !== 'tcp-rr-1k' || d.metric !== 'latency-p99' || d.contender !== 'direct') continue;
-    const base = median(d.samples);
-    for (const r of records) {
-      if (r.suite !== d.suite || r.metric !== d.metric || r.case !== d.case || r.contender === 'direct')
-        continue;
-      col.add(
-        {
+  const againstDirect = (from: string, to: string, added: (own: number[], direct: number[]) => number[]) => {
+    for (const d of records) {
+      if (d.suite !== 'tcp-rr-1k' || d.metric !== from || d.contender !== 'direct') continue;
+      for (const r of records) {
+        if (r.suite !== d.suite || r.metric !== from || r.case !== d.case || r.contender === 'direct')
+          continue;
+        const key = {
           suite: r.suite,
           case: r.case,
           contender: r.contender,
-          metric: 'added-latency-p99',
           unit: r.unit,
           higherIsBetter: false,
-        },
-        r.samples.map((v) => v - base),
-      );
+        };
+        col.add({ ...key, metric: to }, added(r.samples, d.samples));
+      }
     }
-  }
-  // The same over the pooled round trips of all rounds (one value per contender and case): a
-  // round's p99 is its 100th-worst of 10,000 samples, so one scheduler episode on the shared CPUs
-  // (tens of ms at one time slice per round trip) moves it; pooled, 3 rounds give 30,000 samples.
-  for (const d of records) {
-    if (d.suite !== 'tcp-rr-1k' || d.metric !== 'round-trip' || d.contender !== 'direct') continue;
-    const base = percentile(d.samples, 99);
-    for (const r of records) {
-      if (r.suite !== d.suite || r.metric !== d.metric || r.case !== d.case || r.contender === 'direct')
-        continue;
-      col.add(
-        {
-          suite: r.suite,
-          case: r.case,
-          contender: r.contender,
-          metric: 'added-latency-p99-pooled',
-          unit: r.unit,
-          higherIsBetter: false,
-        },
-        [percentile(r.samples, 99) - base],
-      );
-    }
-  }
+  };
+  againstDirect('latency-p99', 'added-latency-p99', (own, direct) => own.map((v) => v - median(direct)));
+  againstDirect('round-trip', 'added-latency-p99-pooled', (own, direct) => [
+    percentile(own, 99) - percentile(direct, 99),
+  ]);
 }
 
 /** The L4 suites (tcp-bulk, tcp-rr-1k, tcp-connrate, tcp-N-conns). Needs root (network namespaces). */
