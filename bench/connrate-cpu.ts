@@ -141,11 +141,12 @@ function machineTicks(): { idle: number; softirq: number; steal: number; total: 
   return { idle: f[3]! + f[4]!, softirq: f[6]!, steal: f[7]!, total: f.reduce((a, b) => a + b, 0) };
 }
 
-/** Voluntary and involuntary context switches summed over every thread of a process tree. */
-function treeSwitches(root: number): { vol: number; invol: number } {
-  let vol = 0;
-  let invol = 0;
-  for (const pid of processTree(root)) {
+/**
+ * Calls `visit` with the /proc folder of every thread of the given processes; a process or thread
+ * that ends meanwhile (its files vanish under us) is skipped.
+ */
+function eachThread(pids: Iterable<number | string>, visit: (dir: string, id: string) => void): void {
+  for (const pid of pids) {
     let tids: string[] = [];
     try {
       tids = readdirSync(`/proc/${pid}/task`);
@@ -154,59 +155,43 @@ function treeSwitches(root: number): { vol: number; invol: number } {
     }
     for (const tid of tids) {
       try {
-        const st = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
-        vol += Number(/voluntary_ctxt_switches:\s+(\d+)/.exec(st)?.[1] ?? 0);
-        invol += Number(/nonvoluntary_ctxt_switches:\s+(\d+)/.exec(st)?.[1] ?? 0);
+        visit(`/proc/${pid}/task/${tid}`, `${pid}/${tid}`);
       } catch {
         // thread gone meanwhile
       }
     }
   }
+}
+
+/** Voluntary and involuntary context switches summed over every thread of a process tree. */
+function treeSwitches(root: number): { vol: number; invol: number } {
+  let vol = 0;
+  let invol = 0;
+  eachThread(processTree(root), (dir) => {
+    const st = readFileSync(`${dir}/status`, 'utf8');
+    vol += Number(/voluntary_ctxt_switches:\s+(\d+)/.exec(st)?.[1] ?? 0);
+    invol += Number(/nonvoluntary_ctxt_switches:\s+(\d+)/.exec(st)?.[1] ?? 0);
+  });
   return { vol, invol };
 }
 
 /** Run time (ns, from schedstat) and name of every thread on the machine, keyed pid/tid. */
 function threadRunNs(): Map<string, { name: string; ns: number }> {
   const out = new Map<string, { name: string; ns: number }>();
-  for (const pid of readdirSync('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
-    let tids: string[] = [];
-    try {
-      tids = readdirSync(`/proc/${pid}/task`);
-    } catch {
-      continue; // gone meanwhile
-    }
-    for (const tid of tids) {
-      try {
-        const ns = Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
-        const name = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-        out.set(`${pid}/${tid}`, { name, ns });
-      } catch {
-        // thread gone meanwhile
-      }
-    }
-  }
+  const pids = readdirSync('/proc').filter((pid) => /^\d+$/.test(pid));
+  eachThread(pids, (dir, id) => {
+    const ns = Number(readFileSync(`${dir}/schedstat`, 'utf8').split(' ')[0]);
+    out.set(id, { name: readFileSync(`${dir}/comm`, 'utf8').trim(), ns });
+  });
   return out;
 }
 
 /** Run-queue wait (ns, schedstat's second field) summed over every thread of a process tree. */
 function treeWaitNs(root: number): number {
   let ns = 0;
-  for (const pid of processTree(root)) {
-    let tids: string[] = [];
-    try {
-      tids = readdirSync(`/proc/${pid}/task`);
-    } catch {
-      continue; // gone meanwhile
-    }
-    for (const tid of tids) {
-      try {
-        ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[1]);
-      } catch {
-        // thread gone meanwhile
-      }
-    }
-  }
+  eachThread(processTree(root), (dir) => {
+    ns += Number(readFileSync(`${dir}/schedstat`, 'utf8').split(' ')[1]);
+  });
   return ns;
 }
 
