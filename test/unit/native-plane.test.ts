@@ -37,6 +37,20 @@ import { svc, table } from '../helpers/dns.ts';
 const log = pino({ level: 'silent' });
 const diff = { added: [], updated: [], removed: [], istioChanged: false };
 
+/** Routes 127.0.0.1:<the plane's port> (service ns/echo) to `backend`; returns the plane's targets. */
+function routeToEcho(dp: NativeDataplane, backend: net.Server) {
+  const backendPort = (backend.address() as net.AddressInfo).port;
+  return dp.apply(
+    table([
+      svc('ns', 'echo', {
+        clusterIPs: ['127.0.0.1'],
+        ports: [{ port: dp.port, endpoints: [{ ip: '127.0.0.1', port: backendPort }] }],
+      }),
+    ]),
+    diff,
+  );
+}
+
 function route(fields: Partial<NativeRoute> & Pick<NativeRoute, 'endpoints'>): NativeRoute {
   return {
     id: 'ns/s:80',
@@ -238,16 +252,7 @@ describe('NativeDataplane on loopback', () => {
     });
     await dp.start();
     cleanups.push(() => dp.stop());
-    const backendPort = (backend.address() as net.AddressInfo).port;
-    const targets = await dp.apply(
-      table([
-        svc('ns', 'echo', {
-          clusterIPs: ['127.0.0.1'],
-          ports: [{ port: dp.port, endpoints: [{ ip: '127.0.0.1', port: backendPort }] }],
-        }),
-      ]),
-      diff,
-    );
+    const targets = await routeToEcho(dp, backend);
     expect(targets).toEqual([
       { id: `ns/echo:${dp.port}`, clusterIP: '127.0.0.1', port: dp.port, protocol: 'TCP', toPort: dp.port },
     ]);
@@ -292,16 +297,7 @@ describe('NativeDataplane on loopback', () => {
     });
     await dp.start();
     cleanups.push(() => dp.stop());
-    const backendPort = (backend.address() as net.AddressInfo).port;
-    await dp.apply(
-      table([
-        svc('ns', 'echo', {
-          clusterIPs: ['127.0.0.1'],
-          ports: [{ port: dp.port, endpoints: [{ ip: '127.0.0.1', port: backendPort }] }],
-        }),
-      ]),
-      diff,
-    );
+    await routeToEcho(dp, backend);
     // Request/response on one connection: every reply comes back whole while the worker spins.
     const s = net.connect({ port: dp.port, host: '127.0.0.1' });
     cleanups.push(() => void s.destroy());
@@ -369,16 +365,7 @@ describe('NativeDataplane on loopback', () => {
     });
     await dp.start();
     cleanups.push(() => dp.stop());
-    const backendPort = (backend.address() as net.AddressInfo).port;
-    await dp.apply(
-      table([
-        svc('ns', 'echo', {
-          clusterIPs: ['127.0.0.1'],
-          ports: [{ port: dp.port, endpoints: [{ ip: '127.0.0.1', port: backendPort }] }],
-        }),
-      ]),
-      diff,
-    );
+    await routeToEcho(dp, backend);
     // One worker thread on each CPU this process may use.
     const allowed = /Cpus_allowed_list:\s+(\S+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1]!;
     const expected = allowed.split(',').flatMap((r) => {
