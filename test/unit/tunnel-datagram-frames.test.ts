@@ -9,12 +9,12 @@ import {
   decodeOpen,
   encodeFrame,
   encodeOpen,
-  type Frame,
   FrameDecoder,
   FrameError,
   FrameType,
   MAX_PAYLOAD,
 } from '../../src/tunnel/frames.ts';
+import { fuzzFrameStreams } from '../helpers/frame-fuzz.ts';
 import { lcgRandom } from '../helpers/rng.ts';
 
 const target = { node: 'node-b', src: 'node-a', ip: '10.2.0.2', port: 5353 };
@@ -79,36 +79,16 @@ describe('datagram frames', () => {
       encodeFrame(FrameType.DGRAM, 1, Buffer.alloc(0)),
       encodeFrame(FrameType.RESET, 1, Buffer.from('idle')),
     ]);
-    let frames = 0;
-    let errors = 0;
-    for (let i = 0; i < 3000; i++) {
-      const input = Buffer.from(valid);
-      const flips = 1 + Math.floor(next() * 4);
-      for (let j = 0; j < flips; j++) input[Math.floor(next() * input.length)] = Math.floor(next() * 256);
-      const d = new FrameDecoder();
-      try {
-        let off = 0;
-        while (off < input.length) {
-          const n = 1 + Math.floor(next() * 64);
-          const got: Frame[] = d.push(input.subarray(off, off + n));
-          for (const f of got) {
-            frames++;
-            try {
-              if (f.type === FrameType.DGRAM_OPEN) decodeOpen(f.payload);
-            } catch (e) {
-              expect(e).toBeInstanceOf(FrameError);
-              errors++;
-            }
-          }
-          off += n;
-        }
-      } catch (e) {
-        expect(e).toBeInstanceOf(FrameError);
-        errors++;
-      }
-    }
+    const { frames, streamErrors, payloadErrors } = fuzzFrameStreams({
+      next,
+      valid,
+      rounds: 3000,
+      decodePayload: (f) => {
+        if (f.type === FrameType.DGRAM_OPEN) decodeOpen(f.payload);
+      },
+    });
     // Both outcomes happen: the fuzzer reaches the payload decoders and the header checks.
     expect(frames).toBeGreaterThan(1000);
-    expect(errors).toBeGreaterThan(100);
+    expect(streamErrors + payloadErrors).toBeGreaterThan(100);
   });
 });

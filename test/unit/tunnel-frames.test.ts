@@ -10,12 +10,12 @@ import {
   encodeFrame,
   encodeOpen,
   encodeWindow,
-  type Frame,
   FrameDecoder,
   FrameError,
   FrameType,
   MAX_PAYLOAD,
 } from '../../src/tunnel/frames.ts';
+import { fuzzFrameStreams } from '../helpers/frame-fuzz.ts';
 import { lcgRandom } from '../helpers/rng.ts';
 
 describe('frame codec', () => {
@@ -105,43 +105,19 @@ describe('frame codec', () => {
       encodeFrame(FrameType.WINDOW, 1, encodeWindow(300)),
       encodeFrame(FrameType.PEERS, 0, Buffer.from('{"peers":[]}')),
     ]);
-    let frames = 0;
-    let errors = 0;
-    for (let i = 0; i < 3000; i++) {
-      let input: Buffer;
-      if (i % 2 === 0) {
-        input = Buffer.alloc(Math.floor(next() * 200));
-        for (let j = 0; j < input.length; j++) input[j] = Math.floor(next() * 256);
-      } else {
-        input = Buffer.from(valid);
-        const flips = 1 + Math.floor(next() * 4);
-        for (let j = 0; j < flips; j++) input[Math.floor(next() * input.length)] = Math.floor(next() * 256);
-      }
-      const d = new FrameDecoder();
-      try {
-        let off = 0;
-        while (off < input.length) {
-          const n = 1 + Math.floor(next() * 64);
-          const got: Frame[] = d.push(input.subarray(off, off + n));
-          for (const f of got) {
-            frames++;
-            // Payload decoders must also fail only with FrameError.
-            try {
-              if (f.type === FrameType.OPEN) decodeOpen(f.payload);
-              if (f.type === FrameType.WINDOW) decodeWindow(f.payload);
-              if (f.type === FrameType.PEERS || f.type === FrameType.HELLO) decodeJson(f.payload);
-            } catch (e) {
-              if (!(e instanceof FrameError)) throw e;
-            }
-          }
-          off += n;
-        }
-      } catch (e) {
-        if (!(e instanceof FrameError)) throw e;
-        errors++;
-      }
-    }
+    const { frames, streamErrors } = fuzzFrameStreams({
+      next,
+      valid,
+      rounds: 3000,
+      randomEveryOther: true,
+      // Payload decoders must also fail only with FrameError.
+      decodePayload: (f) => {
+        if (f.type === FrameType.OPEN) decodeOpen(f.payload);
+        if (f.type === FrameType.WINDOW) decodeWindow(f.payload);
+        if (f.type === FrameType.PEERS || f.type === FrameType.HELLO) decodeJson(f.payload);
+      },
+    });
     expect(frames).toBeGreaterThan(100);
-    expect(errors).toBeGreaterThan(100);
+    expect(streamErrors).toBeGreaterThan(100);
   });
 });
