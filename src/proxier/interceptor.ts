@@ -22,6 +22,13 @@ export interface InterceptTarget {
 
 export type InterceptorMode = 'iptables' | 'nftables' | 'ebpf' | 'none';
 
+/** Whether IPv6 ClusterIPs are caught, and how or why not (for logs and /status). */
+export interface Ipv6Interception {
+  intercepted: boolean;
+  /** e.g. 'ip6tables-nft nat', 'nftables table ip6 edgemesh', or the reason IPv6 is skipped. */
+  detail: string;
+}
+
 /** Installs and removes interception rules; sync() renders the complete desired state at once. */
 export interface Interceptor extends Service {
   readonly mode: InterceptorMode;
@@ -29,6 +36,8 @@ export interface Interceptor extends Service {
   sync(targets: readonly InterceptTarget[]): Promise<void>;
   /** Drift check: re-installs the last synced state if someone changed it; true when it repaired. */
   repair?(): Promise<boolean>;
+  /** IPv6 interception state, known after start() (absent: the interceptor catches no IPv6). */
+  readonly ipv6?: Ipv6Interception;
   /** Interceptors that route by endpoints (ebpf socket-LB) record each snapshot here, before sync(). */
   observe?(table: ServiceTable): void;
 }

@@ -1,5 +1,7 @@
 // Pure rendering of the iptables interception state: targets in, iptables-restore text out.
-// No processes, no I/O: golden unit tests drive every function here.
+// No processes, no I/O: golden unit tests drive every function here. The same text serves
+// iptables-restore and ip6tables-restore: IPv6 targets differ only in their /128 host prefix.
+import net from 'node:net';
 import type { InterceptTarget } from './interceptor.ts';
 
 /** The nat chain every ClusterIP rule lives in (DESIGN.md §3). */
@@ -29,6 +31,33 @@ export interface SavedNat {
   chainRules: string[];
 }
 
+/** An address family: 4 (iptables, table `ip`) or 6 (ip6tables, table `ip6`). */
+export type IpFamily = 4 | 6;
+
+/** The family of an address or CIDR (IPv6 when it has a colon). */
+export function familyOf(ipOrCidr: string): IpFamily {
+  return ipOrCidr.includes(':') ? 6 : 4;
+}
+
+/** The targets of one family (an IPv4 rule set never sees an IPv6 ClusterIP and vice versa). */
+export function targetsOfFamily(targets: readonly InterceptTarget[], family: IpFamily): InterceptTarget[] {
+  return targets.filter((t) => familyOf(t.clusterIP) === family);
+}
+
+/** The rule options for one family's rule set: a catch-all CIDR only goes where its family is. */
+export function optionsForFamily<T extends RuleOptions>(opts: T, family: IpFamily): T {
+  if (!opts.catchAll || familyOf(opts.catchAll.cidr) === family) return opts;
+  return { ...opts, catchAll: undefined };
+}
+
+/**
+ * The address as ip6tables-save / nft print it (IPv6 compressed, lower case): rendered and saved
+ * rules must compare equal however the Service spelled its ClusterIP.
+ */
+export function canonicalIp(ip: string): string {
+  return net.isIPv6(ip) ? new URL(`http://[${ip}]/`).hostname.slice(1, -1) : ip;
+}
+
 /** Comment text safe inside a quoted iptables argument. */
 function comment(text: string): string {
   return `"${text.replace(/["\\\r\n]+/g, '_')}"`;
@@ -45,7 +74,8 @@ export function sortTargets(targets: readonly InterceptTarget[]): InterceptTarge
 /** The rule spec (after `-A EDGEMESH `) for one target, in the order iptables-save prints it. */
 export function targetRuleSpec(t: InterceptTarget): string {
   const p = t.protocol === 'UDP' ? 'udp' : 'tcp';
-  return `-d ${t.clusterIP}/32 -p ${p} -m comment --comment ${comment(`edgemesh ${t.id}`)} -m ${p} --dport ${t.port} -j REDIRECT --to-ports ${t.toPort}`;
+  const host = familyOf(t.clusterIP) === 6 ? 128 : 32;
+  return `-d ${canonicalIp(t.clusterIP)}/${host} -p ${p} -m comment --comment ${comment(`edgemesh ${t.id}`)} -m ${p} --dport ${t.port} -j REDIRECT --to-ports ${t.toPort}`;
 }
 
 /** Everything a target's rule depends on, as a short string (for set differences). */
@@ -189,11 +219,12 @@ export function traceConnect(
 ): number | undefined {
   const p = protocol === 'UDP' ? 'udp' : 'tcp';
   for (const line of lines) {
-    const d = /-d (\S+)\/32 /.exec(line)?.[1];
+    const d = /-d (\S+)\/(?:32|128) /.exec(line)?.[1];
     const dport = /--dport (\d+)/.exec(line)?.[1];
     const proto = / -p (\w+) /.exec(line)?.[1];
     const to = /--to-ports (\d+)/.exec(line)?.[1];
-    if (d === dst && Number(dport) === port && proto === p && to) return Number(to);
+    if (d !== undefined && d === canonicalIp(dst) && Number(dport) === port && proto === p && to)
+      return Number(to);
   }
   return undefined;
 }

@@ -1,11 +1,18 @@
-// The nftables interceptor: table `ip edgemesh` with port maps keyed by `ip daddr . dport`,
-// replaced atomically with one `nft -f` per sync.
+// The nftables interceptor: table `ip edgemesh` (and `ip6 edgemesh` for IPv6 ClusterIPs) with port
+// maps keyed by `daddr . dport`, replaced atomically with one `nft -f` per sync that covers both.
 import type { InterceptTarget } from './interceptor.ts';
-import type { RuleOptions } from './iptables-render.ts';
-import { expectedShape, renderCleanup, renderDelta, renderFull, TABLE } from './nftables-render.ts';
-import { RuleInterceptor, type RuleInterceptorOptions } from './rule-interceptor.ts';
+import type { IpFamily, RuleOptions } from './iptables-render.ts';
+import {
+  expectedShape,
+  nftFamily,
+  renderCleanup,
+  renderDelta,
+  renderFull,
+  TABLE,
+} from './nftables-render.ts';
+import { ipv6Disabled, RuleInterceptor, type RuleInterceptorOptions } from './rule-interceptor.ts';
 import { RuleSetSync } from './rule-set-sync.ts';
-import { type CommandPrefix, mustRun, runCommand } from './run-command.ts';
+import { type CommandPrefix, haveCommand, mustRun, runCommand } from './run-command.ts';
 
 export interface NftablesInterceptorOptions extends RuleOptions, RuleInterceptorOptions {}
 
@@ -17,11 +24,11 @@ interface NftJson {
   }>;
 }
 
-/** Installs table `ip edgemesh`; stop() deletes that table and nothing else. */
+/** Installs table `ip edgemesh` (+ `ip6 edgemesh`); stop() deletes those tables and nothing else. */
 export class NftablesInterceptor extends RuleInterceptor {
   readonly mode = 'nftables' as const;
-  protected readonly state = new RuleSetSync({
-    applyFull: (targets) => this.nft(renderFull(targets, this.options)),
+  private readonly state = new RuleSetSync({
+    applyFull: (targets) => this.nft(renderFull(targets, this.options, this.families)),
     renderDelta,
     applyDelta: (payload) => this.nft(payload),
     installed: (targets) => this.matches(targets),
@@ -31,31 +38,66 @@ export class NftablesInterceptor extends RuleInterceptor {
     super(options, 'nftables');
   }
 
+  /** The families this interceptor installs a table for now. */
+  private get families(): IpFamily[] {
+    const out: IpFamily[] = this.options.ipv6Only ? [] : [4];
+    if (this.ipv6Usable) out.push(6);
+    return out;
+  }
+
+  protected async probeIpv6(): Promise<{ ok: true; how: string } | { ok: false; reason: string }> {
+    const disabled = await ipv6Disabled(this.prefix);
+    if (disabled) return { ok: false, reason: disabled };
+    if (!(await haveCommand(this.prefix, 'nft', '--version'))) return { ok: false, reason: 'nft not found' };
+    const payload =
+      'table ip6 edgemesh_probe {\n  chain c { type nat hook output priority -100; meta l4proto tcp redirect to :1; }\n}\ndelete table ip6 edgemesh_probe\n';
+    const r = await runCommand(this.prefix, 'nft', ['-f', '-'], payload);
+    if (r.code !== 0) return { ok: false, reason: `nft ip6 nat redirect failed: ${r.stderr.trim()}` };
+    return { ok: true, how: `nftables table ip6 ${TABLE}` };
+  }
+
+  protected syncRules(targets: readonly InterceptTarget[]): Promise<void> {
+    return this.state.sync(targets);
+  }
+
+  protected repairRules(): Promise<boolean> {
+    return this.state.repair();
+  }
+
+  protected resetRules(): void {
+    this.state.reset();
+  }
+
   protected async removeLeftovers(): Promise<void> {
-    const r = await runCommand(this.prefix, 'nft', ['list', 'table', 'ip', TABLE]);
-    if (r.code !== 0) return;
-    this.options.log.info('removing leftover edgemesh nftables table');
-    await this.nft(renderCleanup());
+    for (const family of this.families) {
+      const r = await runCommand(this.prefix, 'nft', ['list', 'table', nftFamily(family), TABLE]);
+      if (r.code !== 0) continue;
+      this.options.log.info({ family }, 'removing leftover edgemesh nftables table');
+      await this.nft(renderCleanup([family]));
+    }
   }
 
   protected async removeRules(): Promise<void> {
-    await this.nft(renderCleanup());
+    if (this.families.length > 0) await this.nft(renderCleanup(this.families));
   }
 
   private async matches(targets: readonly InterceptTarget[]): Promise<boolean> {
-    const r = await runCommand(this.prefix, 'nft', ['-j', 'list', 'table', 'ip', TABLE]);
-    if (r.code !== 0) return false;
-    const want = expectedShape(targets, this.options);
-    const chains: Record<string, number> = {};
-    const maps: Record<string, number> = {};
-    for (const item of (JSON.parse(r.stdout) as NftJson).nftables ?? []) {
-      if (item.chain) chains[item.chain.name] ??= 0;
-      if (item.rule) chains[item.rule.chain] = (chains[item.rule.chain] ?? 0) + 1;
-      if (item.map) maps[item.map.name] = item.map.elem?.length ?? 0;
+    for (const family of this.families) {
+      const r = await runCommand(this.prefix, 'nft', ['-j', 'list', 'table', nftFamily(family), TABLE]);
+      if (r.code !== 0) return false;
+      const want = expectedShape(targets, this.options, family);
+      const chains: Record<string, number> = {};
+      const maps: Record<string, number> = {};
+      for (const item of (JSON.parse(r.stdout) as NftJson).nftables ?? []) {
+        if (item.chain) chains[item.chain.name] ??= 0;
+        if (item.rule) chains[item.rule.chain] = (chains[item.rule.chain] ?? 0) + 1;
+        if (item.map) maps[item.map.name] = item.map.elem?.length ?? 0;
+      }
+      const same = (a: Record<string, number>, b: Record<string, number>) =>
+        Object.keys(a).length === Object.keys(b).length && Object.entries(a).every(([k, v]) => b[k] === v);
+      if (!same(want.chains, chains) || !same(want.maps, maps)) return false;
     }
-    const same = (a: Record<string, number>, b: Record<string, number>) =>
-      Object.keys(a).length === Object.keys(b).length && Object.entries(a).every(([k, v]) => b[k] === v);
-    return same(want.chains, chains) && same(want.maps, maps);
+    return true;
   }
 
   private get prefix(): CommandPrefix {

@@ -1,5 +1,5 @@
-// Local /32 routes for intercepted ClusterIPs (`ip route add local <vip>/32 dev lo table local
-// proto 228`), shared by every interceptor. Why: without one a node-local client's connect to a
+// Local /32 (IPv6: /128) routes for intercepted ClusterIPs (`ip route add local <vip>/32 dev lo
+// table local proto 228`), shared by every interceptor. Why: without one a node-local client's connect to a
 // VIP takes the service-CIDR/default route, a 1500-MTU device, so its socket gets MSS 1448 for what
 // is in fact a loopback leg to the proxy (bulk throughput pays ~20 %); with a local route the VIP
 // is delivered over lo (MTU 65536) and REDIRECT/sk_lookup still act on it. sk_lookup needs these
@@ -11,22 +11,34 @@ import type { ServiceTable } from '../controller/types.ts';
 import { errorMessage } from '../errors.ts';
 import type { Logger } from '../util/log.ts';
 import type { InterceptTarget } from './interceptor.ts';
+import { canonicalIp } from './iptables-render.ts';
 import { type CommandPrefix, runCommand } from './run-command.ts';
 
 /** Routing protocol number that marks edgemesh's local VIP routes (`ip route show proto 228`). */
 export const ROUTE_PROTO = 228;
 
+/** Which address families a VipRoutes instance manages. */
+export type VipFamilies = 'both' | 'ipv4' | 'ipv6';
+
+/** Whether `ip` belongs to `families`. */
+function inFamilies(ip: string, families: VipFamilies): boolean {
+  if (families === 'ipv4') return net.isIPv4(ip);
+  if (families === 'ipv6') return net.isIPv6(ip);
+  return net.isIP(ip) !== 0;
+}
+
 /**
- * Addresses with a `local` /32 route in `ip -4 route show table local` output: all of them, and
- * those edgemesh added (protocol ROUTE_PROTO).
+ * Addresses with a `local` host route (/32, or /128: `ip -6` prints none) in `ip -4|-6 route show
+ * table local` output: all of them, and those edgemesh added (protocol ROUTE_PROTO).
  */
 export function parseLocalRoutes(text: string): { all: Set<string>; ours: Set<string> } {
   const all = new Set<string>();
   const ours = new Set<string>();
   for (const line of text.split('\n')) {
     const words = line.trim().split(/\s+/);
-    const ip = words[1]?.replace(/\/32$/, '');
-    if (words[0] !== 'local' || !ip || !net.isIPv4(ip)) continue;
+    const raw = words[1]?.replace(/\/(32|128)$/, '');
+    if (words[0] !== 'local' || !raw || raw.includes('/') || net.isIP(raw) === 0) continue;
+    const ip = canonicalIp(raw);
     all.add(ip);
     const proto = words.indexOf('proto');
     if (proto > 0 && words[proto + 1] === String(ROUTE_PROTO)) ours.add(ip);
@@ -34,9 +46,9 @@ export function parseLocalRoutes(text: string): { all: Set<string>; ours: Set<st
   return { all, ours };
 }
 
-/** The distinct IPv4 ClusterIPs of `targets` (what an iptables/nftables interceptor catches). */
-export function vipsOf(targets: readonly InterceptTarget[]): Set<string> {
-  return new Set(targets.map((t) => t.clusterIP).filter((ip) => net.isIPv4(ip)));
+/** The distinct ClusterIPs of `targets` in `families` (canonical text), what a rule interceptor catches. */
+export function vipsOf(targets: readonly InterceptTarget[], families: VipFamilies = 'both'): Set<string> {
+  return new Set(targets.map((t) => canonicalIp(t.clusterIP)).filter((ip) => inFamilies(ip, families)));
 }
 
 /**
@@ -48,7 +60,7 @@ export function vipsOf(targets: readonly InterceptTarget[]): Set<string> {
 export function endpointAddresses(table: ServiceTable): Set<string> {
   const out = new Set<string>();
   for (const svc of table.services.values())
-    for (const port of svc.ports) for (const ep of port.endpoints) out.add(ep.ip);
+    for (const port of svc.ports) for (const ep of port.endpoints) out.add(canonicalIp(ep.ip));
   return out;
 }
 
@@ -59,9 +71,10 @@ export function renderRouteBatch(desired: ReadonlySet<string>, installed: string
   // needs nothing from us.
   const add = [...desired].filter((v) => !all.has(v)).sort();
   const del = [...ours].filter((v) => !desired.has(v)).sort();
+  const host = (v: string) => `${v}/${net.isIPv6(v) ? 128 : 32}`;
   return [
-    ...add.map((v) => `route add local ${v}/32 dev lo table local proto ${ROUTE_PROTO}`),
-    ...del.map((v) => `route del local ${v}/32 dev lo table local proto ${ROUTE_PROTO}`),
+    ...add.map((v) => `route add local ${host(v)} dev lo table local proto ${ROUTE_PROTO}`),
+    ...del.map((v) => `route del local ${host(v)} dev lo table local proto ${ROUTE_PROTO}`),
   ];
 }
 
@@ -78,6 +91,12 @@ export interface VipRoutesOptions {
    * crashed earlier run left. Default true.
    */
   enabled?: boolean;
+  /**
+   * Families whose proto-228 routes this instance owns (default both). Two instances in one
+   * namespace must not overlap: each deletes every route of its families that it did not want
+   * (eBPF: sk_lookup steers IPv4, its IPv6 delegate interceptor routes IPv6).
+   */
+  families?: VipFamilies;
 }
 
 /** Keeps edgemesh's local VIP routes equal to a desired set; failures warn once and never throw. */
@@ -91,6 +110,10 @@ export class VipRoutes {
   private warned: string | undefined;
 
   constructor(private readonly opts: VipRoutesOptions) {}
+
+  private get families(): VipFamilies {
+    return this.opts.families ?? 'both';
+  }
 
   /** Adopts the routes an earlier run left (they stay until the first sync says otherwise). */
   async start(): Promise<void> {
@@ -127,7 +150,7 @@ export class VipRoutes {
 
   /** sync() with the ClusterIPs of an interceptor's targets, less the observed endpoint addresses. */
   syncTargets(targets: readonly InterceptTarget[]): Promise<boolean> {
-    const vips = vipsOf(targets);
+    const vips = vipsOf(targets, this.families);
     for (const ip of this.endpoints) vips.delete(ip);
     return this.sync(vips);
   }
@@ -164,19 +187,31 @@ export class VipRoutes {
     const shown = await this.show();
     // Look first: a flush with nothing to flush is another process on every stop, and `ip route
     // flush` of an empty selection exits non-zero on some iproute2 versions.
-    if (shown === undefined || parseLocalRoutes(shown).ours.size === 0) return;
-    const r = await this.ip(['-4', 'route', 'flush', 'table', 'local', 'proto', String(ROUTE_PROTO)]);
-    if (r && r.code !== 0) this.warn(`ip route flush failed: ${r.stderr.trim() || `exit ${r.code}`}`);
+    if (shown === undefined) return;
+    const ours = [...parseLocalRoutes(shown).ours];
+    for (const fam of ['-4', '-6'] as const) {
+      if (!ours.some((ip) => (fam === '-6') === net.isIPv6(ip))) continue;
+      const r = await this.ip([fam, 'route', 'flush', 'table', 'local', 'proto', String(ROUTE_PROTO)]);
+      if (r && r.code !== 0) this.warn(`ip route flush failed: ${r.stderr.trim() || `exit ${r.code}`}`);
+    }
   }
 
+  /** Local routes of this instance's families (`ip -4` and/or `ip -6 route show table local`). */
   private async show(): Promise<string | undefined> {
-    const r = await this.ip(['-4', 'route', 'show', 'table', 'local']);
-    if (r === undefined) return undefined;
-    if (r.code !== 0) {
-      this.warn(`ip route show failed: ${r.stderr.trim() || `exit ${r.code}`}`);
-      return undefined;
+    const fams = this.families === 'both' ? ['-4', '-6'] : [this.families === 'ipv6' ? '-6' : '-4'];
+    let out = '';
+    for (const fam of fams) {
+      const r = await this.ip([fam, 'route', 'show', 'table', 'local']);
+      if (r === undefined) return undefined;
+      if (r.code !== 0) {
+        // A kernel without IPv6 has no IPv6 table at all: nothing of ours can be in it.
+        if (fam === '-6' && this.families === 'both') continue;
+        this.warn(`ip route show failed: ${r.stderr.trim() || `exit ${r.code}`}`);
+        return undefined;
+      }
+      out += r.stdout;
     }
-    return r.stdout;
+    return out;
   }
 
   /** Runs `ip`; undefined (after a warning) when it cannot run at all. */

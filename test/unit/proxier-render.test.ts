@@ -6,10 +6,12 @@ import {
   chainLines,
   inSync,
   jumpLines,
+  optionsForFamily,
   parseSave,
   renderCleanup,
   renderDelta,
   renderFull,
+  targetsOfFamily,
   traceConnect,
 } from '../../src/proxier/iptables-render.ts';
 import * as nft from '../../src/proxier/nftables-render.ts';
@@ -188,5 +190,94 @@ describe('nftables renderer', () => {
       chains: { output: 2, prerouting: 1, services: 2 },
       maps: { services_tcp: 2, services_udp: 1 },
     });
+  });
+});
+
+// IPv6 plan: ClusterIPs fd00:96::/112, service CIDR fd00:96::/108 beside the IPv4 one.
+const web6: InterceptTarget = {
+  id: 'ns/web:http',
+  clusterIP: 'FD00:96:0:0::000A',
+  port: 80,
+  protocol: 'TCP',
+  toPort: 21000,
+};
+const dns6: InterceptTarget = {
+  id: 'ns/dns:udp',
+  clusterIP: 'fd00:96::35',
+  port: 53,
+  protocol: 'UDP',
+  toPort: 21001,
+};
+
+describe('IPv6 targets', () => {
+  it('iptables: one family per rule set, /128 host prefixes in canonical form, catch-all only in its family', () => {
+    const mixed = [web, web6, dns6];
+    const catchAll = { ...opts, catchAll: { cidr: '10.96.0.0/12', toPort: 40001 } };
+    expect(targetsOfFamily(mixed, 4)).toEqual([web]);
+    expect(chainLines(targetsOfFamily(mixed, 6), optionsForFamily(catchAll, 6))).toEqual([
+      '-A EDGEMESH -d fd00:96::35/128 -p udp -m comment --comment "edgemesh ns/dns:udp" -m udp --dport 53 -j REDIRECT --to-ports 21001',
+      '-A EDGEMESH -d fd00:96::a/128 -p tcp -m comment --comment "edgemesh ns/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 21000',
+    ]);
+    expect(optionsForFamily(catchAll, 4)).toBe(catchAll);
+    const lines = chainLines(targetsOfFamily(mixed, 6), opts);
+    expect(traceConnect(lines, 'fd00:96::a', 80)).toBe(21000);
+    expect(traceConnect(lines, 'fd00:96:0::35', 53, 'UDP')).toBe(21001);
+    expect(traceConnect(lines, 'fd00:96::b', 80)).toBeUndefined();
+    // What ip6tables-save prints for the installed rules compares equal (drift check).
+    const save = [
+      '*nat',
+      ':EDGEMESH - [0:0]',
+      ...jumpLines(opts),
+      '-A EDGEMESH -d fd00:96::a/128 -p tcp -m comment --comment "edgemesh ns/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 21000',
+      'COMMIT',
+    ].join('\n');
+    expect(inSync(parseSave(save), [web6], opts)).toBe(true);
+    expect(renderDelta([web6], [])).toBe(
+      '*nat\n-D EDGEMESH -d fd00:96::a/128 -p tcp -m comment --comment "edgemesh ns/web:http" -m tcp --dport 80 -j REDIRECT --to-ports 21000\nCOMMIT\n',
+    );
+  });
+
+  it('nftables: a second table ip6 edgemesh (ipv6_addr maps, ip6 daddr) in the same file; deltas name the family', () => {
+    const text = nft.renderFull(
+      [web, web6, dns6],
+      { ...opts, catchAll: { cidr: 'fd00:96::/108', toPort: 40001 } },
+      [4, 6],
+    );
+    const v6 = text.slice(text.indexOf('table ip6 edgemesh {}'));
+    expect(text.indexOf('table ip edgemesh {}')).toBe(0);
+    expect(text.slice(0, text.indexOf('table ip6'))).not.toContain('fd00');
+    expect(text.slice(0, text.indexOf('table ip6'))).not.toContain('service CIDR');
+    expect(v6.split('\n').slice(0, 16)).toEqual([
+      'table ip6 edgemesh {}',
+      'delete table ip6 edgemesh',
+      'table ip6 edgemesh {',
+      '  map services_tcp {',
+      '    type ipv6_addr . inet_service : inet_service',
+      '    elements = { fd00:96::a . 80 : 21000 }',
+      '  }',
+      '  map services_udp {',
+      '    type ipv6_addr . inet_service : inet_service',
+      '    elements = { fd00:96::35 . 53 : 21001 }',
+      '  }',
+      '  chain services {',
+      '    meta l4proto tcp redirect to : ip6 daddr . tcp dport map @services_tcp comment "edgemesh services tcp"',
+      '    meta l4proto udp redirect to : ip6 daddr . udp dport map @services_udp comment "edgemesh services udp"',
+      '    ip6 daddr fd00:96::/108 meta l4proto tcp redirect to :40001 comment "edgemesh service CIDR tcp"',
+      '    ip6 daddr fd00:96::/108 meta l4proto udp redirect to :40001 comment "edgemesh service CIDR udp"',
+    ]);
+    // IPv6 unusable: only the ip table, IPv6 targets left out.
+    expect(nft.renderFull([web, web6], opts)).not.toContain('ip6');
+    expect(nft.renderDelta([web, web6], [web, { ...web6, toPort: 21009 }])).toBe(
+      [
+        'delete element ip6 edgemesh services_tcp { fd00:96::a . 80 }',
+        'add element ip6 edgemesh services_tcp { fd00:96::a . 80 : 21009 }',
+        '',
+      ].join('\n'),
+    );
+    expect(nft.renderCleanup([4, 6])).toBe(
+      'table ip edgemesh {}\ndelete table ip edgemesh\ntable ip6 edgemesh {}\ndelete table ip6 edgemesh\n',
+    );
+    expect(nft.expectedShape([web, web6, dns6], opts, 6).maps).toEqual({ services_tcp: 1, services_udp: 1 });
+    expect(nft.expectedShape([web, web6, dns6], opts, 4).maps).toEqual({ services_tcp: 1, services_udp: 0 });
   });
 });

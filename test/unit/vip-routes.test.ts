@@ -8,7 +8,13 @@ import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { EMPTY_TABLE, type ServiceEntry, type ServiceTable } from '../../src/controller/types.ts';
 import type { InterceptTarget } from '../../src/proxier/interceptor.ts';
-import { ROUTE_PROTO, renderRouteBatch, VipRoutes, vipsOf } from '../../src/proxier/vip-routes.ts';
+import {
+  parseLocalRoutes,
+  ROUTE_PROTO,
+  renderRouteBatch,
+  VipRoutes,
+  vipsOf,
+} from '../../src/proxier/vip-routes.ts';
 import { silentLogger } from '../../src/util/log.ts';
 
 const target = (clusterIP: string, port: number): InterceptTarget => ({
@@ -27,9 +33,29 @@ function recordingLogger() {
 }
 
 describe('vip routes: desired set and batch', () => {
-  it('wants each IPv4 ClusterIP of the targets once', () => {
-    const vips = vipsOf([target('10.96.0.10', 80), target('10.96.0.10', 443), target('fd00::1', 80)]);
-    expect([...vips]).toEqual(['10.96.0.10']);
+  it('wants each ClusterIP of the targets once, IPv6 in canonical form, per family when asked', () => {
+    const ts = [target('10.96.0.10', 80), target('10.96.0.10', 443), target('FD00:0::0001', 80)];
+    expect([...vipsOf(ts)]).toEqual(['10.96.0.10', 'fd00::1']);
+    expect([...vipsOf(ts, 'ipv4')]).toEqual(['10.96.0.10']);
+    expect([...vipsOf(ts, 'ipv6')]).toEqual(['fd00::1']);
+  });
+
+  it('parses `ip -6 route show table local` (no /128 suffix) and renders /128 routes', () => {
+    const installed = [
+      'local ::1 dev lo proto kernel metric 0 pref medium',
+      `local fd00:96::10 dev lo proto ${ROUTE_PROTO} metric 1024 pref medium`, // ours, gone
+      `local fd00:96::11 dev lo proto ${ROUTE_PROTO} metric 1024 pref medium`, // ours, wanted
+      'local fe80::/64 dev lo proto kernel metric 256 pref medium', // a prefix, never a VIP
+      'multicast ff00::/8 dev lo proto kernel metric 256 pref medium',
+    ].join('\n');
+    const parsed = parseLocalRoutes(installed);
+    expect([...parsed.all].sort()).toEqual(['::1', 'fd00:96::10', 'fd00:96::11']);
+    expect([...parsed.ours].sort()).toEqual(['fd00:96::10', 'fd00:96::11']);
+    expect(renderRouteBatch(new Set(['fd00:96::11', 'fd00:96::12', '::1', '10.96.0.1']), installed)).toEqual([
+      `route add local 10.96.0.1/32 dev lo table local proto ${ROUTE_PROTO}`,
+      `route add local fd00:96::12/128 dev lo table local proto ${ROUTE_PROTO}`,
+      `route del local fd00:96::10/128 dev lo table local proto ${ROUTE_PROTO}`,
+    ]);
   });
 
   it('adds what is not local yet, deletes only our routes that are no longer wanted', () => {
