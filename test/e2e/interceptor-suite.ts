@@ -6,6 +6,10 @@
 // not local: 10.97.0.0/16 is routed to a 1500-MTU bridge (as a service CIDR is on a node), so only
 // the interceptor's local VIP route (vip-routes.ts) gives its node-local clients lo's MTU. A pod
 // namespace (10.245.0.2, veth to the node at 10.245.0.1) is the client from elsewhere.
+// IPv6 plan, the same shape: fd00:96::10 and fd00:96::11 on lo, fd00:97::/64 routed to svc0, the
+// pod at fd00:245::2 (node fd00:245::1); an IPv6-only backend answers "direct6" on :80 and
+// "port-6" on 21002, the latter with the connection's original destination (orig-dst-server.py;
+// without a nat entry, as for "direct6", the kernel may have none to give).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EMPTY_TABLE, type ServiceEntry } from '../../src/controller/types.ts';
 import type { Interceptor, InterceptTarget } from '../../src/proxier/interceptor.ts';
@@ -26,6 +30,8 @@ export interface InterceptorSuiteImpl {
   snapshot(ns: Netns): Promise<string>;
   /** Deletes part of our installed state the way a careless admin would. */
   sabotage(ns: Netns): Promise<void>;
+  /** The same for the IPv6 rules (eBPF: those of the rule interceptor it hands IPv6 to). */
+  sabotage6(ns: Netns): Promise<void>;
   /**
    * argv prefix that runs a client command in `ns` (default `ip netns exec <ns>`). eBPF: the client
    * must also sit in the cgroup the programs are attached to (cgroup hooks cover nothing else).
@@ -70,6 +76,12 @@ const c = (toPort: number): InterceptTarget => ({
   protocol: 'TCP',
   toPort,
 });
+
+/** IPv6 ClusterIPs: one on lo (local already), one only routed (gets a /128 local route). */
+const LOCAL_VIP6 = 'fd00:96::10';
+const ROUTED_VIP6 = 'fd00:97::10';
+const a6: InterceptTarget = { id: 't/a6', clusterIP: LOCAL_VIP6, port: 80, protocol: 'TCP', toPort: 21002 };
+const c6: InterceptTarget = { id: 't/c6', clusterIP: ROUTED_VIP6, port: 80, protocol: 'TCP', toPort: 21002 };
 
 /** Strips what changes between two dumps of the same rules. */
 export function normalizeDump(text: string): string {
@@ -122,6 +134,13 @@ export function interceptorSuite(label: string, impl: InterceptorSuiteImpl): voi
       await pod.run('ip', 'link', 'set', 'eth0', 'up');
       await pod.run('ip', 'route', 'add', 'default', 'via', '10.245.0.1');
       await ns.backend('s', ['--text', '80:direct', '--text', '21000:port-a', '--text', '21001:port-b']);
+      await ns.addr6(`${LOCAL_VIP6}/128`, 'lo');
+      await ns.addr6('fd00:96::11/128', 'lo');
+      await ns.run('ip', '-6', 'route', 'add', 'fd00:97::/64', 'dev', 'svc0');
+      await ns.addr6('fd00:245::1/64', 'vp0');
+      await pod.addr6('fd00:245::2/64', 'eth0');
+      await pod.run('ip', '-6', 'route', 'add', 'default', 'via', 'fd00:245::1');
+      await ns.backend6(['--tcp', '80:direct6', '--tcp', '21002:port-6']);
       await impl.addForeignRule(ns);
       before = await impl.snapshot(ns);
       interceptor = impl.make(ns, options);
@@ -209,6 +228,34 @@ export function interceptorSuite(label: string, impl: InterceptorSuiteImpl): voi
       expect(await reachFromPod('10.96.0.11')).toBe('port-b');
     });
 
+    it('IPv6: a ClusterIP reaches the redirect port with its original destination (node and pod), bypass gid kept out', async () => {
+      await interceptor.sync([a(21000), b(21001), c(21000), a6, c6]);
+      expect(interceptor.ipv6?.intercepted).toBe(true);
+      expect(await reach(`[${LOCAL_VIP6}]`)).toBe(`port-6 [${LOCAL_VIP6}]:80`);
+      expect(await reach('[fd00:96::11]')).toMatch(/^direct6 /);
+      expect(await reach(`[${LOCAL_VIP6}]`, BYPASS_GID)).toMatch(/^direct6 /);
+      // The routed IPv6 VIP gets its /128 local route beside the IPv4 one.
+      expect(await vipRoutes(ns)).toEqual([ROUTED_VIP, ROUTED_VIP6]);
+      expect(await reach(`[${ROUTED_VIP6}]`)).toBe(`port-6 [${ROUTED_VIP6}]:80`);
+      expect(await reachFromPod(`[${ROUTED_VIP6}]`)).toBe(`port-6 [${ROUTED_VIP6}]:80`);
+      expect(await reachFromPod(`[${LOCAL_VIP6}]`)).toBe(`port-6 [${LOCAL_VIP6}]:80`);
+      expect(await reach('10.96.0.10')).toBe('port-a');
+    });
+
+    it('IPv6: drift repaired; a removed IPv6 service loses its rule and route', async () => {
+      expect(await interceptor.repair?.()).toBe(false);
+      await impl.sabotage6(ns);
+      expect(await reach(`[${ROUTED_VIP6}]`)).not.toMatch(/^port-6/);
+      expect(await interceptor.repair?.()).toBe(true);
+      expect(await reach(`[${ROUTED_VIP6}]`)).toBe(`port-6 [${ROUTED_VIP6}]:80`);
+      await ns.run('ip', '-6', 'route', 'del', 'local', `${ROUTED_VIP6}/128`, 'table', 'local');
+      expect(await interceptor.repair?.()).toBe(true);
+      expect(await vipRoutes(ns)).toEqual([ROUTED_VIP, ROUTED_VIP6]);
+      await interceptor.sync([a(21000), b(21001), c(21000)]);
+      expect(await vipRoutes(ns)).toEqual([ROUTED_VIP]);
+      expect(await reach(`[${LOCAL_VIP6}]`)).toMatch(/^direct6 /);
+    });
+
     it('a routed VIP port with no service is refused at once (node and pod), as kube-proxy rejects it', async () => {
       const prefix = impl.clientPrefix?.(ns) ?? ['ip', 'netns', 'exec', ns.name];
       const dial = `TCP:${ROUTED_VIP}:81,connect-timeout=3`;
@@ -264,7 +311,7 @@ export function interceptorSuite(label: string, impl: InterceptorSuiteImpl): voi
       async () => {
         const crashed = impl.make(ns, options);
         await crashed.start();
-        await crashed.sync([a(21000), b(21001), c(21000)]);
+        await crashed.sync([a(21000), b(21001), c(21000), a6]);
         expect(await impl.snapshot(ns)).not.toBe(before);
         // No stop(): a new agent starts over what the killed one left.
         await impl.kill?.(crashed);
@@ -280,6 +327,7 @@ export function interceptorSuite(label: string, impl: InterceptorSuiteImpl): voi
         }
         await interceptor.sync([a(21001)]);
         expect(await vipRoutes(ns)).toEqual([]);
+        expect(await reach(`[${LOCAL_VIP6}]`)).toMatch(/^direct6 /);
         expect(await reach('10.96.0.10')).toBe('port-b');
         expect(await reach('10.96.0.11')).toBe('direct');
         await interceptor.stop();

@@ -8,7 +8,7 @@ import { createInterceptor } from '../../src/proxier/create-interceptor.ts';
 import { EbpfInterceptor, findBpfObjects } from '../../src/proxier/ebpf/index.ts';
 import { findCgroup2Root } from '../../src/proxier/ebpf/probe.ts';
 import type { Interceptor } from '../../src/proxier/interceptor.ts';
-import { IptablesInterceptor } from '../../src/proxier/iptables.ts';
+import { IptablesInterceptor, ip6Binary } from '../../src/proxier/iptables.ts';
 import { NftablesInterceptor } from '../../src/proxier/nftables.ts';
 import { ROUTE_PROTO } from '../../src/proxier/vip-routes.ts';
 import { silentLogger } from '../../src/util/log.ts';
@@ -25,17 +25,21 @@ for (const binary of ['iptables-legacy', 'iptables-nft'] as const) {
     make: (ns, options) => new IptablesInterceptor({ ...options, binary, commandPrefix: prefix(ns) }),
     addForeignRule: async (ns) => {
       await ns.run(binary, '-t', 'nat', '-A', 'OUTPUT', '-d', '192.0.2.1/32', '-j', 'ACCEPT');
+      await ns.run(ip6Binary(binary), '-t', 'nat', '-A', 'OUTPUT', '-d', '2001:db8::1/128', '-j', 'ACCEPT');
     },
     // nft list ruleset too: iptables-nft must not leave tables behind either.
     snapshot: async (ns) =>
       normalizeDump(
-        `${await ns.run(`${binary}-save`)}\n${binary === 'iptables-nft' ? await ns.run('nft', 'list', 'ruleset') : ''}`,
+        `${await ns.run(`${binary}-save`)}\n${await ns.run(`${ip6Binary(binary)}-save`)}\n${binary === 'iptables-nft' ? await ns.run('nft', 'list', 'ruleset') : ''}`,
       ),
     sabotage: async (ns) => {
       const save = await ns.run(`${binary}-save`, '-t', 'nat');
       const jump = save.split('\n').find((l) => l.startsWith('-A OUTPUT') && l.endsWith('-j EDGEMESH'));
       if (!jump) throw new Error(`no jump to sabotage in\n${save}`);
       await ns.run('sh', '-c', `${binary} -t nat ${jump.replace(/^-A/, '-D')}`);
+    },
+    sabotage6: async (ns) => {
+      await ns.run(ip6Binary(binary), '-t', 'nat', '-F', 'EDGEMESH');
     },
   });
 }
@@ -51,6 +55,9 @@ interceptorSuite('nftables', {
   snapshot: async (ns) => normalizeDump(await ns.run('nft', 'list', 'ruleset')),
   sabotage: async (ns) => {
     await ns.run('nft', 'flush', 'chain', 'ip', 'edgemesh', 'output');
+  },
+  sabotage6: async (ns) => {
+    await ns.run('nft', 'flush', 'chain', 'ip6', 'edgemesh', 'output');
   },
 });
 
@@ -111,6 +118,7 @@ for (const [socketLb, sockmap] of [
           await ns.run('bpftool', 'net', 'show'),
           existsSync(pinDirOf(ns)) ? `pins: ${readdirSync(pinDirOf(ns)).join(' ')}` : 'no pins',
           await ns.run('ip', '-4', 'route', 'show', 'table', 'local'),
+          await ns.run('ip', '-6', 'route', 'show', 'table', 'local'),
           await ns.run('iptables-nft-save'),
           await ns.run('nft', 'list', 'ruleset'),
         ].join('\n'),
@@ -118,6 +126,10 @@ for (const [socketLb, sockmap] of [
     // Detach the connect4 link the way an admin with bpftool would (the link and its pin survive).
     sabotage: async (ns) => {
       await detachConnect4Link(cgroupOf(ns));
+    },
+    // IPv6 goes through the nftables interceptor the eBPF one hands it to.
+    sabotage6: async (ns) => {
+      await ns.run('nft', 'flush', 'chain', 'ip6', 'edgemesh', 'output');
     },
     clientPrefix: (ns) => [
       'sh',

@@ -69,6 +69,22 @@ export class Netns {
     return running;
   }
 
+  /**
+   * Starts test/helpers/orig-dst-server.py here (IPv6-only TCP/UDP listeners on `::`, `--tcp
+   * PORT:TEXT` answers "TEXT ORIGDST") and waits until it listens.
+   */
+  async backend6(listeners: string[]): Promise<RunningCli> {
+    const script = path.join(repoRoot, 'test/helpers/orig-dst-server.py');
+    const running = this.spawn('python3', [script, ...listeners]);
+    await running.waitFor(/ready/, 10_000);
+    return running;
+  }
+
+  /** Adds IPv6 `addr/len` to `dev` without duplicate address detection (usable at once, not tentative). */
+  async addr6(addr: string, dev: string): Promise<void> {
+    await this.run('ip', '-6', 'addr', 'add', addr, 'dev', dev, 'nodad');
+  }
+
   /** Starts the real `edgemesh agent` here (SIGKILLed by destroy() if the test did not stop it). */
   agent(args: string[]): RunningCli {
     return this.spawn(process.execPath, [binPath, 'agent', ...args]);

@@ -6,9 +6,11 @@ import { runProcess } from '../../src/util/run-process.ts';
 import { repoRoot } from './cli.ts';
 import type { Netns } from './netns.ts';
 
-/** The VIPs that have an edgemesh local route (proto 228) in `ns`, sorted. */
+/** The VIPs (IPv4 and IPv6) that have an edgemesh local route (proto 228) in `ns`, sorted. */
 export async function vipRoutes(ns: Netns): Promise<string[]> {
-  const out = await ns.run('ip', '-4', 'route', 'show', 'table', 'local', 'proto', String(ROUTE_PROTO));
+  const show = (fam: string) =>
+    ns.run('ip', fam, 'route', 'show', 'table', 'local', 'proto', String(ROUTE_PROTO));
+  const out = `${await show('-4')}\n${await show('-6')}`;
   return out
     .split('\n')
     .map((l) => l.trim().split(/\s+/)[1] ?? '')
