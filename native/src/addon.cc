@@ -126,16 +126,15 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
     std::string vip = StringArg(info, 1, kUsage);
     uint32_t port = U32Arg(info, 2, kUsage);
     std::string client = StringArg(info, 3, kUsage);
-    in_addr vip_a{}, client_a{};
-    if (port > 65535 || inet_pton(AF_INET, vip.c_str(), &vip_a) != 1 ||
-        inet_pton(AF_INET, client.c_str(), &client_a) != 1)
+    edgemesh::IpAddr vip_a, client_a;  // either family
+    if (port > 65535 || !edgemesh::IpAddr::Parse(vip, &vip_a) || !edgemesh::IpAddr::Parse(client, &client_a))
       ThrowUsage(info.Env(), kUsage);
     std::string error;
     auto table = edgemesh::RoutingTable::Decode(buf.Data(), buf.Length(), &error);
     if (!table) ThrowUsage(info.Env(), (std::string(kUsage) + ": " + error).c_str());
-    const edgemesh::Route* route = table->Lookup(vip_a.s_addr, static_cast<uint16_t>(port));
+    const edgemesh::Route* route = table->Lookup(vip_a, static_cast<uint16_t>(port));
     if (route == nullptr || route->endpoints.empty()) return info.Env().Null();
-    uint32_t idx = edgemesh::PickEndpoint(*route, client_a.s_addr, 0);
+    uint32_t idx = edgemesh::PickEndpoint(*route, client_a, 0);
     return Napi::String::New(info.Env(), edgemesh::EndpointString(route->endpoints[idx]));
   }
 
@@ -178,7 +177,8 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
     return Napi::Number::New(info.Env(), edgemesh::RegisterPlane(std::make_shared<edgemesh::Plane>(o)));
   }
 
-  // planeListen(id, address, port, count) -> bound port: `count` SO_REUSEPORT listeners.
+  // planeListen(id, address, port, count) -> bound port: `count` SO_REUSEPORT listeners on an IPv4
+  // or IPv6 (V6ONLY) address; call once per family, with the same count.
   Napi::Value PlaneListen(const Napi::CallbackInfo& info) {
     static constexpr const char* kUsage = "planeListen(id: number, address: string, port: number, count: number)";
     auto plane = PlaneArg(info, kUsage);
@@ -271,16 +271,18 @@ class EdgemeshAddon : public Napi::Addon<EdgemeshAddon> {
     return info.Env().Undefined();
   }
 
-  // planeTakeHandoffs(id) -> [fd, originalDstIPv4 (u32, network order as read), port, ...]; the
-  // caller owns the fds.
+  // planeTakeHandoffs(id) -> [{ fd, address, port }, ...]: address is the original destination
+  // as text (dotted quad or RFC 5952 IPv6); the caller owns the fds.
   Napi::Value PlaneTakeHandoffs(const Napi::CallbackInfo& info) {
     auto plane = PlaneArg(info, "planeTakeHandoffs(id: number)");
     auto list = plane->TakeHandoffs();
-    auto out = Napi::Array::New(info.Env(), list.size() * 3);
+    auto out = Napi::Array::New(info.Env(), list.size());
     for (size_t i = 0; i < list.size(); ++i) {
-      out.Set(static_cast<uint32_t>(i * 3), Napi::Number::New(info.Env(), list[i].fd));
-      out.Set(static_cast<uint32_t>(i * 3 + 1), Napi::Number::New(info.Env(), ntohl(list[i].vip_be)));
-      out.Set(static_cast<uint32_t>(i * 3 + 2), Napi::Number::New(info.Env(), list[i].port));
+      Napi::Object h = Napi::Object::New(info.Env());
+      h.Set("fd", Napi::Number::New(info.Env(), list[i].fd));
+      h.Set("address", Napi::String::New(info.Env(), list[i].addr.ToString()));
+      h.Set("port", Napi::Number::New(info.Env(), list[i].port));
+      out.Set(static_cast<uint32_t>(i), h);
     }
     return out;
   }

@@ -362,7 +362,8 @@ TEST(plane_hands_l7_routes_to_the_consumer_with_their_original_destination) {
   }
   CHECK_EQ(got.size(), 1u);
   CHECK(notified.load() >= 1);
-  CHECK_EQ(got[0].vip_be, htonl(INADDR_LOOPBACK));
+  CHECK(got[0].addr == edgemesh::IpAddr::FromV4Be(htonl(INADDR_LOOPBACK)));
+  CHECK_EQ(got[0].addr.ToString(), std::string("127.0.0.1"));
   CHECK_EQ(got[0].port, p.port());
   // The consumer owns a live connection: bytes written on it reach the client.
   CHECK_EQ(write(got[0].fd, "l7", 2), 2);
@@ -669,4 +670,102 @@ TEST(plane_cpu_affinity_steers_each_connection_to_the_listener_of_its_cpu) {
     }
   }
   for (int fd : listeners) close(fd);
+}
+
+namespace {
+
+// A loopback IPv6 listener (::1) on an ephemeral port.
+int ListenLoopback6(uint16_t* port) {
+  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in6 sa{};
+  sa.sin6_family = AF_INET6;
+  sa.sin6_addr = in6addr_loopback;
+  bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+  listen(fd, 128);
+  socklen_t len = sizeof(sa);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  *port = ntohs(sa.sin6_port);
+  return fd;
+}
+
+int Connect6(uint16_t port) {
+  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in6 sa{};
+  sa.sin6_family = AF_INET6;
+  sa.sin6_addr = in6addr_loopback;
+  sa.sin6_port = htons(port);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
+
+TEST(plane_serves_ipv6_and_ipv4_listeners_on_one_port_per_worker) {
+  // Without NAT the accepted socket's own address is the destination: [::1]:<proxy port> routes to
+  // an IPv6 backend, 127.0.0.1:<proxy port> to an IPv4 one, through the same worker.
+  uint16_t b6_port = 0;
+  int b6 = ListenLoopback6(&b6_port);
+  std::thread b6_thread([b6] {
+    int c = accept(b6, nullptr, nullptr);
+    if (c >= 0) Echo(c);
+  });
+  Backend b4(Echo);
+  RunningPlane p;
+  CHECK(!p.plane->Listen("::", 0, 1));  // joins the IPv4 group's port
+  CHECK(p.plane->listening(AF_INET6));
+  // A second IPv6 group, or one with another worker count, is refused.
+  CHECK(p.plane->Listen("::1", 0, 1).has_value());
+  p.Routes({TestRoute{"::1", p.port(), 2, 0, 0, 7, 0, {{"::1", b6_port}}},
+            TestRoute{"127.0.0.1", p.port(), 0, 0, 0, 8, 0, {{"127.0.0.1", b4.port}}}});
+  p.Start();
+  const std::string payload = Payload(300 * 1024 + 5);
+  int c6 = Connect6(p.port());
+  int c4 = Connect(p.port());
+  CHECK(c6 >= 0);
+  CHECK(c4 >= 0);
+  CHECK(WriteAll(c6, payload));
+  CHECK(WriteAll(c4, "four"));
+  shutdown(c6, SHUT_WR);
+  shutdown(c4, SHUT_WR);
+  std::string got6, got4;
+  CHECK_EQ(ReadAll(c6, &got6), static_cast<long>(payload.size()));
+  CHECK(got6 == payload);
+  CHECK_EQ(ReadAll(c4, &got4), 4L);
+  close(c6);
+  close(c4);
+  b6_thread.join();
+  close(b6);
+  CHECK_EQ(WaitIdle(p), 0u);
+  CHECK_EQ(p.plane->service(7)[edgemesh::kSvcConnections].load(), 1u);
+  CHECK_EQ(p.plane->service(7)[edgemesh::kSvcBytesUp].load(), static_cast<uint64_t>(payload.size()));
+  CHECK_EQ(p.plane->service(8)[edgemesh::kSvcConnections].load(), 1u);
+  CHECK_EQ(p.Counter(edgemesh::kAccepted), 2u);
+}
+
+TEST(plane_hands_off_ipv6_connections_with_their_ipv6_destination) {
+  RunningPlane p;
+  CHECK(!p.plane->Listen("::1", 0, 1));
+  std::atomic<int> notified{0};
+  p.plane->SetHandoffNotify([&] { notified++; });
+  p.Routes({TestRoute{"::1", p.port(), 0, edgemesh::kRouteFlagHandoff, 0, 3, 0, {}}});
+  p.Start();
+  int c = Connect6(p.port());
+  CHECK(c >= 0);
+  std::vector<edgemesh::Handoff> got;
+  for (int i = 0; i < 200 && got.empty(); ++i) {
+    got = p.plane->TakeHandoffs();
+    if (got.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  CHECK_EQ(got.size(), 1u);
+  CHECK_EQ(got[0].addr.ToString(), std::string("::1"));
+  CHECK_EQ(got[0].port, p.port());
+  close(got[0].fd);
+  close(c);
+  p.plane->SetHandoffNotify(nullptr);
 }

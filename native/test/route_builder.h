@@ -29,11 +29,11 @@ inline void PutU16(std::vector<uint8_t>& b, uint16_t v) {
 inline void PutU32(std::vector<uint8_t>& b, uint32_t v) {
   for (int i = 0; i < 4; ++i) b.push_back((v >> (8 * i)) & 0xff);
 }
+// 16 bytes: IPv6 as is, IPv4 as ::ffff:a.b.c.d.
 inline void PutAddr(std::vector<uint8_t>& b, const std::string& ip) {
-  in_addr a{};
-  inet_pton(AF_INET, ip.c_str(), &a);
-  const auto* p = reinterpret_cast<const uint8_t*>(&a.s_addr);
-  b.insert(b.end(), p, p + 4);
+  edgemesh::IpAddr a;
+  edgemesh::IpAddr::Parse(ip, &a);
+  b.insert(b.end(), a.b, a.b + 16);
 }
 
 inline std::vector<uint8_t> BuildTable(uint32_t generation, const std::vector<TestRoute>& routes) {
@@ -60,10 +60,10 @@ inline std::vector<uint8_t> BuildTable(uint32_t generation, const std::vector<Te
   return b;
 }
 
-inline uint32_t Addr(const std::string& ip) {
-  in_addr a{};
-  inet_pton(AF_INET, ip.c_str(), &a);
-  return a.s_addr;
+inline edgemesh::IpAddr Addr(const std::string& ip) {
+  edgemesh::IpAddr a;
+  edgemesh::IpAddr::Parse(ip, &a);
+  return a;
 }
 
 }  // namespace edgemesh_test

@@ -66,7 +66,7 @@ TEST(routing_table_rejects_malformed_buffers_with_a_reason) {
   trailing.push_back(0);
   CHECK(Decode(trailing, &error) == nullptr);
   auto bad_policy = good;
-  bad_policy[16 + 6] = 9;
+  bad_policy[16 + 18] = 9;
   CHECK(Decode(bad_policy, &error) == nullptr);
   CHECK(error.find("policy") != std::string::npos);
   auto dup = BuildTable(1, {TestRoute{"10.96.0.10", 80, 0, 0, 0, 0, 0, {}}, TestRoute{"10.96.0.10", 80, 0, 0, 0, 0, 0, {}}});
@@ -74,11 +74,19 @@ TEST(routing_table_rejects_malformed_buffers_with_a_reason) {
   CHECK(error.find("duplicate") != std::string::npos);
   // A huge endpoint count must not be trusted (no overflow, no giant allocation).
   auto huge = good;
-  huge[16 + 20] = 0xff;
-  huge[16 + 21] = 0xff;
-  huge[16 + 22] = 0xff;
-  huge[16 + 23] = 0xff;
+  huge[16 + 32] = 0xff;
+  huge[16 + 33] = 0xff;
+  huge[16 + 34] = 0xff;
+  huge[16 + 35] = 0xff;
   CHECK(Decode(huge, &error) == nullptr);
+  // A version-1 (IPv4-only) table is named as such, not misread.
+  auto v1 = good;
+  v1[0] = 0x45;  // "EMR1"
+  v1[1] = 0x4d;
+  v1[2] = 0x52;
+  v1[3] = 0x31;
+  CHECK(Decode(v1, &error) == nullptr);
+  CHECK(error.find("old format EMR1") != std::string::npos);
 }
 
 TEST(round_robin_cycles_through_every_endpoint) {
@@ -101,7 +109,7 @@ TEST(source_ip_hash_is_stable_and_spreads) {
   CHECK_EQ(r->ring.points.size(), static_cast<size_t>(1024));
   std::map<uint32_t, int> hits;
   for (int c = 0; c < 400; ++c) {
-    const uint32_t client = Addr("172.16." + std::to_string(c / 250) + "." + std::to_string(c % 250 + 1));
+    const edgemesh::IpAddr client = Addr("172.16." + std::to_string(c / 250) + "." + std::to_string(c % 250 + 1));
     const uint32_t first = edgemesh::PickEndpoint(*r, client, 12345);
     CHECK_EQ(edgemesh::PickEndpoint(*r, client, 999), first);  // random input is ignored
     hits[first]++;
@@ -116,7 +124,7 @@ TEST(source_ip_hash_is_stable_and_spreads) {
   const auto* r2 = t2->Lookup(Addr("10.96.0.10"), 80);
   int moved = 0, moved_others = 0;
   for (int c = 0; c < 400; ++c) {
-    const uint32_t client = Addr("172.16." + std::to_string(c / 250) + "." + std::to_string(c % 250 + 1));
+    const edgemesh::IpAddr client = Addr("172.16." + std::to_string(c / 250) + "." + std::to_string(c % 250 + 1));
     auto before = edgemesh::EndpointString(r->endpoints[edgemesh::PickEndpoint(*r, client, 0)]);
     auto after = edgemesh::EndpointString(r2->endpoints[edgemesh::PickEndpoint(*r2, client, 0)]);
     CHECK(after != std::string("10.1.0.4:80"));
@@ -135,4 +143,28 @@ TEST(ring_pick_wraps_to_the_first_point) {
                                        ? static_cast<uint32_t>(ring.points.back() & 0xffffffffu)
                                        : first_owner);
   CHECK_EQ(ring.Pick(0), first_owner);
+}
+
+TEST(routing_table_serves_ipv6_cluster_ips_beside_ipv4_ones) {
+  auto b = BuildTable(3, {TestRoute{"fd00::10", 80, 2, 0, 0, 1, 0, {{"fd01::2", 8080}, {"fd01::1", 8080}}},
+                          TestRoute{"10.96.0.10", 80, 0, 0, 0, 2, 0, {{"10.1.0.1", 8080}}}});
+  std::string error;
+  auto t = Decode(b, &error);
+  CHECK(t != nullptr);
+  const auto* r6 = t->Lookup(Addr("fd00::10"), 80);
+  CHECK(r6 != nullptr);
+  CHECK_EQ(r6->service_slot, 1u);
+  CHECK(!r6->vip.IsV4());
+  // Ring order is the "ip:port" string order, IPv6 written without brackets (src/lb/endpoint-key.ts).
+  CHECK_EQ(edgemesh::EndpointString(r6->endpoints[0]), std::string("fd01::1:8080"));
+  CHECK_EQ(r6->ring.points.size(), static_cast<size_t>(512));
+  const uint32_t first = edgemesh::PickEndpoint(*r6, Addr("2001:db8::7"), 1);
+  CHECK_EQ(edgemesh::PickEndpoint(*r6, Addr("2001:db8::7"), 2), first);
+  // IPv4 is kept IPv4-mapped (what an IPv4 socket maps to); IPv4-compatible ::a.b.c.d is another key.
+  CHECK(t->Lookup(Addr("::ffff:10.96.0.10"), 80) != nullptr);  // the same 16 bytes as 10.96.0.10
+  CHECK(t->Lookup(Addr("::10.96.0.10"), 80) == nullptr);
+  CHECK(t->Lookup(Addr("fd00::10"), 81) == nullptr);
+  CHECK(t->Lookup(Addr("fd00::11"), 80) == nullptr);
+  CHECK_EQ(Addr("10.96.0.10").ToString(), std::string("10.96.0.10"));
+  CHECK_EQ(Addr("FD00:0:0::0010").ToString(), std::string("fd00::10"));
 }

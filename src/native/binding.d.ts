@@ -3,6 +3,15 @@
 // EdgemeshError codes.
 
 export interface OriginalDestination {
+  /** Dotted quad, or IPv6 in RFC 5952 text. */
+  address: string;
+  port: number;
+}
+
+/** One accepted connection the plane hands to TS (planeTakeHandoffs); the taker owns `fd`. */
+export interface PlaneHandoff {
+  fd: number;
+  /** Original destination (tunnel routes: the chosen tunnel endpoint), dotted quad or RFC 5952 IPv6. */
   address: string;
   port: number;
 }
@@ -12,7 +21,7 @@ export interface NativeBinding {
   version(): string;
   /** Moves up to maxBytes from inFd to outFd with splice(2) through a pipe of pipeSize bytes; blocking. */
   spliceCopy(inFd: number, outFd: number, maxBytes: number, pipeSize: number): number;
-  /** getsockopt(SO_ORIGINAL_DST) of an accepted IPv4 socket. */
+  /** getsockopt(SO_ORIGINAL_DST) of an accepted IPv4 socket, IP6T_SO_ORIGINAL_DST of an IPv6 one. */
   originalDst(fd: number): OriginalDestination;
   /** MurmurHash3 x86_32 of `data` (parity with src/lb/murmur3.ts). */
   murmur3(data: Buffer, seed: number): number;
@@ -41,7 +50,11 @@ export interface NativeBinding {
     /** Pin worker i to the i-th allowed CPU and steer each SYN to the listener of its CPU (CBPF). */
     cpuAffinity?: boolean,
   ): number;
-  /** Binds `count` SO_REUSEPORT listeners (one per worker) on address:port; returns the bound port. */
+  /**
+   * Binds `count` SO_REUSEPORT listeners (one per worker) on address:port; returns the bound port.
+   * Once per family: an IPv6 address (IPV6_V6ONLY) adds each worker's IPv6 listener, same count;
+   * port 0 then means the port the first family got.
+   */
   planeListen(id: number, address: string, port: number, count: number): number;
   /** Decodes and atomically publishes a routing table; returns its generation. */
   planeSetRoutes(id: number, table: Buffer): number;
@@ -60,8 +73,8 @@ export interface NativeBinding {
    * per batch and takes them with planeTakeHandoffs. null: no consumer (those routes run as L4).
    */
   planeSetHandoff(id: number, callback: (() => void) | null): void;
-  /** Queued hand-offs as [fd, original destination IPv4 as u32, port, ...]; the caller owns the fds. */
-  planeTakeHandoffs(id: number): number[];
+  /** Queued hand-offs (either family); the caller owns the fds. */
+  planeTakeHandoffs(id: number): PlaneHandoff[];
   /**
    * Gives an established client/upstream pair to the plane's workers (from any thread): dup()s both
    * fds (the caller then closes its own without a FIN), sends toUpstream/toClient (bytes already

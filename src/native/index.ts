@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { EdgemeshError, ErrorCode, errorMessage } from '../errors.ts';
 import type { NativeBinding } from './binding.d.ts';
 
-export type { NativeBinding, NativePumpDone, OriginalDestination } from './binding.d.ts';
+export type { NativeBinding, NativePumpDone, OriginalDestination, PlaneHandoff } from './binding.d.ts';
 export {
   PLANE_COUNTER_NAMES,
   type PlaneCounterName,

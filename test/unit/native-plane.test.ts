@@ -22,6 +22,7 @@ import {
   ROUTE_ENTRY_SIZE,
   ROUTE_FLAG_AFFINITY,
   ROUTE_FLAG_HANDOFF,
+  ROUTE_FLAGS_OFFSET,
   ROUTE_HEADER_SIZE,
   ServiceSlots,
   tableRoutes,
@@ -80,26 +81,28 @@ describe('route encoder', () => {
         endpoints: [{ ip: '10.1.2.3', port: 9090 }],
       }),
     ]);
-    expect(buf.length).toBe(ROUTE_HEADER_SIZE + ROUTE_ENTRY_SIZE + 8);
-    expect(buf.readUInt32LE(0)).toBe(0x31524d45);
+    expect(buf.length).toBe(ROUTE_HEADER_SIZE + ROUTE_ENTRY_SIZE + 20);
+    expect(buf.readUInt32LE(0)).toBe(0x32524d45); // "EMR2"
     expect(buf.readUInt32LE(4)).toBe(7);
     expect(buf.readUInt32LE(8)).toBe(1);
     const r = ROUTE_HEADER_SIZE;
-    expect([...buf.subarray(r, r + 4)]).toEqual([10, 96, 1, 2]);
-    expect(buf.readUInt16LE(r + 4)).toBe(8080);
-    expect(buf.readUInt8(r + 6)).toBe(2);
-    expect(buf.readUInt8(r + 7)).toBe(1); // affinity flag
-    expect(buf.readUInt32LE(r + 8)).toBe(30);
-    expect(buf.readUInt32LE(r + 12)).toBe(5);
-    expect(buf.readUInt32LE(r + 16)).toBe(250);
-    expect(buf.readUInt32LE(r + 20)).toBe(1);
-    expect([...buf.subarray(r + 24, r + 28)]).toEqual([10, 1, 2, 3]);
-    expect(buf.readUInt16LE(r + 28)).toBe(9090);
+    // IPv4 as IPv4-mapped ::ffff:a.b.c.d in 16 bytes.
+    expect([...buf.subarray(r, r + 16)]).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 10, 96, 1, 2]);
+    expect(buf.readUInt16LE(r + 16)).toBe(8080);
+    expect(buf.readUInt8(r + 18)).toBe(2);
+    expect(buf.readUInt8(r + ROUTE_FLAGS_OFFSET)).toBe(1); // affinity flag
+    expect(buf.readUInt32LE(r + 20)).toBe(30);
+    expect(buf.readUInt32LE(r + 24)).toBe(5);
+    expect(buf.readUInt32LE(r + 28)).toBe(250);
+    expect(buf.readUInt32LE(r + 32)).toBe(1);
+    const e = r + ROUTE_ENTRY_SIZE;
+    expect([...buf.subarray(e + 10, e + 16)]).toEqual([255, 255, 10, 1, 2, 3]);
+    expect(buf.readUInt16LE(e + 16)).toBe(9090);
     // The native decoder accepts exactly this buffer.
     expect(requireNative().routePick(buf, '10.96.1.2', 8080, '1.2.3.4')).toBe('10.1.2.3:9090');
   });
 
-  it('routes proxied TCP ports on IPv4 ClusterIPs with ready endpoints and the right policy', () => {
+  it('routes proxied TCP ports on each ClusterIP with ready endpoints of its family and the right policy', () => {
     const slots = new ServiceSlots(4);
     const routes = tableRoutes(
       table([
@@ -130,8 +133,14 @@ describe('route encoder', () => {
       ]),
       slots,
     );
-    const web = routes.filter((r) => r.serviceKey === 'ns/web');
+    const web = routes.filter((r) => r.serviceKey === 'ns/web' && r.vip === '10.96.0.10');
     expect(web.map((r) => `${r.vip}:${r.port}`)).toEqual(['10.96.0.10:80', '10.96.0.10:81']);
+    // The IPv6 ClusterIP gets its own routes, with IPv6 endpoints only (none here).
+    const web6 = routes.filter((r) => r.serviceKey === 'ns/web' && r.vip === 'fd00::10');
+    expect(web6.map((r) => [r.port, r.endpoints])).toEqual([
+      [80, []],
+      [81, []],
+    ]);
     expect(web[0]).toMatchObject({
       policy: LbPolicyCode.SOURCE_IP_HASH,
       needsL7: true,
@@ -170,7 +179,9 @@ describe('L7 split', () => {
     expect(needsL7Policy(s, port({ trafficPolicy: cookie }))).toBe(true);
     // The hand-off flag is bit 1 of the route's flags byte, beside affinity (bit 0).
     const buf = encodeRoutes(1, [route({ endpoints: [], handoff: true, affinityTimeoutS: 5 })]);
-    expect(buf.readUInt8(ROUTE_HEADER_SIZE + 7)).toBe(ROUTE_FLAG_AFFINITY | ROUTE_FLAG_HANDOFF);
+    expect(buf.readUInt8(ROUTE_HEADER_SIZE + ROUTE_FLAGS_OFFSET)).toBe(
+      ROUTE_FLAG_AFFINITY | ROUTE_FLAG_HANDOFF,
+    );
   });
 });
 

@@ -7,6 +7,7 @@ import { EMPTY_TABLE, type Endpoint, type ServiceEntry } from '../../src/control
 import {
   encodeRoutes,
   ROUTE_FLAG_TUNNEL,
+  ROUTE_FLAGS_OFFSET,
   ROUTE_HEADER_SIZE,
   ServiceSlots,
   tableRoutes,
@@ -48,12 +49,16 @@ describe('tunnel hand-off routes', () => {
       const tunnelled = routeOf([ep('127.0.0.1', 41001, 'relay'), ep('127.0.0.1', 41002, 'relay')]);
       expect(tunnelled.tunnel).toBe(true);
       const buf = encodeRoutes(1, [tunnelled]);
-      expect(buf.readUInt8(ROUTE_HEADER_SIZE + 7) & ROUTE_FLAG_TUNNEL).toBe(ROUTE_FLAG_TUNNEL);
+      expect(buf.readUInt8(ROUTE_HEADER_SIZE + ROUTE_FLAGS_OFFSET) & ROUTE_FLAG_TUNNEL).toBe(
+        ROUTE_FLAG_TUNNEL,
+      );
       // A port with one endpoint nobody here takes: the plane connects as before.
       expect(routeOf([ep('127.0.0.1', 41001, 'relay'), ep('127.0.0.1', 41003, 'relay')]).tunnel).toBe(false);
       // This node's own endpoint wins the tier: not a tunnel route.
       expect(routeOf([ep('10.1.0.2', 80), ep('127.0.0.1', 41001, 'direct')]).tunnel).toBe(false);
-      expect(encodeRoutes(1, [routeOf([ep('10.1.0.2', 80)])]).readUInt8(ROUTE_HEADER_SIZE + 7)).toBe(0);
+      expect(
+        encodeRoutes(1, [routeOf([ep('10.1.0.2', 80)])]).readUInt8(ROUTE_HEADER_SIZE + ROUTE_FLAGS_OFFSET),
+      ).toBe(0);
     } finally {
       for (const u of unregister) u();
     }

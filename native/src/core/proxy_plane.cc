@@ -22,11 +22,11 @@ int64_t MonotonicMs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
-std::optional<Endpoint> AffinityCache::Get(uint32_t vip_be, uint16_t port, uint32_t client_be, int64_t now_ms) {
+std::optional<Endpoint> AffinityCache::Get(const AddrPort& route, const IpAddr& client, int64_t now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto r = by_route_.find((static_cast<uint64_t>(vip_be) << 16) | port);
+  auto r = by_route_.find(route);
   if (r == by_route_.end()) return std::nullopt;
-  auto c = r->second.find(client_be);
+  auto c = r->second.find(client);
   if (c == r->second.end()) return std::nullopt;
   if (c->second.expires_ms <= now_ms) {
     r->second.erase(c);
@@ -35,10 +35,10 @@ std::optional<Endpoint> AffinityCache::Get(uint32_t vip_be, uint16_t port, uint3
   return c->second.ep;
 }
 
-void AffinityCache::Put(uint32_t vip_be, uint16_t port, uint32_t client_be, const Endpoint& ep, int64_t expires_ms) {
+void AffinityCache::Put(const AddrPort& route_key, const IpAddr& client, const Endpoint& ep, int64_t expires_ms) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto& route = by_route_[(static_cast<uint64_t>(vip_be) << 16) | port];
-  route[client_be] = Entry{ep, expires_ms};
+  auto& route = by_route_[route_key];
+  route[client] = Entry{ep, expires_ms};
   // Sweep expired entries now and then so clients that never return do not pile up.
   if (++puts_ % 4096 == 0) {
     const int64_t now = MonotonicMs();
@@ -64,9 +64,11 @@ Plane::Plane(const PlaneOptions& opts)
 }
 
 Plane::~Plane() {
-  for (uint32_t i = 0; i < listener_count_; ++i) {
-    int fd = listeners_[i].exchange(-1);
-    if (fd >= 0) close(fd);
+  for (ListenerGroup* g : {&v4_, &v6_}) {
+    for (uint32_t i = 0; i < g->count; ++i) {
+      int fd = g->fds[i].exchange(-1);
+      if (fd >= 0) close(fd);
+    }
   }
   if (stop_fd_ >= 0) close(stop_fd_);
   // Hand-offs TS never took: nobody else will close them.
@@ -124,11 +126,16 @@ std::vector<Handoff> Plane::TakeHandoffs() {
 }
 
 std::optional<SyscallError> Plane::Listen(const std::string& address, uint16_t port, uint32_t count) {
-  if (listener_count_ != 0) return SyscallError{"listen (plane already listening)", EALREADY};
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(port);
-  if (inet_pton(AF_INET, address.c_str(), &sa.sin_addr) != 1) return SyscallError{"inet_pton", EINVAL};
+  IpAddr addr;
+  if (!IpAddr::Parse(address, &addr)) return SyscallError{"inet_pton", EINVAL};
+  const int family = addr.Family();
+  if (group(family).count != 0) return SyscallError{"listen (plane already listening on this family)", EALREADY};
+  if (listener_count_ != 0 && count != listener_count_)
+    return SyscallError{"listen (both families need one listener per worker)", EINVAL};
+  // The second family joins the port the first got (port 0 in tests).
+  if (port == 0 && bound_port_ != 0) port = bound_port_;
+  sockaddr_storage sa{};
+  const socklen_t sa_len = addr.ToSockaddr(port, &sa);
   std::vector<int> fds;
   auto fail = [&](const char* syscall) {
     SyscallError e{syscall, errno};
@@ -136,33 +143,40 @@ std::optional<SyscallError> Plane::Listen(const std::string& address, uint16_t p
     return e;
   };
   for (uint32_t i = 0; i < count; ++i) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return fail("socket");
     fds.push_back(fd);
     int one = 1;
+    // IPv4 clients have their own listener: an IPv6 one that also took them would see them as
+    // ::ffff:a.b.c.d and collide with 0.0.0.0 on the same port.
+    if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0)
+      return fail("setsockopt(IPV6_V6ONLY)");
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) return fail("setsockopt(SO_REUSEADDR)");
     // One listener per worker: the kernel spreads new connections over them, no shared accept queue.
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) return fail("setsockopt(SO_REUSEPORT)");
     // Accepted sockets inherit TCP_NODELAY from their listener: one setsockopt here instead of one
     // per connection (small requests and replies must not wait for Nagle).
     if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) return fail("setsockopt(TCP_NODELAY)");
-    if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) return fail("bind");
+    if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sa_len) != 0) return fail("bind");
     if (listen(fd, 4096) != 0) return fail("listen");
     if (i == 0 && port == 0) {
       // Port 0 (tests): every further listener must join the group on the port the first got.
-      sockaddr_in bound{};
+      sockaddr_storage bound{};
       socklen_t len = sizeof(bound);
       if (getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len) != 0) return fail("getsockname");
-      sa.sin_port = bound.sin_port;
+      IpAddr ignored;
+      IpAddr::FromSockaddr(bound, &ignored, &port);
+      addr.ToSockaddr(port, &sa);
     }
   }
   if (options.cpu_affinity) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    if (sched_getaffinity(0, sizeof(set), &set) != 0) return fail("sched_getaffinity");
-    cpus_.clear();
-    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-      if (CPU_ISSET(cpu, &set)) cpus_.push_back(cpu);
+    if (cpus_.empty()) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      if (sched_getaffinity(0, sizeof(set), &set) != 0) return fail("sched_getaffinity");
+      for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+        if (CPU_ISSET(cpu, &set)) cpus_.push_back(cpu);
+      }
     }
     // Steer each SYN to the listener of the worker pinned to the CPU handling it: listener i is
     // the i-th of the reuseport group (the order they were listened in). A CPU without a worker
@@ -180,12 +194,15 @@ std::optional<SyscallError> Plane::Listen(const std::string& address, uint16_t p
     if (setsockopt(fds[0], SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) != 0)
       return fail("setsockopt(SO_ATTACH_REUSEPORT_CBPF)");
   }
-  bound_port_ = ntohs(sa.sin_port);
-  listeners_.reset(new std::atomic<int>[count]);
-  for (uint32_t i = 0; i < count; ++i) listeners_[i] = fds[i];
-  worker_counters_.clear();
-  for (uint32_t i = 0; i < count; ++i) worker_counters_.push_back(std::make_unique<WorkerCounters>());
-  listener_count_ = count;
+  bound_port_ = port;
+  ListenerGroup& g = group(family);
+  g.fds.reset(new std::atomic<int>[count]);
+  for (uint32_t i = 0; i < count; ++i) g.fds[i] = fds[i];
+  g.count = count;
+  if (listener_count_ == 0) {
+    for (uint32_t i = 0; i < count; ++i) worker_counters_.push_back(std::make_unique<WorkerCounters>());
+    listener_count_ = count;
+  }
   return std::nullopt;
 }
 
@@ -194,7 +211,10 @@ int Plane::WorkerCpu(uint32_t index) const {
   return cpus_[index % cpus_.size()];
 }
 
-int Plane::TakeListener(uint32_t index) { return index < listener_count_ ? listeners_[index].exchange(-1) : -1; }
+int Plane::TakeListener(uint32_t index, int family) {
+  ListenerGroup& g = group(family);
+  return index < g.count ? g.fds[index].exchange(-1) : -1;
+}
 
 void Plane::Stop(uint32_t drain_ms) {
   int64_t expected = 0;

@@ -1,4 +1,5 @@
-// One native proxy data plane: listeners on the proxy port (one SO_REUSEPORT socket per worker),
+// One native proxy data plane: listeners on the proxy port (one SO_REUSEPORT socket per worker and
+// address family: a worker serves one IPv4 and one IPv6 listener),
 // the routing table shared by all workers (atomic shared_ptr swap), counters, session affinity and
 // the stop/drain signal. Workers (RunWorker) block in an epoll loop on their own thread; the
 // process-wide registry lets piscina worker threads (separate Node environments) find the plane
@@ -14,7 +15,10 @@
 #include <unordered_map>
 #include <vector>
 
+#include <sys/socket.h>
+
 #include "core/errno_error.h"
+#include "core/ip_addr.h"
 #include "core/routing_table.h"
 
 namespace edgemesh {
@@ -72,8 +76,8 @@ struct alignas(64) WorkerCounters {
 // but consulted only for routes that ask for affinity.
 class AffinityCache {
  public:
-  std::optional<Endpoint> Get(uint32_t vip_be, uint16_t port, uint32_t client_be, int64_t now_ms);
-  void Put(uint32_t vip_be, uint16_t port, uint32_t client_be, const Endpoint& ep, int64_t expires_ms);
+  std::optional<Endpoint> Get(const AddrPort& route, const IpAddr& client, int64_t now_ms);
+  void Put(const AddrPort& route, const IpAddr& client, const Endpoint& ep, int64_t expires_ms);
   size_t size();
 
  private:
@@ -82,15 +86,15 @@ class AffinityCache {
     int64_t expires_ms;
   };
   std::mutex mu_;
-  std::unordered_map<uint64_t, std::unordered_map<uint32_t, Entry>> by_route_;
+  std::unordered_map<AddrPort, std::unordered_map<IpAddr, Entry, IpAddrHash>, AddrPortHash> by_route_;
   uint64_t puts_ = 0;
 };
 
 // An accepted connection on an L7 route, waiting for TS to take its fd.
 struct Handoff {
   int fd = -1;
-  uint32_t vip_be = 0;  // original destination
-  uint16_t port = 0;    // host order
+  IpAddr addr;        // original destination (tunnel routes: the chosen tunnel endpoint)
+  uint16_t port = 0;  // host order
 };
 
 // An established client/upstream pair TS gives back once its L7 decision is made: the plane owns
@@ -111,9 +115,13 @@ class Plane {
 
   const PlaneOptions options;
 
-  // Binds `count` SO_REUSEPORT listeners on address:port (once per plane).
+  // Binds `count` SO_REUSEPORT listeners on address:port, once per address family (IPv6 ones are
+  // IPV6_V6ONLY, so [::] and 0.0.0.0 share a port). Both families need the same count; port 0
+  // after the first family means the port the first got. Before any worker runs.
   std::optional<SyscallError> Listen(const std::string& address, uint16_t port, uint32_t count);
   uint32_t listener_count() const { return listener_count_; }
+  // Whether listeners of this family (AF_INET / AF_INET6) are bound.
+  bool listening(int family) const { return group(family).count != 0; }
   // The port actually bound (resolves port 0).
   uint16_t bound_port() const { return bound_port_; }
 
@@ -136,8 +144,9 @@ class Plane {
     return slot < options.service_slots ? &services_[static_cast<size_t>(slot) * kSvcCounterCount] : nullptr;
   }
   AffinityCache& affinity() { return affinity_; }
-  // Takes listener `index` out of the plane (the worker closes it when it stops accepting).
-  int TakeListener(uint32_t index);
+  // Takes listener `index` of `family` out of the plane (the worker closes it when it stops
+  // accepting); -1 when that family does not listen.
+  int TakeListener(uint32_t index, int family = AF_INET);
   // With options.cpu_affinity: the CPU worker `index` runs on (-1: no pinning).
   int WorkerCpu(uint32_t index) const;
 
@@ -158,8 +167,14 @@ class Plane {
   int adopt_fd() const { return adopt_fd_; }
 
  private:
+  struct ListenerGroup {
+    std::unique_ptr<std::atomic<int>[]> fds;
+    uint32_t count = 0;
+  };
+  ListenerGroup& group(int family) { return family == AF_INET6 ? v6_ : v4_; }
+  const ListenerGroup& group(int family) const { return family == AF_INET6 ? v6_ : v4_; }
   std::shared_ptr<const RoutingTable> table_;
-  std::unique_ptr<std::atomic<int>[]> listeners_;
+  ListenerGroup v4_, v6_;
   uint32_t listener_count_ = 0;
   uint16_t bound_port_ = 0;
   std::vector<int> cpus_;  // CPUs the process may use, when options.cpu_affinity (set by Listen)

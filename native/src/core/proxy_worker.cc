@@ -30,9 +30,10 @@ namespace {
 
 // epoll keys: a connection side is (generation << 32) | (slot << 1) | upstream with the
 // generation below 2^31, so it never equals one of these.
-constexpr uint64_t kListenKey = ~0ull;
+constexpr uint64_t kListenKey = ~0ull;       // the IPv4 listener
 constexpr uint64_t kStopKey = ~0ull - 1;
 constexpr uint64_t kAdoptKey = ~0ull - 2;
+constexpr uint64_t kListen6Key = ~0ull - 3;  // the IPv6 listener
 constexpr uint32_t kDeadGen = 0x80000000u;  // a free slot's generation: matches no key
 
 // Reads that fit in this many bytes are copied through the worker's scratch buffer (one recv, one
@@ -65,7 +66,7 @@ struct Conn {
   bool established = false, connecting = false, closed = false;
   std::shared_ptr<const RoutingTable> table;  // kept only while connecting (for retries)
   const Route* route = nullptr;
-  uint32_t vip_be = 0, client_be = 0;
+  IpAddr vip, client_addr;
   uint16_t vport = 0;
   uint32_t first = 0, attempt = 0;
   Endpoint ep{};
@@ -101,19 +102,18 @@ int64_t MonotonicUs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
 }
 
-bool ServiceAddress(int fd, uint32_t& vip_be, uint16_t& vport) {
-  auto od = GetOriginalDst(fd);
+// `family` is the listener's (AF_INET / AF_INET6), or 0 when unknown (pairs TS gives back).
+bool ServiceAddress(int fd, int family, IpAddr& vip, uint16_t& vport) {
+  auto od = family == 0 ? GetOriginalDst(fd) : GetOriginalDst(fd, family);
   if (od.dst) {
-    vip_be = od.dst->addr_be;
+    vip = od.dst->addr;
     vport = od.dst->port;
     return true;
   }
-  sockaddr_in local{};
+  sockaddr_storage local{};
   socklen_t len = sizeof(local);
   if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0) return false;
-  vip_be = local.sin_addr.s_addr;
-  vport = ntohs(local.sin_port);
-  return true;
+  return IpAddr::FromSockaddr(local, &vip, &vport);
 }
 
 class Worker {
@@ -129,9 +129,10 @@ class Worker {
   std::optional<SyscallError> Run();
 
  private:
-  void AcceptAll();
-  void OnAccepted(int fd, const sockaddr_in& peer);
-  bool HandToTunnel(int fd, const Route& route, uint32_t vip_be, uint16_t vport, uint32_t client_be);
+  void AcceptAll(int which);
+  void WatchListeners(bool on);
+  void OnAccepted(int fd, int family, const IpAddr& client);
+  bool HandToTunnel(int fd, const Route& route, const IpAddr& vip, uint16_t vport, const IpAddr& client);
   void AdoptAll();
   void Adopt(AdoptedPair& a);
   void OnEvent(uint64_t key, uint32_t events);
@@ -169,7 +170,7 @@ class Worker {
   WorkerCounters& c_;
   uint64_t rng_;
   int ep_ = -1;
-  int listener_ = -1;
+  int listeners_[2] = {-1, -1};  // [0] IPv4, [1] IPv6 (either may be absent)
   bool draining_ = false;
   Conn* head_ = nullptr;
   size_t conns_ = 0;
@@ -194,15 +195,15 @@ class Worker {
 std::optional<SyscallError> Worker::Run() {
   ep_ = epoll_create1(EPOLL_CLOEXEC);
   if (ep_ < 0) return SyscallError{"epoll_create1", errno};
-  listener_ = plane_.TakeListener(index_);
-  if (listener_ < 0) {
+  listeners_[0] = plane_.TakeListener(index_, AF_INET);
+  listeners_[1] = plane_.TakeListener(index_, AF_INET6);
+  if (listeners_[0] < 0 && listeners_[1] < 0) {
     close(ep_);
     return SyscallError{"listener (worker index not listening or already running)", EBADF};
   }
+  WatchListeners(true);
   epoll_event ev{};
   ev.events = EPOLLIN;
-  ev.data.u64 = kListenKey;
-  epoll_ctl(ep_, EPOLL_CTL_ADD, listener_, &ev);
   ev.data.u64 = kStopKey;
   epoll_ctl(ep_, EPOLL_CTL_ADD, plane_.stop_fd(), &ev);
   // Pairs TS gives back: one worker wakes per push (EPOLLEXCLUSIVE) and takes the whole queue.
@@ -214,12 +215,9 @@ std::optional<SyscallError> Worker::Run() {
   c_.Add(kWorkersRunning);
   for (;;) {
     const int64_t now = MonotonicMs();
-    if (accept_paused_until_ms_ != 0 && now >= accept_paused_until_ms_ && listener_ >= 0) {
+    if (accept_paused_until_ms_ != 0 && now >= accept_paused_until_ms_) {
       accept_paused_until_ms_ = 0;
-      epoll_event lev{};
-      lev.events = EPOLLIN;
-      lev.data.u64 = kListenKey;
-      epoll_ctl(ep_, EPOLL_CTL_ADD, listener_, &lev);
+      WatchListeners(true);
     }
     if (draining_ && conns_ == 0) break;
     if (draining_ && now >= plane_.stop_deadline_ms()) {
@@ -249,14 +247,18 @@ std::optional<SyscallError> Worker::Run() {
       c_.Sub(kWorkersRunning);
       while (head_ != nullptr) CloseConn(head_, true);
       close(ep_);
-      if (listener_ >= 0) close(listener_);
+      for (int& l : listeners_) {
+        if (l >= 0) close(l);
+      }
       return e;
     }
     if (n == 0 && conns_ == 0) TrimPools();
     for (int i = 0; i < n; ++i) {
       const uint64_t key = events[i].data.u64;
       if (key == kListenKey) {
-        AcceptAll();
+        AcceptAll(0);
+      } else if (key == kListen6Key) {
+        AcceptAll(1);
       } else if (key == kStopKey) {
         BeginDrain();
       } else if (key == kAdoptKey) {
@@ -270,7 +272,9 @@ std::optional<SyscallError> Worker::Run() {
     FreeClosed();
   }
   TrimPools();
-  if (listener_ >= 0) close(listener_);
+  for (int& l : listeners_) {
+    if (l >= 0) close(l);
+  }
   close(ep_);
   c_.Sub(kWorkersRunning);
   // The last worker out takes pairs pushed before the stop was seen (nobody would serve them).
@@ -358,11 +362,29 @@ int Worker::NextTimeout(int64_t now) const {
   return until < 0 ? -1 : static_cast<int>(until + 1);
 }
 
-void Worker::AcceptAll() {
+// Adds (or removes) the listeners this worker still has to its epoll set.
+void Worker::WatchListeners(bool on) {
+  for (int i = 0; i < 2; ++i) {
+    if (listeners_[i] < 0) continue;
+    if (!on) {
+      epoll_ctl(ep_, EPOLL_CTL_DEL, listeners_[i], nullptr);
+      continue;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = i == 0 ? kListenKey : kListen6Key;
+    epoll_ctl(ep_, EPOLL_CTL_ADD, listeners_[i], &ev);
+  }
+}
+
+void Worker::AcceptAll(int which) {
+  const int listener = listeners_[which];
+  if (listener < 0) return;
+  const int family = which == 0 ? AF_INET : AF_INET6;
   for (;;) {
-    sockaddr_in peer{};
+    sockaddr_storage peer{};
     socklen_t len = sizeof(peer);
-    int fd = accept4(listener_, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd = accept4(listener, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EAGAIN) return;
@@ -370,29 +392,32 @@ void Worker::AcceptAll() {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
         // Out of fds or memory: the level-triggered listener would wake us in a tight loop. Stop
         // watching it for a moment; closing connections free fds meanwhile.
-        epoll_ctl(ep_, EPOLL_CTL_DEL, listener_, nullptr);
+        if (accept_paused_until_ms_ == 0) WatchListeners(false);
         accept_paused_until_ms_ = MonotonicMs() + 100;
       }
       return;
     }
     c_.Add(kAccepted);
-    OnAccepted(fd, peer);
+    IpAddr client;
+    uint16_t client_port = 0;
+    IpAddr::FromSockaddr(peer, &client, &client_port);
+    OnAccepted(fd, family, client);
   }
 }
 
-void Worker::OnAccepted(int fd, const sockaddr_in& peer) {
-  uint32_t vip_be = 0;
+void Worker::OnAccepted(int fd, int family, const IpAddr& client) {
+  IpAddr vip;
   uint16_t vport = 0;
-  if (!ServiceAddress(fd, vip_be, vport)) {
+  if (!ServiceAddress(fd, family, vip, vport)) {
     c_.Add(kOriginalDstError);
     SetResetOnClose(fd);
     close(fd);
     return;
   }
   auto table = plane_.table();
-  const Route* route = table ? table->Lookup(vip_be, vport) : nullptr;
+  const Route* route = table ? table->Lookup(vip, vport) : nullptr;
   if (route != nullptr && (route->flags & kRouteFlagHandoff) &&
-      plane_.PushHandoff(Handoff{fd, vip_be, vport})) {
+      plane_.PushHandoff(Handoff{fd, vip, vport})) {
     // L7 (HTTP routing, header hashing ...): TS runs the protocol handler on this fd, including
     // the answer when the route has no endpoint. Without a consumer the route is served as L4.
     c_.Add(kHandedOff);
@@ -400,7 +425,7 @@ void Worker::OnAccepted(int fd, const sockaddr_in& peer) {
     return;
   }
   if (route != nullptr && (route->flags & kRouteFlagTunnel) && !route->endpoints.empty() &&
-      HandToTunnel(fd, *route, vip_be, vport, peer.sin_addr.s_addr)) {
+      HandToTunnel(fd, *route, vip, vport, client)) {
     return;
   }
   if (route == nullptr || route->endpoints.empty()) {
@@ -417,9 +442,9 @@ void Worker::OnAccepted(int fd, const sockaddr_in& peer) {
   c->client = fd;
   c->table = std::move(table);
   c->route = route;
-  c->vip_be = vip_be;
+  c->vip = vip;
   c->vport = vport;
-  c->client_be = peer.sin_addr.s_addr;
+  c->client_addr = client;
   c->svc = plane_.service(route->service_slot);
   c->last_active_ms = MonotonicMs();
   c->next = head_;
@@ -435,9 +460,9 @@ void Worker::OnAccepted(int fd, const sockaddr_in& peer) {
   ev.data.u64 = Key(c, false);
   epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
 
-  c->first = PickEndpoint(*route, c->client_be, Random());
+  c->first = PickEndpoint(*route, client, Random());
   if (route->flags & kRouteFlagAffinity) {
-    if (auto ep = plane_.affinity().Get(vip_be, vport, c->client_be, c->last_active_ms)) {
+    if (auto ep = plane_.affinity().Get(AddrPort{vip, vport}, client, c->last_active_ms)) {
       for (uint32_t i = 0; i < route->endpoints.size(); ++i) {
         if (route->endpoints[i] == *ep) c->first = i;  // still an endpoint: stick to it
       }
@@ -451,21 +476,21 @@ void Worker::OnAccepted(int fd, const sockaddr_in& peer) {
 // here (same policy and affinity as a connect) and hand the client socket itself to TS with that
 // endpoint as its destination, so the tunnel's pump reads the client directly. False: no consumer,
 // forward as usual.
-bool Worker::HandToTunnel(int fd, const Route& route, uint32_t vip_be, uint16_t vport, uint32_t client_be) {
+bool Worker::HandToTunnel(int fd, const Route& route, const IpAddr& vip, uint16_t vport, const IpAddr& client) {
   const int64_t now = MonotonicMs();
-  uint32_t pick = PickEndpoint(route, client_be, Random());
+  uint32_t pick = PickEndpoint(route, client, Random());
   const bool affinity = route.flags & kRouteFlagAffinity;
   if (affinity) {
-    if (auto ep = plane_.affinity().Get(vip_be, vport, client_be, now)) {
+    if (auto ep = plane_.affinity().Get(AddrPort{vip, vport}, client, now)) {
       for (uint32_t i = 0; i < route.endpoints.size(); ++i) {
         if (route.endpoints[i] == *ep) pick = i;
       }
     }
   }
   const Endpoint& ep = route.endpoints[pick];
-  if (!plane_.PushHandoff(Handoff{fd, ep.addr_be, ep.port})) return false;
+  if (!plane_.PushHandoff(Handoff{fd, ep.addr, ep.port})) return false;
   if (affinity) {
-    plane_.affinity().Put(vip_be, vport, client_be, ep, now + static_cast<int64_t>(route.affinity_timeout_s) * 1000);
+    plane_.affinity().Put(AddrPort{vip, vport}, client, ep, now + static_cast<int64_t>(route.affinity_timeout_s) * 1000);
   }
   c_.Add(kHandedOff);
   if (auto* svc = plane_.service(route.service_slot)) svc[kSvcConnections].fetch_add(1, std::memory_order_relaxed);
@@ -486,11 +511,11 @@ void Worker::Adopt(AdoptedPair& a) {
   for (Direction* d : {&c->up, &c->down}) d->src_ready = d->dst_ready = true;
   // Per-service counters: the route of the client's original destination (REDIRECT) or, without
   // NAT, of its local address; none when the route is gone (the pair is still served).
-  uint32_t vip_be = 0;
+  IpAddr vip;
   uint16_t vport = 0;
-  (void)ServiceAddress(a.client, vip_be, vport);  // left 0 when neither answers
+  (void)ServiceAddress(a.client, 0, vip, vport);  // left :: / 0 when neither answers
   if (auto table = plane_.table()) {
-    if (const Route* route = table->Lookup(vip_be, vport)) c->svc = plane_.service(route->service_slot);
+    if (const Route* route = table->Lookup(vip, vport)) c->svc = plane_.service(route->service_slot);
   }
   c->up.pre = std::move(a.to_upstream);
   c->down.pre = std::move(a.to_client);
@@ -519,7 +544,7 @@ void Worker::StartConnect(Conn* c) {
   const uint32_t max_attempts = std::min<uint32_t>(n, plane_.options.max_attempts);
   while (c->attempt < max_attempts) {
     c->ep = route.endpoints[(c->first + c->attempt) % n];
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(c->ep.addr.Family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
       c_.Add(kConnectError);
       break;
@@ -535,11 +560,9 @@ void Worker::StartConnect(Conn* c) {
       }
     }
     SetNoDelay(fd);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = c->ep.addr_be;
-    sa.sin_port = htons(c->ep.port);
-    int r = connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+    sockaddr_storage sa{};
+    const socklen_t sa_len = c->ep.addr.ToSockaddr(c->ep.port, &sa);
+    int r = connect(fd, reinterpret_cast<sockaddr*>(&sa), sa_len);
     if (r == 0 || errno == EINPROGRESS) {
       c->upstream = fd;
       epoll_event ev{};
@@ -588,7 +611,7 @@ void Worker::OnConnectResult(Conn* c, uint32_t events) {
   if (err == 0) {
     // No error code: established if it has a peer (the pump then sees any hang-up), else still
     // connecting (the timeout decides).
-    sockaddr_in peer{};
+    sockaddr_storage peer{};
     socklen_t plen = sizeof(peer);
     if (getpeername(c->upstream, reinterpret_cast<sockaddr*>(&peer), &plen) == 0) Established(c);
     return;
@@ -616,7 +639,7 @@ void Worker::Established(Conn* c) {
   c->established = true;
   c_.Add(kEstablished);
   if (c->route->flags & kRouteFlagAffinity) {
-    plane_.affinity().Put(c->vip_be, c->vport, c->client_be, c->ep,
+    plane_.affinity().Put(AddrPort{c->vip, c->vport}, c->client_addr, c->ep,
                           MonotonicMs() + static_cast<int64_t>(c->route->affinity_timeout_s) * 1000);
   }
   // The table is needed only for retries: do not keep old generations alive.
@@ -851,12 +874,14 @@ void Worker::BeginDrain() {
   if (draining_) return;
   draining_ = true;
   epoll_ctl(ep_, EPOLL_CTL_DEL, plane_.stop_fd(), nullptr);
-  if (listener_ >= 0) {
-    AcceptAll();  // connections already in the backlog were promised service
-    if (accept_paused_until_ms_ == 0) epoll_ctl(ep_, EPOLL_CTL_DEL, listener_, nullptr);
-    accept_paused_until_ms_ = 0;
-    close(listener_);
-    listener_ = -1;
+  // Connections already in the backlogs were promised service.
+  AcceptAll(0);
+  AcceptAll(1);
+  if (accept_paused_until_ms_ == 0) WatchListeners(false);
+  accept_paused_until_ms_ = 0;
+  for (int& l : listeners_) {
+    if (l >= 0) close(l);
+    l = -1;
   }
 }
 

@@ -15,21 +15,14 @@ uint32_t U32(const uint8_t* p) {
   return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) | (static_cast<uint32_t>(p[2]) << 16) |
          (static_cast<uint32_t>(p[3]) << 24);
 }
-uint32_t RawAddr(const uint8_t* p) {
-  uint32_t a;
-  std::memcpy(&a, p, 4);  // already network order
+IpAddr RawAddr(const uint8_t* p) {
+  IpAddr a;
+  std::memcpy(a.b, p, 16);  // already network order
   return a;
 }
-uint64_t Key(uint32_t vip_be, uint16_t port) { return (static_cast<uint64_t>(vip_be) << 16) | port; }
 }  // namespace
 
-std::string EndpointString(const Endpoint& e) {
-  char buf[INET_ADDRSTRLEN] = {0};
-  in_addr a{};
-  a.s_addr = e.addr_be;
-  inet_ntop(AF_INET, &a, buf, sizeof(buf));
-  return std::string(buf) + ":" + std::to_string(e.port);
-}
+std::string EndpointString(const Endpoint& e) { return e.addr.ToString() + ":" + std::to_string(e.port); }
 
 HashRing BuildRing(const std::vector<Endpoint>& sorted_endpoints) {
   HashRing ring;
@@ -54,17 +47,22 @@ uint32_t HashRing::Pick(uint32_t hash) const {
   return static_cast<uint32_t>(*it & 0xffffffffu);
 }
 
-uint32_t PickEndpoint(const Route& route, uint32_t client_be, uint32_t random) {
+uint32_t PickEndpoint(const Route& route, const IpAddr& client, uint32_t random) {
   const uint32_t n = static_cast<uint32_t>(route.endpoints.size());
   if (n == 0) return 0;
   uint32_t first;
   switch (route.policy) {
     case LbPolicy::kSourceIpHash: {
-      char buf[INET_ADDRSTRLEN] = {0};
-      in_addr a{};
-      a.s_addr = client_be;
-      inet_ntop(AF_INET, &a, buf, sizeof(buf));
-      first = route.ring.Pick(Murmur3(std::string_view(buf)));
+      if (client.IsV4()) {
+        // The IPv4 hot path as before: no std::string.
+        char buf[INET_ADDRSTRLEN] = {0};
+        in_addr a{};
+        a.s_addr = client.V4Be();
+        inet_ntop(AF_INET, &a, buf, sizeof(buf));
+        first = route.ring.Pick(Murmur3(std::string_view(buf)));
+      } else {
+        first = route.ring.Pick(Murmur3(std::string_view(client.ToString())));
+      }
       break;
     }
     case LbPolicy::kRandom:
@@ -84,7 +82,9 @@ std::shared_ptr<const RoutingTable> RoutingTable::Decode(const uint8_t* data, si
     return nullptr;
   };
   if (len < kRouteHeaderSize) return fail("shorter than its 16-byte header");
-  if (U32(data) != kRouteMagic) return fail("bad magic (not an EMR1 table)");
+  if (U32(data) == kRouteMagicV1)
+    return fail("old format EMR1 (IPv4-only, version 1); this addon decodes EMR2 (rebuild the addon or update the TS encoder)");
+  if (U32(data) != kRouteMagic) return fail("bad magic (not an EMR2 table)");
   auto table = std::make_shared<RoutingTable>();
   table->generation = U32(data + 4);
   const uint32_t count = U32(data + 8);
@@ -94,23 +94,25 @@ std::shared_ptr<const RoutingTable> RoutingTable::Decode(const uint8_t* data, si
     if (len - off < kRouteEntrySize) return fail("truncated at route " + std::to_string(r));
     const uint8_t* p = data + off;
     auto route = std::make_unique<Route>();
-    route->vip_be = RawAddr(p);
-    route->port = U16(p + 4);
-    const uint8_t policy = p[6];
+    route->vip = RawAddr(p);
+    route->port = U16(p + 16);
+    const uint8_t policy = p[18];
     if (policy > static_cast<uint8_t>(LbPolicy::kSourceIpHash))
       return fail("route " + std::to_string(r) + ": unknown policy " + std::to_string(policy));
     route->policy = static_cast<LbPolicy>(policy);
-    route->flags = p[7];
-    route->affinity_timeout_s = U32(p + 8);
-    route->service_slot = U32(p + 12);
-    route->connect_timeout_ms = U32(p + 16);
-    const uint32_t eps = U32(p + 20);
+    route->flags = p[19];
+    route->affinity_timeout_s = U32(p + 20);
+    route->service_slot = U32(p + 24);
+    route->connect_timeout_ms = U32(p + 28);
+    const uint32_t eps = U32(p + 32);
     off += kRouteEntrySize;
     if ((len - off) / kRouteEndpointSize < eps) return fail("route " + std::to_string(r) + ": endpoints truncated");
     route->endpoints.reserve(eps);
     for (uint32_t e = 0; e < eps; ++e) {
       const uint8_t* q = data + off + e * kRouteEndpointSize;
-      route->endpoints.push_back(Endpoint{RawAddr(q), U16(q + 4)});
+      // The encoder gives a ClusterIP endpoints of its own family (plus the tunnel's loopback
+      // ports); the upstream socket takes each endpoint's family, so a mix would still connect.
+      route->endpoints.push_back(Endpoint{RawAddr(q), U16(q + 16)});
     }
     off += eps * kRouteEndpointSize;
     // Ring order is the string order of "ip:port"; sort here so the encoder's order never matters.
@@ -120,7 +122,7 @@ std::shared_ptr<const RoutingTable> RoutingTable::Decode(const uint8_t* data, si
     std::sort(keyed.begin(), keyed.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     for (size_t i = 0; i < keyed.size(); ++i) route->endpoints[i] = keyed[i].second;
     if (route->policy == LbPolicy::kSourceIpHash) route->ring = BuildRing(route->endpoints);
-    const uint64_t key = Key(route->vip_be, route->port);
+    const AddrPort key{route->vip, route->port};
     if (table->index_.count(key) != 0) return fail("route " + std::to_string(r) + ": duplicate ClusterIP:port");
     table->index_.emplace(key, route.get());
     table->routes_.push_back(std::move(route));
@@ -129,8 +131,8 @@ std::shared_ptr<const RoutingTable> RoutingTable::Decode(const uint8_t* data, si
   return table;
 }
 
-const Route* RoutingTable::Lookup(uint32_t vip_be, uint16_t port) const {
-  auto it = index_.find(Key(vip_be, port));
+const Route* RoutingTable::Lookup(const IpAddr& vip, uint16_t port) const {
+  auto it = index_.find(AddrPort{vip, port});
   return it == index_.end() ? nullptr : it->second;
 }
 

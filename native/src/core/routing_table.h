@@ -2,11 +2,14 @@
 // once from a flat little-endian buffer (encoder: src/dataplane/native/route-encoder.ts), immutable
 // afterwards, and published to the worker threads by an atomic shared_ptr swap (no lock on lookup).
 //
-// Layout (all integers little-endian; addresses are 4 raw bytes in network order):
-//   header   16 B: magic u32 = 0x31524d45 ("EMR1"), generation u32, routeCount u32, reserved u32
-//   route    24 B: vip[4], port u16, policy u8, flags u8, affinityTimeoutS u32, serviceSlot u32,
+// Layout (all integers little-endian; addresses are 16 raw bytes in network order, IPv6 as is,
+// IPv4 as IPv4-mapped ::ffff:a.b.c.d):
+//   header   16 B: magic u32 = 0x32524d45 ("EMR2"), generation u32, routeCount u32, reserved u32
+//   route    36 B: vip[16], port u16, policy u8, flags u8, affinityTimeoutS u32, serviceSlot u32,
 //                  connectTimeoutMs u32 (0 = plane default), endpointCount u32
-//   endpoint  8 B: ip[4], port u16, reserved u16      (endpointCount of them after their route)
+//   endpoint 20 B: ip[16], port u16, reserved u16     (endpointCount of them after their route)
+// Version 1 ("EMR1": 4-byte IPv4 addresses, 24-byte routes, 8-byte endpoints) is refused by name,
+// so a TS encoder and an addon from different builds fail loudly instead of misreading.
 #pragma once
 #include <atomic>
 #include <cstddef>
@@ -16,12 +19,15 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/ip_addr.h"
+
 namespace edgemesh {
 
-constexpr uint32_t kRouteMagic = 0x31524d45u;
+constexpr uint32_t kRouteMagic = 0x32524d45u;      // "EMR2"
+constexpr uint32_t kRouteMagicV1 = 0x31524d45u;    // "EMR1", the IPv4-only layout (refused)
 constexpr size_t kRouteHeaderSize = 16;
-constexpr size_t kRouteEntrySize = 24;
-constexpr size_t kRouteEndpointSize = 8;
+constexpr size_t kRouteEntrySize = 36;
+constexpr size_t kRouteEndpointSize = 20;
 constexpr uint32_t kNoServiceSlot = 0xffffffffu;
 
 // L4 endpoint choice of one service port.
@@ -31,12 +37,13 @@ constexpr uint8_t kRouteFlagHandoff = 2;   // needs L7: the accepted fd goes to 
 constexpr uint8_t kRouteFlagTunnel = 4;    // endpoints are the agent's own tunnel ports: the fd goes to TS with the chosen one
 
 struct Endpoint {
-  uint32_t addr_be = 0;
+  IpAddr addr;
   uint16_t port = 0;  // host order
-  bool operator==(const Endpoint& o) const { return addr_be == o.addr_be && port == o.port; }
+  bool operator==(const Endpoint& o) const { return addr == o.addr && port == o.port; }
 };
 
-// "a.b.c.d:port", the form the hash ring is built from (and the TS twin uses).
+// "a.b.c.d:port" / "fd00::1:port" (no brackets), the form the hash ring is built from (and the TS
+// twin, src/lb/endpoint-key.ts, uses).
 std::string EndpointString(const Endpoint& e);
 
 // A consistent-hash ring: for endpoints sorted by their "ip:port" string, kRingPointsPerEndpoint
@@ -52,7 +59,7 @@ struct HashRing {
 HashRing BuildRing(const std::vector<Endpoint>& sorted_endpoints);
 
 struct Route {
-  uint32_t vip_be = 0;
+  IpAddr vip;
   uint16_t port = 0;
   LbPolicy policy = LbPolicy::kRoundRobin;
   uint8_t flags = 0;
@@ -64,21 +71,22 @@ struct Route {
   mutable std::atomic<uint32_t> rr{0};
 };
 
-// Chooses the endpoint index for a new connection from `client_be` (callers retry a refusing
+// Chooses the endpoint index for a new connection from `client` (callers retry a refusing
 // endpoint with (first + attempt) % n). `random` is a per-thread random value (used by kRandom).
-uint32_t PickEndpoint(const Route& route, uint32_t client_be, uint32_t random);
+// Source-IP hashing hashes the client's text form (IPv4 dotted quad, IPv6 RFC 5952), like the TS twin.
+uint32_t PickEndpoint(const Route& route, const IpAddr& client, uint32_t random);
 
 class RoutingTable {
  public:
   uint32_t generation = 0;
   // Decodes a table; on failure returns nullptr and sets *error.
   static std::shared_ptr<const RoutingTable> Decode(const uint8_t* data, size_t len, std::string* error);
-  const Route* Lookup(uint32_t vip_be, uint16_t port) const;
+  const Route* Lookup(const IpAddr& vip, uint16_t port) const;
   size_t size() const { return routes_.size(); }
 
  private:
   std::vector<std::unique_ptr<Route>> routes_;
-  std::unordered_map<uint64_t, const Route*> index_;
+  std::unordered_map<AddrPort, const Route*, AddrPortHash> index_;
 };
 
 }  // namespace edgemesh

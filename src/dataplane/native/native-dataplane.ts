@@ -2,6 +2,7 @@
 // per worker), each worker an epoll loop that blocks its own piscina thread. TS only pushes a new
 // routing table per snapshot and reads counters; no per-connection work crosses into JS.
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import { Piscina } from 'piscina';
 import { Counter, Gauge, type Registry } from 'prom-client';
@@ -38,6 +39,11 @@ export interface NativeDataplaneOptions {
   proxyPort: number;
   /** Listen address (default 0.0.0.0: REDIRECT from PREROUTING targets the incoming interface's address). */
   listenHost?: string;
+  /**
+   * IPv6 listen address, the twin of listenHost (default `::`, IPV6_V6ONLY, same port and workers);
+   * false: IPv4 only. When the host has no usable IPv6 the plane logs why once and serves IPv4 only.
+   */
+  listenHost6?: string | false;
   /** Worker threads (one listener + epoll loop each); 0 = number of cores. */
   workers: number;
   connectTimeoutMs: number;
@@ -78,6 +84,23 @@ interface WorkerResult {
   errno?: number;
 }
 
+/** Whether the IPv6 listeners run, and why not when they do not (for logs, counters and tests). */
+export interface Ipv6ListenerState {
+  on: boolean;
+  reason?: string;
+}
+
+/** Why this host cannot serve IPv6 (undefined when it can, as far as the kernel switch says). */
+function ipv6Unavailable(): string | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync('/proc/sys/net/ipv6/conf/all/disable_ipv6', 'utf8');
+  } catch {
+    return 'kernel without IPv6 (/proc/sys/net/ipv6 missing)';
+  }
+  return text.trim() === '0' ? undefined : 'net.ipv6.conf.all.disable_ipv6 is set';
+}
+
 const PIPE_SIZE = 1 << 20; // measured best on this project's machines (shared/notes/kernel.md)
 const RW_BUFFER_SIZE = 256 << 10;
 
@@ -100,6 +123,7 @@ export class NativeDataplane implements Dataplane {
   private readonly slotBaseline = new Map<number, Float64Array>();
   private exitHook: (() => void) | undefined;
   private handoff: HandoffTarget | undefined;
+  private ipv6: Ipv6ListenerState = { on: false, reason: 'not started' };
 
   constructor(private readonly options: NativeDataplaneOptions) {
     this.workerCount = options.workers > 0 ? options.workers : Math.max(1, os.availableParallelism());
@@ -124,6 +148,11 @@ export class NativeDataplane implements Dataplane {
    */
   enableHandoff(target: HandoffTarget): void {
     this.handoff = target;
+  }
+
+  /** Whether the IPv6 listeners run (decided at start()); IPv6 ClusterIPs are routed only then. */
+  get ipv6Listener(): Ipv6ListenerState {
+    return this.ipv6;
   }
 
   /** The routes of the last applied snapshot (for /status and tests). */
@@ -189,6 +218,7 @@ export class NativeDataplane implements Dataplane {
         },
       );
     }
+    this.ipv6 = this.listenIpv6(native, id);
     this.binding = native;
     this.planeId = id;
     if (this.handoff) native.planeSetHandoff(id, () => this.takeHandoffs());
@@ -242,15 +272,48 @@ export class NativeDataplane implements Dataplane {
         forward: this.forwardMode,
         mark,
         cpuAffinity: o.cpuAffinity ?? false,
+        ipv6: this.ipv6.on,
       },
       'native data plane started',
     );
   }
 
+  /**
+   * The IPv6 listeners beside the IPv4 ones (same port, one per worker); off, logged once with
+   * the reason, when not asked for or the host cannot (IPv6 disabled, no [::] bind).
+   */
+  private listenIpv6(native: NativeBinding, id: number): Ipv6ListenerState {
+    const host6 = this.options.listenHost6 ?? '::';
+    let state: Ipv6ListenerState;
+    if (host6 === false) {
+      state = { on: false, reason: 'listenHost6 is false' };
+    } else {
+      const why = ipv6Unavailable();
+      if (why !== undefined) {
+        state = { on: false, reason: why };
+      } else {
+        try {
+          native.planeListen(id, host6, this.boundPort, this.workerCount);
+          state = { on: true };
+        } catch (err) {
+          state = {
+            on: false,
+            reason: `cannot listen on [${host6}]:${this.boundPort}: ${mapNativeError(err).message}`,
+          };
+        }
+      }
+    }
+    if (!state.on) this.options.log.warn({ reason: state.reason }, `IPv6 listener off: ${state.reason}`);
+    return state;
+  }
+
   async apply(table: ServiceTable, _diff: ServiceTableDiff): Promise<readonly InterceptTarget[]> {
     const native = this.requireStarted();
     const before = new Set(this.slots.entries());
-    const routes = tableRoutes(table, this.slots, this.handoff?.ports);
+    // Without IPv6 listeners an IPv6 ClusterIP redirected here would be refused: no route, no target.
+    const routes = tableRoutes(table, this.slots, this.handoff?.ports).filter(
+      (r) => this.ipv6.on || !net.isIPv6(r.vip),
+    );
     // Slots freed by this snapshot restart from their current native values.
     const live = new Set([...this.slots.entries()].map(([, s]) => s));
     const freed = [...before].map(([, s]) => s).filter((s) => !live.has(s));
@@ -292,6 +355,9 @@ export class NativeDataplane implements Dataplane {
     out.connect_errors =
       (out.connect_refused ?? 0) + (out.connect_timeouts ?? 0) + (out.connect_other_errors ?? 0);
     out.idle_timeouts = out.idle_closed ?? 0;
+    // Listeners per family (each worker has one of each): `edgemesh status` shows IPv6 on or off.
+    out.listeners_ipv4 = this.workerCount;
+    out.listeners_ipv6 = this.ipv6.on ? this.workerCount : 0;
     return out;
   }
 
@@ -341,13 +407,9 @@ export class NativeDataplane implements Dataplane {
     const native = this.binding;
     const take = this.handoff?.take;
     if (!native || this.planeId === 0 || !take) return;
-    const list = native.planeTakeHandoffs(this.planeId);
-    for (let i = 0; i + 2 < list.length; i += 3) {
-      const fd = list[i]!;
-      const ip = list[i + 1]!;
-      const vip = `${ip >>> 24}.${(ip >>> 16) & 255}.${(ip >>> 8) & 255}.${ip & 255}`;
+    for (const { fd, address: vip, port } of native.planeTakeHandoffs(this.planeId)) {
       try {
-        take(fd, vip, list[i + 2]!);
+        take(fd, vip, port);
       } catch (err) {
         // The taker failed before owning the fd: close it so the client is not left hanging.
         this.options.log.warn({ err: errorMessage(err), clusterIP: vip }, 'hand-off to TS failed');

@@ -6,10 +6,15 @@ import { DEFAULT_RING_SIZE } from '../../lb/ring-hash.ts';
 import type { InterceptTarget } from '../../proxier/interceptor.ts';
 import { hasLoopbackTaker } from '../../util/loopback-takers.ts';
 
-export const ROUTE_MAGIC = 0x31524d45;
+/** "EMR2": addresses of either family in 16 bytes (IPv4 as ::ffff:a.b.c.d). */
+export const ROUTE_MAGIC = 0x32524d45;
+/** "EMR1", the IPv4-only version 1 layout the addon refuses by name. */
+export const ROUTE_MAGIC_V1 = 0x31524d45;
 export const ROUTE_HEADER_SIZE = 16;
-export const ROUTE_ENTRY_SIZE = 24;
-export const ROUTE_ENDPOINT_SIZE = 8;
+export const ROUTE_ENTRY_SIZE = 36;
+export const ROUTE_ENDPOINT_SIZE = 20;
+/** Offset of the flags byte inside a route entry (after vip[16], port u16, policy u8). */
+export const ROUTE_FLAGS_OFFSET = 19;
 /** Slot value meaning "no per-service counters". */
 export const NO_SERVICE_SLOT = 0xffffffff;
 /** Kubernetes' default sessionAffinityConfig.clientIP.timeoutSeconds. */
@@ -105,27 +110,48 @@ function bestTier(eps: readonly Endpoint[]): readonly Endpoint[] {
   return eps.filter((e) => tunnelRank(e) === best);
 }
 
-function chosenEndpoints(port: ServicePortEntry): readonly Endpoint[] {
-  const v4 = port.endpoints.filter((e) => net.isIPv4(e.ip));
-  const chosen = bestTier(v4.filter((e) => e.ready));
-  return chosen.length > 0 ? chosen : bestTier(v4.filter((e) => e.serving));
+/** An address family as net.isIP() numbers it. */
+export type IpFamily = 4 | 6;
+
+/**
+ * The text the native plane prints for an address (dotted quad; IPv6 in RFC 5952 form, as
+ * inet_ntop and Node's net.SocketAddress write it): ring points, hand-offs and targets use it, so
+ * a non-canonical IPv6 spelling in a manifest hashes and matches like the canonical one.
+ */
+export function canonicalIp(ip: string): string {
+  return net.isIPv6(ip) ? new net.SocketAddress({ address: ip, family: 'ipv6' }).address : ip;
 }
 
-/** True when the routable endpoints are tunnel ports (one tier: all or none of them are). */
-export function tunnelledPort(port: ServicePortEntry): boolean {
-  const first = chosenEndpoints(port)[0];
+/**
+ * A ClusterIP of one family gets endpoints of that family only (dual-stack Services carry one
+ * EndpointSlice per family); the tunnel's loopback ports (tunnelPath set) serve either family.
+ */
+function chosenEndpoints(port: ServicePortEntry, family: IpFamily): readonly Endpoint[] {
+  const eligible = port.endpoints.filter((e) => e.tunnelPath !== undefined || net.isIP(e.ip) === family);
+  const chosen = bestTier(eligible.filter((e) => e.ready));
+  return chosen.length > 0 ? chosen : bestTier(eligible.filter((e) => e.serving));
+}
+
+/** True when the routable endpoints (for a ClusterIP of `family`) are tunnel ports (one tier: all or none of them are). */
+export function tunnelledPort(port: ServicePortEntry, family: IpFamily = 4): boolean {
+  const first = chosenEndpoints(port, family)[0];
   return first !== undefined && tunnelRank(first) > 0;
 }
 
 /**
- * Endpoints the native plane may use: ready IPv4 ones (serving+terminating when none is ready),
- * of the best tunnel tier only (same node, then direct, then relayed), de-duplicated.
+ * Endpoints the native plane may use for a ClusterIP of `family`: ready ones of that family
+ * (serving+terminating when none is ready), of the best tunnel tier only (same node, then direct,
+ * then relayed), de-duplicated, IPv6 in canonical text.
  */
-export function routableEndpoints(port: ServicePortEntry): { ip: string; port: number }[] {
-  const chosen = chosenEndpoints(port);
+export function routableEndpoints(
+  port: ServicePortEntry,
+  family: IpFamily = 4,
+): { ip: string; port: number }[] {
+  const chosen = chosenEndpoints(port, family);
   const seen = new Set<string>();
   const out: { ip: string; port: number }[] = [];
-  for (const e of chosen) {
+  for (const raw of chosen) {
+    const e = { ip: canonicalIp(raw.ip), port: raw.port };
     const key = `${e.ip}:${e.port}`;
     if (seen.has(key)) continue;
     seen.add(key);
@@ -153,8 +179,8 @@ export function nativePolicy(port: ServicePortEntry): { policy: number; needsL7:
 }
 
 /**
- * The routes of a table: every TCP port of every proxied service on each of its IPv4 ClusterIPs;
- * ports `handoff` selects are marked for hand-off to TS.
+ * The routes of a table: every TCP port of every proxied service on each of its ClusterIPs (IPv4
+ * and IPv6); ports `handoff` selects are marked for hand-off to TS.
  */
 export function tableRoutes(
   table: ServiceTable,
@@ -172,14 +198,27 @@ export function tableRoutes(
       if (port.protocol !== 'TCP') continue;
       const { policy, needsL7 } = nativePolicy(port);
       const handedOff = handoff?.(svc, port) ?? false;
-      const endpoints = routableEndpoints(port);
-      // Only when this process serves every one of those ports (the tunnel registers them): the
-      // plane then never hands off a client nobody here would take.
-      const tunnel = tunnelledPort(port) && endpoints.every((e) => hasLoopbackTaker(e.port));
-      for (const vip of svc.clusterIPs) {
+      const byFamily = new Map<IpFamily, { endpoints: { ip: string; port: number }[]; tunnel: boolean }>();
+      const forFamily = (family: IpFamily) => {
+        let f = byFamily.get(family);
+        if (!f) {
+          const endpoints = routableEndpoints(port, family);
+          // Only when this process serves every one of those ports (the tunnel registers them): the
+          // plane then never hands off a client nobody here would take.
+          const tunnel = tunnelledPort(port, family) && endpoints.every((e) => hasLoopbackTaker(e.port));
+          f = { endpoints, tunnel };
+          byFamily.set(family, f);
+        }
+        return f;
+      };
+      for (const rawVip of svc.clusterIPs) {
+        const family = net.isIP(rawVip);
+        if (family === 0) continue;
+        const vip = canonicalIp(rawVip);
         // One route per ClusterIP:port (the native table rejects duplicates): the first service wins.
-        if (!net.isIPv4(vip) || taken.has(`${vip}:${port.port}`)) continue;
+        if (taken.has(`${vip}:${port.port}`)) continue;
         taken.add(`${vip}:${port.port}`);
+        const { endpoints, tunnel } = forFamily(family as IpFamily);
         routes.push({
           id: `${svc.key}:${port.name || port.port}`,
           serviceKey: svc.key,
@@ -208,7 +247,7 @@ function isRoutable(svc: ServiceEntry): boolean {
   return svc.proxied && !svc.headless && svc.type !== 'ExternalName' && svc.clusterIPs.length > 0;
 }
 
-/** Encodes routes into the native layout (little-endian; addresses as 4 network-order bytes). */
+/** Encodes routes into the native layout (little-endian; addresses as 16 network-order bytes). */
 export function encodeRoutes(generation: number, routes: readonly NativeRoute[]): Buffer {
   let size = ROUTE_HEADER_SIZE;
   for (const r of routes) size += ROUTE_ENTRY_SIZE + r.endpoints.length * ROUTE_ENDPOINT_SIZE;
@@ -219,22 +258,22 @@ export function encodeRoutes(generation: number, routes: readonly NativeRoute[])
   let off = ROUTE_HEADER_SIZE;
   for (const r of routes) {
     writeAddr(buf, off, r.vip);
-    buf.writeUInt16LE(r.port, off + 4);
-    buf.writeUInt8(r.policy, off + 6);
+    buf.writeUInt16LE(r.port, off + 16);
+    buf.writeUInt8(r.policy, off + 18);
     buf.writeUInt8(
       (r.affinityTimeoutS > 0 ? ROUTE_FLAG_AFFINITY : 0) |
         (r.handoff ? ROUTE_FLAG_HANDOFF : 0) |
         (r.tunnel ? ROUTE_FLAG_TUNNEL : 0),
-      off + 7,
+      off + ROUTE_FLAGS_OFFSET,
     );
-    buf.writeUInt32LE(r.affinityTimeoutS >>> 0, off + 8);
-    buf.writeUInt32LE(r.slot >>> 0, off + 12);
-    buf.writeUInt32LE(Math.max(0, Math.min(0xffffffff, Math.round(r.connectTimeoutMs))), off + 16);
-    buf.writeUInt32LE(r.endpoints.length, off + 20);
+    buf.writeUInt32LE(r.affinityTimeoutS >>> 0, off + 20);
+    buf.writeUInt32LE(r.slot >>> 0, off + 24);
+    buf.writeUInt32LE(Math.max(0, Math.min(0xffffffff, Math.round(r.connectTimeoutMs))), off + 28);
+    buf.writeUInt32LE(r.endpoints.length, off + 32);
     off += ROUTE_ENTRY_SIZE;
     for (const ep of r.endpoints) {
       writeAddr(buf, off, ep.ip);
-      buf.writeUInt16LE(ep.port, off + 4);
+      buf.writeUInt16LE(ep.port, off + 16);
       off += ROUTE_ENDPOINT_SIZE;
     }
   }
@@ -252,7 +291,43 @@ export function routeTargets(routes: readonly NativeRoute[], proxyPort: number):
   }));
 }
 
+/** Writes `ip` as 16 bytes: IPv4 as ::ffff:a.b.c.d, IPv6 as is. The buffer starts zeroed. */
 function writeAddr(buf: Buffer, off: number, ip: string): void {
+  if (net.isIPv4(ip)) {
+    buf.writeUInt16BE(0xffff, off + 10);
+    writeV4(buf, off + 12, ip);
+    return;
+  }
+  ipv6Bytes(ip).copy(buf, off);
+}
+
+function writeV4(buf: Buffer, off: number, ip: string): void {
   const parts = ip.split('.');
   for (let i = 0; i < 4; i++) buf.writeUInt8(Number(parts[i]) & 0xff, off + i);
+}
+
+/** The 16 bytes of an IPv6 literal (`::` anywhere, an embedded dotted quad at the end). */
+export function ipv6Bytes(ip: string): Buffer {
+  if (!net.isIPv6(ip)) throw new RangeError(`not an IPv6 address: ${ip}`);
+  const out = Buffer.alloc(16);
+  const [head = '', tail] = ip.split('::') as [string, string | undefined];
+  const groups = (text: string): number[] => {
+    if (text === '') return [];
+    const words: number[] = [];
+    for (const part of text.split(':')) {
+      if (part.includes('.')) {
+        const b = Buffer.alloc(4);
+        writeV4(b, 0, part);
+        words.push(b.readUInt16BE(0), b.readUInt16BE(2));
+      } else {
+        words.push(Number.parseInt(part, 16));
+      }
+    }
+    return words;
+  };
+  const front = groups(head);
+  const back = tail === undefined ? [] : groups(tail);
+  const words = [...front, ...new Array<number>(8 - front.length - back.length).fill(0), ...back];
+  for (let i = 0; i < 8; i++) out.writeUInt16BE(words[i] ?? 0, i * 2);
+  return out;
 }

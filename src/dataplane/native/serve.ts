@@ -1,6 +1,7 @@
 // Runs the native data plane standalone, without controller or interceptor: for e2e tests and
 // benchmarks that install their own interception. Usage:
-//   node --import tsx src/dataplane/native/serve.ts [--port 40001] [--host 0.0.0.0] [--workers N]
+//   node --import tsx src/dataplane/native/serve.ts [--port 40001] [--host 0.0.0.0] [--host6 ::|off]
+//     [--workers N]
 //     [--mode splice|readwrite] [--mark 0x4567|0] [--gid GID] [--drain-ms 2000]
 //     [--pipe-size BYTES] [--buffer-size BYTES]
 //     --route VIP:PORT=IP:PORT[,IP:PORT...][/rr|random|hash|affinity] ...
@@ -13,6 +14,7 @@ import { NATIVE_PROXY_MARK, NativeDataplane } from './native-dataplane.ts';
 interface Args {
   port: number;
   host: string;
+  host6: string | false;
   workers: number;
   mode: 'splice' | 'readwrite';
   mark: number;
@@ -27,6 +29,7 @@ function parse(argv: string[]): Args {
   const a: Args = {
     port: 40001,
     host: '0.0.0.0',
+    host6: '::',
     workers: 0,
     mode: 'splice',
     mark: NATIVE_PROXY_MARK,
@@ -37,6 +40,7 @@ function parse(argv: string[]): Args {
     const [flag, value] = [argv[i], argv[i + 1] ?? ''];
     if (flag === '--port') a.port = Number(value);
     else if (flag === '--host') a.host = value;
+    else if (flag === '--host6') a.host6 = value === 'off' ? false : value;
     else if (flag === '--workers') a.workers = Number(value);
     else if (flag === '--mode') a.mode = value === 'readwrite' ? 'readwrite' : 'splice';
     else if (flag === '--mark') a.mark = Number(value);
@@ -50,11 +54,17 @@ function parse(argv: string[]): Args {
   return a;
 }
 
-/** `VIP:PORT=IP:PORT,...[/policy]` as a one-port Service. */
+/** `host:port` or `[v6]:port` split at the last colon. */
+function hostPort(text: string): [string, string] {
+  const at = text.lastIndexOf(':');
+  return [text.slice(0, at).replace(/^\[(.*)\]$/, '$1'), text.slice(at + 1)];
+}
+
+/** `VIP:PORT=IP:PORT,...[/policy]` as a one-port Service (IPv6 as `[fd00::1]:80`). */
 function routeService(spec: string, n: number): ServiceEntry {
   const [front, policy = 'rr'] = spec.split('/');
   const [vipPort, eps = ''] = front!.split('=');
-  const [vip, port] = vipPort!.split(':');
+  const [vip, port] = hostPort(vipPort!);
   return {
     namespace: 'serve',
     name: `route-${n}`,
@@ -76,7 +86,7 @@ function routeService(spec: string, n: number): ServiceEntry {
           .split(',')
           .filter(Boolean)
           .map((e) => {
-            const [ip, p] = e.split(':');
+            const [ip, p] = hostPort(e);
             return { ip: ip!, port: Number(p), ready: true, serving: true, terminating: false };
           }),
         trafficPolicy:
@@ -97,6 +107,7 @@ const dp = new NativeDataplane({
   log: pino({ level: process.env.EDGEMESH_LOG_LEVEL ?? 'warn' }, pino.destination(2)),
   proxyPort: args.port,
   listenHost: args.host,
+  listenHost6: args.host6,
   workers: args.workers,
   connectTimeoutMs: 3000,
   idleTimeoutMs: 0,

@@ -19,7 +19,7 @@ import type { InterceptTarget } from '../../proxier/interceptor.ts';
 import { takeLoopbackFd } from '../../util/loopback-takers.ts';
 import type { Dataplane } from '../dataplane.ts';
 import type { HandoffTarget } from './native-dataplane.ts';
-import { nativePolicy } from './route-encoder.ts';
+import { canonicalIp, nativePolicy } from './route-encoder.ts';
 
 /** Whether a service port must go through the TS plane. */
 export type NeedsL7 = (service: ServiceEntry, port: ServicePortEntry) => boolean;
@@ -118,7 +118,8 @@ export class SplitDataplane implements Dataplane {
     // TS listeners first: a hand-off arriving right after the native table swap finds its port.
     const l7Targets = this.l7Started ? await this.l7.apply({ ...table, services: l7 }, diff) : [];
     if (this.l7Path === 'handoff') {
-      this.l7Ports = new Map(l7Targets.map((t) => [`${t.clusterIP}:${t.port}`, t.toPort]));
+      // Keyed by the canonical text the native plane hands off with (IPv6 in RFC 5952 form).
+      this.l7Ports = new Map(l7Targets.map((t) => [`${canonicalIp(t.clusterIP)}:${t.port}`, t.toPort]));
       // The native plane routes every TCP port (L7 ones marked for hand-off). Datagrams cannot be
       // handed off, so UDP ports keep their redirect to the TS plane's UDP listener.
       const udpTargets = l7Targets.filter((t) => t.protocol === 'UDP');
