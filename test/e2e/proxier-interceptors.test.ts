@@ -118,7 +118,8 @@ for (const [socketLb, sockmap] of [
           await ns.run('bpftool', 'net', 'show'),
           existsSync(pinDirOf(ns)) ? `pins: ${readdirSync(pinDirOf(ns)).join(' ')}` : 'no pins',
           await ns.run('ip', '-4', 'route', 'show', 'table', 'local'),
-          await ns.run('ip', '-6', 'route', 'show', 'table', 'local'),
+          // Ours only: link-local addresses appear whenever their DAD finishes.
+          await ns.run('ip', '-6', 'route', 'show', 'table', 'local', 'proto', String(ROUTE_PROTO)),
           await ns.run('iptables-nft-save'),
           await ns.run('nft', 'list', 'ruleset'),
         ].join('\n'),

@@ -10,9 +10,11 @@ import { EMPTY_TABLE, type ServiceTable } from '../../controller/types.ts';
 import { EdgemeshError, ErrorCode, errorMessage } from '../../errors.ts';
 import type { NativeBinding } from '../../native/index.ts';
 import type { Logger } from '../../util/log.ts';
-import type { Interceptor, InterceptTarget } from '../interceptor.ts';
+import type { Interceptor, InterceptTarget, Ipv6Interception } from '../interceptor.ts';
+import type { RuleInterceptor } from '../rule-interceptor.ts';
 import type { CommandPrefix } from '../run-command.ts';
 import { endpointAddresses } from '../vip-routes.ts';
+import { chooseIpv6Delegate } from './ipv6-delegate.ts';
 import {
   Action,
   ConfigFlag,
@@ -59,6 +61,8 @@ export interface EbpfInterceptorOptions {
   sockmap?: boolean;
   /** False: every TCP service goes through the proxy (EM_ACTION_PROXY, no socket-LB). Default true. */
   socketLb?: boolean;
+  /** Local /128 routes for the IPv6 VIPs its IPv6 delegate catches (default true). */
+  localVipRoutes?: boolean;
   registry?: Registry;
 }
 
@@ -83,6 +87,10 @@ export class EbpfInterceptor implements Interceptor {
   private readonly steering: SkLookupSteering;
   /** The agent's namespace (where 127.0.0.1 is the proxy); read once the programs are loaded. */
   private netnsCookie = 0n;
+  /** The rule interceptor IPv6 targets go to (the BPF programs are IPv4 only), chosen at start. */
+  private v6Delegate: RuleInterceptor | undefined;
+  private v6: Ipv6Interception = { intercepted: false, detail: 'not started' };
+  private v6SkipWarned = false;
 
   constructor(private readonly opts: EbpfInterceptorOptions) {
     this.steering = new SkLookupSteering({
@@ -135,6 +143,42 @@ export class EbpfInterceptor implements Interceptor {
       { cgroup: this.opts.cgroupPath, pinDir: this.opts.pinDir, programs: binding.bpfPrograms(this.handle) },
       'eBPF programs attached',
     );
+    await this.startIpv6();
+  }
+
+  /** IPv6 interception state: which rule interceptor serves it and why, or why nothing does. */
+  get ipv6(): Ipv6Interception {
+    return this.v6;
+  }
+
+  /** Chooses and starts the IPv6 delegate; IPv6 trouble never stops the IPv4 programs. */
+  private async startIpv6(): Promise<void> {
+    const { log } = this.opts;
+    this.v6SkipWarned = false;
+    try {
+      const choice = await chooseIpv6Delegate({
+        log,
+        commandPrefix: this.opts.commandPrefix ?? [],
+        bypassGid: this.opts.bypassGid,
+        localVipRoutes: this.opts.localVipRoutes,
+      });
+      if (!choice.interceptor) {
+        this.v6 = { intercepted: false, detail: `IPv6 ClusterIPs not intercepted: ${choice.reason}` };
+        log.warn({ reason: choice.reason }, 'eBPF: IPv6 ClusterIPs will not be intercepted');
+        return;
+      }
+      await choice.interceptor.start();
+      this.v6Delegate = choice.interceptor;
+      const d = choice.interceptor.ipv6;
+      this.v6 = {
+        intercepted: d.intercepted,
+        detail: d.intercepted ? `${choice.interceptor.mode} (${d.detail}): ${choice.reason}` : d.detail,
+      };
+      log.info({ ipv6: this.v6.detail }, 'eBPF: IPv6 ClusterIPs handed to a rule interceptor');
+    } catch (err) {
+      this.v6 = { intercepted: false, detail: `IPv6 ClusterIPs not intercepted: ${errorMessage(err)}` };
+      log.warn({ err: errorMessage(err) }, 'eBPF: IPv6 interception failed to start');
+    }
   }
 
   /** Detaches the programs and removes every pin (a clean shutdown leaves nothing behind). */
@@ -145,6 +189,9 @@ export class EbpfInterceptor implements Interceptor {
     this.opts.binding.bpfClose(handle, true);
     await removeRetiredPins(this.opts.pinDir);
     await this.steering.clear();
+    const delegate = this.v6Delegate;
+    this.v6Delegate = undefined;
+    await delegate?.stop();
     if (this.gauge) this.opts.registry?.removeSingleMetric('edgemesh_ebpf_events');
     this.opts.log.info({ pinDir: this.opts.pinDir }, 'eBPF programs detached and unpinned');
   }
@@ -161,16 +208,28 @@ export class EbpfInterceptor implements Interceptor {
     this.targets = targets;
     this.render();
     await this.steer();
+    await this.syncIpv6(targets);
+  }
+
+  /** Hands the IPv6 targets to the delegate (it ignores IPv4 ones); warns once when there is none. */
+  private async syncIpv6(targets: readonly InterceptTarget[]): Promise<void> {
+    if (this.v6Delegate) return this.v6Delegate.sync(targets);
+    const skipped = targets.filter((t) => t.clusterIP.includes(':'));
+    if (skipped.length === 0 || this.v6SkipWarned) return;
+    this.v6SkipWarned = true;
+    this.opts.log.warn({ skipped: skipped.length, reason: this.v6.detail }, 'eBPF: skipping IPv6 ClusterIPs');
   }
 
   /** Records the snapshot for the next sync() (the proxier calls this before sync). */
   observe(table: ServiceTable): void {
     this.table = table;
+    this.v6Delegate?.observe(table);
   }
 
   /** Records the snapshot (socket-LB needs the endpoints) and renders. */
   async apply(table: ServiceTable): Promise<void> {
     this.table = table;
+    this.v6Delegate?.observe(table);
     this.render();
     await this.steer();
   }
@@ -194,8 +253,9 @@ export class EbpfInterceptor implements Interceptor {
       this.render();
     }
     const steering = await this.steering.reconcile(handle);
-    if (links.length > 0 || maps || steering) {
-      log.warn({ links, maps, steering }, 'eBPF state drifted; repaired');
+    const ipv6 = (await this.v6Delegate?.repair()) ?? false;
+    if (links.length > 0 || maps || steering || ipv6) {
+      log.warn({ links, maps, steering, ipv6 }, 'eBPF state drifted; repaired');
       return true;
     }
     return false;

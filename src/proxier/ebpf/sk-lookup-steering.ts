@@ -32,6 +32,8 @@ export class SkLookupSteering {
       log: opts.log,
       commandPrefix: opts.commandPrefix,
       owner: 'sk_lookup',
+      // sk_lookup steers IPv4 only; IPv6 VIP routes belong to the IPv6 delegate (ipv6-delegate.ts).
+      families: 'ipv4',
       consequence: 'clients outside the cgroup (pods, other hosts) are not steered to the proxy',
     });
   }
