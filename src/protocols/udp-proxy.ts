@@ -74,9 +74,11 @@ export class UdpProxy {
     // route's source address instead (10.x), so the client never sees it. A second socket bound to
     // 127.0.0.1 receives exactly those datagrams (the more specific bind wins) and answers from
     // the right address; SO_REUSEADDR lets both share the port.
-    const wildcard = this.opts.host === '0.0.0.0';
+    // The same for IPv6: an ip6 OUTPUT REDIRECT sends to ::1.
+    const wildcard = this.opts.host === '0.0.0.0' || this.opts.host === '::';
     this.socket = await this.bind(family, this.opts.port, this.opts.host, wildcard);
-    if (wildcard) this.loopback = await this.bind(family, this.address().port, '127.0.0.1', true);
+    const loopback = family === 'udp6' ? '::1' : '127.0.0.1';
+    if (wildcard) this.loopback = await this.bind(family, this.address().port, loopback, true);
   }
 
   private async bind(

@@ -1,6 +1,7 @@
 // The one data-plane test suite, run against every implementation (TS now; the native plane adds
 // its own run). Backends are real servers on 127.0.0.1; `connect` says how a client reaches a
 // target (TS: straight to the listener port; native: through its interception).
+import dgram from 'node:dgram';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Endpoint, ServiceEntry, ServiceTable, ServiceTableDiff } from '../../src/controller/types.ts';
@@ -16,6 +17,8 @@ export interface DataplaneSuiteImpl {
   connect(target: InterceptTarget): net.Socket;
   /** Handler ports reach the handler by fd hand-off (the `handed_off` counter must move). */
   handoff?: boolean;
+  /** Sends one datagram to `target` as an intercepted client would (planes that serve UDP). */
+  sendUdp?(target: InterceptTarget, socket: dgram.Socket, data: string): void;
 }
 
 /** A ServiceEntry for tests (one TCP port). */
@@ -67,13 +70,16 @@ export class TableBuilder {
   }
 }
 
-/** A started backend server on 127.0.0.1 and its port. */
-async function server(onConn: (s: net.Socket) => void): Promise<{ srv: net.Server; port: number }> {
+/** A started backend server on 127.0.0.1 (or `host`, e.g. ::1) and its port. */
+async function server(
+  onConn: (s: net.Socket) => void,
+  host = '127.0.0.1',
+): Promise<{ srv: net.Server; port: number }> {
   const srv = net.createServer({ allowHalfOpen: true }, (s) => {
     s.on('error', () => {});
     onConn(s);
   });
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  await new Promise<void>((r) => srv.listen(0, host, () => r()));
   return { srv, port: (srv.address() as net.AddressInfo).port };
 }
 
@@ -95,6 +101,8 @@ export function dataplaneSuite(label: string, impl: DataplaneSuiteImpl): void {
     const tables = new TableBuilder();
     const servers: net.Server[] = [];
     let echo: number;
+    /** The echo server on ::1. */
+    let echo6: number;
     let named: (name: string) => Promise<number>;
     let closedPort: number;
     const targetOf = (targets: readonly InterceptTarget[], clusterIP: string) => {
@@ -107,6 +115,9 @@ export function dataplaneSuite(label: string, impl: DataplaneSuiteImpl): void {
       const e = await server((s) => s.pipe(s));
       servers.push(e.srv);
       echo = e.port;
+      const e6 = await server((s) => s.pipe(s), '::1');
+      servers.push(e6.srv);
+      echo6 = e6.port;
       named = async (name) => {
         const n = await server((s) => s.end(`${name}\n`));
         servers.push(n.srv);
@@ -223,6 +234,56 @@ export function dataplaneSuite(label: string, impl: DataplaneSuiteImpl): void {
       expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
       expect(dp.counters().idle_timeouts).toBeGreaterThan(0);
     });
+
+    it('IPv6: a dual-stack service gets a target per ClusterIP, each reaching only endpoints of its family', async () => {
+      const v4 = await named('v4');
+      const v6srv = await server((s) => s.end('v6\n'), '::1');
+      servers.push(v6srv.srv);
+      const dual: ServiceEntry = {
+        ...testService('dual', '10.96.1.8', 80, [
+          { ip: '127.0.0.1', port: v4 },
+          { ip: '::1', port: v6srv.port },
+        ]),
+        clusterIPs: ['10.96.1.8', 'fd00:96::8'],
+      };
+      const single6 = testService('only6', 'fd00:96::9', 443, [{ ip: '::1', port: echo6 }]);
+      const targets = await dp.apply(...tables.next([dual, single6]));
+      const t4 = targetOf(targets, '10.96.1.8');
+      const t6 = targetOf(targets, 'fd00:96::8');
+      expect(t6.port).toBe(80);
+      for (let i = 0; i < 4; i++) {
+        expect((await roundTrip(impl.connect(t6), '')).toString()).toBe('v6\n');
+        expect((await roundTrip(impl.connect(t4), '')).toString()).toBe('v4\n');
+      }
+      const payload = Buffer.alloc(1 << 20, 0x5a);
+      const back = await roundTrip(impl.connect(targetOf(targets, 'fd00:96::9')), payload);
+      expect(back.equals(payload)).toBe(true);
+    });
+
+    // Registered only for planes that serve UDP (sendUdp): the native L4 plane is TCP only.
+    const sendUdp = impl.sendUdp;
+    if (sendUdp)
+      it('IPv6: UDP to an IPv6 ClusterIP reaches an IPv6 endpoint and the answer comes back', async () => {
+        const backend = dgram.createSocket('udp6');
+        backend.on('message', (m, r) => backend.send(`udp6:${m.toString()}`, r.port, r.address));
+        await new Promise<void>((r) => backend.bind(0, '::1', () => r()));
+        const client = dgram.createSocket('udp6');
+        try {
+          const svc = testService('dns6', 'fd00:96::35', 53, [{ ip: '::1', port: backend.address().port }]);
+          svc.ports[0]!.protocol = 'UDP';
+          const targets = await dp.apply(...tables.next([svc]));
+          const t = targetOf(targets, 'fd00:96::35');
+          expect(t.protocol).toBe('UDP');
+          const answer = new Promise<string>((resolve) =>
+            client.once('message', (m) => resolve(m.toString())),
+          );
+          sendUdp(t, client, 'ping');
+          expect(await answer).toBe('udp6:ping');
+        } finally {
+          client.close();
+          backend.close();
+        }
+      });
 
     it('hands ports with a registered protocol handler to that handler', async () => {
       const targets = await dp.apply(

@@ -15,7 +15,14 @@ dataplaneSuite('ts', {
       nodeName: 'suite-node',
       ...o,
     }),
-  connect: (t) => net.connect({ host: '127.0.0.1', port: t.toPort, allowHalfOpen: true }),
+  // IPv6 routes listen on ::1 when the plane's listenHost is 127.0.0.1.
+  connect: (t) =>
+    net.connect({
+      host: t.clusterIP.includes(':') ? '::1' : '127.0.0.1',
+      port: t.toPort,
+      allowHalfOpen: true,
+    }),
+  sendUdp: (t, socket, data) => socket.send(data, t.toPort, t.clusterIP.includes(':') ? '::1' : '127.0.0.1'),
 });
 
 /** Listens on 127.0.0.1:`port` (0: the kernel picks); rejects on error (EADDRINUSE) instead of hanging. */

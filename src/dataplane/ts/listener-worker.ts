@@ -55,10 +55,17 @@ export default async function runListenerWorker(task: WorkerTask): Promise<{ ind
   // UDP flows end when idle like conntrack entries: the TCP idle timeout, at most 2 minutes.
   const udpIdleMs = Math.min(settings.idleTimeoutMs > 0 ? settings.idleTimeoutMs : 120_000, 120_000);
 
+  /**
+   * IPv6 routes listen on `::` (their own port; REDIRECT delivers to the incoming interface's
+   * address, ::1 for local clients), or on ::1 when the plane is told to stay on loopback.
+   */
+  const hostOf = (route: ListenerRoute) =>
+    route.family !== 6 ? settings.listenHost : settings.listenHost === '127.0.0.1' ? '::1' : '::';
+
   const openUdp = async (route: ListenerRoute): Promise<Listener> => {
     const balancer = createBalancer(route.service, route.port, { nodeName: settings.nodeName });
     const udp = new UdpProxy(balancer, {
-      host: settings.listenHost,
+      host: hostOf(route),
       port: route.listenPort,
       idleTimeoutMs: udpIdleMs,
       maxFlows: 65_536,
@@ -83,7 +90,8 @@ export default async function runListenerWorker(task: WorkerTask): Promise<{ ind
       };
       server.on('connection', (client) => onConnection(listener, client));
       server.once('error', reject);
-      server.listen({ port: route.listenPort, host: settings.listenHost, backlog: 1024 }, () => {
+      const host = hostOf(route);
+      server.listen({ port: route.listenPort, host, ipv6Only: host === '::', backlog: 1024 }, () => {
         server.off('error', reject);
         // Later errors (EMFILE on accept ...) must not kill the worker.
         server.on('error', () => counters.add('handler_errors'));

@@ -23,7 +23,10 @@ export interface WorkerSettings {
 export interface ListenerRoute {
   listenPort: number;
   service: ServiceEntry;
+  /** The service port, its endpoints narrowed to the route's family. */
   port: ServicePortEntry;
+  /** 6: the route serves the service's IPv6 ClusterIP (listener on `::`); absent or 4: IPv4. */
+  family?: 4 | 6;
 }
 
 /** Main → worker. */

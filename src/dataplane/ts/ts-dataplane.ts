@@ -2,6 +2,7 @@
 // every proxied service port gets its own listener on an allocated local port and the interceptor
 // REDIRECTs ClusterIP:port to it. Listeners live in piscina worker threads; this main-thread part
 // only decides (ports, which worker owns what) and tells the workers by message.
+import net from 'node:net';
 import os from 'node:os';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { Piscina } from 'piscina';
@@ -53,15 +54,34 @@ interface Placement {
   route: ListenerRoute;
 }
 
-/** A service port the TS plane can serve: TCP or UDP on an IPv4 ClusterIP of a proxied, non-headless service. */
+/** A service port the TS plane can serve: TCP or UDP on a ClusterIP of a proxied, non-headless service. */
 function servable(service: ServiceEntry, port: ServicePortEntry): boolean {
   return (
     service.proxied &&
     !service.headless &&
     service.type !== 'ExternalName' &&
     (port.protocol === 'TCP' || port.protocol === 'UDP') &&
-    service.clusterIPs.some((ip) => ip.includes('.'))
+    familiesOf(service).length > 0
   );
+}
+
+/** The address family of an IP (IPv6 when it has a colon). */
+function familyOf(ip: string): 4 | 6 {
+  return ip.includes(':') ? 6 : 4;
+}
+
+/** The families of a service's ClusterIPs (a dual-stack service has both: one listener each). */
+function familiesOf(service: ServiceEntry): Array<4 | 6> {
+  const out: Array<4 | 6> = [];
+  if (service.clusterIPs.some((ip) => net.isIPv4(ip))) out.push(4);
+  if (service.clusterIPs.some((ip) => net.isIPv6(ip))) out.push(6);
+  return out;
+}
+
+/** The port with only the endpoints of `family`: a VIP's connections go to endpoints of its own family. */
+function portOfFamily(port: ServicePortEntry, family: 4 | 6): ServicePortEntry {
+  if (port.endpoints.every((e) => familyOf(e.ip) === family)) return port;
+  return { ...port, endpoints: port.endpoints.filter((e) => familyOf(e.ip) === family) };
 }
 
 /** The pure-TS data plane (see file comment). */
@@ -175,10 +195,15 @@ export class TsDataplane implements Dataplane {
       const service = table.services.get(key);
       const old = this.placements.get(key) ?? new Map<string, Placement>();
       const next = new Map<string, Placement>();
-      for (const port of service?.ports ?? []) {
-        if (!service || !servable(service, port)) continue;
-        const pk = `${port.port}/${port.protocol}`;
-        const route: ListenerRoute = { listenPort: 0, service, port };
+      const routes = (service?.ports ?? []).flatMap((port) =>
+        service && servable(service, port) ? familiesOf(service).map((family) => ({ port, family })) : [],
+      );
+      for (const { port: servicePort, family } of routes) {
+        if (!service) continue;
+        const port = portOfFamily(servicePort, family);
+        // IPv4 keeps its old key (no listener moves on upgrade); IPv6 routes get their own.
+        const pk = `${port.port}/${port.protocol}${family === 6 ? '/6' : ''}`;
+        const route: ListenerRoute = { listenPort: 0, service, port, family };
         const prev = old.get(pk);
         if (prev) {
           route.listenPort = prev.listenPort;
@@ -232,7 +257,7 @@ export class TsDataplane implements Dataplane {
     for (const [key, ports] of this.placements) {
       for (const p of ports.values()) {
         for (const ip of p.route.service.clusterIPs) {
-          if (!ip.includes('.')) continue;
+          if (net.isIP(ip) === 0 || familyOf(ip) !== (p.route.family ?? 4)) continue;
           out.push({
             id: `${key}:${p.route.port.name || p.route.port.port}`,
             clusterIP: ip,
