@@ -2,6 +2,7 @@
 // ebpf (cgroup hooks for the suite's local clients, which it runs inside the programs' cgroup).
 import { existsSync, mkdirSync, readdirSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
+import pino from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadNative } from '../../src/native/index.ts';
 import { createInterceptor } from '../../src/proxier/create-interceptor.ts';
@@ -11,7 +12,7 @@ import type { Interceptor } from '../../src/proxier/interceptor.ts';
 import { IptablesInterceptor, ip6Binary } from '../../src/proxier/iptables.ts';
 import { NftablesInterceptor } from '../../src/proxier/nftables.ts';
 import { ROUTE_PROTO } from '../../src/proxier/vip-routes.ts';
-import { silentLogger } from '../../src/util/log.ts';
+import { type Logger, silentLogger } from '../../src/util/log.ts';
 import { detachConnect4Link } from '../helpers/connect4-link.ts';
 import { createNetns, type Netns, sh } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
@@ -222,5 +223,62 @@ describe.skipIf(skipUnlessRoot('localVipRoutes off'))('localVipRoutes: false', (
     } finally {
       await ic.stop();
     }
+  });
+});
+
+describe.skipIf(skipUnlessRoot('IPv6 unusable'))('IPv6 disabled in the namespace', () => {
+  let ns: Netns | undefined;
+  afterAll(async () => {
+    await ns?.destroy();
+  });
+
+  it('every rule interceptor says why IPv6 is not intercepted, skips IPv6 targets with one warning, IPv4 unaffected', async () => {
+    ns = await createNetns('i6');
+    await ns.run('sysctl', '-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1');
+    await ns.run('ip', 'addr', 'add', '10.96.0.10/32', 'dev', 'lo');
+    await ns.backend('s', ['--text', '80:direct', '--text', '21000:port-a']);
+    const targets = [
+      { id: 't/a', clusterIP: '10.96.0.10', port: 80, protocol: 'TCP' as const, toPort: 21000 },
+      { id: 't/a6', clusterIP: 'fd00:96::10', port: 80, protocol: 'TCP' as const, toPort: 21000 },
+      { id: 't/b6', clusterIP: 'fd00:97::10', port: 80, protocol: 'TCP' as const, toPort: 21000 },
+    ];
+    const before = normalizeDump(
+      `${await ns.run('ip6tables-nft-save')}\n${await ns.run('nft', 'list', 'ruleset')}`,
+    );
+    for (const make of [
+      (log: Logger) =>
+        new IptablesInterceptor({
+          log,
+          binary: 'iptables-nft',
+          commandPrefix: prefix(ns!),
+          localVipRoutes: true,
+        }),
+      (log: Logger) => new NftablesInterceptor({ log, commandPrefix: prefix(ns!), localVipRoutes: true }),
+    ]) {
+      const warnings: string[] = [];
+      const log = pino({ level: 'warn' }, { write: (s: string) => void warnings.push(JSON.parse(s).msg) });
+      const ic = make(log);
+      await ic.start();
+      try {
+        expect(ic.ipv6).toEqual({
+          intercepted: false,
+          detail: 'IPv6 ClusterIPs not intercepted: IPv6 is disabled (net.ipv6.conf.all.disable_ipv6 = 1)',
+        });
+        await ic.sync(targets);
+        await ic.sync(targets);
+        expect(warnings.filter((m) => m.startsWith('skipping IPv6 ClusterIPs'))).toHaveLength(1);
+        expect((await ns.exec('socat', ['-T', '2', '-', 'TCP:10.96.0.10:80'])).stdout.trim()).toBe('port-a');
+        expect(await ic.repair()).toBe(false);
+        expect(await vipRoutes(ns)).toEqual([]);
+        // No IPv6 rules or tables at all.
+        expect(await ns.run('ip6tables-nft-save')).not.toMatch(/EDGEMESH/);
+        expect(await ns.run('nft', 'list', 'ruleset')).not.toMatch(/ip6 edgemesh/);
+      } finally {
+        await ic.stop();
+      }
+    }
+    expect(
+      normalizeDump(`${await ns.run('ip6tables-nft-save')}\n${await ns.run('nft', 'list', 'ruleset')}`),
+    ).toBe(before);
   });
 });
