@@ -4,9 +4,9 @@
 //     [--workers N]
 //     [--mode splice|readwrite] [--mark 0x4567|0] [--gid GID] [--drain-ms 2000]
 //     [--pipe-size BYTES] [--buffer-size BYTES]
-//     --route VIP:PORT=IP:PORT[,IP:PORT...][/rr|random|hash|affinity] ...
+//     --route VIP:PORT=IP:PORT[,IP:PORT...][/rr|random|hash|affinity] ...   (IPv6 as [fd00::1]:80)
 // Prints one line `ready {"port":..,"pid":..,"targets":[...]}` when serving; SIGUSR2 prints
-// `counters {...}`; SIGTERM/SIGINT drain and exit 0 after printing the final counters.
+// `counters {...}` then `services {"serve/route-N": {...}}`; SIGTERM/SIGINT drain and exit 0 after printing the final counters.
 import pino from 'pino';
 import type { ServiceEntry } from '../../controller/types.ts';
 import { NATIVE_PROXY_MARK, NativeDataplane } from './native-dataplane.ts';
@@ -131,7 +131,10 @@ const targets = await dp.apply(
   { added: services.map((s) => s.key), updated: [], removed: [], istioChanged: false },
 );
 process.stdout.write(`ready ${JSON.stringify({ port: dp.port, pid: process.pid, targets })}\n`);
-process.on('SIGUSR2', () => process.stdout.write(`counters ${JSON.stringify(dp.counters())}\n`));
+process.on('SIGUSR2', () => {
+  process.stdout.write(`counters ${JSON.stringify(dp.counters())}\n`);
+  process.stdout.write(`services ${JSON.stringify(Object.fromEntries(dp.serviceCounters()))}\n`);
+});
 let stopping = false;
 const stop = async () => {
   if (stopping) return;
