@@ -26,7 +26,8 @@ export const statusHelp = helpText(
 export interface AgentStatus {
   nodeName: string;
   generation: number;
-  intercept: { mode: string; reason?: string };
+  /** `ipv6`: whether IPv6 ClusterIPs are intercepted and how, or why not (after the proxier started). */
+  intercept: { mode: string; reason?: string; ipv6?: { intercepted: boolean; detail: string } };
   dataplane: { mode: string; reason?: string };
   services: Array<{
     key: string;
@@ -112,6 +113,11 @@ export function formatStatus(s: AgentStatus): string {
     `node:       ${s.nodeName}`,
     `generation: ${s.generation}`,
     `intercept:  ${s.intercept.mode}${s.intercept.reason ? ` (${s.intercept.reason})` : ''}`,
+    ...(s.intercept.ipv6
+      ? [
+          `  ipv6:     ${s.intercept.ipv6.intercepted ? 'intercepted' : 'not intercepted'}: ${s.intercept.ipv6.detail}`,
+        ]
+      : []),
     `dataplane:  ${s.dataplane.mode}${s.dataplane.reason ? ` (${s.dataplane.reason})` : ''}`,
     ...(s.dns
       ? [

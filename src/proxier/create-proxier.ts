@@ -7,12 +7,14 @@ import { createDataplane } from '../dataplane/create-dataplane.ts';
 import { errorMessage } from '../errors.ts';
 import type { Logger } from '../util/log.ts';
 import { createInterceptor } from './create-interceptor.ts';
+import type { Ipv6Interception } from './interceptor.ts';
 import { Proxier } from './proxier.ts';
 
 /** The assembled proxier and what /status reports about it. */
 export interface ProxierAssembly {
   proxier: Proxier;
-  intercept: { mode: string; reason: string };
+  /** `ipv6` is read when /status is served: the interceptor knows it once started. */
+  intercept: { mode: string; reason: string; readonly ipv6?: Ipv6Interception };
   dataplane: { mode: string; reason: string };
 }
 
@@ -87,9 +89,17 @@ export async function createProxier(options: {
     log,
     resyncPeriodMs: proxy.resyncPeriodMs,
   });
+  const interceptor = ic.interceptor;
   return {
     proxier,
-    intercept: { mode: ic.interceptor.mode, reason: ic.reason },
+    intercept: {
+      mode: interceptor.mode,
+      reason: ic.reason,
+      // A getter: JSON.stringify of /status reads the state start() found, not this moment's.
+      get ipv6() {
+        return interceptor.ipv6 && { ...interceptor.ipv6 };
+      },
+    },
     dataplane: { mode: dp.dataplane.mode, reason: dpReason },
   };
 }
