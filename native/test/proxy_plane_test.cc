@@ -56,6 +56,36 @@ int Connect(uint16_t port) {
   return fd;
 }
 
+// A loopback IPv6 listener (::1) on an ephemeral port.
+int ListenLoopback6(uint16_t* port) {
+  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in6 sa{};
+  sa.sin6_family = AF_INET6;
+  sa.sin6_addr = in6addr_loopback;
+  bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+  listen(fd, 128);
+  socklen_t len = sizeof(sa);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  *port = ntohs(sa.sin6_port);
+  return fd;
+}
+
+int Connect6(uint16_t port) {
+  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in6 sa{};
+  sa.sin6_family = AF_INET6;
+  sa.sin6_addr = in6addr_loopback;
+  sa.sin6_port = htons(port);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 // Reads until EOF; returns bytes read, or -errno on error.
 long ReadAll(int fd, std::string* out) {
   char buf[65536];
@@ -73,8 +103,9 @@ struct Backend {
   int fd = -1;
   std::thread acceptor;
   std::vector<std::thread> conns;
-  explicit Backend(std::function<void(int)> handler) {
-    fd = ListenLoopback(&port);
+  // On 127.0.0.1, or on [::1] with `v6`.
+  explicit Backend(std::function<void(int)> handler, bool v6 = false) {
+    fd = v6 ? ListenLoopback6(&port) : ListenLoopback(&port);
     acceptor = std::thread([this, handler] {
       for (;;) {
         int c = accept(fd, nullptr, nullptr);
@@ -672,40 +703,6 @@ TEST(plane_cpu_affinity_steers_each_connection_to_the_listener_of_its_cpu) {
   for (int fd : listeners) close(fd);
 }
 
-namespace {
-
-// A loopback IPv6 listener (::1) on an ephemeral port.
-int ListenLoopback6(uint16_t* port) {
-  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in6 sa{};
-  sa.sin6_family = AF_INET6;
-  sa.sin6_addr = in6addr_loopback;
-  bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
-  listen(fd, 128);
-  socklen_t len = sizeof(sa);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  *port = ntohs(sa.sin6_port);
-  return fd;
-}
-
-int Connect6(uint16_t port) {
-  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in6 sa{};
-  sa.sin6_family = AF_INET6;
-  sa.sin6_addr = in6addr_loopback;
-  sa.sin6_port = htons(port);
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-}  // namespace
-
 TEST(plane_serves_ipv6_and_ipv4_listeners_on_one_port_per_worker) {
   // Without NAT the accepted socket's own address is the destination: [::1]:<proxy port> routes to
   // an IPv6 backend, 127.0.0.1:<proxy port> to an IPv4 one, through the same worker.
@@ -768,4 +765,61 @@ TEST(plane_hands_off_ipv6_connections_with_their_ipv6_destination) {
   close(got[0].fd);
   close(c);
   p.plane->SetHandoffNotify(nullptr);
+}
+
+TEST(plane_session_affinity_sticks_ipv6_clients_to_one_ipv6_endpoint) {
+  std::atomic<int> hits_a{0}, hits_b{0};
+  Backend a([&](int c) { ++hits_a; Echo(c); }, true);
+  Backend b([&](int c) { ++hits_b; Echo(c); }, true);
+  RunningPlane p;
+  CHECK(!p.plane->Listen("::1", 0, 1));
+  p.Routes({TestRoute{"::1", p.port(), 0, edgemesh::kRouteFlagAffinity, 60, 0, 0, {{"::1", a.port}, {"::1", b.port}}}});
+  p.Start();
+  for (int i = 0; i < 6; ++i) {
+    int c = Connect6(p.port());
+    CHECK(c >= 0);
+    shutdown(c, SHUT_WR);
+    std::string got;
+    CHECK_EQ(ReadAll(c, &got), 0L);
+    close(c);
+  }
+  CHECK((hits_a == 6 && hits_b == 0) || (hits_a == 0 && hits_b == 6));
+  CHECK_EQ(p.plane->affinity().size(), 1u);
+}
+
+TEST(plane_adopts_an_ipv6_pair_and_counts_it_under_its_route) {
+  RunningPlane p;
+  p.Start();
+  WaitRunning(p);
+  // The client side was accepted on [::1]:port; without NAT that is its service address.
+  uint16_t port = 0;
+  int l = ListenLoopback6(&port);
+  p.Routes({TestRoute{"::1", port, 0, 0, 0, 11, 0, {}}});
+  int client = Connect6(port);
+  int proxy_client = accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+  close(l);
+  uint16_t bport = 0;
+  int bl = ListenLoopback6(&bport);
+  int proxy_upstream = Connect6(bport);
+  int backend = accept4(bl, nullptr, nullptr, SOCK_CLOEXEC);
+  close(bl);
+  edgemesh::AdoptedPair pair;
+  pair.client = proxy_client;
+  pair.upstream = proxy_upstream;
+  pair.to_upstream = "ts|";
+  CHECK(p.plane->PushAdopted(std::move(pair)));
+  CHECK(WriteAll(client, "six"));
+  shutdown(client, SHUT_WR);
+  std::string up;
+  CHECK_EQ(ReadAll(backend, &up), 6L);
+  CHECK(up == "ts|six");
+  CHECK(WriteAll(backend, "back"));
+  shutdown(backend, SHUT_WR);
+  std::string down;
+  CHECK_EQ(ReadAll(client, &down), 4L);
+  close(client);
+  close(backend);
+  CHECK_EQ(WaitIdle(p), 0u);
+  CHECK_EQ(p.plane->service(11)[edgemesh::kSvcBytesUp].load(), 6u);
+  CHECK_EQ(p.plane->service(11)[edgemesh::kSvcBytesDown].load(), 4u);
 }
