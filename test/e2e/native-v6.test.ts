@@ -124,6 +124,34 @@ describe.skipIf(skip)('native plane over IPv6 (netns, ip6tables REDIRECT)', () =
     await node?.destroy();
   });
 
+  it('serves IPv4 only and says why once when the host has IPv6 disabled', async () => {
+    const off = await createNetns('o6');
+    try {
+      await off.run('sysctl', '-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1');
+      const p = off.spawn(process.execPath, [
+        '--import',
+        'tsx',
+        serveScript,
+        '--port',
+        String(PLANE_PORT),
+        '--workers',
+        '1',
+        '--route',
+        `[${ECHO6}]:80=[::1]:7002`,
+        '--route',
+        `${ECHO4}:80=127.0.0.1:7002`,
+      ]);
+      await p.waitFor(/ready \{.*\}\n/, 20_000);
+      const ready = JSON.parse(/ready (\{.*\})\n/.exec(p.output())![1]!);
+      expect(ready.targets.map((t: { clusterIP: string }) => t.clusterIP)).toEqual([ECHO4]);
+      expect(p.output().match(/IPv6 listener off: net\.ipv6\.conf\.all\.disable_ipv6 is set/g)).toHaveLength(
+        1,
+      );
+    } finally {
+      await off.destroy();
+    }
+  });
+
   it('reads the IPv6 ClusterIP back with originalDst(fd) after an ip6tables REDIRECT', async () => {
     const addon = loadNative().path;
     expect(addon).toBeDefined();

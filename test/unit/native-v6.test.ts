@@ -6,6 +6,7 @@
 // off with their IPv6 destination.
 import crypto from 'node:crypto';
 import net from 'node:net';
+import os from 'node:os';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Endpoint } from '../../src/controller/types.ts';
@@ -246,6 +247,26 @@ describe('NativeDataplane with IPv6 listeners', () => {
     });
     expect(dp.serviceCounters().get('ns/four')).toMatchObject({ connections: 1, bytes_up: payload.length });
     expect(dp.counters()).toMatchObject({ accepted: 3, listeners_ipv4: 2, listeners_ipv6: 2 });
+  });
+
+  it('steers IPv6 connections by CPU too (cpuAffinity), byte-exact whichever worker takes them', async () => {
+    const b6 = await echo('::1');
+    const dp = await plane({ workers: os.availableParallelism(), cpuAffinity: true });
+    await dp.start();
+    await dp.apply(
+      table([
+        svc('ns', 'six', {
+          clusterIPs: ['::1'],
+          ports: [{ port: dp.port, endpoints: [{ ip: '::1', port: b6 }] }],
+        }),
+      ]),
+      diff,
+    );
+    const payloads = Array.from({ length: 24 }, (_, i) => crypto.randomBytes(1 + i * 4099));
+    const echoed = await Promise.all(payloads.map((p) => roundTrip('::1', dp.port, p)));
+    expect(echoed.map((e, i) => e.equals(payloads[i]!))).toEqual(payloads.map(() => true));
+    await expect.poll(() => dp.counters().active).toBe(0);
+    expect(dp.serviceCounters().get('ns/six')?.connections).toBe(24);
   });
 
   it('hands IPv6 connections off with their IPv6 original destination', async () => {
