@@ -17,6 +17,8 @@ import {
   ipv6Bytes,
   LbPolicyCode,
   type NativeRoute,
+  ROUTE_FLAG_TUNNEL,
+  ROUTE_FLAGS_OFFSET,
   ROUTE_HEADER_SIZE,
   ROUTE_MAGIC_V1,
   routeTargets,
@@ -26,6 +28,7 @@ import {
 import { ErrorCode } from '../../src/errors.ts';
 import { ringHashPick } from '../../src/lb/index.ts';
 import { mapNativeError, requireNative } from '../../src/native/index.ts';
+import { registerLoopbackTaker } from '../../src/util/loopback-takers.ts';
 import { svc, table } from '../helpers/dns.ts';
 
 const log = pino({ level: 'silent' });
@@ -160,6 +163,39 @@ describe('IPv6 routing table (EMR2)', () => {
     ]);
     expect(routes[0]!.slot).toBe(routes[1]!.slot); // one service, one set of counters
     expect(routeTargets(routes, 40001).map((t) => t.clusterIP)).toEqual(['10.96.0.20', 'fd00::20']);
+  });
+
+  it('hands an IPv6 ClusterIP whose endpoints sit behind the tunnel to it (loopback tunnel ports serve either family)', () => {
+    const unregister = registerLoopbackTaker(41061, () => {});
+    try {
+      const [r6] = tableRoutes(
+        table([
+          svc('ns', 'far', {
+            clusterIPs: ['fd00::61'],
+            ports: [
+              {
+                port: 80,
+                endpoints: [{ ip: '127.0.0.1', port: 41061, tunnelPath: 'direct', nodeName: 'b' }],
+              },
+            ],
+          }),
+        ]),
+        new ServiceSlots(2),
+      );
+      expect(r6).toMatchObject({
+        vip: 'fd00::61',
+        tunnel: true,
+        endpoints: [{ ip: '127.0.0.1', port: 41061 }],
+      });
+      const buf = encodeRoutes(1, [r6!]);
+      expect(buf.readUInt8(ROUTE_HEADER_SIZE + ROUTE_FLAGS_OFFSET) & ROUTE_FLAG_TUNNEL).toBe(
+        ROUTE_FLAG_TUNNEL,
+      );
+      // The addon takes the mixed-family route (the plane hands the fd off, it never connects).
+      expect(requireNative().routePick(buf, 'fd00::61', 80, 'fd02::9')).toBe('127.0.0.1:41061');
+    } finally {
+      unregister();
+    }
   });
 });
 
