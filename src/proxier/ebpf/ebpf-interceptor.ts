@@ -91,6 +91,8 @@ export class EbpfInterceptor implements Interceptor {
   private v6Delegate: RuleInterceptor | undefined;
   private v6: Ipv6Interception = { intercepted: false, detail: 'not started' };
   private v6SkipWarned = false;
+  /** True once the delegate got a sync (it installs nothing before the first IPv6 target). */
+  private v6Synced = false;
 
   constructor(private readonly opts: EbpfInterceptorOptions) {
     this.steering = new SkLookupSteering({
@@ -155,6 +157,7 @@ export class EbpfInterceptor implements Interceptor {
   private async startIpv6(): Promise<void> {
     const { log } = this.opts;
     this.v6SkipWarned = false;
+    this.v6Synced = false;
     try {
       const choice = await chooseIpv6Delegate({
         log,
@@ -213,8 +216,15 @@ export class EbpfInterceptor implements Interceptor {
 
   /** Hands the IPv6 targets to the delegate (it ignores IPv4 ones); warns once when there is none. */
   private async syncIpv6(targets: readonly InterceptTarget[]): Promise<void> {
-    if (this.v6Delegate) return this.v6Delegate.sync(targets);
-    const skipped = targets.filter((t) => t.clusterIP.includes(':'));
+    const v6 = targets.filter((t) => t.clusterIP.includes(':'));
+    if (this.v6Delegate) {
+      // No netfilter state at all until there is an IPv6 ClusterIP (an IPv4-only node keeps a
+      // ruleset without edgemesh tables); once synced, every sync goes through (removals too).
+      if (v6.length === 0 && !this.v6Synced) return;
+      this.v6Synced = true;
+      return this.v6Delegate.sync(v6);
+    }
+    const skipped = v6;
     if (skipped.length === 0 || this.v6SkipWarned) return;
     this.v6SkipWarned = true;
     this.opts.log.warn({ skipped: skipped.length, reason: this.v6.detail }, 'eBPF: skipping IPv6 ClusterIPs');
