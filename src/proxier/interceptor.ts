@@ -25,7 +25,7 @@ export type InterceptorMode = 'iptables' | 'nftables' | 'ebpf' | 'none';
 /** Whether IPv6 ClusterIPs are caught, and how or why not (for logs and /status). */
 export interface Ipv6Interception {
   intercepted: boolean;
-  /** e.g. 'ip6tables-nft nat', 'nftables table ip6 edgemesh', or the reason IPv6 is skipped. */
+  /** How (e.g. `ip6tables-nft nat table`, `nftables table ip6 edgemesh`), or why IPv6 targets are skipped. */
   detail: string;
 }
 

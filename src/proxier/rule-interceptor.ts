@@ -86,7 +86,7 @@ export abstract class RuleInterceptor implements Interceptor {
     const probe = await this.probeIpv6();
     this.v6 = probe.ok
       ? { intercepted: true, detail: probe.how }
-      : { intercepted: false, detail: `IPv6 ClusterIPs not intercepted: ${probe.reason}` };
+      : { intercepted: false, detail: probe.reason };
     this.skipWarned = false;
     if (probe.ok) this.base.log.info({ owner: this.owner, how: probe.how }, 'IPv6 interception available');
     else

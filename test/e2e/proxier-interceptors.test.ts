@@ -262,7 +262,7 @@ describe.skipIf(skipUnlessRoot('IPv6 unusable'))('IPv6 disabled in the namespace
       try {
         expect(ic.ipv6).toEqual({
           intercepted: false,
-          detail: 'IPv6 ClusterIPs not intercepted: IPv6 is disabled (net.ipv6.conf.all.disable_ipv6 = 1)',
+          detail: 'IPv6 is disabled (net.ipv6.conf.all.disable_ipv6 = 1)',
         });
         await ic.sync(targets);
         await ic.sync(targets);

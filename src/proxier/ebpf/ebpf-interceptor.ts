@@ -166,7 +166,7 @@ export class EbpfInterceptor implements Interceptor {
         localVipRoutes: this.opts.localVipRoutes,
       });
       if (!choice.interceptor) {
-        this.v6 = { intercepted: false, detail: `IPv6 ClusterIPs not intercepted: ${choice.reason}` };
+        this.v6 = { intercepted: false, detail: choice.reason };
         log.warn({ reason: choice.reason }, 'eBPF: IPv6 ClusterIPs will not be intercepted');
         return;
       }
@@ -179,7 +179,7 @@ export class EbpfInterceptor implements Interceptor {
       };
       log.info({ ipv6: this.v6.detail }, 'eBPF: IPv6 ClusterIPs handed to a rule interceptor');
     } catch (err) {
-      this.v6 = { intercepted: false, detail: `IPv6 ClusterIPs not intercepted: ${errorMessage(err)}` };
+      this.v6 = { intercepted: false, detail: errorMessage(err) };
       log.warn({ err: errorMessage(err) }, 'eBPF: IPv6 interception failed to start');
     }
   }
