@@ -1,6 +1,7 @@
-// Pure rendering of the nftables interception state: table `ip edgemesh` with one map per L4
-// protocol keyed by `ip daddr . <proto> dport` (one O(1) lookup per packet, however many services),
-// whose value is the local port to redirect to. Golden unit tests drive every function here.
+// Pure rendering of the nftables interception state: table `ip edgemesh` (and `ip6 edgemesh`,
+// the same shape for IPv6 ClusterIPs) with one map per L4 protocol keyed by `daddr . <proto>
+// dport` (one O(1) lookup per packet, however many services), whose value is the local port to
+// redirect to. Golden unit tests drive every function here.
 import type { InterceptTarget } from './interceptor.ts';
 import {
   canonicalIp,
