@@ -6,7 +6,7 @@ import type { Logger } from '../../util/log.ts';
 import { IptablesInterceptor } from '../iptables.ts';
 import { NftablesInterceptor } from '../nftables.ts';
 import { ipv6Disabled, type RuleInterceptor } from '../rule-interceptor.ts';
-import { type CommandPrefix, haveCommand, runCommand } from '../run-command.ts';
+import { type CommandPrefix, runCommand } from '../run-command.ts';
 
 export interface Ipv6DelegateOptions {
   log: Logger;
@@ -31,8 +31,12 @@ export async function chooseIpv6Delegate(
     ipv6Only: true,
     routeFamilies: 'ipv6' as const,
   };
+  // Exit 0 of `--version`, not just "spawned": behind a prefix (`ip netns exec`, `env`) a missing
+  // tool is a non-zero exit of the prefix command, not a spawn error.
+  const runs = async (cmd: string) =>
+    (await runCommand(prefix, cmd, ['--version']).catch(() => undefined))?.code === 0;
   const why: string[] = [];
-  if (await haveCommand(prefix, 'nft', '--version')) {
+  if (await runs('nft')) {
     const probe =
       'table ip6 edgemesh_probe {\n  chain c { type nat hook output priority -100; meta l4proto tcp redirect to :1; }\n}\ndelete table ip6 edgemesh_probe\n';
     const r = await runCommand(prefix, 'nft', ['-f', '-'], probe);
@@ -45,7 +49,7 @@ export async function chooseIpv6Delegate(
   } else why.push('nft not found');
   for (const binary of ['iptables-nft', 'iptables-legacy'] as const) {
     const bin6 = binary.replace(/^iptables/, 'ip6tables');
-    if (!(await haveCommand(prefix, `${bin6}-restore`))) continue;
+    if (!(await runs(`${bin6}-restore`))) continue;
     return {
       interceptor: new IptablesInterceptor({ ...common, binary }),
       reason: `the BPF programs are IPv4 only; ${why.join('; ')}; ${bin6}`,
