@@ -823,3 +823,33 @@ TEST(plane_adopts_an_ipv6_pair_and_counts_it_under_its_route) {
   CHECK_EQ(p.plane->service(11)[edgemesh::kSvcBytesUp].load(), 6u);
   CHECK_EQ(p.plane->service(11)[edgemesh::kSvcBytesDown].load(), 4u);
 }
+
+TEST(plane_retries_a_refusing_ipv6_endpoint_and_resets_ipv6_clients_without_one) {
+  Backend backend(Echo, true);
+  uint16_t dead_port = 0;
+  close(ListenLoopback6(&dead_port));  // nobody listens on [::1]:dead_port: refused
+  RunningPlane p;
+  CHECK(!p.plane->Listen("::1", 0, 1));
+  p.Routes({TestRoute{"::1", p.port(), 0, 0, 0, 0, 0, {{"::1", dead_port}, {"::1", backend.port}}}});
+  p.Start();
+  for (int i = 0; i < 4; ++i) {
+    int c = Connect6(p.port());
+    CHECK(c >= 0);
+    CHECK_EQ(write(c, "ping", 4), 4);
+    shutdown(c, SHUT_WR);
+    std::string got;
+    CHECK_EQ(ReadAll(c, &got), 4L);
+    close(c);
+  }
+  CHECK(p.Counter(edgemesh::kConnectRefused) >= 2);
+  CHECK_EQ(p.Counter(edgemesh::kUpstreamFailed), 0u);
+  // Only refusing endpoints: every attempt fails and the IPv6 client is reset.
+  p.Routes({TestRoute{"::1", p.port(), 0, 0, 0, 0, 0, {{"::1", dead_port}}}});
+  int c = Connect6(p.port());
+  CHECK(c >= 0);
+  std::string got;
+  const long r = ReadAll(c, &got);
+  close(c);
+  CHECK(r == -ECONNRESET || r == 0);
+  CHECK_EQ(p.Counter(edgemesh::kUpstreamFailed), 1u);
+}
