@@ -117,6 +117,30 @@ describe('IPv6 routing table (EMR2)', () => {
     }
   });
 
+  it('originalDst on an IPv6 socket that was not redirected names the IPv6 option', async () => {
+    const server = net.createServer();
+    await new Promise<void>((r) => server.listen({ port: 0, host: '::1', ipv6Only: true }, () => r()));
+    const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+    const client = net.connect({ host: '::1', port: (server.address() as net.AddressInfo).port });
+    const socket = await accepted;
+    try {
+      const fd = (socket as unknown as { _handle: { fd: number } })._handle.fd;
+      requireNative().originalDst(fd);
+      expect.unreachable();
+    } catch (err) {
+      // No conntrack entry: ENOENT, from the IPv6 getsockopt (not the IPv4 one).
+      expect(err).toMatchObject({
+        code: ErrorCode.NATIVE_SYSCALL,
+        syscall: 'getsockopt(IP6T_SO_ORIGINAL_DST)',
+        errno: 2,
+      });
+    } finally {
+      socket.destroy();
+      client.destroy();
+      server.close();
+    }
+  });
+
   it('refuses an old-format (EMR1) or malformed table with a clear error', () => {
     const native = requireNative();
     const good = encodeRoutes(1, [route({ endpoints: [{ ip: 'fd01::1', port: 80 }] })]);

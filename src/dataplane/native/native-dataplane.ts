@@ -40,7 +40,8 @@ export interface NativeDataplaneOptions {
   /** Listen address (default 0.0.0.0: REDIRECT from PREROUTING targets the incoming interface's address). */
   listenHost?: string;
   /**
-   * IPv6 listen address, the twin of listenHost (default `::`, IPV6_V6ONLY, same port and workers);
+   * IPv6 listen address, the twin of listenHost (default `::`, `::1` when listenHost is
+   * 127.0.0.1; IPV6_V6ONLY, same port and workers);
    * false: IPv4 only. When the host has no usable IPv6 the plane logs why once and serves IPv4 only.
    */
   listenHost6?: string | false;
@@ -283,7 +284,8 @@ export class NativeDataplane implements Dataplane {
    * the reason, when not asked for or the host cannot (IPv6 disabled, no [::] bind).
    */
   private listenIpv6(native: NativeBinding, id: number): Ipv6ListenerState {
-    const host6 = this.options.listenHost6 ?? '::';
+    // A loopback-only IPv4 listener (tests, benchmarks) gets a loopback-only IPv6 twin.
+    const host6 = this.options.listenHost6 ?? (this.options.listenHost === '127.0.0.1' ? '::1' : '::');
     let state: Ipv6ListenerState;
     if (host6 === false) {
       state = { on: false, reason: 'listenHost6 is false' };
