@@ -19,7 +19,7 @@ import { parseArgs } from 'node:util';
 import { allContenders, type BackendPorts, type Contender, edgemesh } from './lib/contenders.ts';
 import { exec, inNs, type Where, waitListening } from './lib/exec.ts';
 import { loadgenBinary } from './lib/loadgen.ts';
-import { processTree, treeTicks } from './lib/proc-stats.ts';
+import { machineTicks, processTree, treeTicks } from './lib/proc-stats.ts';
 import { superviseTree } from './lib/supervise.ts';
 import { createTopology, type TopologyKind } from './lib/topology.ts';
 
@@ -133,12 +133,6 @@ async function bpfProgs(): Promise<Map<number, BpfProg>> {
       out.set(p.id, { name: p.name, runNs: p.run_time_ns ?? 0, runs: p.run_cnt ?? 0 });
   }
   return out;
-}
-
-/** Whole-machine CPU ticks from /proc/stat: idle (idle + iowait), softirq, steal (the hypervisor's), total. */
-function machineTicks(): { idle: number; softirq: number; steal: number; total: number } {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  return { idle: f[3]! + f[4]!, softirq: f[6]!, steal: f[7]!, total: f.reduce((a, b) => a + b, 0) };
 }
 
 /**

@@ -2,7 +2,7 @@
 // adds to direct), new-connection rate, many concurrent connections and the proxy's memory with
 // many idle connections, for every contender in every topology, interleaved round by round
 // (round r visits the contenders in a rotated order), with the proxy's CPU and RSS from /proc.
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startCli } from '../test/helpers/cli.ts';
@@ -17,7 +17,14 @@ import {
 } from './lib/contenders.ts';
 import { exec, inNs, type Where, waitListening } from './lib/exec.ts';
 import { concurrent, connRate, loadgenBinary, rr } from './lib/loadgen.ts';
-import { ProcessSampler, type ProcUsage, treeRssMiB, treeTicks } from './lib/proc-stats.ts';
+import {
+  machineTicks,
+  ProcessSampler,
+  type ProcUsage,
+  stealPct,
+  treeRssMiB,
+  treeTicks,
+} from './lib/proc-stats.ts';
 import type { BenchModule, BenchOptions } from './lib/record.ts';
 import { fmt, median, percentile } from './lib/stats.ts';
 import { createTopology, type Topology, type TopologyKind, topologyKinds } from './lib/topology.ts';
@@ -124,11 +131,15 @@ async function iperf(ns: Where, host: string, port: number, plan: Plan): Promise
   return bps / 1e9;
 }
 
-/** Steal and total CPU ticks of the whole machine (/proc/stat). */
-function stealTicks(): { steal: number; total: number } {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  return { steal: f[7] ?? 0, total: f.reduce((a, b) => a + b, 0) };
-}
+/**
+ * A latency round run while the hypervisor took more than this share of the machine (steal, %) is
+ * run again, up to RR_MAX_ATTEMPTS times, and the attempt with the least steal is kept — for every
+ * contender, direct included. Why: on a 2-vCPU VM a round with a few % of steal stalls a vCPU for
+ * milliseconds at a time, and its p99 then measures the host (end of session 5: every contender,
+ * direct and HAProxy included, had p99 of 350–690 us in rounds with 4–8 % steal, 60–160 us without).
+ */
+const RR_STEAL_LIMIT_PCT = 2;
+const RR_MAX_ATTEMPTS = 3;
 
 /** Runs `fn` while sampling the proxy's process tree (no sampling for direct). */
 async function measured<T>(
@@ -221,25 +232,27 @@ async function visit(
   });
 
   await guard('rr', async () => {
-    const st0 = stealTicks();
-    const { value: r, usage: u } = await measured(
-      c.pid,
-      () => rr(ns, c.echo.host, c.echo.port, 1024, plan.rrCount),
-      false,
-    );
+    let kept: { steal: number; value: Awaited<ReturnType<typeof rr>>; usage?: ProcUsage } | undefined;
+    let attempts = 0;
+    while (attempts < RR_MAX_ATTEMPTS) {
+      attempts++;
+      const before = machineTicks();
+      const m = await measured(c.pid, () => rr(ns, c.echo.host, c.echo.port, 1024, plan.rrCount), false);
+      const steal = stealPct(before, machineTicks());
+      if (!kept || steal < kept.steal) kept = { ...m, steal };
+      if (steal <= RR_STEAL_LIMIT_PCT) break;
+    }
+    const { value: r, usage: u, steal } = kept!;
     const rec = { ...base, suite: 'tcp-rr-1k', unit: 'us', higherIsBetter: false };
     col.add({ ...rec, metric: 'round-trip' }, r.samples, extra);
     col.add({ ...rec, metric: 'latency-p90' }, percentile(r.samples, 90));
     col.add({ ...rec, metric: 'latency-p99' }, percentile(r.samples, 99));
     // Share of round trips slower than 200 us (%), per round: how much of the run the tail is, which
     // p99 alone does not say (it is one sample: the 100th-worst of 10,000).
-    // The hypervisor's share of the machine's CPU time during the run (steal): at 25-35 % steal every
-    // contender, direct included, showed tail episodes, so a round is judged knowing it.
-    const st1 = stealTicks();
-    col.add(
-      { ...rec, metric: 'machine-steal-pct', unit: '%' },
-      st1.total > st0.total ? (100 * (st1.steal - st0.steal)) / (st1.total - st0.total) : 0,
-    );
+    // The hypervisor's share of the machine's CPU time during the kept attempt (steal), and how many
+    // attempts the round took (RR_STEAL_LIMIT_PCT): a round is judged knowing both.
+    col.add({ ...rec, metric: 'machine-steal-pct', unit: '%' }, steal);
+    col.add({ ...rec, metric: 'rr-attempts', unit: 'runs' }, attempts);
     col.add(
       { ...rec, metric: 'slow-round-trips-pct', unit: '%' },
       (100 * r.samples.filter((v) => v > 200).length) / r.samples.length,

@@ -119,3 +119,17 @@ export class ProcessSampler {
     };
   }
 }
+
+/** Whole-machine CPU ticks from /proc/stat: idle (idle + iowait), softirq, steal (the hypervisor's), total. */
+export function machineTicks(): { idle: number; softirq: number; steal: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  return { idle: f[3]! + f[4]!, softirq: f[6]!, steal: f[7]!, total: f.reduce((a, b) => a + b, 0) };
+}
+
+/** The hypervisor's share (%) of the machine's CPU time between two machineTicks() readings. */
+export function stealPct(
+  before: { steal: number; total: number },
+  after: { steal: number; total: number },
+): number {
+  return after.total > before.total ? (100 * (after.steal - before.steal)) / (after.total - before.total) : 0;
+}
