@@ -22,6 +22,8 @@ export const PLANE_COUNTER_NAMES = [
   'workers_running',
   'handed_off',
   'spliced_back',
+  'affinity_released',
+  'affinity_restored',
 ] as const;
 
 export type PlaneCounterName = (typeof PLANE_COUNTER_NAMES)[number];

@@ -35,8 +35,11 @@ struct PlaneOptions {
   uint32_t spin_us = 0;                // after a busy batch, poll (epoll_wait 0) this long before blocking
   // Worker i runs only on the i-th CPU the process may use, and each new connection goes to the
   // listener of the CPU its SYN was handled on (a reuseport CBPF program): accept, forwarding and
-  // the client's own work then share a CPU instead of waking a worker across cores.
+  // the client's own work then share a CPU instead of waking a worker across cores. A pinned
+  // worker starved on its CPU is let loose for a cool-down (affinity_escape.h) unless
+  // affinity_escape is false (or the env EDGEMESH_AFFINITY_ESCAPE=off, an A/B experiment knob).
   bool cpu_affinity = false;
+  bool affinity_escape = true;
 };
 
 // Counter order is part of the TS boundary (src/native/plane-counters.ts PLANE_COUNTER_NAMES).
@@ -60,6 +63,8 @@ enum PlaneCounter : int {
   kWorkersRunning,    // workers inside their epoll loop now
   kHandedOff,         // accepted connections handed to TS (L7 routes)
   kSplicedBack,       // established pairs TS gave back after its L7 decision (AdoptPair)
+  kAffinityReleased,  // pinned workers let loose from a CPU that starved them (affinity_escape.h)
+  kAffinityRestored,  // ... and pinned again after the cool-down
   kCounterCount
 };
 
@@ -149,6 +154,8 @@ class Plane {
   int TakeListener(uint32_t index, int family = AF_INET);
   // With options.cpu_affinity: the CPU worker `index` runs on (-1: no pinning).
   int WorkerCpu(uint32_t index) const;
+  // With options.cpu_affinity: every CPU the plane's workers may use (where an escaping worker may go).
+  const std::vector<int>& cpus() const { return cpus_; }
 
   // The hand-off consumer (the addon's thread-safe function): called from worker threads when the
   // queue turns non-empty. Empty = no consumer: L7 routes are then served as L4.

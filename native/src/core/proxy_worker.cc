@@ -12,14 +12,19 @@
 #include <netinet/tcp.h>
 #include <sched.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
 
+#include "core/affinity_escape.h"
 #include "core/original_dst.h"
 #include "core/pipe_pool.h"
 #include "core/proxy_plane.h"
@@ -116,11 +121,148 @@ bool ServiceAddress(int fd, int family, IpAddr& vip, uint16_t& vport) {
   return IpAddr::FromSockaddr(local, &vip, &vport);
 }
 
+// Feeds AffinityEscape for one pinned worker and applies what it decides. Reads nothing between
+// windows: one pread of this thread's schedstat and one of /proc/stat per window (~250 ms of loop
+// time), from fds opened once in the worker thread (/proc/thread-self resolves to it at open).
+class EscapeWatch {
+ public:
+  EscapeWatch(int cpu, const std::vector<int>& cpus, WorkerCounters& counters)
+      : cpu_(cpu), cpus_(cpus), c_(counters), ticks_(cpus.size()), prev_ticks_(cpus.size()) {
+    int max_cpu = 0;
+    for (int c : cpus_) max_cpu = std::max(max_cpu, c);
+    // The per-CPU lines come first in /proc/stat; this covers them (numbers up to 20 digits).
+    buf_.resize(static_cast<size_t>(max_cpu + 2) * 256 + 256);
+  }
+  ~EscapeWatch() {
+    if (sched_fd_ >= 0) close(sched_fd_);
+    if (stat_fd_ >= 0) close(stat_fd_);
+  }
+
+  // False when /proc cannot be read: the worker then just stays pinned.
+  bool Open(int64_t now_ms) {
+    sched_fd_ = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+    stat_fd_ = open("/proc/stat", O_RDONLY | O_CLOEXEC);
+    if (sched_fd_ < 0 || stat_fd_ < 0) return false;
+    return Baseline(now_ms);
+  }
+
+  // After a batch, with the monotonic time the loop already read.
+  void Tick(int64_t now_ms) {
+    if (escape_.released()) {
+      if (escape_.Decide(now_ms, SchedWindow{}) == EscapeAction::kRestore) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpu_, &one);
+        sched_setaffinity(0, sizeof(one), &one);
+        c_.Add(kAffinityRestored);
+        Baseline(now_ms);
+      }
+      return;
+    }
+    if (now_ms - window_start_ms_ < escape_.params().window_ms) return;
+    uint64_t run = 0, wait = 0, slices = 0;
+    if (!ReadSched(run, wait, slices) || !ReadStat()) return;
+    SchedWindow w;
+    w.elapsed_ms = now_ms - window_start_ms_;
+    w.run_ns = run - prev_run_;
+    w.wait_ns = wait - prev_wait_;
+    w.slices = slices - prev_slices_;
+    for (size_t i = 0; i < cpus_.size(); ++i) {
+      const CpuTicks d{ticks_[i].total - prev_ticks_[i].total, ticks_[i].idle - prev_ticks_[i].idle,
+                       ticks_[i].steal - prev_ticks_[i].steal};
+      if (cpus_[i] == cpu_) {
+        w.cpu_total = d.total;
+        w.cpu_idle = d.idle;
+        w.cpu_steal = d.steal;
+      } else if (d.total > 0 && (w.other_total == 0 || d.idle * w.other_total > w.other_idle * d.total)) {
+        w.other_total = d.total;  // the idlest other CPU (largest idle share)
+        w.other_idle = d.idle;
+      }
+    }
+    prev_run_ = run;
+    prev_wait_ = wait;
+    prev_slices_ = slices;
+    prev_ticks_ = ticks_;
+    window_start_ms_ = now_ms;
+    if (escape_.Decide(now_ms, w) == EscapeAction::kRelease) {
+      // Any plane CPU: the scheduler moves the thread off the busy one. The reuseport steering
+      // stays, so new SYNs handled on that CPU still come to this worker.
+      cpu_set_t all;
+      CPU_ZERO(&all);
+      for (int c : cpus_) CPU_SET(c, &all);
+      sched_setaffinity(0, sizeof(all), &all);
+      c_.Add(kAffinityReleased);
+    }
+  }
+
+ private:
+  struct CpuTicks {
+    uint64_t total = 0, idle = 0, steal = 0;
+  };
+
+  bool Baseline(int64_t now_ms) {
+    window_start_ms_ = now_ms;
+    if (!ReadSched(prev_run_, prev_wait_, prev_slices_) || !ReadStat()) return false;
+    prev_ticks_ = ticks_;
+    return true;
+  }
+
+  bool ReadSched(uint64_t& run, uint64_t& wait, uint64_t& slices) {
+    char b[128];
+    const ssize_t n = pread(sched_fd_, b, sizeof(b) - 1, 0);
+    if (n <= 0) return false;
+    b[n] = 0;
+    unsigned long long r = 0, w = 0, s = 0;
+    if (sscanf(b, "%llu %llu %llu", &r, &w, &s) != 3) return false;
+    run = r;
+    wait = w;
+    slices = s;
+    return true;
+  }
+
+  // Fills ticks_ from the "cpuN" lines of the plane's CPUs.
+  bool ReadStat() {
+    const ssize_t n = pread(stat_fd_, buf_.data(), buf_.size() - 1, 0);
+    if (n <= 0) return false;
+    buf_[static_cast<size_t>(n)] = 0;
+    char* line = buf_.data();
+    // Skip the aggregate "cpu " line; stop at the first line that is not a "cpuN" one.
+    line = strchr(line, '\n');
+    while (line != nullptr && strncmp(++line, "cpu", 3) == 0) {
+      char* p = line + 3;
+      const long cpu = strtol(p, &p, 10);
+      uint64_t f[8] = {};
+      for (uint64_t& v : f) v = strtoull(p, &p, 10);
+      for (size_t i = 0; i < cpus_.size(); ++i) {
+        if (cpus_[i] != cpu) continue;
+        // user nice system idle iowait irq softirq steal
+        ticks_[i].total = f[0] + f[1] + f[2] + f[3] + f[4] + f[5] + f[6] + f[7];
+        ticks_[i].idle = f[3] + f[4];
+        ticks_[i].steal = f[7];
+      }
+      line = strchr(line, '\n');
+    }
+    return true;
+  }
+
+  const int cpu_;
+  const std::vector<int> cpus_;
+  WorkerCounters& c_;
+  AffinityEscape escape_;
+  int sched_fd_ = -1;
+  int stat_fd_ = -1;
+  std::vector<char> buf_;
+  int64_t window_start_ms_ = 0;
+  uint64_t prev_run_ = 0, prev_wait_ = 0, prev_slices_ = 0;
+  std::vector<CpuTicks> ticks_, prev_ticks_;
+};
+
 class Worker {
  public:
-  Worker(Plane& plane, uint32_t index)
+  Worker(Plane& plane, uint32_t index, int escape_cpu)
       : plane_(plane),
         index_(index),
+        escape_cpu_(escape_cpu),
         c_(plane.worker_counters(index)),
         rng_(std::random_device{}() | 1ull),
         pipes_(plane.options.pipe_size, kPoolMax),
@@ -167,6 +309,8 @@ class Worker {
   static constexpr size_t kPoolMax = 128;
   Plane& plane_;
   const uint32_t index_;
+  const int escape_cpu_;  // pinned to this CPU with the escape on; -1 otherwise
+  std::unique_ptr<EscapeWatch> escape_;
   WorkerCounters& c_;
   uint64_t rng_;
   int ep_ = -1;
@@ -210,6 +354,11 @@ std::optional<SyscallError> Worker::Run() {
   ev.events = EPOLLIN | EPOLLEXCLUSIVE;
   ev.data.u64 = kAdoptKey;
   epoll_ctl(ep_, EPOLL_CTL_ADD, plane_.adopt_fd(), &ev);
+
+  if (escape_cpu_ >= 0) {
+    escape_ = std::make_unique<EscapeWatch>(escape_cpu_, plane_.cpus(), c_);
+    if (!escape_->Open(MonotonicMs())) escape_.reset();
+  }
 
   epoll_event events[256];
   c_.Add(kWorkersRunning);
@@ -268,8 +417,10 @@ std::optional<SyscallError> Worker::Run() {
       }
     }
     FreeClosed();
-    CheckTimeouts(MonotonicMs());
+    const int64_t after = MonotonicMs();
+    CheckTimeouts(after);
     FreeClosed();
+    if (escape_) escape_->Tick(after);
   }
   TrimPools();
   for (int& l : listeners_) {
@@ -915,15 +1066,29 @@ std::optional<SyscallError> Plane::RunWorker(uint32_t index) {
   // Pinned for the run only: the thread (a piscina worker) may serve other tasks afterwards.
   cpu_set_t before;
   bool pinned = false;
-  if (const int cpu = WorkerCpu(index); cpu >= 0 && sched_getaffinity(0, sizeof(before), &before) == 0) {
+  const int cpu = WorkerCpu(index);
+  if (cpu >= 0 && sched_getaffinity(0, sizeof(before), &before) == 0) {
     cpu_set_t one;
     CPU_ZERO(&one);
     CPU_SET(cpu, &one);
     pinned = sched_setaffinity(0, sizeof(one), &one) == 0;
   }
-  Worker worker(*this, index);
+  // Escaping needs somewhere to go (another plane CPU).
+  const char* env = getenv("EDGEMESH_AFFINITY_ESCAPE");
+  const bool escape = pinned && options.affinity_escape && cpus_.size() > 1 && !(env && strcmp(env, "off") == 0);
+  // Named for the run (top -H, tests find "em-worker-N" in /proc/<pid>/task/*/comm); the thread's
+  // own name comes back after.
+  char old_name[16] = {};
+  const bool named = prctl(PR_GET_NAME, old_name) == 0;
+  if (named) {
+    char name[16];
+    snprintf(name, sizeof(name), "em-worker-%u", index % 100000);
+    prctl(PR_SET_NAME, name);
+  }
+  Worker worker(*this, index, escape ? cpu : -1);
   auto result = worker.Run();
   if (pinned) sched_setaffinity(0, sizeof(before), &before);
+  if (named) prctl(PR_SET_NAME, old_name);
   return result;
 }
 
