@@ -57,13 +57,6 @@ export class IptablesInterceptor extends RuleInterceptor {
     });
   }
 
-  /** The families this interceptor installs rules for now. */
-  private get families(): IpFamily[] {
-    const out: IpFamily[] = this.options.ipv6Only ? [] : [4];
-    if (this.ipv6Usable) out.push(6);
-    return out;
-  }
-
   protected async probeIpv6(): Promise<{ ok: true; how: string } | { ok: false; reason: string }> {
     const disabled = await ipv6Disabled(this.prefix);
     if (disabled) return { ok: false, reason: disabled };

@@ -1,7 +1,7 @@
 // The nftables interceptor: table `ip edgemesh` (and `ip6 edgemesh` for IPv6 ClusterIPs) with port
 // maps keyed by `daddr . dport`, replaced atomically with one `nft -f` per sync that covers both.
 import type { InterceptTarget } from './interceptor.ts';
-import type { IpFamily, RuleOptions } from './iptables-render.ts';
+import type { RuleOptions } from './iptables-render.ts';
 import {
   expectedShape,
   nftFamily,
@@ -36,13 +36,6 @@ export class NftablesInterceptor extends RuleInterceptor {
 
   constructor(private readonly options: NftablesInterceptorOptions) {
     super(options, 'nftables');
-  }
-
-  /** The families this interceptor installs a table for now. */
-  private get families(): IpFamily[] {
-    const out: IpFamily[] = this.options.ipv6Only ? [] : [4];
-    if (this.ipv6Usable) out.push(6);
-    return out;
   }
 
   protected async probeIpv6(): Promise<{ ok: true; how: string } | { ok: false; reason: string }> {

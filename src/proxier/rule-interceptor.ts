@@ -7,7 +7,7 @@
 import type { ServiceTable } from '../controller/types.ts';
 import type { Logger } from '../util/log.ts';
 import type { Interceptor, InterceptorMode, InterceptTarget, Ipv6Interception } from './interceptor.ts';
-import { familyOf } from './iptables-render.ts';
+import { familyOf, type IpFamily } from './iptables-render.ts';
 import { type CommandPrefix, runCommand } from './run-command.ts';
 import { type VipFamilies, VipRoutes } from './vip-routes.ts';
 
@@ -66,6 +66,13 @@ export abstract class RuleInterceptor implements Interceptor {
   /** Whether IPv6 rules are installed (start() decided). */
   protected get ipv6Usable(): boolean {
     return this.v6.intercepted;
+  }
+
+  /** The families this interceptor installs rules for now (IPv6 once start() found it usable). */
+  protected get families(): IpFamily[] {
+    const out: IpFamily[] = this.base.ipv6Only ? [] : [4];
+    if (this.ipv6Usable) out.push(6);
+    return out;
   }
 
   /** How IPv6 is served when usable (e.g. 'ip6tables-nft nat'), or why not (a reason string). */

@@ -69,7 +69,9 @@ export class SkLookupSteering {
     for (const port of this.ports) {
       // A listener that closed dropped out of the sockhash by itself; a live one stays.
       if (binding.bpfMapLookup(handle, MapName.listeners, encodeU32(port))) continue;
-      const r = await runCommand(prefix, 'ss', ['-Htlnp', 'sport', '=', `:${port}`]);
+      // IPv4 only (-4): sk_lookup steers IPv4 flows, and the plane's [::] listener on the same port
+      // must never be the one put into the sockhash.
+      const r = await runCommand(prefix, 'ss', ['-4Htlnp', 'sport', '=', `:${port}`]);
       const owner = parseSsListener(r.stdout);
       if (!owner) {
         // The data plane may not listen yet: the next sync or repair tries again.
