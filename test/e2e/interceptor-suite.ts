@@ -92,6 +92,17 @@ export function normalizeDump(text: string): string {
     .join('\n');
 }
 
+/**
+ * Every rule an agent intercepting with `mode` may touch in `ns`, normalized for before/after
+ * comparison: iptables mode = both families' iptables dumps plus the nft ruleset (the nft backend
+ * keeps its tables there), nftables mode = the nft ruleset.
+ */
+export async function rulesetDump(ns: Netns, mode: 'iptables' | 'nftables'): Promise<string> {
+  const nft = await ns.run('nft', 'list', 'ruleset');
+  if (mode === 'nftables') return normalizeDump(nft);
+  return normalizeDump(`${await ns.run('iptables-save')}\n${await ns.run('ip6tables-save')}\n${nft}`);
+}
+
 /** Registers the suite for one implementation. */
 export function interceptorSuite(label: string, impl: InterceptorSuiteImpl): void {
   const skip = skipUnlessRoot(`interceptor suite (${label})`);

@@ -10,7 +10,7 @@ import { agentArgs } from '../helpers/agent.ts';
 import type { RunningCli } from '../helpers/cli.ts';
 import { Topology } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
-import { normalizeDump } from './interceptor-suite.ts';
+import { rulesetDump } from './interceptor-suite.ts';
 
 const skip = skipUnlessRoot('native agent e2e (network namespaces, iptables/nft)');
 
@@ -58,12 +58,7 @@ for (const mode of ['iptables', 'nftables'] as const) {
     let dir: string;
     let agent: RunningCli | undefined;
     let before = '';
-    const ruleset = async () =>
-      normalizeDump(
-        mode === 'iptables'
-          ? `${await topo.node.run('iptables-save')}\n${await topo.node.run('nft', 'list', 'ruleset')}`
-          : await topo.node.run('nft', 'list', 'ruleset'),
-      );
+    const ruleset = () => rulesetDump(topo.node, mode);
     const body = async (url: string, from = topo.node) => (await from.curl(url, 2)).stdout.trim();
 
     beforeAll(async () => {

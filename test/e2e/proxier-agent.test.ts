@@ -11,7 +11,7 @@ import type { RunningCli } from '../helpers/cli.ts';
 import { Topology } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 import { clientMss, vipRoutes } from '../helpers/vip-routes.ts';
-import { normalizeDump } from './interceptor-suite.ts';
+import { rulesetDump } from './interceptor-suite.ts';
 
 const skip = skipUnlessRoot('proxier agent e2e (network namespaces, iptables/nft)');
 
@@ -56,12 +56,7 @@ for (const mode of ['iptables', 'nftables'] as const) {
     let before = '';
     const manifests = () => path.join(dir, 'manifests');
     const write = (file: string, text: string) => fs.writeFileSync(path.join(manifests(), file), text);
-    const ruleset = async () =>
-      normalizeDump(
-        mode === 'iptables'
-          ? `${await topo.node.run('iptables-save')}\n${await topo.node.run('nft', 'list', 'ruleset')}`
-          : await topo.node.run('nft', 'list', 'ruleset'),
-      );
+    const ruleset = () => rulesetDump(topo.node, mode);
     const startAgent = async () => {
       const a = topo.node.agent([
         '--config',

@@ -15,7 +15,7 @@ import { eventually } from '../helpers/eventually.ts';
 import { Topology } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 import { vipRoutes } from '../helpers/vip-routes.ts';
-import { normalizeDump } from './interceptor-suite.ts';
+import { rulesetDump } from './interceptor-suite.ts';
 
 const skip = skipUnlessRoot('IPv6 agent e2e (network namespaces, ip6tables/nft)');
 const VIP = 'fd00:96::100';
@@ -55,12 +55,7 @@ for (const [mode, dataplane] of [
     let dir: string;
     let agent: RunningCli | undefined;
     let before = '';
-    const ruleset = async () =>
-      normalizeDump(
-        mode === 'iptables'
-          ? `${await topo.node.run('ip6tables-save')}\n${await topo.node.run('nft', 'list', 'ruleset')}`
-          : await topo.node.run('nft', 'list', 'ruleset'),
-      );
+    const ruleset = () => rulesetDump(topo.node, mode);
     const tcp = async (from = topo.node) =>
       (await from.exec('socat', ['-T', '2', '-', `TCP:[${VIP}]:80,connect-timeout=2`])).stdout.trim();
     const udp = async (from = topo.node) =>
