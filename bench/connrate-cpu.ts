@@ -11,7 +11,8 @@
 // contender, and the machine's steal %; --hogs adds the run-queue wait of client, proxy and backend
 // and the busiest threads per run.
 // A variant is an edgemesh plane (native, native-ebpf) with extra agent flags (ARGS starting with
-// --) or edgeProxy config keys (key=value;key=value), reported as edgemesh-PLANE-SUFFIX.
+// --) or edgeProxy config keys (key=value;key=value; UPPER_CASE keys are agent environment
+// variables), reported as edgemesh-PLANE-SUFFIX.
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -260,12 +261,34 @@ function variantOf(spec: string): Contender {
     throw new Error(`--variant ${spec}: want native|native-ebpf:SUFFIX:ARGS`);
   if (args.startsWith('--'))
     return edgemesh(plane, 'iptables', { suffix, agentArgs: args.split(' ').filter(Boolean) });
-  const edgeProxy = args
-    .split(';')
-    .filter(Boolean)
+  // UPPER_CASE keys are environment variables of the agent (experiment knobs such as
+  // EDGEMESH_AFFINITY_ESCAPE=off), set only while this variant's agent starts.
+  const pairs = args.split(';').filter(Boolean);
+  const isEnv = (kv: string) => /^[A-Z][A-Z0-9_]*=/.test(kv);
+  const edgeProxy = pairs
+    .filter((kv) => !isEnv(kv))
     .map((kv) => `    ${kv.replace('=', ': ')}\n`)
     .join('');
-  return edgemesh(plane, 'iptables', { suffix, agentArgs: [], edgeProxy });
+  const c = edgemesh(plane, 'iptables', { suffix, agentArgs: [], edgeProxy });
+  const env = pairs
+    .filter(isEnv)
+    .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)] as const);
+  if (env.length === 0) return c;
+  return {
+    ...c,
+    async start(opts) {
+      const saved = env.map(([k]) => [k, process.env[k]] as const);
+      for (const [k, v] of env) process.env[k] = v;
+      try {
+        return await c.start(opts);
+      } finally {
+        for (const [k, v] of saved) {
+          if (v === undefined) delete process.env[k];
+          else process.env[k] = v;
+        }
+      }
+    },
+  };
 }
 
 async function main(): Promise<void> {
