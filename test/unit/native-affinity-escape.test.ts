@@ -1,6 +1,7 @@
 // A pinned native worker (cpuAffinity) escapes a CPU a hog keeps busy, and is pinned again after
 // the hog stops: real plane, real client whose SYN is steered to the worker on CPU k, a real
-// busy-loop process pinned to CPU k at normal priority. No namespace needed (loopback).
+// busy-loop process pinned to CPU k at normal priority. No namespace needed (loopback). Also the
+// counter-name parity the escape counters extend.
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -8,6 +9,8 @@ import pino from 'pino';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { NativeDataplane } from '../../src/dataplane/native/native-dataplane.ts';
+import { requireNative } from '../../src/native/index.ts';
+import { PLANE_COUNTER_NAMES } from '../../src/native/plane-counters.ts';
 import { svc, table } from '../helpers/dns.ts';
 
 const log = pino({ level: 'silent' });
@@ -102,6 +105,17 @@ describe('native plane: a pinned worker escapes a busy CPU', () => {
       await gone;
     });
   }
+
+  it('the addon returns exactly the counters PLANE_COUNTER_NAMES names (escape counters last)', () => {
+    const native = requireNative();
+    const id = native.planeCreate(0, 1000, 0, true, 1 << 20, 256 << 10, 3, 16, 0, true);
+    try {
+      expect(native.planeCounters(id).length).toBe(PLANE_COUNTER_NAMES.length);
+      expect(PLANE_COUNTER_NAMES.slice(-2)).toEqual(['affinity_released', 'affinity_restored']);
+    } finally {
+      native.planeDestroy(id);
+    }
+  });
 
   it('widens its affinity under a CPU hog, counts it, keeps bytes exact, and is pinned again after', async (ctx) => {
     const cpus = allowedCpus();
