@@ -47,7 +47,11 @@ export interface NativeBinding {
     serviceSlots: number,
     /** After a busy epoll batch, poll without blocking this many µs before sleeping (0 = never; ≤ 1,000,000). */
     spinUs?: number,
-    /** Pin worker i to the i-th allowed CPU and steer each SYN to the listener of its CPU (CBPF). */
+    /**
+     * Pin worker i to the i-th allowed CPU and steer each SYN to the listener of its CPU (CBPF). A worker
+     * starved on its CPU is let loose for a cool-down (counters affinity_released/_restored; env
+     * EDGEMESH_AFFINITY_ESCAPE=off: pinned for the whole run).
+     */
     cpuAffinity?: boolean,
   ): number;
   /**
