@@ -5,16 +5,11 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
-import pino from 'pino';
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
-import { NativeDataplane } from '../../src/dataplane/native/native-dataplane.ts';
 import { requireNative } from '../../src/native/index.ts';
 import { PLANE_COUNTER_NAMES } from '../../src/native/plane-counters.ts';
-import { svc, table } from '../helpers/dns.ts';
-
-const log = pino({ level: 'silent' });
-const diff = { added: [], updated: [], removed: [], istioChanged: false };
+import { loopbackPlane, routeToEcho } from '../helpers/native-plane.ts';
 
 /** Cpus_allowed_list of this process (e.g. "0-1"). */
 function allowedList(): string {
@@ -132,30 +127,10 @@ describe('native plane: a pinned worker escapes a busy CPU', () => {
     await new Promise<void>((r) => backend.listen(0, '127.0.0.1', () => r()));
     cleanups.push(() => new Promise<void>((r) => backend.close(() => r())));
     const registry = new Registry();
-    const dp = new NativeDataplane({
-      log,
-      registry,
-      proxyPort: 0,
-      listenHost: '127.0.0.1',
-      workers: 2,
-      connectTimeoutMs: 1000,
-      idleTimeoutMs: 0,
-      mark: 0,
-      drainTimeoutMs: 1000,
-      cpuAffinity: true,
-    });
+    const dp = loopbackPlane({ registry, cpuAffinity: true });
     await dp.start();
     cleanups.push(() => dp.stop());
-    const backendPort = (backend.address() as net.AddressInfo).port;
-    await dp.apply(
-      table([
-        svc('ns', 'echo', {
-          clusterIPs: ['127.0.0.1'],
-          ports: [{ port: dp.port, endpoints: [{ ip: '127.0.0.1', port: backendPort }] }],
-        }),
-      ]),
-      diff,
-    );
+    await routeToEcho(dp, backend);
     await until('worker 1 pinned to its CPU', 2000, () => workerCpus(1) === String(k));
 
     // The client's SYN leaves from CPU k, so the CBPF steering hands it to worker 1; then the

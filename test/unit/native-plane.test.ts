@@ -17,7 +17,6 @@ import { NativeDataplane } from '../../src/dataplane/native/native-dataplane.ts'
 import {
   encodeRoutes,
   LbPolicyCode,
-  type NativeRoute,
   nativePolicy,
   ROUTE_ENTRY_SIZE,
   ROUTE_FLAG_AFFINITY,
@@ -34,39 +33,12 @@ import { requireNative } from '../../src/native/index.ts';
 import { handlers } from '../../src/protocols/index.ts';
 import { repoRoot } from '../helpers/cli.ts';
 import { svc, table } from '../helpers/dns.ts';
+import { loopbackPlane, nativeRoute, routeToEcho } from '../helpers/native-plane.ts';
 
 const log = pino({ level: 'silent' });
 const diff = { added: [], updated: [], removed: [], istioChanged: false };
 
-/** Routes 127.0.0.1:<the plane's port> (service ns/echo) to `backend`; returns the plane's targets. */
-function routeToEcho(dp: NativeDataplane, backend: net.Server) {
-  const backendPort = (backend.address() as net.AddressInfo).port;
-  return dp.apply(
-    table([
-      svc('ns', 'echo', {
-        clusterIPs: ['127.0.0.1'],
-        ports: [{ port: dp.port, endpoints: [{ ip: '127.0.0.1', port: backendPort }] }],
-      }),
-    ]),
-    diff,
-  );
-}
-
-function route(fields: Partial<NativeRoute> & Pick<NativeRoute, 'endpoints'>): NativeRoute {
-  return {
-    id: 'ns/s:80',
-    serviceKey: 'ns/s',
-    vip: '10.96.0.10',
-    port: 80,
-    policy: LbPolicyCode.ROUND_ROBIN,
-    affinityTimeoutS: 0,
-    slot: 0,
-    connectTimeoutMs: 0,
-    needsL7: false,
-    handoff: false,
-    ...fields,
-  };
-}
+const route = nativeRoute;
 
 describe('route encoder', () => {
   it('writes the documented little-endian layout', () => {
@@ -250,17 +222,7 @@ describe('NativeDataplane on loopback', () => {
   it('serves a service through piscina workers, counts it, and drains on stop', async () => {
     const backend = await echoServer();
     const registry = new Registry();
-    const dp = new NativeDataplane({
-      log,
-      registry,
-      proxyPort: 0,
-      listenHost: '127.0.0.1',
-      workers: 2,
-      connectTimeoutMs: 1000,
-      idleTimeoutMs: 0,
-      mark: 0,
-      drainTimeoutMs: 1000,
-    });
+    const dp = loopbackPlane({ registry });
     await dp.start();
     cleanups.push(() => dp.stop());
     const targets = await routeToEcho(dp, backend);
@@ -295,17 +257,7 @@ describe('NativeDataplane on loopback', () => {
 
   it('spinning workers (spinUs) keep round trips, bulk, half-close and counters exact, and stop', async () => {
     const backend = await echoServer();
-    const dp = new NativeDataplane({
-      log,
-      proxyPort: 0,
-      listenHost: '127.0.0.1',
-      workers: 1,
-      connectTimeoutMs: 1000,
-      idleTimeoutMs: 0,
-      mark: 0,
-      drainTimeoutMs: 1000,
-      spinUs: 200,
-    });
+    const dp = loopbackPlane({ workers: 1, spinUs: 200 });
     await dp.start();
     cleanups.push(() => dp.stop());
     await routeToEcho(dp, backend);
@@ -363,17 +315,7 @@ describe('NativeDataplane on loopback', () => {
     const before = pinned();
     const cpus = os.availableParallelism();
     const backend = await echoServer();
-    const dp = new NativeDataplane({
-      log,
-      proxyPort: 0,
-      listenHost: '127.0.0.1',
-      workers: cpus,
-      connectTimeoutMs: 1000,
-      idleTimeoutMs: 0,
-      mark: 0,
-      drainTimeoutMs: 1000,
-      cpuAffinity: true,
-    });
+    const dp = loopbackPlane({ workers: cpus, cpuAffinity: true });
     await dp.start();
     cleanups.push(() => dp.stop());
     await routeToEcho(dp, backend);

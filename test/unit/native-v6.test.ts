@@ -7,10 +7,9 @@
 import crypto from 'node:crypto';
 import net from 'node:net';
 import os from 'node:os';
-import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Endpoint } from '../../src/controller/types.ts';
-import { NativeDataplane } from '../../src/dataplane/native/native-dataplane.ts';
+import type { NativeDataplane } from '../../src/dataplane/native/native-dataplane.ts';
 import {
   canonicalIp,
   encodeRoutes,
@@ -30,8 +29,8 @@ import { ringHashPick } from '../../src/lb/index.ts';
 import { mapNativeError, requireNative } from '../../src/native/index.ts';
 import { registerLoopbackTaker } from '../../src/util/loopback-takers.ts';
 import { svc, table } from '../helpers/dns.ts';
+import { loopbackPlane, nativeRoute } from '../helpers/native-plane.ts';
 
-const log = pino({ level: 'silent' });
 const diff = { added: [], updated: [], removed: [], istioChanged: false };
 const rand = (n: number) => crypto.randomInt(n);
 
@@ -50,20 +49,9 @@ const ep = (ip: string, port: number): Endpoint => ({
   terminating: false,
 });
 
+/** A route on [fd00::10]:80 unless `fields` say otherwise. */
 function route(fields: Partial<NativeRoute> & Pick<NativeRoute, 'endpoints'>): NativeRoute {
-  return {
-    id: 'ns/s:80',
-    serviceKey: 'ns/s',
-    vip: 'fd00::10',
-    port: 80,
-    policy: LbPolicyCode.ROUND_ROBIN,
-    affinityTimeoutS: 0,
-    slot: 0,
-    connectTimeoutMs: 0,
-    needsL7: false,
-    handoff: false,
-    ...fields,
-  };
+  return nativeRoute({ vip: 'fd00::10', ...fields });
 }
 
 describe('IPv6 routing table (EMR2)', () => {
@@ -253,18 +241,7 @@ describe('NativeDataplane with IPv6 listeners', () => {
   }
 
   async function plane(extra: Partial<ConstructorParameters<typeof NativeDataplane>[0]> = {}) {
-    const dp = new NativeDataplane({
-      log,
-      proxyPort: 0,
-      listenHost: '127.0.0.1',
-      listenHost6: '::1',
-      workers: 2,
-      connectTimeoutMs: 1000,
-      idleTimeoutMs: 0,
-      mark: 0,
-      drainTimeoutMs: 1000,
-      ...extra,
-    });
+    const dp = loopbackPlane({ listenHost6: '::1', ...extra });
     cleanups.push(() => dp.stop());
     return dp;
   }
