@@ -97,6 +97,19 @@ long ReadAll(int fd, std::string* out) {
   }
 }
 
+// One client exchange through the plane: a fresh connection from `connect(port)` sends `msg`,
+// half-closes and reads until EOF; returns what ReadAll returns (bytes read, or -errno), the
+// bytes in *got.
+long ExchangeOnce(int (*connect)(uint16_t), uint16_t port, const std::string& msg, std::string* got) {
+  int c = connect(port);
+  CHECK(c >= 0);
+  if (!msg.empty()) CHECK_EQ(write(c, msg.data(), msg.size()), static_cast<ssize_t>(msg.size()));
+  shutdown(c, SHUT_WR);
+  const long n = ReadAll(c, got);
+  close(c);
+  return n;
+}
+
 // A backend serving `handler` for each accepted connection (one thread per connection).
 struct Backend {
   uint16_t port = 0;
@@ -265,13 +278,8 @@ TEST(plane_retries_a_refusing_endpoint) {
   p.Routes({TestRoute{"127.0.0.1", p.port(), 0, 0, 0, 0, 0, {{"127.0.0.1", dead_port}, {"127.0.0.1", backend.port}}}});
   p.Start();
   for (int i = 0; i < 4; ++i) {
-    int c = Connect(p.port());
-    CHECK(c >= 0);
-    CHECK_EQ(write(c, "ping", 4), 4);
-    shutdown(c, SHUT_WR);
     std::string got;
-    CHECK_EQ(ReadAll(c, &got), 4L);
-    close(c);
+    CHECK_EQ(ExchangeOnce(Connect, p.port(), "ping", &got), 4L);
   }
   CHECK(p.Counter(edgemesh::kConnectRefused) >= 2);
   CHECK_EQ(p.Counter(edgemesh::kUpstreamFailed), 0u);
@@ -368,12 +376,8 @@ TEST(plane_session_affinity_sticks_to_one_endpoint) {
                       {{"127.0.0.1", a.port}, {"127.0.0.1", b.port}}}});
   p.Start();
   for (int i = 0; i < 6; ++i) {
-    int c = Connect(p.port());
-    CHECK(c >= 0);
-    shutdown(c, SHUT_WR);
     std::string got;
-    CHECK_EQ(ReadAll(c, &got), 0L);
-    close(c);
+    CHECK_EQ(ExchangeOnce(Connect, p.port(), "", &got), 0L);
   }
   CHECK((hits_a == 6 && hits_b == 0) || (hits_a == 0 && hits_b == 6));
 }
@@ -776,12 +780,8 @@ TEST(plane_session_affinity_sticks_ipv6_clients_to_one_ipv6_endpoint) {
   p.Routes({TestRoute{"::1", p.port(), 0, edgemesh::kRouteFlagAffinity, 60, 0, 0, {{"::1", a.port}, {"::1", b.port}}}});
   p.Start();
   for (int i = 0; i < 6; ++i) {
-    int c = Connect6(p.port());
-    CHECK(c >= 0);
-    shutdown(c, SHUT_WR);
     std::string got;
-    CHECK_EQ(ReadAll(c, &got), 0L);
-    close(c);
+    CHECK_EQ(ExchangeOnce(Connect6, p.port(), "", &got), 0L);
   }
   CHECK((hits_a == 6 && hits_b == 0) || (hits_a == 0 && hits_b == 6));
   CHECK_EQ(p.plane->affinity().size(), 1u);
@@ -833,13 +833,8 @@ TEST(plane_retries_a_refusing_ipv6_endpoint_and_resets_ipv6_clients_without_one)
   p.Routes({TestRoute{"::1", p.port(), 0, 0, 0, 0, 0, {{"::1", dead_port}, {"::1", backend.port}}}});
   p.Start();
   for (int i = 0; i < 4; ++i) {
-    int c = Connect6(p.port());
-    CHECK(c >= 0);
-    CHECK_EQ(write(c, "ping", 4), 4);
-    shutdown(c, SHUT_WR);
     std::string got;
-    CHECK_EQ(ReadAll(c, &got), 4L);
-    close(c);
+    CHECK_EQ(ExchangeOnce(Connect6, p.port(), "ping", &got), 4L);
   }
   CHECK(p.Counter(edgemesh::kConnectRefused) >= 2);
   CHECK_EQ(p.Counter(edgemesh::kUpstreamFailed), 0u);
