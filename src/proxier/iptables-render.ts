@@ -1,7 +1,7 @@
 // Pure rendering of the iptables interception state: targets in, iptables-restore text out.
 // No processes, no I/O: golden unit tests drive every function here. The same text serves
 // iptables-restore and ip6tables-restore: IPv6 targets differ only in their /128 host prefix.
-import net from 'node:net';
+import { canonicalIp, familyOf, type IpFamily } from '../util/net.ts';
 import type { InterceptTarget } from './interceptor.ts';
 
 /** The nat chain every ClusterIP rule lives in (DESIGN.md §3). */
@@ -31,14 +31,6 @@ export interface SavedNat {
   chainRules: string[];
 }
 
-/** An address family: 4 (iptables, table `ip`) or 6 (ip6tables, table `ip6`). */
-export type IpFamily = 4 | 6;
-
-/** The family of an address or CIDR (IPv6 when it has a colon). */
-export function familyOf(ipOrCidr: string): IpFamily {
-  return ipOrCidr.includes(':') ? 6 : 4;
-}
-
 /** The targets of one family (an IPv4 rule set never sees an IPv6 ClusterIP and vice versa). */
 export function targetsOfFamily(targets: readonly InterceptTarget[], family: IpFamily): InterceptTarget[] {
   return targets.filter((t) => familyOf(t.clusterIP) === family);
@@ -48,14 +40,6 @@ export function targetsOfFamily(targets: readonly InterceptTarget[], family: IpF
 export function optionsForFamily<T extends RuleOptions>(opts: T, family: IpFamily): T {
   if (!opts.catchAll || familyOf(opts.catchAll.cidr) === family) return opts;
   return { ...opts, catchAll: undefined };
-}
-
-/**
- * The address as ip6tables-save / nft print it (IPv6 compressed, lower case): rendered and saved
- * rules must compare equal however the Service spelled its ClusterIP.
- */
-export function canonicalIp(ip: string): string {
-  return net.isIPv6(ip) ? new URL(`http://[${ip}]/`).hostname.slice(1, -1) : ip;
 }
 
 /** Comment text safe inside a quoted iptables argument. */

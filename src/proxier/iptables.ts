@@ -2,9 +2,9 @@
 // rule per ClusterIP:port, applied with one `iptables-restore --noflush` per sync. IPv6 ClusterIPs
 // get the same chain, jumps and comments in ip6tables' nat table, through the IPv6 twin of the
 // chosen binary (iptables-nft → ip6tables-nft, iptables-legacy → ip6tables-legacy).
+import type { IpFamily } from '../util/net.ts';
 import type { InterceptTarget } from './interceptor.ts';
 import {
-  type IpFamily,
   inSync,
   optionsForFamily,
   parseSave,

@@ -2,11 +2,9 @@
 // the same shape for IPv6 ClusterIPs) with one map per L4 protocol keyed by `daddr . <proto>
 // dport` (one O(1) lookup per packet, however many services), whose value is the local port to
 // redirect to. Golden unit tests drive every function here.
+import { canonicalIp, familyOf, type IpFamily } from '../util/net.ts';
 import type { InterceptTarget } from './interceptor.ts';
 import {
-  canonicalIp,
-  familyOf,
-  type IpFamily,
   keyTargets,
   optionsForFamily,
   type RuleOptions,

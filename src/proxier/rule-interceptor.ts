@@ -6,8 +6,8 @@
 // Subclasses say how to probe IPv6, sync, check and remove their rules.
 import type { ServiceTable } from '../controller/types.ts';
 import type { Logger } from '../util/log.ts';
+import { familyOf, type IpFamily } from '../util/net.ts';
 import type { Interceptor, InterceptorMode, InterceptTarget, Ipv6Interception } from './interceptor.ts';
-import { familyOf, type IpFamily } from './iptables-render.ts';
 import { type CommandPrefix, runCommand } from './run-command.ts';
 import { type VipFamilies, VipRoutes } from './vip-routes.ts';
 

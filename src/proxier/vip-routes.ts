@@ -10,8 +10,8 @@ import net from 'node:net';
 import type { ServiceTable } from '../controller/types.ts';
 import { errorMessage } from '../errors.ts';
 import type { Logger } from '../util/log.ts';
+import { canonicalIp } from '../util/net.ts';
 import type { InterceptTarget } from './interceptor.ts';
-import { canonicalIp } from './iptables-render.ts';
 import { type CommandPrefix, runCommand } from './run-command.ts';
 
 /** Routing protocol number that marks edgemesh's local VIP routes (`ip route show proto 228`). */

@@ -27,6 +27,23 @@ export function formatHostPort(hp: HostPort): string {
   return net.isIPv6(hp.host) ? `[${hp.host}]:${hp.port}` : `${hp.host}:${hp.port}`;
 }
 
+/** An address family as net.isIP() numbers it: 4 (iptables, nft `ip`) or 6 (ip6tables, nft `ip6`). */
+export type IpFamily = 4 | 6;
+
+/** The family of an address or CIDR (IPv6 when it has a colon). */
+export function familyOf(ipOrCidr: string): IpFamily {
+  return ipOrCidr.includes(':') ? 6 : 4;
+}
+
+/**
+ * An address as the kernel prints it (inet_ntop: IPv6 in RFC 5952 form, lower case, IPv4-mapped
+ * as ::ffff:a.b.c.d): what ip6tables-save, nft and the native plane write, so rendered rules,
+ * routes, ring points and hand-offs compare equal however a manifest spelled the address.
+ */
+export function canonicalIp(ip: string): string {
+  return net.isIPv6(ip) ? new net.SocketAddress({ address: ip, family: 'ipv6' }).address : ip;
+}
+
 /** An IPv4 or IPv6 prefix. */
 export interface Cidr {
   address: string;

@@ -11,7 +11,6 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { Endpoint } from '../../src/controller/types.ts';
 import type { NativeDataplane } from '../../src/dataplane/native/native-dataplane.ts';
 import {
-  canonicalIp,
   encodeRoutes,
   ipv6Bytes,
   LbPolicyCode,
@@ -28,6 +27,7 @@ import { ErrorCode } from '../../src/errors.ts';
 import { ringHashPick } from '../../src/lb/index.ts';
 import { mapNativeError, requireNative } from '../../src/native/index.ts';
 import { registerLoopbackTaker } from '../../src/util/loopback-takers.ts';
+import { canonicalIp } from '../../src/util/net.ts';
 import { svc, table } from '../helpers/dns.ts';
 import { loopbackPlane, nativeRoute } from '../helpers/native-plane.ts';
 

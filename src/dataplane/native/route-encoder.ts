@@ -5,6 +5,7 @@ import type { Endpoint, ServiceEntry, ServicePortEntry, ServiceTable } from '../
 import { DEFAULT_RING_SIZE } from '../../lb/ring-hash.ts';
 import type { InterceptTarget } from '../../proxier/interceptor.ts';
 import { hasLoopbackTaker } from '../../util/loopback-takers.ts';
+import { canonicalIp, type IpFamily } from '../../util/net.ts';
 
 /** "EMR2": addresses of either family in 16 bytes (IPv4 as ::ffff:a.b.c.d). */
 export const ROUTE_MAGIC = 0x32524d45;
@@ -108,18 +109,6 @@ function bestTier(eps: readonly Endpoint[]): readonly Endpoint[] {
   let best = 2;
   for (const e of eps) best = Math.min(best, tunnelRank(e));
   return eps.filter((e) => tunnelRank(e) === best);
-}
-
-/** An address family as net.isIP() numbers it. */
-export type IpFamily = 4 | 6;
-
-/**
- * The text the native plane prints for an address (dotted quad; IPv6 in RFC 5952 form, as
- * inet_ntop and Node's net.SocketAddress write it): ring points, hand-offs and targets use it, so
- * a non-canonical IPv6 spelling in a manifest hashes and matches like the canonical one.
- */
-export function canonicalIp(ip: string): string {
-  return net.isIPv6(ip) ? new net.SocketAddress({ address: ip, family: 'ipv6' }).address : ip;
 }
 
 /**

@@ -17,9 +17,10 @@ import type {
 } from '../../controller/types.ts';
 import type { InterceptTarget } from '../../proxier/interceptor.ts';
 import { takeLoopbackFd } from '../../util/loopback-takers.ts';
+import { canonicalIp } from '../../util/net.ts';
 import type { Dataplane } from '../dataplane.ts';
 import type { HandoffTarget } from './native-dataplane.ts';
-import { canonicalIp, nativePolicy } from './route-encoder.ts';
+import { nativePolicy } from './route-encoder.ts';
 
 /** Whether a service port must go through the TS plane. */
 export type NeedsL7 = (service: ServiceEntry, port: ServicePortEntry) => boolean;

@@ -17,6 +17,7 @@ import { ErrorCode } from '../../errors.ts';
 import { registerWorkerProtocolMetrics } from '../../protocols/protocol-metrics.ts';
 import type { InterceptTarget } from '../../proxier/interceptor.ts';
 import type { Logger } from '../../util/log.ts';
+import { familyOf } from '../../util/net.ts';
 import type { Dataplane } from '../dataplane.ts';
 import { COUNTER_NAMES, type CounterName, counterBuffer, sumCounters } from './counters.ts';
 import { PROTOCOL_HANDLER_MODULES } from './handlers.ts';
@@ -63,11 +64,6 @@ function servable(service: ServiceEntry, port: ServicePortEntry): boolean {
     (port.protocol === 'TCP' || port.protocol === 'UDP') &&
     familiesOf(service).length > 0
   );
-}
-
-/** The address family of an IP (IPv6 when it has a colon). */
-function familyOf(ip: string): 4 | 6 {
-  return ip.includes(':') ? 6 : 4;
 }
 
 /** The families of a service's ClusterIPs (a dual-stack service has both: one listener each). */

@@ -10,6 +10,7 @@ import { EMPTY_TABLE, type ServiceTable } from '../../controller/types.ts';
 import { EdgemeshError, ErrorCode, errorMessage } from '../../errors.ts';
 import type { NativeBinding } from '../../native/index.ts';
 import type { Logger } from '../../util/log.ts';
+import { familyOf } from '../../util/net.ts';
 import type { Interceptor, InterceptTarget, Ipv6Interception } from '../interceptor.ts';
 import type { RuleInterceptor } from '../rule-interceptor.ts';
 import type { CommandPrefix } from '../run-command.ts';
@@ -216,7 +217,7 @@ export class EbpfInterceptor implements Interceptor {
 
   /** Hands the IPv6 targets to the delegate (it ignores IPv4 ones); warns once when there is none. */
   private async syncIpv6(targets: readonly InterceptTarget[]): Promise<void> {
-    const v6 = targets.filter((t) => t.clusterIP.includes(':'));
+    const v6 = targets.filter((t) => familyOf(t.clusterIP) === 6);
     if (this.v6Delegate) {
       // No netfilter state at all until there is an IPv6 ClusterIP (an IPv4-only node keeps a
       // ruleset without edgemesh tables); once synced, every sync goes through (removals too).
