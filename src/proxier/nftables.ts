@@ -24,6 +24,18 @@ interface NftJson {
   }>;
 }
 
+/**
+ * Why nft cannot REDIRECT IPv6 in the namespace `prefix` runs in (undefined: it can): nft missing,
+ * or a throw-away ip6 nat chain with a redirect is refused (a kernel may have only IPv4 NAT).
+ */
+export async function nftIpv6RedirectProblem(prefix: CommandPrefix): Promise<string | undefined> {
+  if (!(await haveCommand(prefix, 'nft', '--version', true))) return 'nft not found';
+  const payload =
+    'table ip6 edgemesh_probe {\n  chain c { type nat hook output priority -100; meta l4proto tcp redirect to :1; }\n}\ndelete table ip6 edgemesh_probe\n';
+  const r = await runCommand(prefix, 'nft', ['-f', '-'], payload);
+  return r.code === 0 ? undefined : `nft ip6 nat redirect failed: ${r.stderr.trim()}`;
+}
+
 /** Installs table `ip edgemesh` (+ `ip6 edgemesh`); stop() deletes those tables and nothing else. */
 export class NftablesInterceptor extends RuleInterceptor {
   readonly mode = 'nftables' as const;
@@ -41,12 +53,8 @@ export class NftablesInterceptor extends RuleInterceptor {
   protected async probeIpv6(): Promise<{ ok: true; how: string } | { ok: false; reason: string }> {
     const disabled = await ipv6Disabled(this.prefix);
     if (disabled) return { ok: false, reason: disabled };
-    if (!(await haveCommand(this.prefix, 'nft', '--version'))) return { ok: false, reason: 'nft not found' };
-    const payload =
-      'table ip6 edgemesh_probe {\n  chain c { type nat hook output priority -100; meta l4proto tcp redirect to :1; }\n}\ndelete table ip6 edgemesh_probe\n';
-    const r = await runCommand(this.prefix, 'nft', ['-f', '-'], payload);
-    if (r.code !== 0) return { ok: false, reason: `nft ip6 nat redirect failed: ${r.stderr.trim()}` };
-    return { ok: true, how: `nftables table ip6 ${TABLE}` };
+    const problem = await nftIpv6RedirectProblem(this.prefix);
+    return problem ? { ok: false, reason: problem } : { ok: true, how: `nftables table ip6 ${TABLE}` };
   }
 
   protected syncRules(targets: readonly InterceptTarget[]): Promise<void> {

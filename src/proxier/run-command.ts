@@ -65,15 +65,20 @@ export async function mustRun(
   return r.stdout;
 }
 
-/** True when `cmd` can be executed (found on PATH). */
+/**
+ * True when `cmd versionArg` can be executed (found on PATH). With `exitZero` it must also exit 0:
+ * behind a prefix (`ip netns exec`, `env`) a missing tool is a non-zero exit of the prefix command,
+ * not a spawn error.
+ */
 export async function haveCommand(
   prefix: CommandPrefix,
   cmd: string,
   versionArg = '--version',
+  exitZero = false,
 ): Promise<boolean> {
   try {
-    await runCommand(prefix, cmd, [versionArg]);
-    return true;
+    const r = await runCommand(prefix, cmd, [versionArg]);
+    return !exitZero || r.code === 0;
   } catch {
     return false;
   }
