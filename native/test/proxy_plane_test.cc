@@ -27,64 +27,55 @@ using edgemesh_test::TestRoute;
 
 namespace {
 
-int ListenLoopback(uint16_t* port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+// The loopback address of `family` (127.0.0.1 or ::1) with `port`, in `ss`; returns its length.
+socklen_t LoopbackAddr(int family, uint16_t port, sockaddr_storage* ss) {
+  *ss = {};
+  if (family == AF_INET6) {
+    auto* sa = reinterpret_cast<sockaddr_in6*>(ss);
+    sa->sin6_family = AF_INET6;
+    sa->sin6_addr = in6addr_loopback;
+    sa->sin6_port = htons(port);
+    return sizeof(sockaddr_in6);
+  }
+  auto* sa = reinterpret_cast<sockaddr_in*>(ss);
+  sa->sin_family = AF_INET;
+  sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa->sin_port = htons(port);
+  return sizeof(sockaddr_in);
+}
+
+// A listener on the loopback address of `family` on an ephemeral port (written to *port).
+int ListenLoopbackOn(int family, uint16_t* port) {
+  int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_storage ss;
+  socklen_t len = LoopbackAddr(family, 0, &ss);
+  bind(fd, reinterpret_cast<sockaddr*>(&ss), len);
   listen(fd, 128);
-  socklen_t len = sizeof(sa);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  *port = ntohs(sa.sin_port);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  *port = ntohs(family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
+                                   : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
   return fd;
 }
 
-int Connect(uint16_t port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  sa.sin_port = htons(port);
+// A client connected to the loopback address of `family` on `port`, or -1.
+int ConnectOn(int family, uint16_t port) {
+  int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_storage ss;
+  const socklen_t len = LoopbackAddr(family, port, &ss);
   timeval tv{5, 0};  // a hung proxy fails the test instead of hanging it
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     close(fd);
     return -1;
   }
   return fd;
 }
 
-// A loopback IPv6 listener (::1) on an ephemeral port.
-int ListenLoopback6(uint16_t* port) {
-  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in6 sa{};
-  sa.sin6_family = AF_INET6;
-  sa.sin6_addr = in6addr_loopback;
-  bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
-  listen(fd, 128);
-  socklen_t len = sizeof(sa);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  *port = ntohs(sa.sin6_port);
-  return fd;
-}
-
-int Connect6(uint16_t port) {
-  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in6 sa{};
-  sa.sin6_family = AF_INET6;
-  sa.sin6_addr = in6addr_loopback;
-  sa.sin6_port = htons(port);
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
+int ListenLoopback(uint16_t* port) { return ListenLoopbackOn(AF_INET, port); }
+int ListenLoopback6(uint16_t* port) { return ListenLoopbackOn(AF_INET6, port); }
+int Connect(uint16_t port) { return ConnectOn(AF_INET, port); }
+int Connect6(uint16_t port) { return ConnectOn(AF_INET6, port); }
 
 // Reads until EOF; returns bytes read, or -errno on error.
 long ReadAll(int fd, std::string* out) {

@@ -14,12 +14,12 @@ import { NftablesInterceptor } from '../../src/proxier/nftables.ts';
 import { silentLogger } from '../../src/util/log.ts';
 import type { RunningCli } from '../helpers/cli.ts';
 import { repoRoot } from '../helpers/cli.ts';
+import { startServe } from '../helpers/native-plane.ts';
 import { Topology } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 
 const BYPASS_GID = 40001;
 const tool = path.join(repoRoot, 'test/helpers/stream-tool.mjs');
-const serveScript = path.join(repoRoot, 'src/dataplane/native/serve.ts');
 const SINK = '10.96.0.10';
 const ECHO = '10.96.0.11';
 const RESET = '10.96.0.12';
@@ -80,10 +80,7 @@ describe.skipIf(skip)('native data plane e2e (netns, REDIRECT to the native plan
     // TIME_WAIT with the backend, never an ephemeral port with the client.
     await topo.pods[1]!.ns.run('sysctl', '-q', '-w', 'net.ipv4.ip_local_port_range=1024 65000');
     await backend.ns.spawn(loadgen, ['serve', '7004']).waitFor(/listening/, 10_000);
-    plane = topo.node.spawn(process.execPath, [
-      '--import',
-      'tsx',
-      serveScript,
+    const started = await startServe(topo.node, [
       '--port',
       '40001',
       '--workers',
@@ -99,8 +96,8 @@ describe.skipIf(skip)('native data plane e2e (netns, REDIRECT to the native plan
       '--route',
       `${SHORT}:80=${backend.ip}:7004`,
     ]);
-    await plane.waitFor(/ready \{.*\}\n/, 20_000);
-    const ready = JSON.parse(/ready (\{.*\})\n/.exec(plane.output())![1]!);
+    plane = started.proc;
+    const ready = started.ready;
     planePid = ready.pid;
     targets = ready.targets;
     expect(targets.map((t) => t.toPort)).toEqual([40001, 40001, 40001, 40001]);

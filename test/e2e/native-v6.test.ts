@@ -11,11 +11,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadNative } from '../../src/native/index.ts';
 import type { RunningCli } from '../helpers/cli.ts';
 import { repoRoot } from '../helpers/cli.ts';
+import { startServe } from '../helpers/native-plane.ts';
 import { createNetns, type Netns } from '../helpers/netns.ts';
 import { skipUnlessRoot } from '../helpers/privileges.ts';
 
 const tool = path.join(repoRoot, 'test/e2e/native-v6-tool.mjs');
-const serveScript = path.join(repoRoot, 'src/dataplane/native/serve.ts');
 const ECHO6 = 'fd00:96::10';
 const RESET6 = 'fd00:96::11';
 const ORIG6 = 'fd00:96::12';
@@ -71,10 +71,7 @@ describe.skipIf(skip)('native plane over IPv6 (netns, ip6tables REDIRECT)', () =
     await node.run('ip', 'route', 'add', 'local', '10.96.0.0/24', 'dev', 'lo');
     const backends = node.spawn(process.execPath, [tool, 'serve', '7002', '7003']);
     await backends.waitFor(/ready/, 10_000);
-    plane = node.spawn(process.execPath, [
-      '--import',
-      'tsx',
-      serveScript,
+    const started = await startServe(node, [
       '--port',
       String(PLANE_PORT),
       '--workers',
@@ -86,8 +83,8 @@ describe.skipIf(skip)('native plane over IPv6 (netns, ip6tables REDIRECT)', () =
       '--route',
       `${ECHO4}:80=127.0.0.1:7002`,
     ]);
-    await plane.waitFor(/ready \{.*\}\n/, 20_000);
-    const ready = JSON.parse(/ready (\{.*\})\n/.exec(plane.output())![1]!);
+    plane = started.proc;
+    const ready = started.ready;
     planePid = ready.pid;
     baseline = fdCount();
     // The encoder emitted the IPv6 ClusterIPs as interception targets too.
@@ -128,10 +125,7 @@ describe.skipIf(skip)('native plane over IPv6 (netns, ip6tables REDIRECT)', () =
     const off = await createNetns('o6');
     try {
       await off.run('sysctl', '-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1');
-      const p = off.spawn(process.execPath, [
-        '--import',
-        'tsx',
-        serveScript,
+      const { proc: p, ready } = await startServe(off, [
         '--port',
         String(PLANE_PORT),
         '--workers',
@@ -141,8 +135,6 @@ describe.skipIf(skip)('native plane over IPv6 (netns, ip6tables REDIRECT)', () =
         '--route',
         `${ECHO4}:80=127.0.0.1:7002`,
       ]);
-      await p.waitFor(/ready \{.*\}\n/, 20_000);
-      const ready = JSON.parse(/ready (\{.*\})\n/.exec(p.output())![1]!);
       expect(ready.targets.map((t: { clusterIP: string }) => t.clusterIP)).toEqual([ECHO4]);
       expect(p.output().match(/IPv6 listener off: net\.ipv6\.conf\.all\.disable_ipv6 is set/g)).toHaveLength(
         1,

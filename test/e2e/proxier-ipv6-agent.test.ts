@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatStatus } from '../../src/cli/status.ts';
+import { agentArgs } from '../helpers/agent.ts';
 import type { RunningCli } from '../helpers/cli.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { Topology } from '../helpers/netns.ts';
@@ -78,20 +79,7 @@ for (const [mode, dataplane] of [
         'modules:\n  edgeProxy:\n    resyncPeriodMs: 300\n    workers: 1\n    tsPortRange: 21000-21999\n',
       );
       before = await ruleset();
-      agent = topo.node.agent([
-        '--config',
-        path.join(dir, 'agent.yaml'),
-        '--manifests',
-        path.join(dir, 'manifests'),
-        '--intercept',
-        mode,
-        '--dataplane',
-        dataplane,
-        '--state-dir',
-        path.join(dir, 'state'),
-        '--node-name',
-        'node-a',
-      ]);
+      agent = topo.node.agent(agentArgs(dir, mode, dataplane));
       await agent.waitFor(/agent started/, 20_000);
       // The first snapshot syncs right after start.
       await eventually(async () => (await tcp()).startsWith('pod-'), 15_000);

@@ -1,10 +1,15 @@
-// Native data plane fixtures the unit tests share: a routing-table entry with defaults, a plane on
-// loopback with test-sized timeouts, and the echo route most plane tests start from.
+// Native data plane fixtures the tests share: a routing-table entry with defaults, a plane on
+// loopback with test-sized timeouts, the echo route most plane tests start from, and the
+// standalone plane (serve.ts) started in a namespace.
 import type net from 'node:net';
+import path from 'node:path';
 import pino from 'pino';
 import { NativeDataplane, type NativeDataplaneOptions } from '../../src/dataplane/native/native-dataplane.ts';
 import { LbPolicyCode, type NativeRoute } from '../../src/dataplane/native/route-encoder.ts';
+import type { InterceptTarget } from '../../src/proxier/interceptor.ts';
+import { type RunningCli, repoRoot } from './cli.ts';
 import { svc, table } from './dns.ts';
+import type { Netns } from './netns.ts';
 
 const silent = pino({ level: 'silent' });
 const noDiff = { added: [], updated: [], removed: [], istioChanged: false };
@@ -53,4 +58,22 @@ export function routeToEcho(dp: NativeDataplane, backend: net.Server) {
     ]),
     noDiff,
   );
+}
+
+/** What the standalone plane prints once it listens (`ready {...}`, src/dataplane/native/serve.ts). */
+export interface ServeReady {
+  port: number;
+  pid: number;
+  targets: InterceptTarget[];
+}
+
+/** Starts src/dataplane/native/serve.ts in `ns` with `args`; resolves once it printed `ready`. */
+export async function startServe(
+  ns: Netns,
+  args: string[],
+): Promise<{ proc: RunningCli; ready: ServeReady }> {
+  const script = path.join(repoRoot, 'src/dataplane/native/serve.ts');
+  const proc = ns.spawn(process.execPath, ['--import', 'tsx', script, ...args]);
+  await proc.waitFor(/ready \{.*\}\n/, 20_000);
+  return { proc, ready: JSON.parse(/ready (\{.*\})\n/.exec(proc.output())![1]!) };
 }
